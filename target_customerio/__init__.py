@@ -1,0 +1,1 @@
+"""target-customerio: a Singer target that syncs rows into Customer.io."""

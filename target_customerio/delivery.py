@@ -1,0 +1,277 @@
+"""Delivery to the Track API: batch packing, the rate limit, retries, and the worker threads.
+
+This is the one place that talks HTTP. Operations for one person always travel through the
+same worker (shard), in order, so a later update can never overtake an earlier one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+
+from target_customerio.errors import CredentialsError, DeliveryError, TargetError
+from target_customerio.mapping import Operation
+from target_customerio.report import RunReport
+
+MAX_REQUEST_BYTES = 500_000
+_ENVELOPE = len(b'{"batch":[]}')
+_RETRY_BASE_SECONDS = 0.5
+_RETRY_CAP_SECONDS = 30.0
+_MAX_RETRY_AFTER_SECONDS = 300.0
+
+
+@dataclass
+class Batch:
+    """Operations of one stream bound for one request."""
+
+    stream: str
+    ops: list[Operation] = field(default_factory=list)
+
+    def body(self) -> bytes:
+        return b'{"batch":[' + b",".join(op.body for op in self.ops) + b"]}"
+
+
+class Packer:
+    """Fills batches up to the request size limit and hands each full one on."""
+
+    def __init__(self, stream: str, send: Callable[[Batch], None], limit: int = MAX_REQUEST_BYTES) -> None:
+        self._stream, self._send, self._limit = stream, send, limit
+        self._batch = Batch(stream)
+        self._size = _ENVELOPE
+
+    def add(self, op: Operation) -> None:
+        if self._batch.ops and self._size + len(op.body) + 1 > self._limit:
+            self.flush()
+        self._batch.ops.append(op)
+        self._size += len(op.body) + 1
+
+    def flush(self) -> None:
+        if self._batch.ops:
+            batch, self._batch, self._size = self._batch, Batch(self._stream), _ENVELOPE
+            self._send(batch)
+
+
+class RateLimiter:
+    """Spaces requests evenly at `per_second`, across all threads."""
+
+    def __init__(self, per_second: float) -> None:
+        self._interval = 1.0 / per_second
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self._interval
+        if slot > now:
+            time.sleep(slot - now)
+
+
+def _backoff(attempt: int) -> float:
+    """Exponential backoff with full jitter."""
+    return random.uniform(0, min(_RETRY_CAP_SECONDS, _RETRY_BASE_SECONDS * 2 ** (attempt - 1)))
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return min(float(value), _MAX_RETRY_AFTER_SECONDS) if value is not None else None
+    except ValueError:
+        return None
+
+
+class TrackClient:
+    """HTTP to the Track API with the rate limit and bounded retries. Thread-safe."""
+
+    def __init__(
+        self,
+        base_url: str,
+        site_id: str,
+        api_key: str,
+        *,
+        per_second: float,
+        timeout: float,
+        max_retries: int,
+        logger: logging.Logger,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._auth = (site_id, api_key)
+        self._limiter = RateLimiter(per_second)
+        self._timeout = (min(10.0, timeout), timeout)
+        self._max_tries = max_retries + 1
+        self._logger = logger
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.auth = self._auth
+            session.headers.update({"Content-Type": "application/json", "User-Agent": "target-customerio"})
+        return session
+
+    def check_credentials(self, region: str | None) -> None:
+        """One cheap call: wrong credentials or the wrong region fail here, in a second."""
+        url = f"{self.base_url}/api/v1/accounts/region"
+        try:
+            response = self._session().get(url, timeout=(5, 10))
+        except requests.RequestException as exc:
+            raise DeliveryError(f"cannot reach Customer.io at {self.base_url}: {type(exc).__name__}") from None
+        if response.status_code in (401, 403):
+            raise CredentialsError(f"Customer.io refused site_id/api_key (HTTP {response.status_code}) at {self.base_url}: check both settings")
+        if response.status_code != 200:
+            raise DeliveryError(f"Customer.io answered HTTP {response.status_code} to the credential check at {url}")
+        actual = (_json(response).get("region") or "").lower()
+        if region and actual and actual != region:
+            raise CredentialsError(f"these credentials belong to a workspace in region {actual!r}, but region is {region!r}: set region: {actual}")
+
+    def post_batch(self, body: bytes) -> tuple[requests.Response, int]:
+        """POST /api/v2/batch until it is answered for good; returns the response and tries used."""
+        url = f"{self.base_url}/api/v2/batch"
+        for attempt in range(1, self._max_tries + 1):
+            self._limiter.acquire()
+            wait = _backoff(attempt)
+            try:
+                response = self._session().post(url, data=body, timeout=self._timeout)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                problem = type(exc).__name__
+            else:
+                status = response.status_code
+                if status in (200, 207, 400, 413):
+                    return response, attempt
+                if status in (401, 403):
+                    raise CredentialsError(f"Customer.io refused site_id/api_key (HTTP {status}): check both settings")
+                if status != 429 and status < 500:
+                    raise DeliveryError(f"Customer.io answered HTTP {status} at {url}: {response.text[:200]}")
+                problem = f"HTTP {status}"
+                wait = _retry_after(response) or wait
+            if attempt == self._max_tries:
+                raise DeliveryError(f"Customer.io did not accept a batch after {attempt} tries (last: {problem}); nothing after the last STATE was confirmed")
+            self._logger.warning("batch request failed (%s), retry %d/%d in %.1fs", problem, attempt, self._max_tries - 1, wait)
+            time.sleep(wait)
+        raise AssertionError("unreachable")
+
+
+def _json(response: requests.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class Delivery:
+    """Worker threads, one queue each, that send batches and account for every operation."""
+
+    def __init__(self, client: TrackClient, report: RunReport, *, workers: int = 4, depth: int = 2) -> None:
+        self._client, self._report = client, report
+        self._queues: list[queue.Queue[Batch]] = [queue.Queue(maxsize=depth) for _ in range(workers)]
+        self.error: TargetError | None = None
+        for index, q in enumerate(self._queues):
+            threading.Thread(target=self._work, args=(q,), name=f"delivery-{index}", daemon=True).start()
+
+    @property
+    def shards(self) -> int:
+        return len(self._queues)
+
+    def submit(self, shard: int, batch: Batch) -> None:
+        """Queue a batch; blocks while that worker is busy (bounded memory)."""
+        self.raise_if_failed()
+        self._queues[shard].put(batch)
+
+    def wait(self) -> None:
+        """Return once every queued batch is answered; raise the first fatal error."""
+        for q in self._queues:
+            q.join()
+        self.raise_if_failed()
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _work(self, q: queue.Queue[Batch]) -> None:
+        while True:
+            batch = q.get()
+            try:
+                if self.error is None:
+                    self._deliver(batch)
+            except TargetError as exc:
+                self.error = self.error or exc
+            except Exception as exc:  # a bug must still stop the run, not hang it
+                self.error = self.error or DeliveryError(f"delivery failed unexpectedly: {type(exc).__name__}: {exc}")
+            finally:
+                q.task_done()
+
+    def _deliver(self, batch: Batch) -> None:
+        body = batch.body()
+        response, tries = self._client.post_batch(body)
+        self._report.request(batch.stream, len(body), tries, len(batch.ops))
+        if response.status_code == 200:
+            self._report.delivered(batch.stream, len(batch.ops))
+        elif response.status_code == 207:
+            self._record_item_errors(batch, _json(response).get("errors") or [])
+        elif len(batch.ops) > 1:
+            # The whole request was refused (400/413): halve it to isolate the bad operation.
+            middle = len(batch.ops) // 2
+            self._deliver(Batch(batch.stream, batch.ops[:middle]))
+            self._deliver(Batch(batch.stream, batch.ops[middle:]))
+        else:
+            message = _error_message(_json(response)) or f"HTTP {response.status_code}"
+            op = batch.ops[0]
+            self._report.reject(batch.stream, "rejected_by_customerio", None, message, op.record)
+
+    def _record_item_errors(self, batch: Batch, errors: list[dict[str, Any]]) -> None:
+        rejected = set()
+        for error in errors:
+            index = error.get("batch_index")
+            if not isinstance(index, int) or not 0 <= index < len(batch.ops) or index in rejected:
+                continue
+            rejected.add(index)
+            message = f"{error.get('reason', 'rejected')}: {error.get('message', '')}".strip(": ")
+            self._report.reject(batch.stream, "rejected_by_customerio", error.get("field"), message, batch.ops[index].record)
+        self._report.delivered(batch.stream, len(batch.ops) - len(rejected))
+
+
+def _error_message(data: dict[str, Any]) -> str:
+    meta = data.get("meta")
+    if isinstance(meta, dict) and meta.get("error"):
+        return str(meta["error"])
+    errors = data.get("errors")
+    if isinstance(errors, list) and errors:
+        return "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors[:3])
+    return ""
+
+
+class DryRun:
+    """Stands in for Delivery: writes each would-be operation to a JSONL file, sends nothing."""
+
+    shards = 1
+
+    def __init__(self, path: str, report: RunReport) -> None:
+        self._path = Path(path)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._out = self._path.open("wb")
+        self._report = report
+        self.error: TargetError | None = None
+
+    def submit(self, shard: int, batch: Batch) -> None:
+        for op in batch.ops:
+            self._out.write(op.body + b"\n")
+        self._report.delivered(batch.stream, len(batch.ops))
+
+    def wait(self) -> None:
+        self._out.flush()
+
+    def raise_if_failed(self) -> None:
+        return None
+
+

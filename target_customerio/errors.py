@@ -1,0 +1,48 @@
+"""Fatal errors and the exit codes they end the run with.
+
+Every error here is printed as one line on stderr; none carries a traceback.
+"""
+
+from __future__ import annotations
+
+
+class TargetError(Exception):
+    """A fatal, explained failure of the run."""
+
+    exit_code = 1
+
+
+class ConfigError(TargetError):
+    """A setting or route is wrong; nothing was sent."""
+
+    exit_code = 2
+
+
+class CredentialsError(TargetError):
+    """Customer.io refused the credentials, or the workspace is in another region."""
+
+    exit_code = 3
+
+
+class DeliveryError(TargetError):
+    """Customer.io could not be reached or refused a request after all retries."""
+
+    exit_code = 4
+
+
+class InputError(TargetError):
+    """The Singer stream itself is malformed."""
+
+    exit_code = 5
+
+
+class ContractError(TargetError):
+    """A record broke its contract and the route says to fail."""
+
+    exit_code = 6
+
+
+class Terminated(TargetError):
+    """SIGTERM or SIGINT: drained what could be drained, then stopped."""
+
+    exit_code = 143

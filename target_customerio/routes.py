@@ -1,0 +1,207 @@
+"""Routes (which stream becomes which Customer.io operation) and their contracts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema_rs
+
+from target_customerio.errors import ConfigError
+from target_customerio.values import parse_duration, snake_case, timezone
+
+KINDS = ("person", "event")
+IDENTIFIER_TYPES = ("id", "email", "cio_id")
+BUILTIN_PREFIX = "builtin:"
+_REQUIRED_PROPERTY = re.compile(r'^"(.+)" is a required property')
+
+
+@dataclass(frozen=True)
+class Violation:
+    """The first way a payload breaks its contract."""
+
+    field: str
+    message: str
+    rule: str
+
+
+class Contract:
+    """A compiled JSON Schema (draft 2020-12) for outgoing attributes or event data."""
+
+    def __init__(self, schema: dict[str, Any], source: str) -> None:
+        if not jsonschema_rs.meta.is_valid(schema):
+            raise ConfigError(f"contract {source} is not a valid JSON Schema")
+        self.source = source
+        self._validator = jsonschema_rs.Draft202012Validator(schema)
+
+    def check(self, payload: dict[str, Any]) -> Violation | None:
+        """None when the payload conforms, else the first violation."""
+        if self._validator.is_valid(payload):
+            return None
+        error = next(iter(self._validator.iter_errors(payload)))
+        path = [str(p) for p in error.instance_path]
+        missing = _REQUIRED_PROPERTY.match(error.message)
+        if missing:
+            path.append(missing.group(1))
+        rule = "/".join(str(p) for p in error.schema_path)
+        return Violation(field=".".join(path), message=error.message, rule=rule)
+
+
+def load_contract(ref: str, base_dir: Path) -> Contract:
+    """`builtin:order_placed` (shipped with the package) or a path to a JSON Schema file."""
+    if ref.startswith(BUILTIN_PREFIX):
+        name = ref[len(BUILTIN_PREFIX):]
+        resource = resources.files("target_customerio") / "contracts" / f"{name}.schema.json"
+        if not resource.is_file():
+            raise ConfigError(f"no built-in contract {name!r}; shipped: {', '.join(builtin_contracts())}")
+        text = resource.read_text()
+    else:
+        path = Path(ref) if Path(ref).is_absolute() else base_dir / ref
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"contract {ref}: cannot read {path} ({exc.strerror})") from None
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"contract {ref}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    return Contract(schema, ref)
+
+
+def builtin_contracts() -> list[str]:
+    """Names usable as `builtin:<name>`."""
+    folder = resources.files("target_customerio") / "contracts"
+    return sorted(p.name.removesuffix(".schema.json") for p in folder.iterdir() if p.name.endswith(".schema.json"))
+
+
+@dataclass(frozen=True)
+class Route:
+    """One stream's way into Customer.io, validated from the `streams` setting."""
+
+    pattern: str
+    kind: str
+    identifier_field: str
+    identifier_type: str
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    rename: dict[str, str] = field(default_factory=dict)
+    contract: Contract | None = None
+    event_name: str | None = None
+    event_name_field: str | None = None
+    event_id: tuple[str, ...] = ()
+    timestamp: str | None = None
+    max_age: dt.timedelta | None = None
+    source_timezone: dt.tzinfo = dt.timezone.utc
+    on_contract_violation: str = "reject"
+
+    def attribute_name(self, column: str) -> str | None:
+        """The outgoing attribute name of a column, or None when it is not sent."""
+        if column in (self.identifier_field, self.event_name_field) or column.startswith("_sdc_"):
+            return None
+        if self.include is not None and column not in self.include:
+            return None
+        if column in self.exclude:
+            return None
+        return self.rename.get(column, column)
+
+
+class Routes:
+    """The `streams` setting: stream name (exact or glob) → Route."""
+
+    def __init__(self, config: dict[str, Any], base_dir: Path, on_contract_violation: str) -> None:
+        if not isinstance(config, dict) or not config:
+            raise ConfigError("setting `streams` must map at least one stream name to a route")
+        self._routes = {
+            name: _parse_route(name, spec, base_dir, on_contract_violation) for name, spec in config.items()
+        }
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._routes)
+
+    def match(self, stream: str) -> Route | None:
+        """The exact route for a stream, else the first glob that matches it."""
+        if stream in self._routes:
+            return self._routes[stream]
+        for pattern, route in self._routes.items():
+            if fnmatch.fnmatchcase(stream, pattern):
+                return route
+        return None
+
+
+def _parse_route(name: str, spec: Any, base_dir: Path, default_violation: str) -> Route:
+    where = f"streams.{name}"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: a route must be an object with at least `kind` and `identifier`")
+    unknown = set(spec) - _ROUTE_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_ROUTE_KEYS))}")
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise ConfigError(f"{where}.kind: {kind!r} is not one of {', '.join(KINDS)}")
+    ident = spec.get("identifier")
+    if not isinstance(ident, dict) or not ident.get("field"):
+        raise ConfigError(f"{where}.identifier: needs {{field: <column>, type: id|email|cio_id}}")
+    ident_type = ident.get("type", "id")
+    if ident_type not in IDENTIFIER_TYPES:
+        raise ConfigError(f"{where}.identifier.type: {ident_type!r} is not one of {', '.join(IDENTIFIER_TYPES)}")
+    attributes = spec.get("attributes") or {}
+    violation = spec.get("on_contract_violation", default_violation)
+    if violation not in ("reject", "fail"):
+        raise ConfigError(f"{where}.on_contract_violation: {violation!r} is not reject or fail")
+    try:
+        tz = timezone(spec.get("source_timezone"))
+    except ValueError as exc:
+        raise ConfigError(f"{where}.source_timezone: {exc}") from None
+    route = Route(
+        pattern=name,
+        kind=kind,
+        identifier_field=ident["field"],
+        identifier_type=ident_type,
+        include=tuple(attributes["include"]) if "include" in attributes else None,
+        exclude=tuple(attributes.get("exclude", ())),
+        rename=dict(attributes.get("rename", {})),
+        contract=load_contract(spec["contract"], base_dir) if spec.get("contract") else None,
+        source_timezone=tz,
+        on_contract_violation=violation,
+        **(_event_options(where, spec) if kind == "event" else {}),
+    )
+    return route
+
+
+def _event_options(where: str, spec: dict[str, Any]) -> dict[str, Any]:
+    name, name_field = spec.get("event_name"), spec.get("event_name_field")
+    if bool(name) == bool(name_field):
+        raise ConfigError(f"{where}: an event route needs exactly one of `event_name` or `event_name_field`")
+    if name and not snake_case(name):
+        raise ConfigError(f"{where}.event_name: {name!r} has no letters or digits")
+    if not spec.get("timestamp"):
+        raise ConfigError(f"{where}.timestamp: an event route names the column holding when it happened")
+    event_id = spec.get("event_id")
+    if not event_id:
+        raise ConfigError(f"{where}.event_id: name the column(s) that identify one event (the dedupe key)")
+    max_age = None
+    if spec.get("max_age") is not None:
+        try:
+            max_age = parse_duration(spec["max_age"])
+        except ValueError as exc:
+            raise ConfigError(f"{where}.max_age: {exc}") from None
+    return {
+        "event_name": snake_case(name) if name else None,
+        "event_name_field": name_field,
+        "event_id": (event_id,) if isinstance(event_id, str) else tuple(event_id),
+        "timestamp": spec["timestamp"],
+        "max_age": max_age,
+    }
+
+
+_ROUTE_KEYS = {
+    "kind", "identifier", "attributes", "contract", "event_name", "event_name_field",
+    "event_id", "timestamp", "max_age", "source_timezone", "on_contract_violation",
+}

@@ -1,0 +1,129 @@
+"""The target's settings: their JSON Schema (what Meltano and --about show) and their checks."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from target_customerio.errors import ConfigError
+from target_customerio.routes import Routes
+
+REGION_URLS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
+
+CONFIG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "site_id": {"type": "string", "description": "Track API site ID."},
+        "api_key": {"type": "string", "secret": True, "writeOnly": True, "description": "Track API key (secret, never logged)."},
+        "region": {"type": "string", "enum": ["us", "eu"], "default": "us", "description": "Workspace region."},
+        "track_api_url": {"type": "string", "description": "Override the Track API base URL (sandbox, proxy). http:// only for loopback hosts."},
+        "streams": {"type": ["object", "string"], "description": "Stream name or glob → route (kind, identifier, ...)."},
+        "unmapped_streams": {"type": "string", "enum": ["error", "skip"], "default": "error", "description": "What to do with a stream that has no route."},
+        "max_requests_per_second": {"type": "number", "exclusiveMinimum": 0, "default": 100, "description": "Client-side rate limit."},
+        "reject_file": {"type": "string", "description": "JSONL dead-letter file for every record not sent."},
+        "report_file": {"type": "string", "description": "JSON run report."},
+        "dry_run": {"type": "boolean", "default": False, "description": "Map and validate, send nothing, emit no STATE."},
+        "dry_run_file": {"type": "string", "default": "customerio-dry-run.jsonl", "description": "Where dry_run writes the would-be operations."},
+        "on_contract_violation": {"type": "string", "enum": ["reject", "fail"], "default": "reject", "description": "Default for routes: reject the record, or fail the run."},
+        "request_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 30, "description": "Seconds to wait for Customer.io to answer one request."},
+        "max_retries": {"type": "integer", "minimum": 0, "default": 7, "description": "Retries of one request on 429, 5xx and network errors."},
+        "delivery_workers": {"type": "integer", "minimum": 1, "maximum": 32, "default": 4, "description": "Requests in flight at once."},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings. `api_key` is kept out of repr so it cannot leak into logs."""
+
+    site_id: str
+    base_url: str
+    region: str | None  # the region to verify against, None when track_api_url overrides it
+    routes: Routes
+    unmapped_streams: str
+    max_requests_per_second: float
+    reject_file: str | None
+    report_file: str | None
+    dry_run: bool
+    dry_run_file: str
+    request_timeout: float
+    max_retries: int
+    delivery_workers: int
+
+    def __repr__(self) -> str:
+        return f"Settings(site_id={self.site_id!r}, base_url={self.base_url!r})"
+
+
+def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
+    """Check every setting; raise ConfigError naming the first bad one."""
+    dry_run = bool(config.get("dry_run", False))
+    for name in ("site_id", "api_key"):
+        if not dry_run and not str(config.get(name) or "").strip():
+            raise ConfigError(f"setting `{name}` is required (TARGET_CUSTOMERIO_{name.upper()})")
+    region = config.get("region") or "us"
+    if region not in REGION_URLS:
+        raise ConfigError(f"setting `region`: {region!r} is not us or eu")
+    override = config.get("track_api_url")
+    if override:
+        _check_url(override)
+    streams = config.get("streams")
+    if isinstance(streams, str):
+        try:
+            streams = json.loads(streams)
+        except json.JSONDecodeError:
+            raise ConfigError("setting `streams` is a string but not JSON") from None
+    unmapped = config.get("unmapped_streams", "error")
+    if unmapped not in ("error", "skip"):
+        raise ConfigError(f"setting `unmapped_streams`: {unmapped!r} is not error or skip")
+    violation = config.get("on_contract_violation", "reject")
+    if violation not in ("reject", "fail"):
+        raise ConfigError(f"setting `on_contract_violation`: {violation!r} is not reject or fail")
+    return Settings(
+        site_id=str(config.get("site_id") or ""),
+        base_url=(override or REGION_URLS[region]).rstrip("/"),
+        region=None if override else region,
+        routes=Routes(streams, base_dir, violation),
+        unmapped_streams=unmapped,
+        max_requests_per_second=_positive(config, "max_requests_per_second", 100),
+        reject_file=config.get("reject_file") or None,
+        report_file=config.get("report_file") or None,
+        dry_run=dry_run,
+        dry_run_file=config.get("dry_run_file") or "customerio-dry-run.jsonl",
+        request_timeout=_positive(config, "request_timeout", 30),
+        max_retries=int(config.get("max_retries", 7)),
+        delivery_workers=int(config.get("delivery_workers", 4)),
+    )
+
+
+def _positive(config: dict[str, Any], name: str, default: float) -> float:
+    value = config.get(name, default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1
+    if number <= 0:
+        raise ConfigError(f"setting `{name}`: {value!r} is not a positive number")
+    return number
+
+
+def _check_url(url: str) -> None:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(f"setting `track_api_url`: {url!r} is not an http(s) URL")
+    if parsed.username or parsed.password:
+        raise ConfigError("setting `track_api_url` must not contain credentials; use site_id and api_key")
+    if parsed.scheme == "http" and not _is_loopback(parsed.hostname):
+        raise ConfigError(f"setting `track_api_url`: plain http:// is only allowed for loopback hosts, not {parsed.hostname}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

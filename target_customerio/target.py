@@ -1,0 +1,200 @@
+"""The target: settings, routing of streams to sinks, STATE only after delivery, exit codes."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+import typing as t
+from pathlib import Path
+from types import FrameType
+
+import msgspec
+from singer_sdk import Target
+from singer_sdk.contrib.msgspec import MsgSpecReader, decoder
+from singer_sdk.exceptions import RecordsWithoutSchemaException
+from singer_sdk.plugin_base import _ConfigInput
+from singer_sdk.singerlib.exceptions import InvalidInputLine
+from singer_sdk.sinks import Sink
+
+from target_customerio.delivery import Delivery, DryRun, TrackClient
+from target_customerio.errors import ConfigError, InputError, TargetError, Terminated
+from target_customerio.report import RunReport
+from target_customerio.settings import CONFIG_SCHEMA, load_settings
+from target_customerio.sinks import CustomerIOSink, UnmappedSink
+
+
+class SingerLineReader(MsgSpecReader):
+    """msgspec reader over raw bytes: fast, and a bad line is one clear error, not a traceback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.line_number = 0
+
+    @property
+    def default_input(self) -> t.IO[t.Any]:  # type: ignore[override]
+        return sys.stdin.buffer
+
+    def deserialize_json(self, line: str | bytes) -> dict:
+        self.line_number += 1
+        try:
+            message = decoder.decode(line)
+        except msgspec.DecodeError as exc:
+            raise InputError(f"input line {self.line_number} is not a valid Singer message: {exc}") from None
+        if not isinstance(message, dict):
+            raise InputError(f"input line {self.line_number} is not a JSON object")
+        return message
+
+
+class TargetCustomerIO(Target):
+    """Singer target for Customer.io person updates and events."""
+
+    name = "target-customerio"
+    config_jsonschema = CONFIG_SCHEMA
+    default_sink_class = CustomerIOSink
+    message_reader_class = SingerLineReader
+    # STATE is only written when all sinks drain; drain every minute so checkpoints keep up.
+    _MAX_RECORD_AGE_IN_MINUTES = 1.0
+
+    def __init__(self, *, config: t.Any = None, parse_env_config: bool = False, validate_config: bool = True, message_reader: t.Any = None) -> None:
+        super().__init__(config=config, parse_env_config=parse_env_config, validate_config=validate_config, message_reader=message_reader)
+        self.settings = load_settings(dict(self.config), Path.cwd())
+        self.started_at = time.time()
+        self.report = RunReport(
+            reject_file=self.settings.reject_file,
+            report_file=self.settings.report_file,
+            dry_run=self.settings.dry_run,
+            logger=self.logger,
+        )
+        self.delivery: Delivery | DryRun = self._make_delivery()
+        self._credentials_checked = self.settings.dry_run
+        self._busy = False
+        self._terminating = False
+
+    def _make_delivery(self) -> Delivery | DryRun:
+        s = self.settings
+        if s.dry_run:
+            return DryRun(s.dry_run_file, self.report)
+        client = TrackClient(
+            s.base_url,
+            s.site_id,
+            str(self.config.get("api_key", "")),
+            per_second=s.max_requests_per_second,
+            timeout=s.request_timeout,
+            max_retries=s.max_retries,
+            logger=self.logger,
+        )
+        return Delivery(client, self.report, workers=s.delivery_workers)
+
+    def check_credentials(self) -> None:
+        """Verify credentials and region once, before the first record is sent."""
+        if not self._credentials_checked:
+            assert isinstance(self.delivery, Delivery)
+            self.delivery._client.check_credentials(self.settings.region)
+            self._credentials_checked = True
+
+    # Routing
+
+    def get_sink_class(self, stream_name: str) -> type[Sink]:
+        if self.settings.routes.match(stream_name) is not None:
+            return CustomerIOSink
+        if self.settings.unmapped_streams == "skip":
+            return UnmappedSink
+        routes = ", ".join(self.settings.routes.names)
+        raise ConfigError(f"stream {stream_name!r} has no route in `streams` (routes: {routes}); add one or set unmapped_streams: skip")
+
+    def get_sink(self, stream_name: str, *, record: dict | None = None, schema: dict | None = None, key_properties: t.Sequence[str] | None = None) -> Sink:
+        previous = self._sinks_active.get(stream_name)
+        sink = super().get_sink(stream_name, record=record, schema=schema, key_properties=key_properties)
+        if previous is not None and sink is not previous:
+            previous.flush()  # the schema changed: the old sink's partial batches go out now
+        return sink
+
+    # STATE: only once everything before it is in Customer.io
+
+    def _settle(self) -> None:
+        for sink in [*self._sinks_to_clear, *self._sinks_active.values()]:
+            sink.flush()
+        self.delivery.wait()
+
+    def _write_state_message(self, state: dict) -> None:
+        self._settle()
+        if self.settings.dry_run:
+            return  # nothing was sent, so no bookmark may move
+        super()._write_state_message(state)
+
+    def process_endofpipe(self) -> None:
+        super().process_endofpipe()
+        self._settle()
+
+    # Termination: stop between messages, never inside one
+
+    def _process_record_message(self, message_dict: dict) -> None:
+        self._guarded(super()._process_record_message, message_dict)
+
+    def _process_schema_message(self, message_dict: dict) -> None:
+        self._guarded(super()._process_schema_message, message_dict)
+
+    def _process_state_message(self, message_dict: dict) -> None:
+        self._guarded(super()._process_state_message, message_dict)
+
+    def _guarded(self, handle: t.Callable[[dict], None], message_dict: dict) -> None:
+        self._busy = True
+        try:
+            handle(message_dict)
+        finally:
+            self._busy = False
+        if self._terminating:
+            raise Terminated("stopped by signal after delivering what was received")
+
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+        self._terminating = True
+        if not self._busy:
+            raise Terminated(f"stopped by signal {signum} after delivering what was received")
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        """Write the report and the one-line summary."""
+        self.report.close(status, error)
+        self.logger.info("%s", self.report.summary(status))
+        names = self.report.near_duplicate_event_names()
+        if names:
+            self.logger.warning("event names that differ only in spelling at the source: %s", names)
+
+    # CLI
+
+    @classmethod
+    def invoke(cls, *, about: bool = False, about_format: str | None = None, config: _ConfigInput | None = None, file_input: t.IO[str] | None = None) -> None:  # type: ignore[override]
+        """Run the target; a fatal error is one line on stderr and a meaningful exit code."""
+        if about:
+            super().invoke(about=about, about_format=about_format, config=config, file_input=file_input)
+        config = config or _ConfigInput()
+        target = None
+        try:
+            target = cls(config=config.config, validate_config=True, parse_env_config=config.parse_env)
+            target.listen(file_input)
+        except Terminated as exc:
+            cls._stop(target, exc, drain=True)
+        except TargetError as exc:
+            cls._stop(target, exc)
+        except (RecordsWithoutSchemaException, InvalidInputLine) as exc:
+            cls._stop(target, InputError(str(exc).splitlines()[0]))
+        except UnicodeDecodeError:
+            cls._stop(target, InputError("input is not valid UTF-8"))
+        if target is not None:
+            target.finish("ok")
+
+    @classmethod
+    def _stop(cls, target: TargetCustomerIO | None, error: TargetError, *, drain: bool = False) -> t.NoReturn:
+        if drain and target is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                target.drain_all(is_endofpipe=True)
+            except TargetError as exc:
+                error = exc
+        message = str(error)
+        cls.logger.error("%s: %s", type(error).__name__, message)
+        if target is not None:
+            target.finish("failed", message)
+        logging.shutdown()
+        sys.exit(error.exit_code)

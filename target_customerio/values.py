@@ -1,0 +1,95 @@
+"""Shared value helpers: Customer.io wants unix seconds, plain numbers, snake_case names."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+UTC = dt.timezone.utc
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class BadValue(ValueError):
+    """A value that cannot be sent to Customer.io as it is."""
+
+
+def to_unix(value: dt.datetime | dt.date | str, tz: dt.tzinfo = UTC) -> int:
+    """Integer unix seconds; naive values are read in `tz` (the source's zone)."""
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if not isinstance(value, dt.datetime):
+        value = dt.datetime(value.year, value.month, value.day)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=tz)
+    return math.floor((value - _EPOCH).total_seconds())
+
+
+def parse_datetime(text: str) -> dt.datetime:
+    """ISO 8601, Postgres text form (`+00`) and SQL Server datetime2 (7 decimals)."""
+    try:
+        return dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise BadValue(f"not a date-time: {text[:40]!r}") from None
+
+
+def plain_number(value: Decimal | float) -> int | float:
+    """A JSON number: integral values become integers, NaN and Infinity are refused."""
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise BadValue(f"{value} is not a number Customer.io accepts")
+        return int(value) if value == value.to_integral_value() else float(value)
+    if not math.isfinite(value):
+        raise BadValue(f"{value} is not a number Customer.io accepts")
+    return value
+
+
+def plain(value: Any, tz: dt.tzinfo = UTC) -> Any:
+    """Normalise one value: dates to unix seconds, decimals to numbers, recursively."""
+    kind = type(value)
+    if kind in (str, int, bool) or value is None:
+        return value
+    if kind is Decimal or kind is float:
+        return plain_number(value)
+    if isinstance(value, (dt.datetime, dt.date)):
+        return to_unix(value, tz)
+    if kind is dict:
+        return {k: plain(v, tz) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [plain(v, tz) for v in value]
+    if isinstance(value, dt.time):
+        return value.isoformat()
+    return str(value)
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """`90s`, `15m`, `2h`, `3d`, `1w` → timedelta."""
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"{text!r} is not a duration like 30m, 2h or 3d")
+    amount, unit = match.groups()
+    return dt.timedelta(**{_DURATION_UNITS[unit]: int(amount)})
+
+
+def timezone(name: str | None) -> dt.tzinfo:
+    """The zone a route reads naive source timestamps in (UTC by default)."""
+    if not name:
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except Exception:  # ZoneInfoNotFoundError, ValueError for malformed keys
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name like Europe/Berlin)") from None
+
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_NON_WORD = re.compile(r"[^0-9a-zA-Z]+")
+
+
+def snake_case(name: str) -> str:
+    """`Order Placed`, `OrderPlaced`, `order-placed` → `order_placed`."""
+    return _NON_WORD.sub("_", _CAMEL.sub("_", name.strip())).strip("_").lower()
