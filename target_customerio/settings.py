@@ -31,6 +31,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "on_contract_violation": {"type": "string", "enum": ["reject", "fail"], "default": "reject", "description": "Default for routes: reject the record, or fail the run."},
         "request_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 30, "description": "Seconds to wait for Customer.io to answer one request."},
         "max_retries": {"type": "integer", "minimum": 0, "default": 7, "description": "Retries of one request on 429, 5xx and network errors."},
+        "checkpoint_interval_seconds": {"type": "number", "exclusiveMinimum": 0, "default": 60, "description": "Longest time between STATE checkpoints on a long run."},
         "delivery_workers": {"type": "integer", "minimum": 1, "maximum": 32, "default": 4, "description": "Requests in flight at once."},
     },
 }
@@ -53,6 +54,7 @@ class Settings:
     request_timeout: float
     max_retries: int
     delivery_workers: int
+    checkpoint_interval_seconds: float
 
     def __repr__(self) -> str:
         return f"Settings(site_id={self.site_id!r}, base_url={self.base_url!r})"
@@ -85,7 +87,7 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
     return Settings(
         site_id=str(config.get("site_id") or ""),
         base_url=(override or REGION_URLS[region]).rstrip("/"),
-        region=None if override else region,
+        region=config.get("region") if override else region,  # verify a proxy's region only when set
         routes=Routes(streams, base_dir, violation),
         unmapped_streams=unmapped,
         max_requests_per_second=_positive(config, "max_requests_per_second", 100),
@@ -96,6 +98,7 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
         request_timeout=_positive(config, "request_timeout", 30),
         max_retries=int(config.get("max_retries", 7)),
         delivery_workers=int(config.get("delivery_workers", 4)),
+        checkpoint_interval_seconds=_positive(config, "checkpoint_interval_seconds", 60),
     )
 
 

@@ -54,12 +54,12 @@ class TargetCustomerIO(Target):
     config_jsonschema = CONFIG_SCHEMA
     default_sink_class = CustomerIOSink
     message_reader_class = SingerLineReader
-    # STATE is only written when all sinks drain; drain every minute so checkpoints keep up.
-    _MAX_RECORD_AGE_IN_MINUTES = 1.0
 
     def __init__(self, *, config: t.Any = None, parse_env_config: bool = False, validate_config: bool = True, message_reader: t.Any = None) -> None:
         super().__init__(config=config, parse_env_config=parse_env_config, validate_config=validate_config, message_reader=message_reader)
         self.settings = load_settings(dict(self.config), Path.cwd())
+        # The SDK writes STATE only when all sinks drain; drain often enough that checkpoints keep up.
+        self._MAX_RECORD_AGE_IN_MINUTES = self.settings.checkpoint_interval_seconds / 60
         self.started_at = time.time()
         self.report = RunReport(
             reject_file=self.settings.reject_file,

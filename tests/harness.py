@@ -1,0 +1,67 @@
+"""Run the real target-customerio process on a Singer stream, the way Meltano does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+TARGET = str(Path(sys.executable).with_name("target-customerio"))
+SITE_ID, API_KEY = "test-site", "sk_test_5ecret_never_logged"
+
+
+def schema(stream: str, properties: dict[str, Any], key: list[str] | None = None) -> dict:
+    return {"type": "SCHEMA", "stream": stream, "schema": {"type": "object", "properties": properties}, "key_properties": key or []}
+
+
+def record(stream: str, row: dict[str, Any]) -> dict:
+    return {"type": "RECORD", "stream": stream, "record": row}
+
+
+def state(value: dict[str, Any]) -> dict:
+    return {"type": "STATE", "value": value}
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    report: dict[str, Any] | None
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def states(self) -> list[dict[str, Any]]:
+        """Every stdout line must be a STATE value (that is all Meltano reads there)."""
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+
+def target_config(sandbox_url: str, tmp: Path, streams: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "site_id": SITE_ID, "api_key": API_KEY, "track_api_url": sandbox_url, "streams": streams,
+        "reject_file": str(tmp / "rejects.jsonl"), "report_file": str(tmp / "report.json"), **extra,
+    }
+
+
+def run_target(config: dict[str, Any], messages: Iterable[dict | str], tmp: Path, *, timeout: float = 120, env: dict[str, str] | None = None) -> Run:
+    """Pipe messages (dicts, or raw lines) through the target process and collect what it leaves."""
+    config_path = tmp / "config.json"
+    config_path.write_text(json.dumps(config))
+    lines = "".join((m if isinstance(m, str) else json.dumps(m)) + "\n" for m in messages)
+    proc = subprocess.run(
+        [TARGET, "--config", str(config_path)], input=lines.encode(), capture_output=True,
+        timeout=timeout, cwd=tmp, env={**os.environ, **(env or {})},
+    )
+    return collect(proc.returncode, proc.stdout.decode(), proc.stderr.decode(errors="replace"), config)
+
+
+def collect(returncode: int, stdout: str, stderr: str, config: dict[str, Any]) -> Run:
+    report_path = Path(config["report_file"]) if config.get("report_file") else None
+    reject_path = Path(config["reject_file"]) if config.get("reject_file") else None
+    report = json.loads(report_path.read_text()) if report_path and report_path.exists() else None
+    rejects = [json.loads(x) for x in reject_path.read_text().splitlines()] if reject_path and reject_path.exists() else []
+    return Run(returncode, stdout, stderr, report, rejects)

@@ -1,0 +1,242 @@
+"""The sample retention database, read by the real tap-postgres: discover, sync, re-sync."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg2
+import pytest
+
+from demo.sample_data import EVENT_KEYS, REPLICATION_KEYS, VIEWS, generate, load, mutate
+from tests.pg_fixtures import TapRun, discover, incremental_catalog, run_tap, tap_config, write_json
+from tests.pg_fixtures import postgres as postgres  # noqa: PLC0414  (fixture; `as` avoids F811)
+
+# What tap-postgres 0.10.0 makes of each view column: JSON type, or "date-time" for a string
+# with format date-time (timestamptz). numeric(12,2) becomes a plain "number" (no multipleOf).
+EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
+    "customer_profiles": {
+        "customer_id": "string", "email": "string", "first_name": "string",
+        "last_name": "string", "email_opt_in": "boolean", "sms_opt_in": "boolean",
+        "is_subscriber": "boolean", "subscription_status": "string",
+        "last_order_at": "date-time", "orders_count": "integer", "lifetime_value": "number",
+        "next_reorder_due_at": "date-time", "updated_at": "date-time",
+    },
+    "checkout_started_events": {
+        "event_key": "string", "customer_id": "string", "email": "string",
+        "checkout_id": "string", "started_at": "date-time", "cart_value": "number",
+        "items_count": "integer", "currency": "string", "cart_url": "string",
+        "converted": "boolean",
+    },
+    "order_placed_events": {
+        "order_id": "integer", "customer_id": "string", "placed_at": "date-time",
+        "total": "number", "currency": "string", "items_count": "integer", "sku": "string",
+    },
+    "order_fulfilled_events": {
+        "order_id": "integer", "customer_id": "string", "fulfilled_at": "date-time",
+        "carrier": "string",
+    },
+    "refund_issued_events": {
+        "refund_id": "string", "order_id": "integer", "customer_id": "string",
+        "issued_at": "date-time", "amount": "number", "reason": "string",
+    },
+    "subscription_events": {
+        "event_key": "string", "customer_id": "string", "event_name": "string",
+        "occurred_at": "date-time", "subscription_id": "string", "interval_days": "integer",
+    },
+}
+
+
+def stream(view: str) -> str:
+    return f"public-{view}"
+
+
+def query(dsn: str, sql: str, *args: Any) -> list[tuple]:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchall()
+
+
+def scalar(dsn: str, sql: str, *args: Any) -> Any:
+    return query(dsn, sql, *args)[0][0]
+
+
+# --- the data itself -------------------------------------------------------------------------
+
+
+def test_generation_is_deterministic_for_seed_and_now() -> None:
+    now = datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc)
+    assert generate(60, 7, now) == generate(60, 7, now)
+    assert generate(60, 7, now) != generate(60, 8, now)
+    with pytest.raises(ValueError):
+        generate(5, 7, now)
+
+
+def test_load_is_idempotent_and_counts_rows(postgres) -> None:
+    now = datetime.now(timezone.utc)
+    counts = load(postgres.dsn, now=now)
+    again = load(postgres.dsn, now=now)
+    assert counts == again
+    assert counts["customers"] == counts["customer_profiles"] == 200
+    for name in VIEWS:
+        assert counts[name] > 0, name
+    # The dirty view: one row per line item, so more rows than orders.
+    assert counts["order_placed_events"] == counts["order_items"]
+    assert counts["order_placed_events_distinct_orders"] == counts["orders"]
+    assert counts["order_placed_events"] > counts["orders"]
+
+
+def test_dirty_cases_from_the_field(postgres) -> None:
+    dsn = postgres.dsn
+    emails = dict(query(dsn, "SELECT customer_id, email FROM customers"))
+    assert emails["C000001"] == "  Jane.Doe@Example.COM "
+    assert emails["C000002"] is None and emails["C000003"] == ""
+    assert any(e and e != e.strip() for e in emails.values())
+    assert any(e and e != e.lower() for e in emails.values())
+    # A guest checkout whose email later registered (in another case) as a customer.
+    guest = query(dsn, """
+        SELECT ch.started_at, c.created_at
+        FROM checkout_started_events ch
+        JOIN customers c ON lower(trim(c.email)) = lower(trim(ch.email))
+        WHERE ch.customer_id IS NULL""")
+    assert guest and all(started < created for started, created in guest)
+    # Refunds arrive at least a day after their order.
+    gaps = query(dsn, """
+        SELECT r.issued_at - o.placed_at FROM refunds r JOIN orders o USING (order_id)""")
+    assert gaps and all(gap >= timedelta(days=1) for (gap,) in gaps)
+    money = query(dsn, """
+        SELECT table_name, column_name, data_type FROM information_schema.columns
+        WHERE column_name IN ('total', 'amount', 'cart_value', 'lifetime_value')""")
+    assert money and {t for _, _, t in money} == {"numeric"}
+    assert scalar(dsn, "SELECT count(*) FROM orders WHERE total = 0") >= 1
+
+
+def test_event_times_are_relative_to_now(postgres) -> None:
+    now = datetime(2026, 3, 1, 9, 30, tzinfo=timezone.utc)
+    load(postgres.dsn, now=now)
+    try:
+        for view in EVENT_KEYS:
+            column = REPLICATION_KEYS[view]
+            newest, fresh, old, total = query(postgres.dsn, f"""
+                SELECT max({column}),
+                       count(*) FILTER (WHERE {column} > %s - interval '48 hours'),
+                       count(*) FILTER (WHERE {column} < %s - interval '3 days'),
+                       count(*)
+                FROM {view}""", now, now)[0]
+            assert newest <= now - timedelta(minutes=5), view
+            assert fresh > total / 2, f"{view}: most events are fresh"
+            assert old >= 1, f"{view}: some events are older than 3 days"
+    finally:
+        load(postgres.dsn)
+
+
+def test_profile_updated_at_follows_related_rows(postgres) -> None:
+    rows = query(postgres.dsn, """
+        SELECT p.customer_id FROM customer_profiles p JOIN customers c USING (customer_id)
+        WHERE p.updated_at < c.updated_at
+           OR p.updated_at < p.last_order_at
+           OR (p.orders_count > 0) <> (p.last_order_at IS NOT NULL)""")
+    assert rows == []
+    jane = query(postgres.dsn, """
+        SELECT is_subscriber, subscription_status, orders_count, lifetime_value
+        FROM customer_profiles WHERE customer_id = 'C000001'""")[0]
+    assert jane[:3] == (True, "active", 2) and jane[3] > 0
+
+
+# --- through the real tap-postgres -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tap_files(postgres, tmp_path_factory) -> dict[str, Any]:
+    directory = tmp_path_factory.mktemp("tap")
+    config = write_json(directory / "config.json", tap_config(postgres))
+    discovered = discover(config)
+    catalog = write_json(directory / "catalog.json", incremental_catalog(discovered))
+    return {"dir": directory, "config": config, "catalog": catalog, "discovered": discovered}
+
+
+def test_discovery_finds_the_views_with_json_types(tap_files) -> None:
+    entries = {e["tap_stream_id"]: e for e in tap_files["discovered"]["streams"]}
+    for view, columns in EXPECTED_COLUMNS.items():
+        entry = entries[stream(view)]
+        assert entry["is_view"] is True and entry["key_properties"] == []
+        properties = entry["schema"]["properties"]
+        assert list(properties) == list(columns), view
+        for column, kind in columns.items():
+            assert json_kind(properties[column]) == kind, (view, column)
+    assert "public-customers" in entries  # tables are discovered too (not selected)
+
+
+def json_kind(schema: dict[str, Any]) -> str:
+    types = [t for t in schema["type"] if t != "null"]
+    assert len(types) == 1 and "null" in schema["type"]
+    if schema.get("format") == "date-time":
+        assert types == ["string"]
+        return "date-time"
+    return types[0]
+
+
+def value_matches(kind: str, value: Any) -> bool:
+    if value is None:
+        return True
+    if kind == "date-time":
+        return isinstance(value, str) and datetime.fromisoformat(value).tzinfo is not None
+    expected = {"string": str, "boolean": bool, "integer": int, "number": (int, float)}[kind]
+    return isinstance(value, expected) and (kind == "boolean" or not isinstance(value, bool))
+
+
+def test_incremental_sync_then_second_night(postgres, tap_files) -> None:
+    load(postgres.dsn)
+    first = run_tap(tap_files["config"], tap_files["catalog"])
+    check_first_sync(postgres.dsn, first)
+
+    changes = mutate(postgres.dsn)
+    state = write_json(tap_files["dir"] / "state.json", first.state)
+    second = run_tap(tap_files["config"], tap_files["catalog"], state)
+
+    changed = rows_after_bookmark(first, second, "customer_profiles", "customer_id")
+    assert changed == set(changes["changed_customer_ids"])
+    for view, keys in changes["new_event_keys"].items():
+        assert keys, view
+        assert rows_after_bookmark(first, second, view, EVENT_KEYS[view]) == set(keys), view
+    for view in VIEWS:
+        assert parse_time(second.bookmark(stream(view))) > parse_time(first.bookmark(stream(view)))
+
+
+def check_first_sync(dsn: str, run: TapRun) -> None:
+    assert set(run.records) == {stream(v) for v in VIEWS}
+    for view, columns in EXPECTED_COLUMNS.items():
+        records = run.records[stream(view)]
+        assert len(records) == scalar(dsn, f"SELECT count(*) FROM {view}"), view
+        for record in records:
+            assert list(record) == list(columns), view
+            for column, kind in columns.items():
+                assert value_matches(kind, record[column]), (view, column, record[column])
+        key = REPLICATION_KEYS[view]
+        bookmark = run.state["bookmarks"][stream(view)]
+        assert bookmark["replication_key"] == key
+        newest = max(parse_time(r[key]) for r in records)
+        assert parse_time(bookmark["replication_key_value"]) == newest
+        assert run.schemas[stream(view)]["bookmark_properties"] == [key]
+    placed = run.records[stream("order_placed_events")]
+    assert len(placed) > len({r["order_id"] for r in placed})
+
+
+def rows_after_bookmark(first: TapRun, second: TapRun, view: str, key: str) -> set:
+    """Keys of second-sync rows newer than the first bookmark; asserts nothing else came out.
+
+    tap-postgres filters with `replication_key >= bookmark`, so rows sitting exactly on the
+    bookmark are re-emitted (unchanged) on every run; everything else must be new.
+    """
+    column = REPLICATION_KEYS[view]
+    bookmark = parse_time(first.bookmark(stream(view)))
+    rows = second.records.get(stream(view), [])
+    assert all(parse_time(r[column]) >= bookmark for r in rows), view
+    previous = [r for r in first.records[stream(view)] if parse_time(r[column]) == bookmark]
+    on_bookmark = [r for r in rows if parse_time(r[column]) == bookmark]
+    assert all(r in previous for r in on_bookmark), view
+    return {r[key] for r in rows if parse_time(r[column]) > bookmark}
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
