@@ -19,6 +19,7 @@ NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 RECENT = (NOW - dt.timedelta(hours=1)).isoformat()
 OLD = (NOW - dt.timedelta(days=10)).isoformat()
 
+BATCH = "/api/v2/batch"
 CUSTOMERS = "public-customer_profiles"
 ORDERS = "public-order_placed_events"
 ROUTES = {
@@ -107,12 +108,15 @@ def test_state_is_written_only_after_the_records_before_it_are_accepted(sandbox,
     """A slow Customer.io must delay STATE, never let it run ahead of delivery."""
     config = target_config(sandbox.url, tmp_path, ROUTES, checkpoint_interval_seconds=0.2)
     (tmp_path / "config.json").write_text(json.dumps(config))
-    sandbox.inject(200, times=3, mode="slow", delay=1.0)
+    sandbox.inject(200, times=3, mode="slow", delay=1.0, path=BATCH)
     proc = subprocess.Popen([TARGET, "--config", str(tmp_path / "config.json")], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, text=True)
     first_batch = [CUSTOMER_SCHEMA, *(customer(n) for n in range(1, 21)), state({"n": 1})]
     proc.stdin.write("".join(json.dumps(m) + "\n" for m in first_batch))
     proc.stdin.flush()
+    deadline = time.monotonic() + 30
+    while not sandbox.requests() and time.monotonic() < deadline:  # the target is up and read the SCHEMA
+        time.sleep(0.05)
     time.sleep(0.5)
     proc.stdin.write(json.dumps(customer(21)) + "\n")  # the next record triggers the checkpoint
     proc.stdin.flush()
@@ -160,7 +164,7 @@ def test_wrong_region_is_named(tmp_path):
 
 def test_item_errors_from_customerio_go_to_the_reject_file(sandbox, tmp_path):
     errors = {"errors": [{"batch_index": 1, "reason": "invalid", "field": "email", "message": "email is invalid"}]}
-    sandbox.inject(207, body=errors)
+    sandbox.inject(207, body=errors, path=BATCH)
     stream = [CUSTOMER_SCHEMA, customer(1), customer(2), customer(3), state({"s": 1})]
     run = run_target(target_config(sandbox.url, tmp_path, ROUTES, delivery_workers=1), stream, tmp_path)
     assert run.returncode == 0, run.stderr
@@ -172,9 +176,9 @@ def test_item_errors_from_customerio_go_to_the_reject_file(sandbox, tmp_path):
 
 
 def test_rate_limits_and_server_errors_are_retried_until_accepted(sandbox, tmp_path):
-    sandbox.inject(429, times=2)
-    sandbox.inject(503, times=1)
-    sandbox.inject(429, times=1, retry_after=0.2)
+    sandbox.inject(429, times=2, path=BATCH)
+    sandbox.inject(503, times=1, path=BATCH)
+    sandbox.inject(429, times=1, retry_after=0.2, path=BATCH)
     run = run_target(target_config(sandbox.url, tmp_path, ROUTES), sample_stream(), tmp_path)
     assert run.returncode == 0, run.stderr
     assert len(sandbox.people()) == 3 and len(sandbox.events()) == 2
@@ -182,7 +186,7 @@ def test_rate_limits_and_server_errors_are_retried_until_accepted(sandbox, tmp_p
 
 
 def test_an_outage_fails_clearly_and_advances_no_state(sandbox, tmp_path):
-    sandbox.inject(503, times=1000)
+    sandbox.inject(503, times=1000, path=BATCH)
     run = run_target(target_config(sandbox.url, tmp_path, ROUTES, max_retries=2), sample_stream(), tmp_path)
     assert run.returncode == 4
     assert run.stdout == ""
@@ -217,7 +221,7 @@ def test_contract_violation_can_fail_the_run(sandbox, tmp_path):
 
 
 def test_the_api_key_never_reaches_any_output(sandbox, tmp_path):
-    sandbox.inject(500, times=1000)
+    sandbox.inject(500, times=1000, path=BATCH)
     run = run_target(target_config(sandbox.url, tmp_path, ROUTES, max_retries=1), sample_stream(), tmp_path)
     assert run.returncode == 4
     for path in tmp_path.iterdir():

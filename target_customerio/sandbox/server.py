@@ -217,6 +217,10 @@ class Fault:
     body: dict | None = None
     mode: str = "respond"
     delay: float = 5.0
+    path: str | None = None  # only requests to this path prefix, e.g. "/api/v2/batch"; None = any API path
+
+    def applies_to(self, path: str) -> bool:
+        return self.path is None or path.startswith(self.path)
 
 
 class Faults:
@@ -236,9 +240,9 @@ class Faults:
         with self._lock:
             self._queue.append(fault)
 
-    def take(self) -> Fault | None:
+    def take(self, path: str) -> Fault | None:
         with self._lock:
-            if not self._queue:
+            if not self._queue or not self._queue[0].applies_to(path):
                 return None
             fault = self._queue[0]
             fault.times -= 1
@@ -422,7 +426,7 @@ class _Handler(BaseHTTPRequestHandler):
             sandbox.store.log_request(method, path, r.status, 0, 0)
             raise
         sandbox.store.count("requests")
-        fault = sandbox.faults.take()
+        fault = sandbox.faults.take(path)
         if fault is not None:
             sandbox.store.count(f"faults_{fault.mode}")
             if fault.mode == "slow":
@@ -722,9 +726,10 @@ class Sandbox:
         body: dict | None = None,
         mode: str = "respond",
         delay: float = 5.0,
+        path: str | None = None,
     ) -> None:
-        """Queue a fault for the next `times` API requests (see FAULT_MODES)."""
-        self.faults.add(Fault(int(status), int(times), retry_after, body, mode, float(delay)))
+        """Queue a fault for the next `times` API requests to `path` (any, if None; see FAULT_MODES)."""
+        self.faults.add(Fault(int(status), int(times), retry_after, body, mode, float(delay), path))
 
     def clear_faults(self) -> None:
         self.faults.clear()
