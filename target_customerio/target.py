@@ -13,7 +13,7 @@ from types import FrameType
 import msgspec
 from singer_sdk import Target
 from singer_sdk.contrib.msgspec import MsgSpecReader, decoder
-from singer_sdk.exceptions import RecordsWithoutSchemaException
+from singer_sdk.exceptions import MissingKeyPropertiesError, RecordsWithoutSchemaException
 from singer_sdk.plugin_base import _ConfigInput
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.sinks import Sink
@@ -177,7 +177,7 @@ class TargetCustomerIO(Target):
             cls._stop(target, exc, drain=True)
         except TargetError as exc:
             cls._stop(target, exc)
-        except (RecordsWithoutSchemaException, InvalidInputLine) as exc:
+        except (RecordsWithoutSchemaException, InvalidInputLine, MissingKeyPropertiesError) as exc:
             cls._stop(target, InputError(str(exc).splitlines()[0]))
         except UnicodeDecodeError:
             cls._stop(target, InputError("input is not valid UTF-8"))
