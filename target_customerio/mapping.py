@@ -91,6 +91,10 @@ class Mapper:
 
     def map(self, record: dict[str, Any]) -> Operation:
         """The operation for a record; raises Rejected or Skipped."""
+        if record.get("_sdc_operation_type") == "D" or record.get("_sdc_deleted_at"):
+            # A CDC delete carries the deleted row: sending it would identify (resurrect) the
+            # person or fire the event. Until routes choose an `on_delete`, skip and count it.
+            raise Skipped("deleted")
         kind, value = self._identifier(record)
         if self.route.kind == "person":
             op = self._identify(record, kind, value)
@@ -99,7 +103,7 @@ class Mapper:
         try:
             body = orjson.dumps(op)
         except orjson.JSONEncodeError as exc:
-            raise Rejected("invalid_value", None, f"cannot encode as JSON: {exc}") from None
+            raise Rejected("invalid_value", _unencodable_field(op), f"cannot encode as JSON: {exc}") from None
         if len(body) > MAX_OPERATION_BYTES:
             raise Rejected("operation_too_large", None, f"operation is {len(body)} bytes; Customer.io takes at most {MAX_OPERATION_BYTES}")
         return Operation(body, value, record)
@@ -211,6 +215,16 @@ class Mapper:
         if not name or len(name.encode()) > MAX_EVENT_NAME_BYTES:
             raise Rejected("invalid_event_name", column, f"event name {raw[:120]!r} is empty or longer than {MAX_EVENT_NAME_BYTES} bytes")
         return name
+
+
+def _unencodable_field(op: dict[str, Any]) -> str | None:
+    """The attribute that made encoding fail (error path only)."""
+    for name, value in op.get("attributes", {}).items():
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            return name
+    return None
 
 
 def _check_person_limits(attributes: dict[str, Any]) -> None:

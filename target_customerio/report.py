@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import threading
 from collections import Counter, defaultdict
@@ -71,9 +72,12 @@ class RunReport:
     def reject(self, stream: str, reason: str, field: str | None, message: str, record: Any, rule: str | None = None) -> None:
         entry = {
             "stream": stream, "reason": reason, "field": field, "message": message,
-            "record": record, "rejected_at": dt.datetime.now(dt.timezone.utc),
+            "record": record, "rejected_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         }
-        line = orjson.dumps(entry, default=_json_default, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
+        try:
+            line = orjson.dumps(entry, default=_json_default, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
+        except orjson.JSONEncodeError:  # lone surrogates, huge ints: keep the record, escaped
+            line = (json.dumps(entry, default=str, ensure_ascii=True) + "\n").encode()
         with self._lock:
             tally = self._streams.setdefault(stream, StreamTally())
             tally.rejected[reason] += 1

@@ -59,6 +59,15 @@ class CustomerIOSink(Sink):
     def process_batch(self, context: dict) -> None:
         """Nothing to do: records were packed as they arrived (see class docstring)."""
 
+    def activate_version(self, new_version: int) -> None:
+        """Ignored: Customer.io has no table version to switch to.
+
+        tap-mssql and other pipelinewise taps send ACTIVATE_VERSION after every full-table and
+        CDC run, CDC runs included, which carry only changed rows. Deleting whatever was not
+        re-sent would erase people, so nothing is deleted.
+        """
+        self.logger.debug("ACTIVATE_VERSION %s: nothing to do in Customer.io", new_version)
+
     def flush(self) -> None:
         """Hand every partial batch to delivery."""
         for packer in self._packers:
@@ -85,6 +94,9 @@ class UnmappedSink(Sink):
 
     def process_batch(self, context: dict) -> None:
         """Nothing is sent for an unmapped stream."""
+
+    def activate_version(self, new_version: int) -> None:
+        """Nothing is sent for an unmapped stream, so there is nothing to version."""
 
     def flush(self) -> None:
         """Nothing is packed for an unmapped stream."""

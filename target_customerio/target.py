@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
 import time
 import typing as t
 from pathlib import Path
+from decimal import Decimal
 from types import FrameType
 
 import msgspec
@@ -40,11 +42,25 @@ class SingerLineReader(MsgSpecReader):
         self.line_number += 1
         try:
             message = decoder.decode(line)
-        except msgspec.DecodeError as exc:
-            raise InputError(f"input line {self.line_number} is not a valid Singer message: {exc}") from None
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            message = self._lenient_decode(line)
         if not isinstance(message, dict):
             raise InputError(f"input line {self.line_number} is not a JSON object")
         return message
+
+    def _lenient_decode(self, line: str | bytes) -> t.Any:
+        """What Python taps emit but strict JSON forbids: NaN, Infinity, lone surrogates, bad UTF-8.
+
+        Such a line still parses, so the one bad value is rejected with its record and field
+        by the mapper instead of stopping the whole run.
+        """
+        text = line.decode("utf-8", errors="surrogateescape") if isinstance(line, bytes) else line
+        try:
+            return json.loads(text, parse_float=Decimal, parse_constant=Decimal)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"input line {self.line_number} is not valid JSON: {exc.msg} at column {exc.colno}") from None
+        except RecursionError:
+            raise InputError(f"input line {self.line_number} is nested too deeply to read") from None
 
 
 class TargetCustomerIO(Target):
