@@ -206,7 +206,7 @@ def test_dry_run_sends_nothing_and_moves_no_bookmark(sandbox, tmp_path):
 
 
 @pytest.mark.parametrize("lines, words", [
-    (["{not json"], "input line 1 is not a valid Singer message"),
+    (["{not json"], "input line 1 is not valid JSON"),
     ([json.dumps(record(CUSTOMERS, {"customer_id": "C1"}))], "before a corresponding schema"),
 ])
 def test_malformed_input_is_one_clear_line(sandbox, tmp_path, lines, words):
