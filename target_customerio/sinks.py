@@ -62,9 +62,9 @@ class CustomerIOSink(Sink):
     def activate_version(self, new_version: int) -> None:
         """Ignored: Customer.io has no table version to switch to.
 
-        tap-mssql and other pipelinewise taps send ACTIVATE_VERSION after every full-table and
-        CDC run, CDC runs included, which carry only changed rows. Deleting whatever was not
-        re-sent would erase people, so nothing is deleted.
+        tap-mssql and other pipelinewise taps send one after every full-table run and every CDC
+        run, even a CDC run that carries only the changed rows. Deleting whatever was not re-sent
+        would erase people, so nothing is deleted.
         """
         self.logger.debug("ACTIVATE_VERSION %s: nothing to do in Customer.io", new_version)
 
