@@ -242,5 +242,8 @@ def _value_bytes(value: Any) -> int:
     if kind is str:
         return len(value) if len(value) * 4 <= MAX_ATTRIBUTE_VALUE_BYTES else len(value.encode())
     if kind is dict or kind is list:
-        return len(orjson.dumps(value))
+        try:
+            return len(orjson.dumps(value))
+        except orjson.JSONEncodeError:  # too deep, or lone surrogates: rejected when encoded
+            return 0
     return 0

@@ -15,7 +15,7 @@ from types import FrameType
 import msgspec
 from singer_sdk import Target
 from singer_sdk.contrib.msgspec import MsgSpecReader, decoder
-from singer_sdk.exceptions import MissingKeyPropertiesError, RecordsWithoutSchemaException
+from singer_sdk.exceptions import ConfigValidationError, MissingKeyPropertiesError, RecordsWithoutSchemaException
 from singer_sdk.plugin_base import _ConfigInput
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.sinks import Sink
@@ -47,6 +47,9 @@ class SingerLineReader(MsgSpecReader):
         if not isinstance(message, dict):
             raise InputError(f"input line {self.line_number} is not a JSON object")
         return message
+
+    def _process_unknown_message(self, message_dict: dict) -> None:
+        raise InputError(f"input line {self.line_number}: unknown message type {message_dict.get('type')!r}")
 
     def _lenient_decode(self, line: str | bytes) -> t.Any:
         """What Python taps emit but strict JSON forbids: NaN, Infinity, lone surrogates, bad UTF-8.
@@ -193,6 +196,8 @@ class TargetCustomerIO(Target):
             cls._stop(target, exc, drain=True)
         except TargetError as exc:
             cls._stop(target, exc)
+        except ConfigValidationError as exc:
+            cls._stop(target, ConfigError("; ".join(exc.errors) or str(exc)))
         except (RecordsWithoutSchemaException, InvalidInputLine, MissingKeyPropertiesError) as exc:
             cls._stop(target, InputError(str(exc).splitlines()[0]))
         except UnicodeDecodeError:

@@ -52,9 +52,9 @@ def run_target(config: dict[str, Any], messages: Iterable[dict | str], tmp: Path
     config_path = tmp / "config.json"
     config_path.write_text(json.dumps(config))
     lines = "".join((m if isinstance(m, str) else json.dumps(m)) + "\n" for m in messages)
+    data = lines.encode(errors="surrogateescape")  # lets a test pass raw bytes such as bad UTF-8
     proc = subprocess.run(
-        [TARGET, "--config", str(config_path)], input=lines.encode(), capture_output=True,
-        timeout=timeout, cwd=tmp, env={**os.environ, **(env or {})},
+        [TARGET, "--config", str(config_path)], input=data, capture_output=True, timeout=timeout, cwd=tmp, env={**os.environ, **(env or {})},
     )
     return collect(proc.returncode, proc.stdout.decode(), proc.stderr.decode(errors="replace"), config)
 
