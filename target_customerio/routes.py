@@ -16,8 +16,9 @@ import jsonschema_rs
 from target_customerio.errors import ConfigError
 from target_customerio.values import parse_duration, snake_case, timezone
 
-KINDS = ("person", "event")
+KINDS = ("person", "event", "merge", "object")
 IDENTIFIER_TYPES = ("id", "email", "cio_id")
+ON_DELETE = ("ignore", "delete", "suppress", "unsubscribe")
 BUILTIN_PREFIX = "builtin:"
 _REQUIRED_PROPERTY = re.compile(r'^"(.+)" is a required property')
 
@@ -81,6 +82,14 @@ def builtin_contracts() -> list[str]:
 
 
 @dataclass(frozen=True)
+class Identifier:
+    """A column holding one of a person's identifiers."""
+
+    field: str
+    type: str
+
+
+@dataclass(frozen=True)
 class Route:
     """One stream's way into Customer.io, validated from the `streams` setting."""
 
@@ -99,16 +108,28 @@ class Route:
     max_age: dt.timedelta | None = None
     source_timezone: dt.tzinfo = dt.timezone.utc
     on_contract_violation: str = "reject"
+    on_delete: str = "ignore"
+    mirror_to_attribute: str | None = None
+    secondary: Identifier | None = None
+    object_type_id: str | None = None
+    relationships: tuple[Identifier, ...] = ()
 
     def attribute_name(self, column: str) -> str | None:
         """The outgoing attribute name of a column, or None when it is not sent."""
-        if column in (self.identifier_field, self.event_name_field) or column.startswith("_sdc_"):
+        if column in self._identity_columns or column.startswith("_sdc_"):
             return None
         if self.include is not None and column not in self.include:
             return None
         if column in self.exclude:
             return None
         return self.rename.get(column, column)
+
+    @property
+    def _identity_columns(self) -> frozenset[str]:
+        columns = {self.identifier_field, self.event_name_field, *(r.field for r in self.relationships)}
+        if self.secondary:
+            columns.add(self.secondary.field)
+        return frozenset(c for c in columns if c)
 
 
 class Routes:
@@ -145,34 +166,76 @@ def _parse_route(name: str, spec: Any, base_dir: Path, default_violation: str) -
     kind = spec.get("kind")
     if kind not in KINDS:
         raise ConfigError(f"{where}.kind: {kind!r} is not one of {', '.join(KINDS)}")
-    ident = spec.get("identifier")
-    if not isinstance(ident, dict) or not ident.get("field"):
-        raise ConfigError(f"{where}.identifier: needs {{field: <column>, type: id|email|cio_id}}")
-    ident_type = ident.get("type", "id")
-    if ident_type not in IDENTIFIER_TYPES:
-        raise ConfigError(f"{where}.identifier.type: {ident_type!r} is not one of {', '.join(IDENTIFIER_TYPES)}")
     attributes = spec.get("attributes") or {}
     violation = spec.get("on_contract_violation", default_violation)
     if violation not in ("reject", "fail"):
         raise ConfigError(f"{where}.on_contract_violation: {violation!r} is not reject or fail")
+    on_delete = spec.get("on_delete", "ignore")
+    if on_delete not in ON_DELETE or (kind != "person" and on_delete != "ignore"):
+        allowed = ON_DELETE if kind == "person" else ("ignore",)
+        raise ConfigError(f"{where}.on_delete: {on_delete!r} is not one of {', '.join(allowed)} for a {kind} route")
     try:
         tz = timezone(spec.get("source_timezone"))
     except ValueError as exc:
         raise ConfigError(f"{where}.source_timezone: {exc}") from None
-    route = Route(
+    return Route(
         pattern=name,
         kind=kind,
-        identifier_field=ident["field"],
-        identifier_type=ident_type,
         include=tuple(attributes["include"]) if "include" in attributes else None,
         exclude=tuple(attributes.get("exclude", ())),
         rename=dict(attributes.get("rename", {})),
         contract=load_contract(spec["contract"], base_dir) if spec.get("contract") else None,
         source_timezone=tz,
         on_contract_violation=violation,
-        **(_event_options(where, spec) if kind == "event" else {}),
+        on_delete=on_delete,
+        **_KIND_OPTIONS[kind](where, spec),
     )
-    return route
+
+
+def _identifier(where: str, value: Any, default_type: str = "id") -> Identifier:
+    if not isinstance(value, dict) or not value.get("field"):
+        raise ConfigError(f"{where}: needs {{field: <column>, type: id|email|cio_id}}")
+    kind = value.get("type", default_type)
+    if kind not in IDENTIFIER_TYPES:
+        raise ConfigError(f"{where}.type: {kind!r} is not one of {', '.join(IDENTIFIER_TYPES)}")
+    return Identifier(value["field"], kind)
+
+
+def _person_options(where: str, spec: dict[str, Any]) -> dict[str, Any]:
+    ident = _identifier(f"{where}.identifier", spec.get("identifier"))
+    return {"identifier_field": ident.field, "identifier_type": ident.type}
+
+
+def _merge_options(where: str, spec: dict[str, Any]) -> dict[str, Any]:
+    primary = _identifier(f"{where}.primary", spec.get("primary"))
+    secondary = _identifier(f"{where}.secondary", spec.get("secondary"))
+    return {"identifier_field": primary.field, "identifier_type": primary.type, "secondary": secondary}
+
+
+def _object_options(where: str, spec: dict[str, Any]) -> dict[str, Any]:
+    type_id, id_field = spec.get("object_type_id"), spec.get("object_id")
+    if type_id is None or not str(type_id).strip():
+        raise ConfigError(f"{where}.object_type_id: the Customer.io object type id (e.g. 1) is required")
+    if not id_field:
+        raise ConfigError(f"{where}.object_id: name the column holding the object's id")
+    relations = spec.get("relationships") or []
+    if not isinstance(relations, list):
+        raise ConfigError(f"{where}.relationships: a list of {{field, type}} person identifiers")
+    return {
+        "identifier_field": id_field,
+        "identifier_type": "object_id",
+        "object_type_id": str(type_id),
+        "relationships": tuple(_identifier(f"{where}.relationships[{i}]", r) for i, r in enumerate(relations)),
+    }
+
+
+def _event_route_options(where: str, spec: dict[str, Any]) -> dict[str, Any]:
+    options = {**_person_options(where, spec), **_event_options(where, spec)}
+    mirror = spec.get("mirror_to_attribute")
+    if mirror is not None and (not isinstance(mirror, str) or not mirror.strip()):
+        raise ConfigError(f"{where}.mirror_to_attribute: the person attribute to set to the event's time")
+    options["mirror_to_attribute"] = mirror
+    return options
 
 
 def _event_options(where: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -201,7 +264,15 @@ def _event_options(where: str, spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_KIND_OPTIONS = {
+    "person": _person_options,
+    "event": _event_route_options,
+    "merge": _merge_options,
+    "object": _object_options,
+}
 _ROUTE_KEYS = {
     "kind", "identifier", "attributes", "contract", "event_name", "event_name_field",
     "event_id", "timestamp", "max_age", "source_timezone", "on_contract_violation",
+    "on_delete", "mirror_to_attribute", "primary", "secondary", "object_type_id", "object_id",
+    "relationships",
 }

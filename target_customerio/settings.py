@@ -32,6 +32,11 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "request_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 30, "description": "Seconds to wait for Customer.io to answer one request."},
         "max_retries": {"type": "integer", "minimum": 0, "default": 7, "description": "Retries of one request on 429, 5xx and network errors."},
         "checkpoint_interval_seconds": {"type": "number", "exclusiveMinimum": 0, "default": 60, "description": "Longest time between STATE checkpoints on a long run."},
+        "change_detection": {"type": "boolean", "default": True, "description": "Skip rows whose operation equals what the ledger says was last delivered."},
+        "ledger_path": {"type": "string", "default": ".customerio-ledger.sqlite", "description": "SQLite ledger of what was delivered (per workspace)."},
+        "ledger_url": {"type": "string", "secret": True, "writeOnly": True, "description": "Postgres DSN: keep the ledger in a table instead (ephemeral runners)."},
+        "full_resend": {"type": "boolean", "default": False, "description": "Ignore the ledger for this run and send everything (the ledger is still updated)."},
+        "max_reject_ratio": {"type": "number", "minimum": 0, "maximum": 1, "description": "Fail the run when a stream's rejected/received ratio passes this (checked from 100 records on, and before each STATE)."},
         "delivery_workers": {"type": "integer", "minimum": 1, "maximum": 32, "default": 4, "description": "Requests in flight at once."},
     },
 }
@@ -55,6 +60,11 @@ class Settings:
     max_retries: int
     delivery_workers: int
     checkpoint_interval_seconds: float
+    change_detection: bool
+    ledger_path: str
+    ledger_url: str | None
+    full_resend: bool
+    max_reject_ratio: float | None
 
     def __repr__(self) -> str:
         return f"Settings(site_id={self.site_id!r}, base_url={self.base_url!r})"
@@ -99,7 +109,24 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
         max_retries=int(config.get("max_retries", 7)),
         delivery_workers=int(config.get("delivery_workers", 4)),
         checkpoint_interval_seconds=_positive(config, "checkpoint_interval_seconds", 60),
+        change_detection=bool(config.get("change_detection", True)),
+        ledger_path=config.get("ledger_path") or ".customerio-ledger.sqlite",
+        ledger_url=config.get("ledger_url") or None,
+        full_resend=bool(config.get("full_resend", False)),
+        max_reject_ratio=_ratio(config.get("max_reject_ratio")),
     )
+
+
+def _ratio(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        ratio = float(value)
+    except (TypeError, ValueError):
+        ratio = -1
+    if not 0 <= ratio <= 1:
+        raise ConfigError(f"setting `max_reject_ratio`: {value!r} is not a number from 0 to 1")
+    return ratio
 
 
 def _positive(config: dict[str, Any], name: str, default: float) -> float:

@@ -1,0 +1,131 @@
+"""The ledger: what was last delivered to a workspace, so unchanged rows are not sent again.
+
+Keys and fingerprints are 64-bit hashes. A person's key is (workspace, stream, identifier) and
+its fingerprint is the hash of the operation last accepted for it; an event's key is
+(workspace, event ULID). Entries are written only after Customer.io accepted the operation, so
+losing the ledger costs a full re-send, never a missed update.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Iterable, Protocol
+
+_SCHEMA = "CREATE TABLE IF NOT EXISTS delivered (key INTEGER PRIMARY KEY, fingerprint INTEGER NOT NULL, at INTEGER NOT NULL)"
+_UPSERT = "INSERT INTO delivered (key, fingerprint, at) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET fingerprint = excluded.fingerprint, at = excluded.at"
+
+
+def hash64(*parts: str | bytes) -> int:
+    """A signed 64-bit hash (fits SQLite INTEGER and Postgres BIGINT)."""
+    h = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else part.encode())
+        h.update(b"\x1f")
+    return int.from_bytes(h.digest(), "big", signed=True)
+
+
+class Ledger(Protocol):
+    def unchanged(self, key: int, fingerprint: int) -> bool: ...
+    def record(self, entries: Iterable[tuple[int, int]]) -> None: ...
+    def close(self) -> None: ...
+
+
+class NoLedger:
+    """Change detection off: everything is sent."""
+
+    def unchanged(self, key: int, fingerprint: int) -> bool:
+        return False
+
+    def record(self, entries: Iterable[tuple[int, int]]) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class SqliteLedger:
+    """A local SQLite file. Thread-safe: the reader looks up, delivery threads record."""
+
+    def __init__(self, path: str, *, full_resend: bool = False) -> None:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(_SCHEMA)
+        self._lock = threading.Lock()
+        self._full_resend = full_resend
+
+    def unchanged(self, key: int, fingerprint: int) -> bool:
+        if self._full_resend:
+            return False
+        with self._lock:
+            row = self._db.execute("SELECT fingerprint FROM delivered WHERE key = ?", (key,)).fetchone()
+        return row is not None and row[0] == fingerprint
+
+    def record(self, entries: Iterable[tuple[int, int]]) -> None:
+        now = int(time.time())
+        rows = [(key, fp, now) for key, fp in entries]
+        if not rows:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(_UPSERT, rows)
+            self._db.execute("COMMIT")
+
+    def rows(self) -> list[tuple[int, int]]:
+        with self._lock:
+            return self._db.execute("SELECT key, fingerprint FROM delivered").fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class PostgresLedger:
+    """For ephemeral runners: a Postgres table, read once into memory at start, written through."""
+
+    def __init__(self, dsn: str, *, table: str = "target_customerio_ledger", full_resend: bool = False) -> None:
+        try:
+            import psycopg2  # noqa: PLC0415  (optional dependency: pip install target-customerio[postgres])
+            from psycopg2.extras import execute_values  # noqa: PLC0415
+        except ImportError:
+            raise RuntimeError("ledger_url needs psycopg2: pip install 'target-customerio[postgres]'") from None
+        if not table.replace("_", "").isalnum():
+            raise ValueError(f"ledger table name {table!r} must be letters, digits and _")
+        self._table = table
+        self._execute_values = execute_values
+        self._pg = psycopg2.connect(dsn)
+        self._pg.autocommit = True
+        self._lock = threading.Lock()
+        with self._pg.cursor() as cur:
+            cur.execute(f"CREATE TABLE IF NOT EXISTS {table} (key BIGINT PRIMARY KEY, fingerprint BIGINT NOT NULL, at BIGINT NOT NULL)")
+            cur.execute(f"SELECT key, fingerprint FROM {table}")
+            existing = cur.fetchall()
+        self._local = SqliteLedger(":memory:", full_resend=full_resend)
+        self._local.record(existing)
+
+    def unchanged(self, key: int, fingerprint: int) -> bool:
+        return self._local.unchanged(key, fingerprint)
+
+    def record(self, entries: Iterable[tuple[int, int]]) -> None:
+        rows = list(entries)
+        if not rows:
+            return
+        now = int(time.time())
+        with self._lock, self._pg.cursor() as cur:
+            self._execute_values(
+                cur,
+                f"INSERT INTO {self._table} (key, fingerprint, at) VALUES %s "
+                "ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, at = EXCLUDED.at",
+                [(k, f, now) for k, f in rows],
+            )
+        self._local.record(rows)
+
+    def close(self) -> None:
+        self._local.close()
+        self._pg.close()
