@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 MSSQL  := .venv-tap-mssql
+MELTANO_VENV := .venv-meltano
+MELTANO      := $(MELTANO_VENV)/bin/meltano
+NIGHT  ?= 1
 
-.PHONY: setup system-deps test demo bench clean
+.PHONY: setup system-deps test demo bench clean meltano-install demo-again demo-stop demo-status
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,14 +22,43 @@ $(MSSQL)/bin/python:
 	$(MSSQL)/bin/pip install -q --upgrade pip
 	$(MSSQL)/bin/pip install -q 'tap-mssql==2.6.5' 'pymssql==2.4.6' 'realit-singer-python==5.0.3'
 
+# Meltano in its own venv (never in .venv: its pins differ from singer-sdk's).
+$(MELTANO):
+	$(PYTHON) -m venv $(MELTANO_VENV)
+	$(MELTANO_VENV)/bin/pip install -q --upgrade pip
+	$(MELTANO_VENV)/bin/pip install -q 'meltano==4.4.1'
+
+# `meltano install`: the plugins' venvs under .meltano/, from PyPI only (plugins/ holds the lock
+# files, so Meltano Hub is never asked). target-customerio is installed editable (-e .).
+.meltano/.installed: $(MELTANO) meltano.yml $(wildcard plugins/*/*.lock) pyproject.toml
+	$(MELTANO) install
+	@touch $@
+
+meltano-install: .meltano/.installed
+
+# The sample sync: embedded PostgreSQL + sandbox workspace + `meltano run` (demo/run_demo.py).
+# `make demo` is night 1 (fresh data, everything sent); `make demo-again` (or NIGHT=2) changes
+# some rows and syncs again; `make demo-stop` stops PostgreSQL and the sandbox.
+demo: setup meltano-install
+	$(BIN)/python -m demo.run_demo $(if $(filter 2,$(NIGHT)),again,run)
+
+demo-again: setup meltano-install
+	$(BIN)/python -m demo.run_demo again
+
+demo-status:
+	@$(BIN)/python -m demo.run_demo status
+
+demo-stop:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m demo.run_demo stop; else echo "nothing to stop"; fi
+
 # Headless Chromium for the sandbox page test (Debian packages).
 system-deps:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	  else echo "chromium missing: sudo apt-get install chromium chromium-driver (the page test will be skipped)"; fi; }
 
-test: setup $(MSSQL)/bin/python system-deps
+test: setup $(MSSQL)/bin/python meltano-install system-deps
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) $(MSSQL) .pytest_cache build dist *.egg-info
+	rm -rf $(VENV) $(MSSQL) $(MELTANO_VENV) .meltano .pytest_cache build dist *.egg-info
