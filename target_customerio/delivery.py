@@ -18,6 +18,7 @@ from typing import Any, Callable
 import requests
 
 from target_customerio.errors import CredentialsError, DeliveryError, TargetError
+from target_customerio.ledger import Ledger
 from target_customerio.mapping import Operation
 from target_customerio.report import RunReport
 
@@ -172,8 +173,8 @@ def _json(response: requests.Response) -> dict[str, Any]:
 class Delivery:
     """Worker threads, one queue each, that send batches and account for every operation."""
 
-    def __init__(self, client: TrackClient, report: RunReport, *, workers: int = 4, depth: int = 2) -> None:
-        self._client, self._report = client, report
+    def __init__(self, client: TrackClient, report: RunReport, ledger: Ledger, *, workers: int = 4, depth: int = 2) -> None:
+        self._client, self._report, self._ledger = client, report, ledger
         self._queues: list[queue.Queue[Batch]] = [queue.Queue(maxsize=depth) for _ in range(workers)]
         self.error: TargetError | None = None
         for index, q in enumerate(self._queues):
@@ -216,6 +217,7 @@ class Delivery:
         response, tries = self._client.post_batch(body)
         self._report.request(batch.stream, len(body), tries, len(batch.ops))
         if response.status_code == 200:
+            self._ledger.record(op.ledger for op in batch.ops if op.ledger is not None)
             self._report.delivered(batch.stream, len(batch.ops))
         elif response.status_code == 207:
             self._record_item_errors(batch, _json(response).get("errors") or [])
@@ -238,6 +240,8 @@ class Delivery:
             rejected.add(index)
             message = f"{error.get('reason', 'rejected')}: {error.get('message', '')}".strip(": ")
             self._report.reject(batch.stream, "rejected_by_customerio", error.get("field"), message, batch.ops[index].record)
+        accepted = (op.ledger for i, op in enumerate(batch.ops) if i not in rejected and op.ledger is not None)
+        self._ledger.record(accepted)
         self._report.delivered(batch.stream, len(batch.ops) - len(rejected))
 
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import math
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import orjson
-from ulid import ULID
 
+from target_customerio.ledger import hash64
 from target_customerio.routes import Route
-from target_customerio.values import BadValue, parse_datetime, plain, snake_case, to_unix
+from target_customerio.values import SCALARS, BadValue, plain, snake_case, text_to_unix, to_unix
 
 MAX_OPERATION_BYTES = 32_000
 MAX_IDENTIFIER_BYTES = 150
@@ -21,6 +22,8 @@ MAX_ATTRIBUTES = 300
 MAX_EVENT_NAME_BYTES = 100
 MAX_UNIX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
 _MISSING = object()
+_fromisoformat = dt.datetime.fromisoformat
+_floor = math.floor
 
 
 class Rejected(Exception):
@@ -39,24 +42,34 @@ class Skipped(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class Operation:
+class Operation(NamedTuple):
     """One encoded batch operation, with what routes and accounts for it."""
 
     body: bytes
     shard_key: str
     record: dict[str, Any]
+    ledger: tuple[int, int] | None = None  # (key, fingerprint) to record once it is accepted
 
 
 def event_digest(event_name: str, key: list[Any]) -> bytes:
     """128 bits that are a pure function of the event name and its dedupe key."""
-    text = "\x1f".join([event_name, *(str(plain(v)) for v in key)])
+    text = "\x1f".join([event_name, *[str(plain(v)) for v in key]])
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
 def event_ulid(event_name: str, key: list[Any]) -> str:
     """The event's ULID: the same key gives the same id on every run and machine."""
-    return str(ULID.from_bytes(event_digest(event_name, key)))
+    return ulid_text(event_digest(event_name, key))
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_CROCKFORD_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> 2 characters
+
+
+def ulid_text(value: bytes) -> str:
+    """A ULID's text form: 128 bits as 26 Crockford base32 characters (2 zero bits in front)."""
+    number = int.from_bytes(value, "big")
+    return "".join([_CROCKFORD_PAIRS[(number >> shift) & 0x3FF] for shift in range(120, -1, -10)])
 
 
 def date_columns(schema: dict[str, Any]) -> frozenset[str]:
@@ -79,10 +92,18 @@ class Mapper:
         *,
         now: float | None = None,
         on_event_name: Callable[[str, str], None] | None = None,
+        ledger_scope: str | None = None,
     ) -> None:
         self.route = route
+        self._ledger_scope = ledger_scope  # workspace and stream; None: change detection off
+        self.last_identifier: tuple[str, str] = ("id", "")
+        self.last_timestamp = 0
+        self._is_person = route.kind == "person"
         self._dates = date_columns(schema)
-        self._names: dict[str, str | None] = {}
+        self._names: dict[str, str | None] = {}  # column -> attribute name (None: not sent)
+        self._names_short = True  # no attribute name can fail Customer.io's name limit
+        self._names_unique = True  # no two columns are sent under one name
+        self._date_names: list[tuple[str, str]] = []  # date columns that are sent, and their names
         self._event_names: dict[str, str] = {}
         self._on_event_name = on_event_name or (lambda raw, name: None)
         self._seen_events: set[int] = set()  # 64-bit prefixes of event digests: small at 1M events
@@ -91,29 +112,47 @@ class Mapper:
 
     def map(self, record: dict[str, Any]) -> Operation:
         """The operation for a record; raises Rejected or Skipped."""
-        if record.get("_sdc_operation_type") == "D" or record.get("_sdc_deleted_at"):
-            # A CDC delete carries the deleted row: sending it would identify (resurrect) the
-            # person or fire the event. Until routes choose an `on_delete`, skip and count it.
-            raise Skipped("deleted")
-        kind, value = self._identifier(record)
-        if self.route.kind == "person":
-            op = self._identify(record, kind, value)
+        kind, value = self.last_identifier = self._identifier(record)
+        if self._is_person:
+            body = self._identify(record, kind, value)
+            dedupe = f"person:{kind}:{value}"
         else:
-            op = self._event(record, kind, value)
-        try:
-            body = orjson.dumps(op)
-        except orjson.JSONEncodeError as exc:
-            raise Rejected("invalid_value", _unencodable_field(op), f"cannot encode as JSON: {exc}") from None
+            event = self._event(record, kind, value)
+            self.last_timestamp = event["timestamp"]
+            body = encode_operation(event)
+            dedupe = f"event:{event['id']}"
+        return self.operation(body, value, record, dedupe)
+
+    def operation(self, body: bytes, shard_key: str, record: dict[str, Any], dedupe: str) -> Operation:
+        """Wrap an encoded operation, with its ledger entry when change detection is on.
+
+        `dedupe` names what the operation is about; people and objects are fingerprinted by
+        their content (a change sends them again), events and merges only by their identity.
+        """
         if len(body) > MAX_OPERATION_BYTES:
             raise Rejected("operation_too_large", None, f"operation is {len(body)} bytes; Customer.io takes at most {MAX_OPERATION_BYTES}")
-        return Operation(body, value, record)
+        if self._ledger_scope is None:
+            return Operation(body, shard_key, record)
+        content = 0 if dedupe.startswith(("event:", "merge:")) else hash64(body)
+        return Operation(body, shard_key, record, (hash64(self._ledger_scope, dedupe), content))
+
+    def identifier(self, record: dict[str, Any]) -> tuple[str, str]:
+        """The route's identifier of a record: (type, value); raises Rejected."""
+        return self._identifier(record)
+
+    def payload(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record's outgoing attributes; raises Rejected."""
+        return self._payload(record)
+
+    def check_contract(self, payload: dict[str, Any]) -> None:
+        self._check_contract(payload)
 
     def _identifier(self, record: dict[str, Any]) -> tuple[str, str]:
         column, kind = self.route.identifier_field, self.route.identifier_type
         raw = record.get(column)
         if raw is None or (isinstance(raw, str) and not raw.strip()):
             raise Rejected("missing_identifier", column, f"{column} is empty; every operation needs one {kind}")
-        value = str(plain(raw))
+        value = raw if type(raw) is str else str(plain(raw))
         if kind == "email":
             value = value.strip().lower()
             if "@" not in value:
@@ -123,18 +162,52 @@ class Mapper:
         return kind, value
 
     def _payload(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Outgoing attributes / event data: selected, renamed and normalised."""
+        """Outgoing attributes / event data: selected, renamed and normalised.
+
+        The fast path makes one pass in C-speed comprehension over the columns (scalars are kept
+        as they are) and then converts the date columns. Any error, a new column or a name
+        collision sends the record through `_payload_in_order`, the reference: it converts
+        column by column and rejects at the first bad one.
+        """
+        if not self._names_unique:
+            return self._payload_in_order(record)
+        names, tz = self._names, self.route.source_timezone
+        try:
+            out = {name: v if type(v) in SCALARS else plain(v, tz) for column, v in record.items() if (name := names[column]) is not None}
+            for column, name in self._date_names:
+                value = record.get(column)
+                if type(value) is str:  # text_to_unix, inlined; odd forms take the in-order path
+                    moment = _fromisoformat(value)
+                    if moment.tzinfo is None:
+                        moment = moment.replace(tzinfo=tz)
+                    out[name] = _floor(moment.timestamp())
+        except Exception:  # noqa: BLE001 - redone in order, which raises the right error
+            return self._payload_in_order(record)
+        return out
+
+    def _learn(self, column: str) -> str | None:
+        """The attribute name of a column seen for the first time."""
+        name = self._names[column] = self.route.attribute_name(column)
+        if name is not None:
+            self._names_short = self._names_short and _short_name(name)
+            sent = [n for n in self._names.values() if n is not None]
+            self._names_unique = len(sent) == len(set(sent))
+            if column in self._dates:
+                self._date_names.append((column, name))
+        return name
+
+    def _payload_in_order(self, record: dict[str, Any]) -> dict[str, Any]:
         names, dates, tz = self._names, self._dates, self.route.source_timezone
         out: dict[str, Any] = {}
         for column, value in record.items():
             name = names.get(column, _MISSING)
             if name is _MISSING:
-                name = names[column] = self.route.attribute_name(column)
+                name = self._learn(column)
             if name is None:
                 continue
             try:
                 if column in dates and type(value) is str:
-                    out[name] = to_unix(parse_datetime(value), tz)
+                    out[name] = text_to_unix(value, tz)
                 else:
                     out[name] = plain(value, tz)
             except (BadValue, OverflowError, ValueError) as exc:
@@ -151,14 +224,23 @@ class Mapper:
         if violation:
             raise Rejected("contract_violation", violation.field, violation.message, violation.rule)
 
-    def _identify(self, record: dict[str, Any], kind: str, value: str) -> dict[str, Any]:
+    def _identify(self, record: dict[str, Any], kind: str, value: str) -> bytes:
+        """The encoded identify operation. Checks run in this order: limits, contract, encoding."""
         attributes = self._payload(record)
         email = attributes.get("email")
         if isinstance(email, str):
             attributes["email"] = email.strip().lower() or None
-        _check_person_limits(attributes)
+        op = {"type": "person", "action": "identify", "identifiers": {kind: value}, "attributes": attributes}
+        try:
+            body = orjson.dumps(op)
+        except orjson.JSONEncodeError:
+            body = None
+        # Encoded in at most 1000 bytes, no value can be over 1000 bytes (nor 300 attributes fit):
+        # the per-attribute walk is needed only for larger operations or unusual names.
+        if body is None or len(body) > MAX_ATTRIBUTE_VALUE_BYTES or not self._names_short:
+            _check_person_limits(attributes)
         self._check_contract(attributes)
-        return {"type": "person", "action": "identify", "identifiers": {kind: value}, "attributes": attributes}
+        return body if body is not None else encode_operation(op)
 
     def _event(self, record: dict[str, Any], kind: str, value: str) -> dict[str, Any]:
         timestamp = self._timestamp(record)
@@ -180,7 +262,7 @@ class Mapper:
         self._seen_events.add(seen)
         return {
             "type": "person", "action": "event", "identifiers": {kind: value},
-            "name": name, "id": str(ULID.from_bytes(digest)), "timestamp": timestamp, "attributes": data,
+            "name": name, "id": ulid_text(digest), "timestamp": timestamp, "attributes": data,
         }
 
     def _timestamp(self, record: dict[str, Any]) -> int:
@@ -193,6 +275,8 @@ class Mapper:
                 seconds = int(raw)
                 if seconds > 10**11:
                     raise BadValue(f"{raw} looks like milliseconds, not unix seconds")
+            elif type(raw) is str:
+                seconds = text_to_unix(raw, self.route.source_timezone)
             else:
                 seconds = to_unix(raw, self.route.source_timezone)
         except (BadValue, OverflowError, ValueError, TypeError) as exc:
@@ -215,6 +299,23 @@ class Mapper:
         if not name or len(name.encode()) > MAX_EVENT_NAME_BYTES:
             raise Rejected("invalid_event_name", column, f"event name {raw[:120]!r} is empty or longer than {MAX_EVENT_NAME_BYTES} bytes")
         return name
+
+
+def encode_operation(op: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(op)
+    except orjson.JSONEncodeError as exc:
+        raise Rejected("invalid_value", _unencodable_field(op), f"cannot encode as JSON: {exc}") from None
+
+
+def _short_name(name: str) -> bool:
+    """True when `name` passes the attribute name limit in `_check_person_limits` (without raising)."""
+    if len(name) * 4 <= MAX_ATTRIBUTE_NAME_BYTES:
+        return True
+    try:
+        return len(name.encode()) <= MAX_ATTRIBUTE_NAME_BYTES
+    except UnicodeEncodeError:
+        return False
 
 
 def _unencodable_field(op: dict[str, Any]) -> str | None:

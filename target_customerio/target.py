@@ -22,6 +22,7 @@ from singer_sdk.sinks import Sink
 
 from target_customerio.delivery import Delivery, DryRun, TrackClient
 from target_customerio.errors import ConfigError, InputError, TargetError, Terminated
+from target_customerio.ledger import Ledger, NoLedger, PostgresLedger, SqliteLedger
 from target_customerio.report import RunReport
 from target_customerio.settings import CONFIG_SCHEMA, load_settings
 from target_customerio.sinks import CustomerIOSink, UnmappedSink
@@ -86,6 +87,7 @@ class TargetCustomerIO(Target):
             dry_run=self.settings.dry_run,
             logger=self.logger,
         )
+        self.ledger = self._open_ledger()
         self.delivery: Delivery | DryRun = self._make_delivery()
         self._credentials_checked = self.settings.dry_run
         self._busy = False
@@ -104,7 +106,25 @@ class TargetCustomerIO(Target):
             max_retries=s.max_retries,
             logger=self.logger,
         )
-        return Delivery(client, self.report, workers=s.delivery_workers)
+        return Delivery(client, self.report, self.ledger, workers=s.delivery_workers)
+
+    def _open_ledger(self) -> Ledger:
+        s = self.settings
+        if not s.change_detection:
+            return NoLedger()
+        try:
+            if s.ledger_url:
+                return PostgresLedger(s.ledger_url, full_resend=s.full_resend)
+            return SqliteLedger(s.ledger_path, full_resend=s.full_resend)
+        except Exception as exc:  # noqa: BLE001 - any reason the ledger cannot open is a config error
+            where = "ledger_url" if s.ledger_url else f"ledger_path {s.ledger_path!r}"
+            raise ConfigError(f"cannot open the ledger ({where}): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+
+    def ledger_scope(self, stream: str) -> str | None:
+        """Ledger entries belong to one workspace and one stream; None when change detection is off."""
+        if not self.settings.change_detection:
+            return None
+        return f"{self.settings.base_url}\x1f{self.settings.site_id}\x1f{stream}"
 
     def check_credentials(self) -> None:
         """Verify credentials and region once, before the first record is sent."""
@@ -133,7 +153,9 @@ class TargetCustomerIO(Target):
     # STATE: only once everything before it is in Customer.io
 
     def _settle(self) -> None:
-        for sink in [*self._sinks_to_clear, *self._sinks_active.values()]:
+        sinks = [*self._sinks_to_clear, *self._sinks_active.values()]
+        for sink in sinks:
+            sink.check_reject_ratio()
             sink.flush()
         self.delivery.wait()
 
@@ -174,6 +196,7 @@ class TargetCustomerIO(Target):
 
     def finish(self, status: str, error: str | None = None) -> None:
         """Write the report and the one-line summary."""
+        self.ledger.close()
         self.report.close(status, error)
         self.logger.info("%s", self.report.summary(status))
         names = self.report.near_duplicate_event_names()

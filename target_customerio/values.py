@@ -30,6 +30,17 @@ def to_unix(value: dt.datetime | dt.date | str, tz: dt.tzinfo = UTC) -> int:
     return math.floor((value - _EPOCH).total_seconds())
 
 
+def text_to_unix(text: str, tz: dt.tzinfo = UTC) -> int:
+    """`to_unix(parse_datetime(text), tz)` in one step: the per-value hot path for date columns."""
+    try:
+        value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise BadValue(f"not a date-time: {text[:40]!r}") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=tz)
+    return math.floor(value.timestamp())  # for an aware datetime, (value - _EPOCH).total_seconds()
+
+
 def parse_datetime(text: str) -> dt.datetime:
     """ISO 8601, Postgres text form (`+00`) and SQL Server datetime2 (7 decimals)."""
     try:
@@ -49,19 +60,23 @@ def plain_number(value: Decimal | float) -> int | float:
     return value
 
 
+SCALARS = frozenset({str, int, bool, type(None)})  # exact types that `plain` returns unchanged
+
+
 def plain(value: Any, tz: dt.tzinfo = UTC) -> Any:
     """Normalise one value: dates to unix seconds, decimals to numbers, recursively."""
     kind = type(value)
-    if kind in (str, int, bool) or value is None:
+    if kind in SCALARS:
         return value
     if kind is Decimal or kind is float:
         return plain_number(value)
     if isinstance(value, (dt.datetime, dt.date)):
         return to_unix(value, tz)
+    # Scalars inside JSON columns are kept without a call each: most of a JSON value is scalars.
     if kind is dict:
-        return {k: plain(v, tz) for k, v in value.items()}
+        return {k: v if type(v) in SCALARS else plain(v, tz) for k, v in value.items()}
     if kind is list or kind is tuple:
-        return [plain(v, tz) for v in value]
+        return [v if type(v) in SCALARS else plain(v, tz) for v in value]
     if isinstance(value, dt.time):
         return value.isoformat()
     return str(value)

@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import requests
 
+from target_customerio.lifecycle import delete_operation, is_delete
 from target_customerio.mapping import Mapper, Skipped, event_ulid
 from target_customerio.routes import Routes
 from tests.harness import API_KEY, SITE_ID, Run, run_target, target_config
@@ -377,6 +378,7 @@ def test_a_deleted_row_is_skipped_not_sent(kind, marker):
            "occurred_at": "2025-11-20 09:15:02.1234567", "email": "m@example.com"}
     for op in ("I", "U"):
         assert mapper.map({**row, "event_id": f"order:{op}", "_sdc_operation_type": op}).body
+    assert is_delete({**row, **marker}) and not is_delete({**row, "_sdc_operation_type": "U"})
     with pytest.raises(Skipped) as skipped:
-        mapper.map({**row, **marker})
+        delete_operation(mapper, {**row, **marker})  # the route's on_delete is `ignore`
     assert skipped.value.reason == "deleted"
