@@ -184,6 +184,9 @@ class Delivery:
     def shards(self) -> int:
         return len(self._queues)
 
+    def check_credentials(self, region: str | None) -> None:
+        self._client.check_credentials(region)
+
     def submit(self, shard: int, batch: Batch) -> None:
         """Queue a batch; blocks while that worker is busy (bounded memory)."""
         self.raise_if_failed()

@@ -130,7 +130,7 @@ class TargetCustomerIO(Target):
         """Verify credentials and region once, before the first record is sent."""
         if not self._credentials_checked:
             assert isinstance(self.delivery, Delivery)
-            self.delivery._client.check_credentials(self.settings.region)
+            self.delivery.check_credentials(self.settings.region)
             self._credentials_checked = True
 
     # Routing
