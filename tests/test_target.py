@@ -229,3 +229,16 @@ def test_the_api_key_never_reaches_any_output(sandbox, tmp_path):
         if path.name != "config.json":
             assert API_KEY not in path.read_text(errors="replace"), path
     assert API_KEY not in run.stderr + run.stdout
+
+
+def test_a_request_refused_whole_is_halved_until_the_bad_operation_is_isolated(sandbox, tmp_path):
+    """Customer.io answers 400 to the whole request: the target splits it instead of failing."""
+    sandbox.inject(400, times=3, path=BATCH, body={"meta": {"error": "malformed operation"}})
+    stream = [CUSTOMER_SCHEMA, *(customer(n) for n in range(1, 5)), state({"s": 1})]
+    run = run_target(target_config(sandbox.url, tmp_path, ROUTES, delivery_workers=1), stream, tmp_path)
+    assert run.returncode == 0, run.stderr
+    # [C1..C4] refused, [C1, C2] refused, [C1] refused: C1 is the one rejected, the rest land.
+    assert [r["record"]["customer_id"] for r in run.rejects] == ["C001"]
+    assert run.rejects[0]["reason"] == "rejected_by_customerio" and "malformed operation" in run.rejects[0]["message"]
+    assert sorted(p["id"] for p in sandbox.people()) == ["C002", "C003", "C004"]
+    assert run.states == [{"s": 1}]
