@@ -43,7 +43,8 @@ class MergeMapper(Mapper):
     """`kind: merge`: fold the secondary profile into the primary (a guest that registered).
 
     The primary is identified first, in the same request and order, so the merge never races
-    the profile it merges into.
+    the profile it merges into. Sync merges after the streams that create the secondary
+    profiles (or in a later job): a merge whose secondary does not exist yet merges nothing.
     """
 
     def map(self, record: dict[str, Any]) -> list[Operation]:
@@ -55,9 +56,11 @@ class MergeMapper(Mapper):
             raise Skipped("same_person")
         identify = {"type": "person", "action": "identify", "identifiers": {kind: value}, "attributes": {}}
         merge = {"type": "person", "action": "merge", "primary": {kind: value}, "secondary": {other_kind: other}}
+        # Both travel on the secondary's delivery shard, behind anything already queued for the
+        # secondary (the guest's own events), so the merge finds the profile it folds in.
         return [
-            Operation(encode_operation(identify), value, record, None),
-            self.operation(encode_operation(merge), value, record, f"merge:{kind}:{value}:{other_kind}:{other}"),
+            Operation(encode_operation(identify), other, record, None),
+            self.operation(encode_operation(merge), other, record, f"merge:{kind}:{value}:{other_kind}:{other}"),
         ]
 
 
