@@ -62,3 +62,7 @@ test: setup $(MSSQL)/bin/python meltano-install system-deps
 
 clean:
 	rm -rf $(VENV) $(MSSQL) $(MELTANO_VENV) .meltano .pytest_cache build dist *.egg-info
+
+# Throughput figures (not a test): `make bench`, or `make bench ARGS="--records 1000000"`.
+bench: setup
+	$(BIN)/python bench/bench.py $(ARGS)

@@ -10,7 +10,6 @@ from typing import Any, Callable, NamedTuple
 
 import orjson
 
-from target_customerio.ledger import hash64
 from target_customerio.routes import Route
 from target_customerio.values import SCALARS, BadValue, plain, snake_case, text_to_unix, to_unix
 
@@ -53,7 +52,7 @@ class Operation(NamedTuple):
 
 def event_digest(event_name: str, key: list[Any]) -> bytes:
     """128 bits that are a pure function of the event name and its dedupe key."""
-    text = "\x1f".join([event_name, *[str(plain(v)) for v in key]])
+    text = "\x1f".join([event_name, *[str(v if type(v) in SCALARS else plain(v)) for v in key]])
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
@@ -96,6 +95,8 @@ class Mapper:
     ) -> None:
         self.route = route
         self._ledger_scope = ledger_scope  # workspace and stream; None: change detection off
+        # hash64(ledger_scope, dedupe) is this hash continued with the dedupe part (cheaper).
+        self._ledger_key = None if ledger_scope is None else hashlib.blake2b(f"{ledger_scope}\x1f".encode(), digest_size=8)
         self.last_identifier: tuple[str, str] = ("id", "")
         self.last_timestamp = 0
         self._is_person = route.kind == "person"
@@ -131,10 +132,10 @@ class Mapper:
         """
         if len(body) > MAX_OPERATION_BYTES:
             raise Rejected("operation_too_large", None, f"operation is {len(body)} bytes; Customer.io takes at most {MAX_OPERATION_BYTES}")
-        if self._ledger_scope is None:
+        if self._ledger_key is None:
             return Operation(body, shard_key, record)
-        content = 0 if dedupe.startswith(("event:", "merge:")) else hash64(body)
-        return Operation(body, shard_key, record, (hash64(self._ledger_scope, dedupe), content))
+        content = 0 if dedupe.startswith(("event:", "merge:")) else _hash64_continued(_HASH64, body + b"\x1f")
+        return Operation(body, shard_key, record, (_hash64_continued(self._ledger_key, f"{dedupe}\x1f".encode()), content))
 
     def identifier(self, record: dict[str, Any]) -> tuple[str, str]:
         """The route's identifier of a record: (type, value); raises Rejected."""
@@ -161,14 +162,16 @@ class Mapper:
             raise Rejected("invalid_identifier", column, f"{column} is longer than {MAX_IDENTIFIER_BYTES} bytes")
         return kind, value
 
-    def _payload(self, record: dict[str, Any]) -> dict[str, Any]:
+    def _payload(self, record: dict[str, Any], parsed: tuple[str, int] | None = None) -> dict[str, Any]:
         """Outgoing attributes / event data: selected, renamed and normalised.
 
         The fast path makes one pass in C-speed comprehension over the columns (scalars are kept
         as they are) and then converts the date columns. Any error, a new column or a name
         collision sends the record through `_payload_in_order`, the reference: it converts
-        column by column and rejects at the first bad one.
+        column by column and rejects at the first bad one. `parsed` is a date text already
+        converted (an event's timestamp), and its unix seconds.
         """
+        known, seconds = parsed or (_MISSING, 0)
         if not self._names_unique:
             return self._payload_in_order(record)
         names, tz = self._names, self.route.source_timezone
@@ -176,7 +179,9 @@ class Mapper:
             out = {name: v if type(v) in SCALARS else plain(v, tz) for column, v in record.items() if (name := names[column]) is not None}
             for column, name in self._date_names:
                 value = record.get(column)
-                if type(value) is str:  # text_to_unix, inlined; odd forms take the in-order path
+                if value is known:
+                    out[name] = seconds
+                elif type(value) is str:  # text_to_unix, inlined; odd forms take the in-order path
                     moment = _fromisoformat(value)
                     if moment.tzinfo is None:
                         moment = moment.replace(tzinfo=tz)
@@ -232,7 +237,7 @@ class Mapper:
             attributes["email"] = email.strip().lower() or None
         op = {"type": "person", "action": "identify", "identifiers": {kind: value}, "attributes": attributes}
         try:
-            body = orjson.dumps(op)
+            body = _dumps(op)
         except orjson.JSONEncodeError:
             body = None
         # Encoded in at most 1000 bytes, no value can be over 1000 bytes (nor 300 attributes fit):
@@ -247,7 +252,8 @@ class Mapper:
         if self._oldest is not None and timestamp < self._oldest:
             raise Skipped("stale")
         name = self._event_name(record)
-        data = self._payload(record)
+        raw = record.get(self.route.timestamp)
+        data = self._payload(record, (raw, timestamp) if type(raw) is str else None)
         self._check_contract(data)
         key = []
         for column in self.route.event_id:
@@ -301,9 +307,26 @@ class Mapper:
         return name
 
 
+_HASH64 = hashlib.blake2b(digest_size=8)
+
+
+def _hash64_continued(start: Any, tail: bytes) -> int:
+    """`ledger.hash64(*parts)` given the hash of all parts but the last, and that last part
+    with its separator: the same 64 bits, without re-hashing the common prefix."""
+    digest = start.copy()
+    digest.update(tail)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+def _dumps(op: dict[str, Any]) -> bytes:
+    """orjson.dumps, in a bytes object of its own size: orjson's result keeps its whole output
+    buffer (4 KB or more for a 500-byte operation), and thousands of operations wait in batches."""
+    return memoryview(orjson.dumps(op)).tobytes()
+
+
 def encode_operation(op: dict[str, Any]) -> bytes:
     try:
-        return orjson.dumps(op)
+        return _dumps(op)
     except orjson.JSONEncodeError as exc:
         raise Rejected("invalid_value", _unencodable_field(op), f"cannot encode as JSON: {exc}") from None
 

@@ -9,11 +9,14 @@ from singer_sdk.sinks import Sink
 
 from target_customerio.delivery import Packer
 from target_customerio.errors import ContractError
+from target_customerio.ledger import NoLedger
 from target_customerio.lifecycle import MAPPERS, delete_operation, is_delete, mirror_operation
 from target_customerio.mapping import Operation, Rejected, Skipped
 
 if t.TYPE_CHECKING:
     from target_customerio.target import TargetCustomerIO
+
+LEDGER_LOOKUP_BATCH = 256  # records whose ledger entries are looked up in one query
 
 
 class CustomerIOSink(Sink):
@@ -37,6 +40,8 @@ class CustomerIOSink(Sink):
         self._deletes_here = route.kind in ("person", "event")  # objects map their own deletes
         self._mirror = route.mirror_to_attribute
         self._ledger = target.ledger
+        self._pending: list[list[Operation]] = []  # mapped, waiting for their ledger lookup
+        self._lookups = not isinstance(target.ledger, NoLedger)
         self._max_reject_ratio = target.settings.max_reject_ratio
         delivery = target.delivery
         self._packers = [Packer(stream_name, partial(delivery.submit, shard)) for shard in range(delivery.shards)]
@@ -82,12 +87,30 @@ class CustomerIOSink(Sink):
         except Rejected as rej:
             self._reject(record, rej)
             return
-        if self._unchanged(ops):
-            self._report.skip(self.stream_name, "unchanged")
+        if not self._lookups:
+            self._pack(ops)
             return
+        # Change detection: look the ledger up for many records at once, then pack them in
+        # the order they came (so one person's operations never overtake each other).
+        self._pending.append(ops)
+        if len(self._pending) >= LEDGER_LOOKUP_BATCH:
+            self._pack_pending()
+
+    def _pack(self, ops: list[Operation]) -> None:
         packers = self._packers
         for op in ops:
             packers[hash(op.shard_key) % len(packers)].add(op)
+
+    def _pack_pending(self) -> None:
+        """Pack the waiting records, except those whose every tracked operation is unchanged."""
+        pending, self._pending = self._pending, []
+        delivered = self._ledger.fingerprints([op.ledger[0] for ops in pending for op in ops if op.ledger is not None])
+        for ops in pending:
+            tracked = [op.ledger for op in ops if op.ledger is not None]
+            if tracked and all(delivered.get(key) == fingerprint for key, fingerprint in tracked):
+                self._report.skip(self.stream_name, "unchanged")
+            else:
+                self._pack(ops)
 
     def _operations(self, record: dict) -> list[Operation]:
         if self._deletes_here and is_delete(record):
@@ -98,11 +121,6 @@ class CustomerIOSink(Sink):
         if self._mirror:
             return [result, mirror_operation(self._mapper, result, self._mapper.last_timestamp)]
         return [result]
-
-    def _unchanged(self, ops: list[Operation]) -> bool:
-        """True when every operation the ledger tracks is exactly what was last delivered."""
-        tracked = [op.ledger for op in ops if op.ledger is not None]
-        return bool(tracked) and all(self._ledger.unchanged(key, fp) for key, fp in tracked)
 
     def _reject(self, record: dict, rej: Rejected) -> None:
         if rej.reason == "contract_violation" and self._fail_on_violation:
@@ -135,6 +153,8 @@ class CustomerIOSink(Sink):
 
     def flush(self) -> None:
         """Hand every partial batch to delivery."""
+        if self._pending:
+            self._pack_pending()
         for packer in self._packers:
             packer.flush()
 

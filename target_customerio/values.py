@@ -70,13 +70,22 @@ def plain(value: Any, tz: dt.tzinfo = UTC) -> Any:
         return value
     if kind is Decimal or kind is float:
         return plain_number(value)
+    # JSON columns: a dict or list that needs no change is returned as it is (the result is
+    # only read), so most JSON values cost a walk and no copy.
+    if kind is dict:
+        changed = {k: new for k, v in value.items() if type(v) not in SCALARS and (new := plain(v, tz)) is not v}
+        if not changed:
+            return value
+        return {k: changed[k] if k in changed else v for k, v in value.items()}
+    if kind is list:
+        changed = {i: new for i, v in enumerate(value) if type(v) not in SCALARS and (new := plain(v, tz)) is not v}
+        if not changed:
+            return value
+        return [changed[i] if i in changed else v for i, v in enumerate(value)]
+    if kind is tuple:
+        return [v if type(v) in SCALARS else plain(v, tz) for v in value]
     if isinstance(value, (dt.datetime, dt.date)):
         return to_unix(value, tz)
-    # Scalars inside JSON columns are kept without a call each: most of a JSON value is scalars.
-    if kind is dict:
-        return {k: v if type(v) in SCALARS else plain(v, tz) for k, v in value.items()}
-    if kind is list or kind is tuple:
-        return [v if type(v) in SCALARS else plain(v, tz) for v in value]
     if isinstance(value, dt.time):
         return value.isoformat()
     return str(value)

@@ -1,0 +1,321 @@
+"""Throughput benchmark: target-customerio against a no-op singer-sdk target, in one run.
+
+    .venv/bin/python bench/bench.py                       # 200,000 records a stream (make bench)
+    .venv/bin/python bench/bench.py --records 1000000
+    .venv/bin/python bench/bench.py --rate-limit 0        # skip the rate-limited scenario
+
+What it does:
+
+1. Generates two Singer streams in tap-postgres's shape (SCHEMA, RECORD with time_extracted,
+   STATE every 10,000 records): `public-customer_profiles` (one row per customer: timestamps,
+   numerics, booleans, an email, a small jsonb column) and `public-order_placed_events` (the
+   dirty view, one row per line item, deduplicated by order_id). Files are generated once into
+   the temp directory and reused (they are deterministic).
+2. For each stream, runs (a) the no-op baseline (bench/noop_target.py: validation off, same
+   msgspec reader) and (b) the real `target-customerio` process with the built-in contracts,
+   into a local sandbox Track API (store=False, nothing checked or stored: it accepts as fast
+   as it can). Wall time and peak RSS are measured per process (os.wait4).
+3. (c) 1,000,000 person records (--rate-limit-records) against a sandbox that allows 100
+   requests/s (token bucket), with the target's own `max_requests_per_second` at 100: wall time
+   and the number of 429s (must be 0).
+
+No thresholds are asserted on time; the invariants asserted are: every record accounted for,
+no rejects, no request of 500,000 bytes or more, and (c) no 429.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import msgspec
+
+from target_customerio.sandbox import Sandbox
+
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+TARGET = str(Path(sys.executable).with_name("target-customerio"))
+NOOP = [PYTHON, str(HERE / "noop_target.py")]
+CACHE = Path(tempfile.gettempdir()) / "target-customerio-bench"
+GENERATOR_VERSION = 1  # bump when the generated data changes: the cache key includes it
+SITE_ID, API_KEY = "bench-site", "bench-key"
+MAX_REQUEST_BYTES = 500_000
+
+PERSON_STREAM = "public-customer_profiles"
+EVENT_STREAM = "public-order_placed_events"
+ROUTES = {
+    PERSON_STREAM: {
+        "kind": "person", "identifier": {"field": "customer_id", "type": "id"}, "contract": "builtin:customer",
+    },
+    EVENT_STREAM: {
+        "kind": "event", "identifier": {"field": "customer_id", "type": "id"}, "event_name": "order_placed",
+        "event_id": ["order_id"], "timestamp": "placed_at", "contract": "builtin:order_placed",
+    },
+}
+
+# ---- the streams ------------------------------------------------------------------------------
+
+_T = {"type": ["string", "null"]}
+_TS = {"format": "date-time", "type": ["string", "null"]}
+_B = {"type": ["boolean", "null"]}
+_I = {"type": ["integer", "null"]}
+_N = {"type": ["number", "null"]}
+_JSONB = {"type": ["string", "number", "integer", "array", "object", "boolean"], "additionalProperties": True}
+SCHEMAS = {
+    PERSON_STREAM: {
+        "customer_id": _T, "email": _T, "first_name": _T, "last_name": _T, "phone": _T,
+        "email_opt_in": _B, "sms_opt_in": _B, "is_subscriber": _B, "subscription_status": _T,
+        "last_order_at": _TS, "orders_count": _I, "lifetime_value": _N, "next_reorder_due_at": _TS,
+        "created_at": _TS, "updated_at": _TS, "preferences": _JSONB,
+    },
+    EVENT_STREAM: {
+        "order_id": _I, "customer_id": _T, "placed_at": _TS, "total": _N, "currency": _T,
+        "items_count": _I, "sku": _T,
+    },
+}
+BOOKMARKS = {PERSON_STREAM: "updated_at", EVENT_STREAM: "placed_at"}
+
+FIRST = ["Noah", "Emma", "Diego", "Aiko", "Fatima", "Liam", "Olivia", "Mateo", "Sofia", "Chen", "Amara", "Lukas"]
+LAST = ["Larsen", "Dubois", "Garcia", "Tanaka", "Okafor", "Smith", "Rossi", "Novak", "Kowalski", "Silva"]
+DOMAINS = ["example.com", "mail.example.net", "Example.ORG", "shop.example.co.uk"]
+SKUS = [("COF-HOUSE-12", "16.00"), ("COF-DECAF-12", "17.50"), ("COF-ESPR-2LB", "38.00"), ("TEA-SENCHA-50", "12.25"),
+        ("SKN-SERUM-30", "34.99"), ("SKN-SPF-50", "24.00"), ("SUP-PROT-VAN", "49.90"), ("RZR-BLADE-8", "19.00")]
+NOW = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)  # fixed: the files are deterministic
+_encoder = msgspec.json.Encoder(decimal_format="number")  # Decimal as a JSON number, like the tap
+
+
+def _ts(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")  # tap-postgres' form
+
+
+def customer_rows(rnd: random.Random) -> Iterator[dict[str, Any]]:
+    for n in range(1, 10**9):
+        first, last = rnd.choice(FIRST), rnd.choice(LAST)
+        orders = rnd.choice([0, 0, 1, 1, 2, 3, 4, 7, 12])
+        created = NOW - dt.timedelta(days=rnd.uniform(30, 1500))
+        last_order = NOW - dt.timedelta(days=rnd.uniform(0, 200), seconds=rnd.randrange(86400)) if orders else None
+        status = rnd.choice(["none", "none", "none", "active", "paused", "canceled"])
+        email = f"{first}.{last}{n}@{rnd.choice(DOMAINS)}"
+        if n % 7 == 0:
+            email = f"  {email.upper()} "  # dirty at the source: padded, mixed case
+        elif n % 53 == 0:
+            email = None
+        yield {
+            "customer_id": f"C{n:07}",
+            "email": email,
+            "first_name": first,
+            "last_name": last,
+            "phone": f"+1 415 555 {rnd.randrange(10000):04}" if rnd.random() < 0.6 else None,
+            "email_opt_in": rnd.random() < 0.7,
+            "sms_opt_in": rnd.random() < 0.3,
+            "is_subscriber": status == "active",
+            "subscription_status": status,
+            "last_order_at": _ts(last_order),
+            "orders_count": orders,
+            "lifetime_value": Decimal(orders * rnd.randrange(1500, 9000)).scaleb(-2),
+            "next_reorder_due_at": _ts(last_order + dt.timedelta(days=30)) if last_order else None,
+            "created_at": _ts(created),
+            "updated_at": _ts(max(created, last_order or created) + dt.timedelta(minutes=5)),
+            "preferences": {"size": rnd.choice("SML"), "roast": rnd.choice(["light", "medium", "dark"]),
+                            "channels": ["email", "sms"][: rnd.choice([1, 2])], "birthday_month": rnd.randrange(1, 13)},
+        }
+
+
+def order_rows(rnd: random.Random) -> Iterator[dict[str, Any]]:
+    """The dirty view: one row per line item, the order's columns repeated (dedupe by order_id)."""
+    for order_id in range(100_000, 10**10):
+        lines = rnd.choices([1, 2, 3], weights=[85, 12, 3])[0]
+        skus = rnd.sample(SKUS, lines)
+        placed = NOW - dt.timedelta(seconds=rnd.randrange(48 * 3600))
+        total = sum(Decimal(price) for _, price in skus)
+        order = {"order_id": order_id, "customer_id": f"C{rnd.randrange(1, 200_000):07}", "placed_at": _ts(placed),
+                 "total": total, "currency": "USD", "items_count": lines}
+        for sku, _ in skus:
+            yield {**order, "sku": sku}
+
+
+def generate(stream: str, records: int) -> Path:
+    """The stream as Singer JSON lines, generated once per (stream, size) and then reused."""
+    kind = "person" if stream == PERSON_STREAM else "event"
+    path = CACHE / f"{kind}-{records}-v{GENERATOR_VERSION}.jsonl"
+    if path.exists():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    rows = customer_rows(random.Random(1)) if kind == "person" else order_rows(random.Random(2))
+    schema = {"type": "SCHEMA", "stream": stream, "key_properties": [], "bookmark_properties": [BOOKMARKS[stream]],
+              "schema": {"properties": SCHEMAS[stream], "type": "object", "$schema": "https://json-schema.org/draft/2020-12/schema"}}
+    extracted = _ts(NOW).replace("+00:00", "Z")
+    tmp = path.with_suffix(".tmp")
+    started = time.perf_counter()
+    with tmp.open("wb") as out:
+        out.write(_encoder.encode(schema) + b"\n")
+        for n in range(1, records + 1):
+            row = next(rows)
+            out.write(_encoder.encode({"type": "RECORD", "stream": stream, "record": row, "time_extracted": extracted}) + b"\n")
+            if n % 10_000 == 0 or n == records:
+                bookmark = {"replication_key": BOOKMARKS[stream], "replication_key_value": row[BOOKMARKS[stream]]}
+                out.write(_encoder.encode({"type": "STATE", "value": {"bookmarks": {stream: bookmark}}}) + b"\n")
+    tmp.rename(path)
+    print(f"generated {path} ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return path
+
+
+# ---- running one process ----------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    wall: float
+    cpu: float
+    peak_rss_mb: float
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+def run(cmd: list[str], stdin: Path, workdir: Path) -> Run:
+    """Run a process on a file; wall time and that process's own peak RSS (os.wait4's rusage)."""
+    out, err = workdir / "stdout", workdir / "stderr"
+    with stdin.open("rb") as fin, out.open("wb") as fout, err.open("wb") as ferr:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=ferr, cwd=workdir)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(wall, cpu, usage.ru_maxrss / 1024, proc.returncode, out.read_bytes(), err.read_bytes())
+
+
+def run_target(sandbox: Sandbox, stdin: Path, workdir: Path, **settings: Any) -> tuple[Run, dict]:
+    """One run with a new, empty ledger: a first sync, where every record is sent."""
+    for old in workdir.glob("ledger.sqlite*"):
+        old.unlink()
+    config = {"site_id": SITE_ID, "api_key": API_KEY, "track_api_url": sandbox.url, "streams": ROUTES,
+              "report_file": str(workdir / "report.json"), "reject_file": str(workdir / "rejects.jsonl"),
+              "ledger_path": str(workdir / "ledger.sqlite"), **settings}
+    (workdir / "config.json").write_text(json.dumps(config))
+    result = run([TARGET, "--config", str(workdir / "config.json")], stdin, workdir)
+    if result.returncode != 0:
+        sys.exit(f"target-customerio failed ({result.returncode}):\n{result.stderr.decode()[-3000:]}")
+    return result, json.loads((workdir / "report.json").read_text())
+
+
+# ---- scenarios --------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    scenario: str
+    records: int
+    wall: float
+    cpu: float
+    peak_rss_mb: float
+    sent: int | None = None
+    requests: int | None = None
+    bytes_avg: float | None = None
+    bytes_max: int | None = None
+    ratio: float | None = None
+    rejected_429: int | None = None
+
+
+def delivered(sandbox: Sandbox, report: dict, records: int) -> tuple[int, list[dict]]:
+    """Check the accounting and the request sizes; the batch requests the sandbox answered."""
+    totals = report["totals"]
+    assert totals["received"] == records, totals
+    assert totals["rejected"] == 0, report["streams"]
+    assert totals["sent"] + totals["skipped"] == records, totals
+    batches = [r for r in sandbox.requests() if r["path"] == "/api/v2/batch" and r["status"] == 200]
+    assert sum(r["ops"] for r in batches) == totals["sent"], "the sandbox did not get every operation"
+    assert max(r["bytes"] for r in batches) < MAX_REQUEST_BYTES
+    return totals["sent"], batches
+
+
+def throughput(stream: str, records: int, workdir: Path) -> list[Row]:
+    path = generate(stream, records)
+    name = "person" if stream == PERSON_STREAM else "event"
+    base = run(NOOP, path, workdir)
+    if base.returncode != 0:
+        sys.exit(f"no-op target failed:\n{base.stderr.decode()[-3000:]}")
+    with Sandbox(site_id=SITE_ID, api_key=API_KEY, store=False, validate=False) as sandbox:
+        result, report = run_target(sandbox, path, workdir)
+        sent, batches = delivered(sandbox, report, records)
+    sizes = [r["bytes"] for r in batches]
+    return [
+        Row(f"{name}: no-op sdk target", records, base.wall, base.cpu, base.peak_rss_mb),
+        Row(f"{name}: target-customerio", records, result.wall, result.cpu, result.peak_rss_mb, sent, len(batches),
+            sum(sizes) / len(sizes), max(sizes), result.wall / base.wall),
+    ]
+
+
+def rate_limited(records: int, per_second: float, workdir: Path) -> Row:
+    path = generate(PERSON_STREAM, records)
+    with Sandbox(site_id=SITE_ID, api_key=API_KEY, store=False, validate=False, rate_limit=per_second) as sandbox:
+        result, report = run_target(sandbox, path, workdir, max_requests_per_second=per_second)
+        throttled = sandbox.counters()["rate_limited"]
+        sent, batches = delivered(sandbox, report, records)
+    sizes = [r["bytes"] for r in batches]
+    return Row(f"person @ {per_second:g} req/s server", records, result.wall, result.cpu, result.peak_rss_mb, sent, len(batches),
+               sum(sizes) / len(sizes), max(sizes), None, throttled)
+
+
+# ---- the table --------------------------------------------------------------------------------
+
+COLUMNS: list[tuple[str, str, Callable[[Row], Any]]] = [
+    ("scenario", "<30", lambda r: r.scenario),
+    ("records", ">9", lambda r: f"{r.records:,}"),
+    ("wall s", ">7", lambda r: f"{r.wall:.2f}"),
+    ("cpu s", ">6", lambda r: f"{r.cpu:.2f}"),
+    ("records/s", ">9", lambda r: f"{r.records / r.wall:,.0f}"),
+    ("sent", ">9", lambda r: f"{r.sent:,}" if r.sent is not None else "-"),
+    ("requests", ">8", lambda r: f"{r.requests:,}" if r.requests is not None else "-"),
+    ("ops/req", ">7", lambda r: f"{r.sent / r.requests:.0f}" if r.requests else "-"),
+    ("bytes/req avg", ">13", lambda r: f"{r.bytes_avg:,.0f}" if r.bytes_avg else "-"),
+    ("bytes/req max", ">13", lambda r: f"{r.bytes_max:,}" if r.bytes_max else "-"),
+    ("peak RSS MB", ">11", lambda r: f"{r.peak_rss_mb:.0f}"),
+    ("vs no-op", ">8", lambda r: f"{r.ratio:.2f}x" if r.ratio else "-"),
+    ("429s", ">4", lambda r: str(r.rejected_429) if r.rejected_429 is not None else "-"),
+]
+
+
+def table(rows: list[Row]) -> str:
+    head = "  ".join(f"{title:{fmt}}" for title, fmt, _ in COLUMNS)
+    lines = [head, "-" * len(head)]
+    lines += ["  ".join(f"{get(row):{fmt}}" for _, fmt, get in COLUMNS) for row in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=200_000, help="records per stream (default 200,000)")
+    parser.add_argument("--rate-limit", type=float, default=100, help="requests/s of the limited server (0: skip)")
+    parser.add_argument("--rate-limit-records", type=int, default=1_000_000, help="person records sent to it")
+    parser.add_argument("--only", choices=["person", "event", "rate-limit"], help="run one scenario")
+    args = parser.parse_args(argv)
+
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="tcio-bench-") as tmp:
+        workdir = Path(tmp)
+        for stream, name in ((PERSON_STREAM, "person"), (EVENT_STREAM, "event")):
+            if args.only in (None, name):
+                rows += throughput(stream, args.records, workdir)
+                print(table(rows), file=sys.stderr)
+        if args.rate_limit and args.only in (None, "rate-limit"):
+            rows.append(rate_limited(args.rate_limit_records, args.rate_limit, workdir))
+    print(f"\ntarget-customerio throughput ({os.cpu_count()} CPUs, Python {sys.version.split()[0]}; "
+          f"baseline: singer-sdk target, validation off, SingerLineReader)\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
