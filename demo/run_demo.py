@@ -298,8 +298,10 @@ def cmd_run() -> None:
         f"{counts['checkouts']} checkouts, {counts['refunds']} refunds, "
         f"{counts['subscription_events']} subscription events")
     reset_sandbox()
+    for ledger in DEMO_DIR.glob("ledger.sqlite*"):  # the target's change-detection ledger
+        ledger.unlink()
     meltano("state", "clear", "--force", STATE_ID)
-    say(f"Sandbox emptied; Meltano state {STATE_ID!r} cleared: this run sends everything.")
+    say(f"Sandbox emptied, ledger and Meltano state {STATE_ID!r} cleared: this run sends everything.")
     elapsed = meltano_run()
     NIGHT_FILE.write_text("1\n")
     print_summary(elapsed, night=1)
