@@ -106,8 +106,7 @@ class CustomerIOSink(Sink):
         pending, self._pending = self._pending, []
         delivered = self._ledger.fingerprints([op.ledger[0] for ops in pending for op in ops if op.ledger is not None])
         for ops in pending:
-            tracked = [op.ledger for op in ops if op.ledger is not None]
-            if tracked and all(delivered.get(key) == fingerprint for key, fingerprint in tracked):
+            if _unchanged(ops, delivered):
                 self._report.skip(self.stream_name, "unchanged")
             else:
                 self._pack(ops)
@@ -157,6 +156,12 @@ class CustomerIOSink(Sink):
             self._pack_pending()
         for packer in self._packers:
             packer.flush()
+
+
+def _unchanged(ops: list[Operation], delivered: dict[int, int]) -> bool:
+    """True when every operation the ledger tracks is exactly what was last delivered."""
+    tracked = [op.ledger for op in ops if op.ledger is not None]
+    return bool(tracked) and all(delivered.get(key) == fingerprint for key, fingerprint in tracked)
 
 
 class UnmappedSink(Sink):

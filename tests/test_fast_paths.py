@@ -1,0 +1,197 @@
+"""Unit tests: each fast path gives exactly what its reference (slower) path gives.
+
+The throughput work (issue 5, docs/performance.md) added shortcuts on the per-record path; these
+tests pin every shortcut to the code it stands in for, including the error it raises.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import random
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import pytest
+import requests
+from ulid import ULID
+
+from target_customerio.ledger import SqliteLedger, hash64
+from target_customerio.mapping import (
+    MAX_ATTRIBUTE_VALUE_BYTES,
+    Mapper,
+    Rejected,
+    _check_person_limits,
+    _hash64_continued,
+    _HASH64,
+    ulid_text,
+)
+from target_customerio.routes import Routes
+from target_customerio.sandbox import Sandbox
+from target_customerio.values import UTC, plain, plain_number, to_unix
+
+SCHEMA = {"properties": {
+    "placed_at": {"type": "string", "format": "date-time"},
+    "born_on": {"type": ["string", "null"], "format": "date"},
+}}
+PERSON = {"kind": "person", "identifier": {"field": "customer_id", "type": "id"}}
+
+
+def mapper(spec: dict = PERSON) -> Mapper:
+    return Mapper(Routes({"s": spec}, Path("."), "reject").match("s"), SCHEMA, now=1_795_000_000)
+
+
+def reference_plain(value, tz=UTC):
+    """`plain` as it was before the fast paths: a new copy of every container."""
+    if type(value) in (str, int, bool) or value is None:
+        return value
+    if type(value) in (Decimal, float):
+        return plain_number(value)
+    if isinstance(value, (dt.datetime, dt.date)):
+        return to_unix(value, tz)
+    if type(value) is dict:
+        return {k: reference_plain(v, tz) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return [reference_plain(v, tz) for v in value]
+    if isinstance(value, dt.time):
+        return value.isoformat()
+    return str(value)
+
+
+def outcome(call):
+    try:
+        return ("ok", call())
+    except Rejected as rej:
+        return ("rejected", rej.reason, rej.field, rej.message)
+    except Exception as exc:  # noqa: BLE001 - the reference may raise anything; so must the fast path
+        return ("raised", type(exc).__name__, str(exc))
+
+
+def test_ulid_text_is_what_python_ulid_writes():
+    rnd = random.Random(5)
+    for _ in range(2000):
+        raw = rnd.getrandbits(128).to_bytes(16, "big")
+        assert ulid_text(raw) == str(ULID.from_bytes(raw))
+    assert ulid_text(b"\x00" * 16) == "0" * 26 and ulid_text(b"\xff" * 16) == "7" + "Z" * 25
+
+
+def test_ledger_hashes_continued_from_a_prefix_are_hash64():
+    scope = "https://track.customer.io\x1fsite\x1fpublic-customers"
+    start = hashlib.blake2b(f"{scope}\x1f".encode(), digest_size=8)
+    for dedupe in ["person:id:C1", "event:01ARZ3NDEKTSV4RRFFQ69G5FAV", "person:email:é@x.y", ""]:
+        assert _hash64_continued(start, f"{dedupe}\x1f".encode()) == hash64(scope, dedupe)
+    for body in [b"", b'{"type":"person"}', os.urandom(700)]:
+        assert _hash64_continued(_HASH64, body + b"\x1f") == hash64(body)
+
+
+@pytest.mark.parametrize("value", [
+    {"size": "M", "channels": ["email", "sms"], "n": 3},
+    {"ratio": Decimal("0.5"), "tags": ["a", Decimal("2.00")], "deep": {"at": dt.datetime(2026, 1, 1, tzinfo=UTC)}},
+    [1, "a", None, True], [[], {}, ("x", Decimal("1.5"))], ("t", 1), {}, [],
+    {"t": dt.time(10, 30), "f": 2.5, "d": dt.date(1980, 5, 17)},
+])
+def test_plain_converts_json_values_like_the_reference(value):
+    assert outcome(lambda: plain(value)) == outcome(lambda: reference_plain(value))
+
+
+def test_plain_keeps_a_json_value_that_needs_no_change_and_never_changes_its_input():
+    value = {"size": "M", "channels": ["email", "sms"], "n": 3}
+    assert plain(value) is value
+    mixed = {"channels": ["email"], "ratio": Decimal("0.5")}
+    out = plain(mixed)
+    assert out == {"channels": ["email"], "ratio": 0.5} and mixed["ratio"] == Decimal("0.5")
+    assert out["channels"] is mixed["channels"]
+
+
+def test_plain_fails_on_bad_numbers_and_deep_nesting_like_the_reference():
+    for value in [{"x": [Decimal("NaN")]}, [float("inf")]]:
+        assert outcome(lambda: plain(value)) == outcome(lambda: reference_plain(value))
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(RecursionError):
+        plain({"deep": deep})
+
+
+RECORDS = [
+    {"customer_id": "C1", "email": " A@B.COM ", "placed_at": "2026-11-20T10:00:00.123456+00:00", "born_on": "1980-05-17",
+     "ltv": Decimal("250.00"), "aov": Decimal("83.33"), "prefs": {"sizes": ["M"], "r": Decimal("0.5")}, "ok": True},
+    {"customer_id": "C2", "placed_at": " 2026-11-20T10:00:00Z ", "born_on": None},          # whitespace: in-order path
+    {"customer_id": "C3", "placed_at": "2026-11-20 10:00:00.1234567", "born_on": "1980-05-17"},  # SQL Server datetime2
+    {"customer_id": "C4", "placed_at": "2026-11-20T10:00:00+02:00", "new_column": Decimal("1E+2")},
+    {"customer_id": "C5", "placed_at": "not a date", "ltv": Decimal("NaN")},               # first bad column wins
+    {"customer_id": "C6", "ltv": Decimal("Infinity"), "placed_at": "not a date"},
+    {"customer_id": "C7", "placed_at": dt.datetime(2026, 1, 1, 10), "born_on": dt.date(1980, 5, 17), "t": (1, 2)},
+    {"customer_id": "C8", "placed_at": "10000-01-01T00:00:00"},
+    {"customer_id": "C9", "_sdc_extracted_at": "2026-01-01", "renamed": "x", "skipped": "y"},
+]
+
+
+@pytest.mark.parametrize("spec", [
+    PERSON,
+    {**PERSON, "source_timezone": "Europe/Berlin"},
+    {**PERSON, "attributes": {"rename": {"renamed": "nickname"}, "exclude": ["skipped"]}},
+    {**PERSON, "attributes": {"rename": {"renamed": "email"}}},  # two columns sent as one name
+])
+def test_payload_fast_path_equals_the_in_order_path(spec):
+    fast, reference = mapper(spec), mapper(spec)
+    for record in RECORDS * 2:  # the second pass runs with every column already known
+        expected = outcome(lambda: reference._payload_in_order(dict(record)))
+        assert outcome(lambda: fast._payload(dict(record))) == expected
+        assert outcome(lambda: fast.map(dict(record)).body) == outcome(lambda: reference.map(dict(record)).body)
+
+
+@pytest.mark.parametrize("attributes", [
+    {"note": "x" * (MAX_ATTRIBUTE_VALUE_BYTES - 100)},
+    {"note": "x" * MAX_ATTRIBUTE_VALUE_BYTES},
+    {"note": "x" * (MAX_ATTRIBUTE_VALUE_BYTES + 1)},
+    {"note": "é" * 501},
+    {"prefs": {"a": "x" * 990}},
+    {"n" * 151: 1},
+    {"é" * 76: 1},
+    {f"a{i}": i for i in range(301)},
+])
+def test_person_limits_shortcut_rejects_exactly_what_the_full_check_rejects(attributes):
+    record = {"customer_id": "C1", **attributes}
+    expected = outcome(lambda: _check_person_limits(dict(attributes)))
+    result = outcome(lambda: mapper().map(record))
+    if expected[0] == "ok":
+        assert result[0] == "ok"
+    else:
+        assert result == expected
+
+
+def test_events_reuse_the_parsed_timestamp_and_keep_their_id():
+    spec = {"kind": "event", "identifier": {"field": "customer_id", "type": "id"}, "event_name": "order_placed",
+            "event_id": ["order_id"], "timestamp": "placed_at"}
+    body = orjson.loads(mapper(spec).map({"customer_id": "C1", "order_id": 7, "placed_at": "2026-11-20T10:00:00Z", "born_on": None}).body)
+    assert body["timestamp"] == body["attributes"]["placed_at"] == 1795168800
+    assert body["attributes"]["born_on"] is None  # a null date is not the parsed timestamp
+    assert body["id"] == "59653G5ZMVSAGJ94RY6Y01ZSN7"
+
+
+def test_bulk_ledger_lookups_answer_like_one_lookup_per_key(tmp_path):
+    ledger = SqliteLedger(str(tmp_path / "ledger.sqlite"))
+    rnd = random.Random(7)
+    rows = [(rnd.getrandbits(63) - (1 << 62), rnd.getrandbits(63)) for _ in range(1200)]
+    ledger.record(rows[:1000])
+    keys = [k for k, _ in rows]
+    found = ledger.fingerprints(keys)  # more keys than one query takes
+    assert found == {k: fp for k, fp in rows[:1000]}
+    assert all(ledger.unchanged(k, fp) == (found.get(k) == fp) for k, fp in rows)
+    ledger.record([(rows[0][0], 1)])  # a write is seen by the next lookup
+    assert ledger.fingerprints([rows[0][0]]) == {rows[0][0]: 1}
+    assert SqliteLedger(str(tmp_path / "ledger.sqlite"), full_resend=True).fingerprints(keys) == {}
+    ledger.close()
+
+
+def test_sandbox_without_validation_accepts_and_counts_every_operation():
+    with Sandbox(store=False, validate=False) as sandbox, requests.Session() as http:
+        http.auth = ("site", "secret")
+        body = {"batch": [{"type": "person", "action": "identify"}, {"not": "checked"}]}
+        assert http.post(f"{sandbox.url}/api/v2/batch", json=body).status_code == 200
+        assert http.post(f"{sandbox.url}/api/v2/batch", data=b"not json").status_code == 400
+        assert [r["ops"] for r in sandbox.requests()] == [2, 0]
+        assert sandbox.people() == [] and sandbox.events() == []
