@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from target_customerio.mapping import MAX_IDENTIFIER_BYTES, Mapper, Operation, Rejected, Skipped, encode_operation
-from target_customerio.values import plain
+from target_customerio.mapping import Mapper, Operation, Skipped, encode_operation, identifier_value
 
 
 def is_delete(record: dict[str, Any]) -> bool:
@@ -51,7 +50,7 @@ class MergeMapper(Mapper):
         kind, value = self.identifier(record)
         secondary = self.route.secondary
         assert secondary is not None
-        other_kind, other = _identifier_value(record, secondary.field, secondary.type)
+        other_kind, other = secondary.type, identifier_value(record, secondary.field, secondary.type)
         if (kind, value) == (other_kind, other):
             raise Skipped("same_person")
         identify = {"type": "person", "action": "identify", "identifiers": {kind: value}, "attributes": {}}
@@ -73,7 +72,7 @@ class ObjectMapper(Mapper):
         self.check_contract(attributes)
         relationships = []
         for rel in self.route.relationships:
-            kind, value = _identifier_value(record, rel.field, rel.type)
+            kind, value = rel.type, identifier_value(record, rel.field, rel.type)
             relationships.append({"identifiers": {kind: value}})
         op = {
             "type": "object",
@@ -83,18 +82,6 @@ class ObjectMapper(Mapper):
             "cio_relationships": relationships,
         }
         return self.operation(encode_operation(op), object_id, record, f"object:{self.route.object_type_id}:{object_id}")
-
-
-def _identifier_value(record: dict[str, Any], column: str, kind: str) -> tuple[str, str]:
-    raw = record.get(column)
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        raise Rejected("missing_identifier", column, f"{column} is empty; it identifies a person")
-    value = str(plain(raw))
-    if kind == "email":
-        value = value.strip().lower()
-    if len(value.encode()) > MAX_IDENTIFIER_BYTES:
-        raise Rejected("invalid_identifier", column, f"{column} is longer than {MAX_IDENTIFIER_BYTES} bytes")
-    return kind, value
 
 
 MAPPERS: dict[str, type[Mapper]] = {"person": Mapper, "event": Mapper, "merge": MergeMapper, "object": ObjectMapper}

@@ -6,12 +6,13 @@ import datetime as dt
 import hashlib
 import math
 import time
+from decimal import Decimal
 from typing import Any, Callable, NamedTuple
 
 import orjson
 
 from target_customerio.routes import Route
-from target_customerio.values import SCALARS, BadValue, plain, snake_case, text_to_unix, to_unix
+from target_customerio.values import SCALARS, BadValue, plain, plain_number, snake_case, text_to_unix, to_unix
 
 MAX_OPERATION_BYTES = 32_000
 MAX_IDENTIFIER_BYTES = 150
@@ -149,18 +150,8 @@ class Mapper:
         self._check_contract(payload)
 
     def _identifier(self, record: dict[str, Any]) -> tuple[str, str]:
-        column, kind = self.route.identifier_field, self.route.identifier_type
-        raw = record.get(column)
-        if raw is None or (isinstance(raw, str) and not raw.strip()):
-            raise Rejected("missing_identifier", column, f"{column} is empty; every operation needs one {kind}")
-        value = raw if type(raw) is str else str(plain(raw))
-        if kind == "email":
-            value = value.strip().lower()
-            if "@" not in value:
-                raise Rejected("invalid_identifier", column, f"{column} is not an email address")
-        if len(value.encode()) > MAX_IDENTIFIER_BYTES:
-            raise Rejected("invalid_identifier", column, f"{column} is longer than {MAX_IDENTIFIER_BYTES} bytes")
-        return kind, value
+        kind = self.route.identifier_type
+        return kind, identifier_value(record, self.route.identifier_field, kind)
 
     def _payload(self, record: dict[str, Any], parsed: tuple[str, int] | None = None) -> dict[str, Any]:
         """Outgoing attributes / event data: selected, renamed and normalised.
@@ -277,14 +268,16 @@ class Mapper:
         if raw is None or raw == "":
             raise Rejected("missing_timestamp", column, f"{column} is empty; an event is never stamped with sync time")
         try:
-            if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-                seconds = int(raw)
+            if isinstance(raw, (int, float, Decimal)) and not isinstance(raw, bool):
+                seconds = int(plain_number(raw))
                 if seconds > 10**11:
                     raise BadValue(f"{raw} looks like milliseconds, not unix seconds")
             elif type(raw) is str:
                 seconds = text_to_unix(raw, self.route.source_timezone)
-            else:
+            elif isinstance(raw, (dt.date, dt.datetime)):
                 seconds = to_unix(raw, self.route.source_timezone)
+            else:
+                raise BadValue(f"{type(raw).__name__} is not a time")
         except (BadValue, OverflowError, ValueError, TypeError) as exc:
             raise Rejected("invalid_timestamp", column, str(exc)) from None
         if not 0 <= seconds <= MAX_UNIX_SECONDS:
@@ -341,6 +334,25 @@ def _short_name(name: str) -> bool:
         return False
 
 
+def identifier_value(record: dict[str, Any], column: str, kind: str) -> str:
+    """The identifier in `column` as Customer.io takes it (emails trimmed, lower-cased); raises Rejected."""
+    raw = record.get(column)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        raise Rejected("missing_identifier", column, f"{column} is empty; every operation needs one {kind}")
+    try:
+        value = raw if type(raw) is str else str(plain(raw))
+        size = len(value.encode())
+    except (BadValue, UnicodeEncodeError, RecursionError) as exc:
+        raise Rejected("invalid_identifier", column, f"{column} is not a usable {kind}: {exc}") from None
+    if kind == "email":
+        value = value.strip().lower()
+        if "@" not in value:
+            raise Rejected("invalid_identifier", column, f"{column} is not an email address")
+    if size > MAX_IDENTIFIER_BYTES:
+        raise Rejected("invalid_identifier", column, f"{column} is longer than {MAX_IDENTIFIER_BYTES} bytes")
+    return value
+
+
 def _unencodable_field(op: dict[str, Any]) -> str | None:
     """The attribute that made encoding fail (error path only)."""
     for name, value in op.get("attributes", {}).items():
@@ -364,7 +376,8 @@ def _check_person_limits(attributes: dict[str, Any]) -> None:
 def _value_bytes(value: Any) -> int:
     kind = type(value)
     if kind is str:
-        return len(value) if len(value) * 4 <= MAX_ATTRIBUTE_VALUE_BYTES else len(value.encode())
+        # surrogatepass: a lone surrogate is sized here and rejected, with its field, when encoded
+        return len(value) if len(value) * 4 <= MAX_ATTRIBUTE_VALUE_BYTES else len(value.encode(errors="surrogatepass"))
     if kind is dict or kind is list:
         try:
             return len(orjson.dumps(value))

@@ -54,6 +54,11 @@ REJECTED = [
     ("event without time", [event(at=None)], "missing_timestamp", "at"),
     ("event without dedupe key", [event(order_id=None)], "missing_event_id", "order_id"),
     ("event time in milliseconds", [event(at=int(NOW.timestamp() * 1000))], "invalid_timestamp", "at"),
+    ("event time not a time", [event(at=[2026, 11, 22])], "invalid_timestamp", "at"),
+    ("event time NaN", [f'{{"type":"RECORD","stream":"{E}","record":{{"id":"C1","order_id":1,"at":NaN}}}}'], "invalid_timestamp", "at"),
+    ("lone surrogate in the identifier", [f'{{"type":"RECORD","stream":"{P}","record":{{"id":"C\\ud800"}}}}'], "invalid_identifier", "id"),
+    ("NaN identifier", [f'{{"type":"RECORD","stream":"{P}","record":{{"id":NaN}}}}'], "invalid_identifier", "id"),
+    ("long value of lone surrogates", [raw_person('"note":"' + "\\udc00" * 400 + '"')], "attribute_value_too_large", "note"),
 ]
 
 

@@ -205,3 +205,8 @@ def test_operation_over_32kb_is_rejected():
     with pytest.raises(Rejected) as err:
         m.map({"order_id": 1, "customer_id": 1, "placed_at": "2026-11-22T11:00:00Z", "blob": "x" * 40_000})
     assert err.value.reason == "operation_too_large"
+
+
+def test_a_numeric_event_time_in_seconds_is_floored_to_whole_seconds():
+    out = op(mapper(EVENT), {"order_id": 7, "customer_id": 42, "placed_at": Decimal("1795356000.75")})
+    assert out["timestamp"] == 1795356000
