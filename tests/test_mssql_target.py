@@ -33,9 +33,9 @@ from tests.test_mssql_tap import (
     INCREMENTAL,
     LOG_BASED,
     TAP_PYTHON,
+    discovered,  # noqa: F401  (the module-scoped discovery fixture, shared)
     final_state,
     records,
-    run_tap,
     sync,
 )
 
@@ -103,12 +103,6 @@ def events(sandbox) -> dict[str, dict]:
 
 
 # ---- tap runs (module scope: each is one subprocess of the real tap) ---------------------------
-
-@pytest.fixture(scope="module")
-def discovered(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    (catalog,) = run_tap(tmp_path_factory.mktemp("discover"), "--mode", "discover")
-    return catalog
-
 
 @pytest.fixture(scope="module")
 def full_table(tmp_path_factory: pytest.TempPathFactory, discovered: dict) -> TapRun:
