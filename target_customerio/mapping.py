@@ -95,8 +95,8 @@ class Mapper:
         ledger_scope: str | None = None,
     ) -> None:
         self.route = route
-        self._ledger_scope = ledger_scope  # workspace and stream; None: change detection off
-        # hash64(ledger_scope, dedupe) is this hash continued with the dedupe part (cheaper).
+        # The ledger scope is workspace and stream (None: change detection off). Ledger keys are
+        # hash64(ledger_scope, dedupe): this hash of the scope, continued with the dedupe part.
         self._ledger_key = None if ledger_scope is None else hashlib.blake2b(f"{ledger_scope}\x1f".encode(), digest_size=8)
         self.last_identifier: tuple[str, str] = ("id", "")
         self.last_timestamp = 0
@@ -114,7 +114,7 @@ class Mapper:
 
     def map(self, record: dict[str, Any]) -> Operation:
         """The operation for a record; raises Rejected or Skipped."""
-        kind, value = self.last_identifier = self._identifier(record)
+        kind, value = self.last_identifier = self.identifier(record)
         if self._is_person:
             body = self._identify(record, kind, value)
             dedupe = f"person:{kind}:{value}"
@@ -140,20 +140,10 @@ class Mapper:
 
     def identifier(self, record: dict[str, Any]) -> tuple[str, str]:
         """The route's identifier of a record: (type, value); raises Rejected."""
-        return self._identifier(record)
-
-    def payload(self, record: dict[str, Any]) -> dict[str, Any]:
-        """The record's outgoing attributes; raises Rejected."""
-        return self._payload(record)
-
-    def check_contract(self, payload: dict[str, Any]) -> None:
-        self._check_contract(payload)
-
-    def _identifier(self, record: dict[str, Any]) -> tuple[str, str]:
         kind = self.route.identifier_type
         return kind, identifier_value(record, self.route.identifier_field, kind)
 
-    def _payload(self, record: dict[str, Any], parsed: tuple[str, int] | None = None) -> dict[str, Any]:
+    def payload(self, record: dict[str, Any], parsed: tuple[str, int] | None = None) -> dict[str, Any]:
         """Outgoing attributes / event data: selected, renamed and normalised.
 
         The fast path makes one pass in C-speed comprehension over the columns (scalars are kept
@@ -212,7 +202,7 @@ class Mapper:
                 raise Rejected("invalid_value", column, "nested too deeply") from None
         return out
 
-    def _check_contract(self, payload: dict[str, Any]) -> None:
+    def check_contract(self, payload: dict[str, Any]) -> None:
         contract = self.route.contract
         if contract is None:
             return
@@ -222,7 +212,7 @@ class Mapper:
 
     def _identify(self, record: dict[str, Any], kind: str, value: str) -> bytes:
         """The encoded identify operation. Checks run in this order: limits, contract, encoding."""
-        attributes = self._payload(record)
+        attributes = self.payload(record)
         email = attributes.get("email")
         if isinstance(email, str):
             attributes["email"] = email.strip().lower() or None
@@ -235,7 +225,7 @@ class Mapper:
         # the per-attribute walk is needed only for larger operations or unusual names.
         if body is None or len(body) > MAX_ATTRIBUTE_VALUE_BYTES or not self._names_short:
             _check_person_limits(attributes)
-        self._check_contract(attributes)
+        self.check_contract(attributes)
         return body if body is not None else encode_operation(op)
 
     def _event(self, record: dict[str, Any], kind: str, value: str) -> dict[str, Any]:
@@ -244,8 +234,8 @@ class Mapper:
             raise Skipped("stale")
         name = self._event_name(record)
         raw = record.get(self.route.timestamp)
-        data = self._payload(record, (raw, timestamp) if type(raw) is str else None)
-        self._check_contract(data)
+        data = self.payload(record, (raw, timestamp) if type(raw) is str else None)
+        self.check_contract(data)
         key = []
         for column in self.route.event_id:
             part = record.get(column)

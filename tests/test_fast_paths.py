@@ -139,7 +139,7 @@ def test_payload_fast_path_equals_the_in_order_path(spec):
     fast, reference = mapper(spec), mapper(spec)
     for record in RECORDS * 2:  # the second pass runs with every column already known
         expected = outcome(lambda: reference._payload_in_order(dict(record)))
-        assert outcome(lambda: fast._payload(dict(record))) == expected
+        assert outcome(lambda: fast.payload(dict(record))) == expected
         assert outcome(lambda: fast.map(dict(record)).body) == outcome(lambda: reference.map(dict(record)).body)
 
 
