@@ -32,7 +32,6 @@ _LOOKUP_CHUNK = 500  # keys per query: under SQLite's smallest limit on bound pa
 
 
 class Ledger(Protocol):
-    def unchanged(self, key: int, fingerprint: int) -> bool: ...
     def fingerprints(self, keys: Collection[int]) -> dict[int, int]: ...
     def record(self, entries: Iterable[tuple[int, int]]) -> None: ...
     def close(self) -> None: ...
@@ -40,9 +39,6 @@ class Ledger(Protocol):
 
 class NoLedger:
     """Change detection off: everything is sent."""
-
-    def unchanged(self, key: int, fingerprint: int) -> bool:
-        return False
 
     def fingerprints(self, keys: Collection[int]) -> dict[int, int]:
         return {}
@@ -76,16 +72,9 @@ class SqliteLedger:
             self._read_lock = threading.Lock()
         self._full_resend = full_resend
 
-    def unchanged(self, key: int, fingerprint: int) -> bool:
-        if self._full_resend:
-            return False
-        with self._read_lock:
-            row = self._reader.execute("SELECT fingerprint FROM delivered WHERE key = ?", (key,)).fetchone()
-        return row is not None and row[0] == fingerprint
-
     def fingerprints(self, keys: Collection[int]) -> dict[int, int]:
-        """The last delivered fingerprint of each key that has one: `unchanged` for many keys,
-        in one query per 500 keys instead of one per key (the reader's hot path)."""
+        """The last delivered fingerprint of each key that has one, in one query per 500 keys
+        (the reader looks up a batch of records at once)."""
         if self._full_resend or not keys:
             return {}
         keys = list(keys)
@@ -106,10 +95,6 @@ class SqliteLedger:
             self._db.execute("BEGIN")
             self._db.executemany(_UPSERT, rows)
             self._db.execute("COMMIT")
-
-    def rows(self) -> list[tuple[int, int]]:
-        with self._read_lock:
-            return self._reader.execute("SELECT key, fingerprint FROM delivered").fetchall()
 
     def close(self) -> None:
         with self._read_lock:
@@ -141,9 +126,6 @@ class PostgresLedger:
             existing = cur.fetchall()
         self._local = SqliteLedger(":memory:", full_resend=full_resend)
         self._local.record(existing)
-
-    def unchanged(self, key: int, fingerprint: int) -> bool:
-        return self._local.unchanged(key, fingerprint)
 
     def fingerprints(self, keys: Collection[int]) -> dict[int, int]:
         return self._local.fingerprints(keys)
