@@ -51,13 +51,11 @@ class CustomerIOSink(Sink):
         """The SDK's per-record validation is off: contracts check what is actually sent."""
         return None
 
-    def _parse_timestamps_in_record(self, record: dict, schema: dict, treatment: t.Any) -> None:
-        """Dates are parsed by the mapper, which rejects a bad one instead of crashing the run."""
-
     # The SDK calls the next three for every record: the same outcome, with less work.
 
     def _validate_and_parse(self, record: dict) -> dict:
-        """No SDK validation and no SDK date parsing (see above), so nothing to do."""
+        """No SDK validation (see above) and no SDK date parsing: the mapper parses dates and
+        rejects a bad one instead of crashing the run."""
         return record
 
     @cached_property
