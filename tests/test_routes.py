@@ -52,7 +52,7 @@ def test_bad_settings_name_the_setting(config, words):
     with pytest.raises(ConfigError) as err:
         load_settings(config, Path("."))
     assert words in str(err.value)
-    assert "k" not in str(err.value).split() or config.get("api_key") != "k"
+    assert "k" not in str(err.value).split()  # the api_key value is never part of a message
 
 
 def test_loopback_http_and_regions_resolve():
