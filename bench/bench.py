@@ -324,8 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\ntarget-customerio throughput: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
           f"load average {load:.2f} before / {os.getloadavg()[0]:.2f} after; change detection "
           f"{'off' if args.no_ledger else 'on (new ledger per first sync)'}.\n"
-          "Baseline: a singer-sdk target whose sink does nothing, validation off, same reader "
-          "(SingerLineReader: msgspec over stdin bytes). Peak RSS and CPU are per process (wait4).\n")
+          "Baseline: a singer-sdk target whose sink does nothing, validation off, the SDK's reader "
+          "(MsgSpecReader over stdin bytes). Peak RSS and CPU are per process (wait4).\n")
     print(table(rows))
     if any(row.rejected_429 for row in rows):
         sys.exit("the sandbox answered 429: the client's own rate limit let too many requests through")

@@ -197,6 +197,7 @@ class Delivery:
         for q in self._queues:
             q.join()
         self.raise_if_failed()
+        self._ledger.flush()
 
     def raise_if_failed(self) -> None:
         if self.error is not None:

@@ -46,7 +46,7 @@ class MergeMapper(Mapper):
     profiles (or in a later job): a merge whose secondary does not exist yet merges nothing.
     """
 
-    def map(self, record: dict[str, Any]) -> list[Operation]:
+    def map(self, record: dict[str, Any], native: bool = False) -> list[Operation]:  # type: ignore[override]
         kind, value = self.identifier(record)
         secondary = self.route.secondary
         assert secondary is not None
@@ -66,9 +66,9 @@ class MergeMapper(Mapper):
 class ObjectMapper(Mapper):
     """`kind: object`: a Customer.io object (a cart, a subscription) related to its people."""
 
-    def map(self, record: dict[str, Any]) -> Operation:
+    def map(self, record: dict[str, Any], native: bool = False) -> Operation:
         _, object_id = self.identifier(record)
-        attributes = self.payload(record)
+        attributes = self.payload(record, native=native)
         self.check_contract(attributes)
         relationships = []
         for rel in self.route.relationships:

@@ -11,6 +11,7 @@ from typing import Any, Callable, NamedTuple
 
 import orjson
 
+from target_customerio.ledger import hash64, scope_seed
 from target_customerio.routes import Route
 from target_customerio.values import SCALARS, BadValue, plain, plain_number, snake_case, text_to_unix, to_unix
 
@@ -95,9 +96,8 @@ class Mapper:
         ledger_scope: str | None = None,
     ) -> None:
         self.route = route
-        # The ledger scope is workspace and stream (None: change detection off). Ledger keys are
-        # hash64(ledger_scope, dedupe): this hash of the scope, continued with the dedupe part.
-        self._ledger_key = None if ledger_scope is None else hashlib.blake2b(f"{ledger_scope}\x1f".encode(), digest_size=8)
+        # The ledger scope is workspace and stream (None: change detection off).
+        self._ledger_seed = None if ledger_scope is None else scope_seed(ledger_scope)
         self.last_identifier: tuple[str, str] = ("id", "")
         self.last_timestamp = 0
         self._is_person = route.kind == "person"
@@ -106,20 +106,27 @@ class Mapper:
         self._names_short = True  # no attribute name can fail Customer.io's name limit
         self._names_unique = True  # no two columns are sent under one name
         self._date_names: list[tuple[str, str]] = []  # date columns that are sent, and their names
+        self._columns: frozenset[str] = frozenset()  # every column seen so far
+        self._dropped: list[str] = []  # the columns not sent
+        self._copyable = True  # every column sent is sent under its own name
         self._event_names: dict[str, str] = {}
         self._on_event_name = on_event_name or (lambda raw, name: None)
         self._seen_events: set[int] = set()  # 64-bit prefixes of event digests: small at 1M events
         now = time.time() if now is None else now
         self._oldest = now - route.max_age.total_seconds() if route.max_age else None
 
-    def map(self, record: dict[str, Any]) -> Operation:
-        """The operation for a record; raises Rejected or Skipped."""
+    def map(self, record: dict[str, Any], native: bool = False) -> Operation:
+        """The operation for a record; raises Rejected or Skipped.
+
+        `native`: the record holds only what a strict JSON decoder returns (str, int, finite
+        float, bool, None, list, dict), so its values are sent as they are, unwalked.
+        """
         kind, value = self.last_identifier = self.identifier(record)
         if self._is_person:
-            body = self._identify(record, kind, value)
+            body = self._identify(record, kind, value, native)
             dedupe = f"person:{kind}:{value}"
         else:
-            event = self._event(record, kind, value)
+            event = self._event(record, kind, value, native)
             self.last_timestamp = event["timestamp"]
             body = encode_operation(event)
             dedupe = f"event:{event['id']}"
@@ -133,21 +140,22 @@ class Mapper:
         """
         if len(body) > MAX_OPERATION_BYTES:
             raise Rejected("operation_too_large", None, f"operation is {len(body)} bytes; Customer.io takes at most {MAX_OPERATION_BYTES}")
-        if self._ledger_key is None:
+        if self._ledger_seed is None:
             return Operation(body, shard_key, record)
-        content = 0 if dedupe.startswith(("event:", "merge:")) else _hash64_continued(_HASH64, body + b"\x1f")
-        return Operation(body, shard_key, record, (_hash64_continued(self._ledger_key, f"{dedupe}\x1f".encode()), content))
+        content = 0 if dedupe.startswith(("event:", "merge:")) else hash64(body)
+        return Operation(body, shard_key, record, (hash64(dedupe.encode(), self._ledger_seed), content))
 
     def identifier(self, record: dict[str, Any]) -> tuple[str, str]:
         """The route's identifier of a record: (type, value); raises Rejected."""
         kind = self.route.identifier_type
         return kind, identifier_value(record, self.route.identifier_field, kind)
 
-    def payload(self, record: dict[str, Any], parsed: tuple[str, int] | None = None) -> dict[str, Any]:
+    def payload(self, record: dict[str, Any], parsed: tuple[str, int] | None = None, native: bool = False) -> dict[str, Any]:
         """Outgoing attributes / event data: selected, renamed and normalised.
 
-        The fast path makes one pass in C-speed comprehension over the columns (scalars are kept
-        as they are) and then converts the date columns. Any error, a new column or a name
+        The fast path makes one pass in C over the columns (a copy when no column is renamed,
+        a comprehension otherwise; values are walked by `plain` only when the record is not
+        `native`) and then converts the date columns. Any error, a new column or a name
         collision sends the record through `_payload_in_order`, the reference: it converts
         column by column and rejects at the first bad one. `parsed` is a date text already
         converted (an event's timestamp), and its unix seconds.
@@ -157,7 +165,14 @@ class Mapper:
             return self._payload_in_order(record)
         names, tz = self._names, self.route.source_timezone
         try:
-            out = {name: v if type(v) in SCALARS else plain(v, tz) for column, v in record.items() if (name := names[column]) is not None}
+            if not native:
+                out = {name: v if type(v) in SCALARS else plain(v, tz) for column, v in record.items() if (name := names[column]) is not None}
+            elif self._copyable and record.keys() == self._columns:
+                out = record.copy()
+                for column in self._dropped:
+                    del out[column]
+            else:
+                out = {name: v for column, v in record.items() if (name := names[column]) is not None}
             for column, name in self._date_names:
                 value = record.get(column)
                 if value is known:
@@ -174,7 +189,11 @@ class Mapper:
     def _learn(self, column: str) -> str | None:
         """The attribute name of a column seen for the first time."""
         name = self._names[column] = self.route.attribute_name(column)
-        if name is not None:
+        self._columns = self._columns | {column}
+        if name is None:
+            self._dropped.append(column)
+        else:
+            self._copyable = self._copyable and name == column
             self._names_short = self._names_short and _short_name(name)
             sent = [n for n in self._names.values() if n is not None]
             self._names_unique = len(sent) == len(set(sent))
@@ -210,9 +229,9 @@ class Mapper:
         if violation:
             raise Rejected("contract_violation", violation.field, violation.message, violation.rule)
 
-    def _identify(self, record: dict[str, Any], kind: str, value: str) -> bytes:
+    def _identify(self, record: dict[str, Any], kind: str, value: str, native: bool) -> bytes:
         """The encoded identify operation. Checks run in this order: limits, contract, encoding."""
-        attributes = self.payload(record)
+        attributes = self.payload(record, native=native)
         email = attributes.get("email")
         if isinstance(email, str):
             attributes["email"] = email.strip().lower() or None
@@ -228,13 +247,13 @@ class Mapper:
         self.check_contract(attributes)
         return body if body is not None else encode_operation(op)
 
-    def _event(self, record: dict[str, Any], kind: str, value: str) -> dict[str, Any]:
+    def _event(self, record: dict[str, Any], kind: str, value: str, native: bool) -> dict[str, Any]:
         timestamp = self._timestamp(record)
         if self._oldest is not None and timestamp < self._oldest:
             raise Skipped("stale")
         name = self._event_name(record)
         raw = record.get(self.route.timestamp)
-        data = self.payload(record, (raw, timestamp) if type(raw) is str else None)
+        data = self.payload(record, (raw, timestamp) if type(raw) is str else None, native)
         self.check_contract(data)
         key = []
         for column in self.route.event_id:
@@ -288,17 +307,6 @@ class Mapper:
         if not name or len(name.encode()) > MAX_EVENT_NAME_BYTES:
             raise Rejected("invalid_event_name", column, f"event name {raw[:120]!r} is empty or longer than {MAX_EVENT_NAME_BYTES} bytes")
         return name
-
-
-_HASH64 = hashlib.blake2b(digest_size=8)
-
-
-def _hash64_continued(start: Any, tail: bytes) -> int:
-    """`ledger.hash64(*parts)` given the hash of all parts but the last, and that last part
-    with its separator: the same 64 bits, without re-hashing the common prefix."""
-    digest = start.copy()
-    digest.update(tail)
-    return int.from_bytes(digest.digest(), "big", signed=True)
 
 
 def _dumps(op: dict[str, Any]) -> bytes:

@@ -75,10 +75,23 @@ class CustomerIOSink(Sink):
         if deleted_at:
             record["_sdc_deleted_at"] = deleted_at
 
+    def receive(self, record: dict, native: bool) -> None:
+        """A record straight from the reader (the target's direct path, no stream maps)."""
+        for key in self._key_properties:
+            if key not in record:
+                super()._singer_validate_message(record)  # raises the SDK's error
+        self.record_counter_metric.increment()
+        self.accept(record, native)
+
     def process_record(self, record: dict, context: dict) -> None:
+        """A record through the SDK's handling (stream maps, flattening or record metadata on)."""
+        self.accept(record, native=False)
+
+    def accept(self, record: dict, native: bool) -> None:
+        """Map and pack one record, or account for why not. `native`: see `Mapper.map`."""
         self._tally.received += 1
         try:
-            ops = self._operations(record)
+            ops = self._operations(record, native)
         except Skipped as skip:
             self._report.skip(self.stream_name, skip.reason)
             return
@@ -109,10 +122,10 @@ class CustomerIOSink(Sink):
             else:
                 self._pack(ops)
 
-    def _operations(self, record: dict) -> list[Operation]:
+    def _operations(self, record: dict, native: bool) -> list[Operation]:
         if self._deletes_here and is_delete(record):
             return [delete_operation(self._mapper, record)]
-        result = self._mapper.map(record)
+        result = self._mapper.map(record, native)
         if type(result) is not Operation:
             return result
         if self._mirror:
@@ -179,6 +192,10 @@ class UnmappedSink(Sink):
     def process_record(self, record: dict, context: dict) -> None:
         self._report.stream(self.stream_name).received += 1
         self._report.skip(self.stream_name, "unmapped")
+
+    def receive(self, record: dict, native: bool) -> None:
+        """A record straight from the reader: counted and skipped all the same."""
+        self.process_record(record, {})
 
     def process_batch(self, context: dict) -> None:
         """Nothing is sent for an unmapped stream."""

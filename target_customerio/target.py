@@ -8,14 +8,16 @@ import signal
 import sys
 import time
 import typing as t
+from collections import Counter
 from pathlib import Path
 from decimal import Decimal
 from types import FrameType
 
 import msgspec
 from singer_sdk import Target
-from singer_sdk.contrib.msgspec import MsgSpecReader, decoder
+from singer_sdk.contrib.msgspec import MsgSpecReader
 from singer_sdk.exceptions import ConfigValidationError, MissingKeyPropertiesError, RecordsWithoutSchemaException
+from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.plugin_base import _ConfigInput
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.sinks import Sink
@@ -28,24 +30,60 @@ from target_customerio.settings import CONFIG_SCHEMA, load_settings
 from target_customerio.sinks import CustomerIOSink, UnmappedSink
 
 
+_EXACT = 2**53  # floats below this size hold integers exactly
+
+
+def _json_number(text: str) -> int | float:
+    """A JSON number with a fraction or exponent: an integer when its value is one (a
+    numeric(10,2) of 250.00 is sent as 250, not 250.0), else a float (always finite: the
+    decoder refuses numbers out of a float's range)."""
+    number = float(text)
+    return int(number) if number.is_integer() and -_EXACT < number < _EXACT else number
+
+
+_decode = msgspec.json.Decoder(float_hook=_json_number).decode
+
+
 class SingerLineReader(MsgSpecReader):
-    """msgspec reader over raw bytes: fast, and a bad line is one clear error, not a traceback."""
+    """msgspec reader over raw bytes: fast, and a bad line is one clear error, not a traceback.
+
+    `native` says whether the last line was read by the strict decoder: its values are then
+    plain JSON (str, int, finite float, bool, None, list, dict), which the mapper sends
+    without walking them. A line only the lenient decoder reads holds Decimals instead.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.line_number = 0
+        self.native = True
 
     @property
     def default_input(self) -> t.IO[t.Any]:  # type: ignore[override]
         return sys.stdin.buffer
 
+    def process_lines(self, file_input: t.IO[t.Any] | None, callbacks: dict[str, t.Callable[[dict], None]]) -> Counter[str]:
+        """The SDK's loop, without its per-line bookkeeping."""
+        counts: dict[str, int] = dict.fromkeys(callbacks, 0)
+        for line in file_input or self.default_input:
+            message = self.deserialize_json(line)
+            kind = message.get("type")
+            callback = callbacks.get(kind)  # type: ignore[arg-type]
+            if callback is None:
+                self.assert_line_requires(message, requires={"type"})
+                self._process_unknown_message(message)
+            callback(message)  # type: ignore[misc]
+            counts[kind] += 1  # type: ignore[index]
+        return Counter(counts)
+
     def deserialize_json(self, line: str | bytes) -> dict:
         self.line_number += 1
         try:
-            message = decoder.decode(line)
+            message = _decode(line)
+            self.native = True
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             message = self._lenient_decode(line)
-        if not isinstance(message, dict):
+            self.native = False
+        if type(message) is not dict:
             raise InputError(f"input line {self.line_number} is not a JSON object")
         return message
 
@@ -90,6 +128,7 @@ class TargetCustomerIO(Target):
         self.ledger = self._open_ledger()
         self.delivery: Delivery | DryRun = self._make_delivery()
         self._credentials_checked = self.settings.dry_run
+        self._direct: dict[str, CustomerIOSink | UnmappedSink] = {}  # streams whose records skip the SDK's handling
         self._busy = False
         self._terminating = False
 
@@ -143,6 +182,15 @@ class TargetCustomerIO(Target):
         routes = ", ".join(self.settings.routes.names)
         raise ConfigError(f"stream {stream_name!r} has no route in `streams` (routes: {routes}); add one or set unmapped_streams: skip")
 
+    def add_sink(self, stream_name: str, schema: dict, key_properties: t.Sequence[str] | None = None) -> Sink:
+        sink = super().add_sink(stream_name, schema, key_properties)
+        self._direct.pop(stream_name, None)
+        maps = self.mapper.stream_maps.get(stream_name, [])
+        plain_stream = len(maps) == 1 and type(maps[0]) is SameRecordTransform and not maps[0].flattening_enabled
+        if plain_stream and not self.mapper.stream_maps_dict and not sink.include_sdc_metadata_properties:
+            self._direct[stream_name] = sink  # type: ignore[assignment]
+        return sink
+
     def get_sink(self, stream_name: str, *, record: dict | None = None, schema: dict | None = None, key_properties: t.Sequence[str] | None = None) -> Sink:
         previous = self._sinks_active.get(stream_name)
         sink = super().get_sink(stream_name, record=record, schema=schema, key_properties=key_properties)
@@ -172,7 +220,21 @@ class TargetCustomerIO(Target):
     # Termination: stop between messages, never inside one
 
     def _process_record_message(self, message_dict: dict) -> None:
-        self._guarded(super()._process_record_message, message_dict)
+        """A record of a stream with no stream maps goes straight to its sink; the SDK's
+        handling (copy, map, metadata, counters) would do nothing to it, at 45k instructions."""
+        sink = self._direct.get(message_dict.get("stream"))  # type: ignore[arg-type]
+        record = message_dict.get("record")
+        if sink is None or type(record) is not dict:
+            self._guarded(super()._process_record_message, message_dict)  # maps, or the SDK's error
+            return
+        self._busy = True
+        try:
+            sink.receive(record, self.message_reader.native)
+        finally:
+            self._busy = False
+        if self._terminating:
+            raise Terminated("stopped by signal after delivering what was received")
+        self._handle_max_record_age()
 
     def _process_schema_message(self, message_dict: dict) -> None:
         self._guarded(super()._process_schema_message, message_dict)

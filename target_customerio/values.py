@@ -54,7 +54,9 @@ def plain_number(value: Decimal | float) -> int | float:
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise BadValue(f"{value} is not a number Customer.io accepts")
-        return int(value) if value == value.to_integral_value() else float(value)
+        if value == value.to_integral_value():
+            return int(value)
+        value = float(value)  # a huge exponent (1E+999) is finite as a Decimal, not as a float
     if not math.isfinite(value):
         raise BadValue(f"{value} is not a number Customer.io accepts")
     return value

@@ -7,8 +7,6 @@ tests pin every shortcut to the code it stands in for, including the error it ra
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import os
 import random
 from decimal import Decimal
 from pathlib import Path
@@ -18,18 +16,17 @@ import pytest
 import requests
 from ulid import ULID
 
-from target_customerio.ledger import SqliteLedger, hash64
+from target_customerio.ledger import SqliteLedger, hash64, scope_seed
 from target_customerio.mapping import (
     MAX_ATTRIBUTE_VALUE_BYTES,
     Mapper,
     Rejected,
     _check_person_limits,
-    _hash64_continued,
-    _HASH64,
     ulid_text,
 )
 from target_customerio.routes import Routes
 from target_customerio.sandbox import Sandbox
+from target_customerio.target import SingerLineReader
 from target_customerio.values import UTC, plain, plain_number, to_unix
 
 SCHEMA = {"properties": {
@@ -39,8 +36,8 @@ SCHEMA = {"properties": {
 PERSON = {"kind": "person", "identifier": {"field": "customer_id", "type": "id"}}
 
 
-def mapper(spec: dict = PERSON) -> Mapper:
-    return Mapper(Routes({"s": spec}, Path("."), "reject").match("s"), SCHEMA, now=1_795_000_000)
+def mapper(spec: dict = PERSON, ledger_scope: str | None = None) -> Mapper:
+    return Mapper(Routes({"s": spec}, Path("."), "reject").match("s"), SCHEMA, now=1_795_000_000, ledger_scope=ledger_scope)
 
 
 def reference_plain(value, tz=UTC):
@@ -77,13 +74,16 @@ def test_ulid_text_is_what_python_ulid_writes():
     assert ulid_text(b"\x00" * 16) == "0" * 26 and ulid_text(b"\xff" * 16) == "7" + "Z" * 25
 
 
-def test_ledger_hashes_continued_from_a_prefix_are_hash64():
+def test_ledger_keys_are_stable_signed_64_bit_and_scoped_to_workspace_and_stream():
     scope = "https://track.customer.io\x1fsite\x1fpublic-customers"
-    start = hashlib.blake2b(f"{scope}\x1f".encode(), digest_size=8)
-    for dedupe in ["person:id:C1", "event:01ARZ3NDEKTSV4RRFFQ69G5FAV", "person:email:é@x.y", ""]:
-        assert _hash64_continued(start, f"{dedupe}\x1f".encode()) == hash64(scope, dedupe)
-    for body in [b"", b'{"type":"person"}', os.urandom(700)]:
-        assert _hash64_continued(_HASH64, body + b"\x1f") == hash64(body)
+    other = "https://track.customer.io\x1fsite\x1fpublic-buyers"
+    # Pinned: a ledger written by one release must be read by the next (else a full re-send).
+    assert hash64(b"person:id:C1", scope_seed(scope)) == 4321978549147328892
+    assert hash64(b'{"type":"person"}') == -4472857286816593350
+    keys = {hash64(f"person:id:C{i}".encode(), scope_seed(s)) for i in range(1000) for s in (scope, other)}
+    assert len(keys) == 2000 and all(-(2**63) <= k < 2**63 for k in keys)
+    op = mapper(ledger_scope=scope).map({"customer_id": "C1", "email": "a@b.c"})
+    assert op.ledger == (hash64(b"person:id:C1", scope_seed(scope)), hash64(op.body))
 
 
 @pytest.mark.parametrize("value", [
@@ -143,6 +143,37 @@ def test_payload_fast_path_equals_the_in_order_path(spec):
         assert outcome(lambda: fast.map(dict(record)).body) == outcome(lambda: reference.map(dict(record)).body)
 
 
+NATIVE_LINES = [  # records as the reader decodes them from a tap's JSON
+    b'{"customer_id":"C1","email":" A@B.COM ","placed_at":"2026-11-20T10:00:00.123456+00:00","born_on":"1980-05-17",'
+    b'"ltv":250.00,"aov":83.33,"big":1e300,"prefs":{"sizes":["M"],"r":0.5,"n":2.0},"ok":true}',
+    b'{"customer_id":"C2","placed_at":" 2026-11-20T10:00:00Z ","born_on":null}',
+    b'{"customer_id":"C3","placed_at":"2026-11-20 10:00:00.1234567","born_on":"1980-05-17"}',
+    b'{"customer_id":"C4","placed_at":"2026-11-20T10:00:00+02:00","new_column":1E+2,"huge":123456789012345678901234567890}',
+    b'{"customer_id":"C5","placed_at":"not a date","ltv":1}',
+    b'{"customer_id":"C9","_sdc_extracted_at":"2026-01-01","renamed":"x","skipped":"y","placed_at":null}',
+    b'{"customer_id":"C9","_sdc_extracted_at":"2026-01-01","renamed":"x","skipped":"y","placed_at":"2026-11-20T10:00:00Z"}',
+]
+
+
+@pytest.mark.parametrize("spec", [
+    PERSON,
+    {**PERSON, "source_timezone": "Europe/Berlin"},
+    {**PERSON, "attributes": {"rename": {"renamed": "nickname"}, "exclude": ["skipped"]}},
+    {**PERSON, "attributes": {"exclude": ["skipped"]}},
+    {**PERSON, "attributes": {"rename": {"renamed": "email"}}},
+])
+def test_native_payload_sends_reader_values_as_the_in_order_path_does(spec):
+    reader = SingerLineReader()
+    records = [reader.deserialize_json(line) for line in NATIVE_LINES]
+    assert reader.native
+    assert records[0]["ltv"] == 250 and type(records[0]["ltv"]) is int and records[0]["prefs"]["n"] == 2
+    fast, reference = mapper(spec), mapper(spec)
+    for record in records * 2:
+        expected = outcome(lambda: reference._payload_in_order(dict(record)))
+        assert outcome(lambda: fast.payload(dict(record), native=True)) == expected
+        assert outcome(lambda: fast.map(dict(record), native=True).body) == outcome(lambda: reference.map(dict(record)).body)
+
+
 @pytest.mark.parametrize("attributes", [
     {"note": "x" * (MAX_ATTRIBUTE_VALUE_BYTES - 100)},
     {"note": "x" * MAX_ATTRIBUTE_VALUE_BYTES},
@@ -180,10 +211,15 @@ def test_bulk_ledger_lookups_find_exactly_what_was_recorded(tmp_path):
     keys = [k for k, _ in rows]
     found = ledger.fingerprints(keys)  # more keys than one query takes
     assert found == {k: fp for k, fp in rows[:1000]}
-    ledger.record([(rows[0][0], 1)])  # a write is seen by the next lookup
+    ledger.record([(rows[0][0], 1)])  # a held write is seen by the next lookup
     assert ledger.fingerprints([rows[0][0]]) == {rows[0][0]: 1}
+    assert SqliteLedger(str(tmp_path / "ledger.sqlite")).fingerprints(keys) == {}  # held, not yet written
+    ledger.flush()
+    assert SqliteLedger(str(tmp_path / "ledger.sqlite")).fingerprints(keys) == {**found, rows[0][0]: 1}
+    ledger.record([(rows[1][0], 2)])
+    ledger.close()  # writes what it holds
+    assert SqliteLedger(str(tmp_path / "ledger.sqlite")).fingerprints([rows[1][0]]) == {rows[1][0]: 2}
     assert SqliteLedger(str(tmp_path / "ledger.sqlite"), full_resend=True).fingerprints(keys) == {}
-    ledger.close()
 
 
 def test_sandbox_without_validation_accepts_and_counts_every_operation():
