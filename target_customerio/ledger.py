@@ -14,10 +14,13 @@ import time
 from pathlib import Path
 from typing import Collection, Iterable, Protocol
 
+import orjson
 from xxhash import xxh3_64_intdigest
 
+from target_customerio.errors import ConfigError
+from target_customerio.settings import Settings
+
 _SCHEMA = "CREATE TABLE IF NOT EXISTS delivered (key INTEGER PRIMARY KEY, fingerprint INTEGER NOT NULL, at INTEGER NOT NULL)"
-_UPSERT = "INSERT INTO delivered (key, fingerprint, at) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET fingerprint = excluded.fingerprint, at = excluded.at"
 
 
 _SIGNED = 1 << 63
@@ -35,6 +38,7 @@ def scope_seed(scope: str) -> int:
 
 
 _LOOKUP_CHUNK = 500  # keys per query: under SQLite's smallest limit on bound parameters (999)
+_WRITE_BATCH = 100_000  # accepted entries held before they are written in one transaction
 
 
 class Ledger(Protocol):
@@ -42,6 +46,19 @@ class Ledger(Protocol):
     def record(self, entries: Iterable[tuple[int, int]]) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
+
+
+def open_ledger(settings: Settings) -> Ledger:
+    """The ledger the settings ask for; a ConfigError when it cannot be opened."""
+    if not settings.change_detection:
+        return NoLedger()
+    try:
+        if settings.ledger_url:
+            return PostgresLedger(settings.ledger_url, full_resend=settings.full_resend)
+        return SqliteLedger(settings.ledger_path, full_resend=settings.full_resend)
+    except Exception as exc:  # noqa: BLE001 - any reason the ledger cannot open is a config error
+        where = "ledger_url" if settings.ledger_url else f"ledger_path {settings.ledger_path!r}"
+        raise ConfigError(f"cannot open the ledger ({where}): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
 
 
 class NoLedger:
@@ -60,127 +77,111 @@ class NoLedger:
         return None
 
 
-_WRITE_BATCH = 100_000  # accepted entries held before they are written in one transaction
+class _HeldWrites:
+    """Accepted entries, held and written in one statement per `flush` (the target flushes
+    before each STATE) or per 100,000 entries, in key order: keys are random, so a transaction
+    per request would rewrite most of the table's pages every time. The rows travel as one JSON
+    text that the database unpacks and sorts (the later entry for a key wins), not as bound
+    tuples. An entry lost in a crash costs a re-send, never a missed update. Thread-safe:
+    delivery threads record."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: list[tuple[int, int]] = []
+
+    def record(self, entries: Iterable[tuple[int, int]]) -> None:
+        with self._lock:
+            self._held.extend(entries)
+            full = len(self._held) >= _WRITE_BATCH
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._held:
+                return
+            rows, self._held = self._held, []
+            self._write(orjson.dumps(rows).decode(), int(time.time()))
+
+    def _write(self, rows: str, at: int) -> None:
+        raise NotImplementedError
 
 
-class SqliteLedger:
-    """A local SQLite file. Thread-safe: the reader looks up, delivery threads record.
-
-    A file ledger reads through a connection of its own: in WAL mode the reader's lookups then
-    never wait for a delivery thread's write (an in-memory database has one connection).
-    Accepted entries are held and written in key order, in one transaction per `flush` (the
-    target flushes before each STATE) or per 100,000 entries: keys are random, so a
-    transaction per request would rewrite most of the table's pages every time. An entry
-    lost in a crash costs a re-send, never a missed update.
-    """
+class SqliteLedger(_HeldWrites):
+    """A local SQLite file: the target writes, its mapping process looks up (each with a
+    connection of its own; in WAL mode a lookup never waits for a write)."""
 
     def __init__(self, path: str, *, full_resend: bool = False) -> None:
+        super().__init__()
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA cache_size=-65536")  # 64 MB: a million entries stay in memory
         self._db.execute(_SCHEMA)
-        self._lock = threading.Lock()
-        if path == ":memory:":
-            self._reader, self._read_lock = self._db, self._lock
-        else:
-            self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._read_lock = threading.Lock()
         self._full_resend = full_resend
-        self._held: dict[int, tuple[int, int]] = {}  # key -> (fingerprint, at), not yet written
 
     def fingerprints(self, keys: Collection[int]) -> dict[int, int]:
-        """The last delivered fingerprint of each key that has one, in one query per 500 keys
-        (the reader looks up a batch of records at once)."""
+        """The last delivered fingerprint of each key that has one, in one query per 500 keys."""
         if self._full_resend or not keys:
             return {}
         keys = list(keys)
-        held = self._held
-        found = {key: held[key][0] for key in keys if key in held}
-        with self._read_lock:
-            for start in range(0, len(keys), _LOOKUP_CHUNK):
-                chunk = keys[start:start + _LOOKUP_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                for key, fingerprint in self._reader.execute(f"SELECT key, fingerprint FROM delivered WHERE key IN ({marks})", chunk):
-                    found.setdefault(key, fingerprint)  # a held entry is newer than the written one
+        found: dict[int, int] = {}
+        for start in range(0, len(keys), _LOOKUP_CHUNK):
+            chunk = keys[start:start + _LOOKUP_CHUNK]
+            found.update(self._db.execute(f"SELECT key, fingerprint FROM delivered WHERE key IN ({','.join('?' * len(chunk))})", chunk))
         return found
 
-    def record(self, entries: Iterable[tuple[int, int]]) -> None:
-        now = int(time.time())
-        with self._lock:
-            held = self._held
-            for key, fingerprint in entries:
-                held[key] = (fingerprint, now)
-            if len(held) >= _WRITE_BATCH:
-                self._write()
-
-    def flush(self) -> None:
-        """Write every held entry."""
-        with self._lock:
-            self._write()
-
-    def _write(self) -> None:
-        if not self._held:
-            return
-        rows = [(key, fingerprint, at) for key, (fingerprint, at) in sorted(self._held.items())]
-        self._held = {}
-        self._db.execute("BEGIN")
-        self._db.executemany(_UPSERT, rows)
-        self._db.execute("COMMIT")
+    def _write(self, rows: str, at: int) -> None:
+        self._db.execute(_UPSERT_JSON, (at, rows))
 
     def close(self) -> None:
         self.flush()
-        with self._read_lock:
-            if self._reader is not self._db:
-                self._reader.close()
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
 
-class PostgresLedger:
-    """For ephemeral runners: a Postgres table, read once into memory at start, written through."""
+_UPSERT_JSON = (
+    "INSERT INTO delivered (key, fingerprint, at) SELECT value ->> 0, value ->> 1, ? FROM json_each(?) "
+    "ORDER BY value ->> 0, key ON CONFLICT(key) DO UPDATE SET fingerprint = excluded.fingerprint, at = excluded.at"
+)
+
+
+class PostgresLedger(_HeldWrites):
+    """For ephemeral runners: the ledger in a Postgres table."""
 
     def __init__(self, dsn: str, *, table: str = "target_customerio_ledger", full_resend: bool = False) -> None:
+        super().__init__()
         try:
             import psycopg2  # noqa: PLC0415  (optional dependency: pip install target-customerio[postgres])
-            from psycopg2.extras import execute_values  # noqa: PLC0415
         except ImportError:
             raise RuntimeError("ledger_url needs psycopg2: pip install 'target-customerio[postgres]'") from None
         if not table.replace("_", "").isalnum():
             raise ValueError(f"ledger table name {table!r} must be letters, digits and _")
         self._table = table
-        self._execute_values = execute_values
         self._pg = psycopg2.connect(dsn)
         self._pg.autocommit = True
-        self._lock = threading.Lock()
+        self._full_resend = full_resend
         with self._pg.cursor() as cur:
             cur.execute(f"CREATE TABLE IF NOT EXISTS {table} (key BIGINT PRIMARY KEY, fingerprint BIGINT NOT NULL, at BIGINT NOT NULL)")
-            cur.execute(f"SELECT key, fingerprint FROM {table}")
-            existing = cur.fetchall()
-        self._local = SqliteLedger(":memory:", full_resend=full_resend)
-        self._local.record(existing)
 
     def fingerprints(self, keys: Collection[int]) -> dict[int, int]:
-        return self._local.fingerprints(keys)
+        if self._full_resend or not keys:
+            return {}
+        with self._pg.cursor() as cur:
+            cur.execute(f"SELECT key, fingerprint FROM {self._table} WHERE key = ANY(%s)", (list(keys),))
+            return dict(cur.fetchall())
 
-    def flush(self) -> None:
-        self._local.flush()
-
-    def record(self, entries: Iterable[tuple[int, int]]) -> None:
-        rows = list(entries)
-        if not rows:
-            return
-        now = int(time.time())
-        with self._lock, self._pg.cursor() as cur:
-            self._execute_values(
-                cur,
-                f"INSERT INTO {self._table} (key, fingerprint, at) VALUES %s "
+    def _write(self, rows: str, at: int) -> None:
+        with self._pg.cursor() as cur:
+            cur.execute(
+                f"INSERT INTO {self._table} (key, fingerprint, at) "
+                "SELECT DISTINCT ON (k) k, f, %s FROM (SELECT (r ->> 0)::bigint AS k, (r ->> 1)::bigint AS f, n "
+                "FROM json_array_elements(%s::json) WITH ORDINALITY AS e(r, n)) AS rows ORDER BY k, n DESC "
                 "ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, at = EXCLUDED.at",
-                [(k, f, now) for k, f in rows],
+                (at, rows),
             )
-        self._local.record(rows)
 
     def close(self) -> None:
-        self._local.close()
+        self.flush()
         self._pg.close()

@@ -1,4 +1,5 @@
-"""Sinks: where the SDK hands us records. Each record is mapped and packed as it arrives."""
+"""Sinks: where records arrive. They are mapped and checked against the ledger in chunks
+(mapping_worker.py), then accounted for and packed, in the order they came."""
 
 from __future__ import annotations
 
@@ -9,21 +10,19 @@ from singer_sdk.sinks import Sink
 
 from target_customerio.delivery import Packer
 from target_customerio.errors import ContractError
-from target_customerio.ledger import NoLedger
-from target_customerio.lifecycle import MAPPERS, delete_operation, is_delete, mirror_operation
-from target_customerio.mapping import Operation, Rejected, Skipped
+from target_customerio.mapping import Operation, Rejected
+from target_customerio.mapping_worker import CHUNK, Answer, Item, StreamSpec
+
+_new_operation = tuple.__new__  # Operation(...) without the named tuple's Python-level __new__
 
 if t.TYPE_CHECKING:
     from target_customerio.target import TargetCustomerIO
 
-LEDGER_LOOKUP_BATCH = 256  # records whose ledger entries are looked up in one query
-
-
 class CustomerIOSink(Sink):
-    """Maps each record to one operation and packs it; full batches go to delivery at once.
+    """Sends records to be mapped, packs their operations; full batches go to delivery at once.
 
     Batches are cut by request size, not by the SDK's row count, so `process_batch` has
-    nothing left to do; the target flushes partial batches before it writes STATE.
+    nothing left to do; the target flushes partial chunks and batches before it writes STATE.
     """
 
     def __init__(self, target: TargetCustomerIO, stream_name: str, schema: dict, key_properties: t.Sequence[str] | None) -> None:
@@ -32,16 +31,11 @@ class CustomerIOSink(Sink):
         assert route is not None  # the target only builds this sink for routed streams
         self._report = target.report
         self._tally = target.report.stream(stream_name)
-        self._mapper = MAPPERS[route.kind](
-            route, schema, now=target.started_at, on_event_name=target.report.event_name,
-            ledger_scope=target.ledger_scope(stream_name),
-        )
+        self._mapping = target.mapping
+        spec = StreamSpec(stream_name, schema, list(key_properties or []), target.started_at, target.ledger_scope(stream_name))
+        self._mapping_key = self._mapping.open(spec)
+        self._chunk: list[Item] = []
         self._fail_on_violation = route.on_contract_violation == "fail"
-        self._deletes_here = route.kind in ("person", "event")  # objects map their own deletes
-        self._mirror = route.mirror_to_attribute
-        self._ledger = target.ledger
-        self._pending: list[list[Operation]] = []  # mapped, waiting for their ledger lookup
-        self._lookups = not isinstance(target.ledger, NoLedger)
         self._max_reject_ratio = target.settings.max_reject_ratio
         delivery = target.delivery
         self._packers = [Packer(stream_name, partial(delivery.submit, shard)) for shard in range(delivery.shards)]
@@ -63,11 +57,6 @@ class CustomerIOSink(Sink):
         """The SDK reads the setting through a new config proxy for every record."""
         return self.config.get("add_record_metadata", False)  # type: ignore[no-any-return]
 
-    def _singer_validate_message(self, record: dict) -> None:
-        for key in self._key_properties:
-            if key not in record:
-                super()._singer_validate_message(record)  # raises the SDK's error
-
     def _remove_sdc_metadata_from_record(self, record: dict) -> None:
         """Drop the SDK's metadata columns but keep the delete marker the route may act on."""
         deleted_at = record.get("_sdc_deleted_at")
@@ -75,64 +64,40 @@ class CustomerIOSink(Sink):
         if deleted_at:
             record["_sdc_deleted_at"] = deleted_at
 
-    def receive(self, record: dict, native: bool) -> None:
-        """A record straight from the reader (the target's direct path, no stream maps)."""
-        for key in self._key_properties:
-            if key not in record:
-                super()._singer_validate_message(record)  # raises the SDK's error
-        self.record_counter_metric.increment()
-        self.accept(record, native)
+    def receive(self, item: Item) -> None:
+        """A record straight from the reader: its raw JSON, or the record when only the lenient
+        decoder could read its line (the target's direct path: no stream maps)."""
+        self._chunk.append(item)
+        if len(self._chunk) >= CHUNK:
+            self._send_chunk()
 
     def process_record(self, record: dict, context: dict) -> None:
         """A record through the SDK's handling (stream maps, flattening or record metadata on)."""
-        self.accept(record, native=False)
+        self.receive(record)
 
-    def accept(self, record: dict, native: bool) -> None:
-        """Map and pack one record, or account for why not. `native`: see `Mapper.map`."""
-        self._tally.received += 1
-        try:
-            ops = self._operations(record, native)
-        except Skipped as skip:
-            self._report.skip(self.stream_name, skip.reason)
-            return
-        except Rejected as rej:
-            self._reject(record, rej)
-            return
-        if not self._lookups:
-            self._pack(ops)
-            return
-        # Change detection: look the ledger up for many records at once, then pack them in
-        # the order they came (so one person's operations never overtake each other).
-        self._pending.append(ops)
-        if len(self._pending) >= LEDGER_LOOKUP_BATCH:
-            self._pack_pending()
+    def _send_chunk(self) -> None:
+        chunk, self._chunk = self._chunk, []
+        self.record_counter_metric.increment(len(chunk))
+        self._mapping.submit(self._mapping_key, chunk, self._account)
 
-    def _pack(self, ops: list[Operation]) -> None:
-        packers = self._packers
-        for op in ops:
-            packers[hash(op.shard_key) % len(packers)].add(op)
-
-    def _pack_pending(self) -> None:
-        """Pack the waiting records, except those whose every tracked operation is unchanged."""
-        pending, self._pending = self._pending, []
-        delivered = self._ledger.fingerprints([op.ledger[0] for ops in pending for op in ops if op.ledger is not None])
-        for ops in pending:
-            if _unchanged(ops, delivered):
-                self._report.skip(self.stream_name, "unchanged")
+    def _account(self, items: list[Item], answers: list[Answer], event_names: list[tuple[str, str]]) -> None:
+        """Each record's answer, in the order the records came: its operations are packed (on
+        their person's delivery shard, so they never overtake each other), a skip or a reject
+        is counted."""
+        self._tally.received += len(items)
+        for raw, name in event_names:
+            self._report.event_name(raw, name)
+        packers, shards, stream = self._packers, len(self._packers), self.stream_name
+        for item, answer in zip(items, answers):
+            if type(answer) is list:
+                for body, shard_key, ledger in answer:
+                    packers[hash(shard_key) % shards].add(_new_operation(Operation, (body, shard_key, item, ledger)))
+            elif type(answer) is str:
+                self._report.skip(stream, answer)
             else:
-                self._pack(ops)
+                self._reject(item, Rejected(*answer))
 
-    def _operations(self, record: dict, native: bool) -> list[Operation]:
-        if self._deletes_here and is_delete(record):
-            return [delete_operation(self._mapper, record)]
-        result = self._mapper.map(record, native)
-        if type(result) is not Operation:
-            return result
-        if self._mirror:
-            return [result, mirror_operation(self._mapper, result, self._mapper.last_timestamp)]
-        return [result]
-
-    def _reject(self, record: dict, rej: Rejected) -> None:
+    def _reject(self, record: Item, rej: Rejected) -> None:
         if rej.reason == "contract_violation" and self._fail_on_violation:
             raise ContractError(f"{self.stream_name}: contract violation at {rej.field or 'record'}: {rej.message}") from None
         self._report.reject(self.stream_name, rej.reason, rej.field, rej.message, record, rej.rule)
@@ -162,17 +127,12 @@ class CustomerIOSink(Sink):
         self.logger.debug("ACTIVATE_VERSION %s: nothing to do in Customer.io", new_version)
 
     def flush(self) -> None:
-        """Hand every partial batch to delivery."""
-        if self._pending:
-            self._pack_pending()
+        """Map every record received, and hand every partial batch to delivery."""
+        if self._chunk:
+            self._send_chunk()
+        self._mapping.drain()
         for packer in self._packers:
             packer.flush()
-
-
-def _unchanged(ops: list[Operation], delivered: dict[int, int]) -> bool:
-    """True when every operation the ledger tracks is exactly what was last delivered."""
-    tracked = [op.ledger for op in ops if op.ledger is not None]
-    return bool(tracked) and all(delivered.get(key) == fingerprint for key, fingerprint in tracked)
 
 
 class UnmappedSink(Sink):
@@ -190,12 +150,12 @@ class UnmappedSink(Sink):
         """Never sent, so never parsed."""
 
     def process_record(self, record: dict, context: dict) -> None:
+        self.receive(record)
+
+    def receive(self, item: Item) -> None:
+        """A record straight from the reader: counted and skipped all the same."""
         self._report.stream(self.stream_name).received += 1
         self._report.skip(self.stream_name, "unmapped")
-
-    def receive(self, record: dict, native: bool) -> None:
-        """A record straight from the reader: counted and skipped all the same."""
-        self.process_record(record, {})
 
     def process_batch(self, context: dict) -> None:
         """Nothing is sent for an unmapped stream."""

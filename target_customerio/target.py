@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
 import time
 import typing as t
-from collections import Counter
 from pathlib import Path
-from decimal import Decimal
 from types import FrameType
 
-import msgspec
 from singer_sdk import Target
-from singer_sdk.contrib.msgspec import MsgSpecReader
 from singer_sdk.exceptions import ConfigValidationError, MissingKeyPropertiesError, RecordsWithoutSchemaException
 from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.plugin_base import _ConfigInput
@@ -24,85 +19,12 @@ from singer_sdk.sinks import Sink
 
 from target_customerio.delivery import Delivery, DryRun, TrackClient
 from target_customerio.errors import ConfigError, InputError, TargetError, Terminated
-from target_customerio.ledger import Ledger, NoLedger, PostgresLedger, SqliteLedger
+from target_customerio.ledger import open_ledger
+from target_customerio.mapping_worker import make_mapping
+from target_customerio.reading import SingerLineReader
 from target_customerio.report import RunReport
 from target_customerio.settings import CONFIG_SCHEMA, load_settings
 from target_customerio.sinks import CustomerIOSink, UnmappedSink
-
-
-_EXACT = 2**53  # floats below this size hold integers exactly
-
-
-def _json_number(text: str) -> int | float:
-    """A JSON number with a fraction or exponent: an integer when its value is one (a
-    numeric(10,2) of 250.00 is sent as 250, not 250.0), else a float (always finite: the
-    decoder refuses numbers out of a float's range)."""
-    number = float(text)
-    return int(number) if number.is_integer() and -_EXACT < number < _EXACT else number
-
-
-_decode = msgspec.json.Decoder(float_hook=_json_number).decode
-
-
-class SingerLineReader(MsgSpecReader):
-    """msgspec reader over raw bytes: fast, and a bad line is one clear error, not a traceback.
-
-    `native` says whether the last line was read by the strict decoder: its values are then
-    plain JSON (str, int, finite float, bool, None, list, dict), which the mapper sends
-    without walking them. A line only the lenient decoder reads holds Decimals instead.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.line_number = 0
-        self.native = True
-
-    @property
-    def default_input(self) -> t.IO[t.Any]:  # type: ignore[override]
-        return sys.stdin.buffer
-
-    def process_lines(self, file_input: t.IO[t.Any] | None, callbacks: dict[str, t.Callable[[dict], None]]) -> Counter[str]:
-        """The SDK's loop, without its per-line bookkeeping."""
-        counts: dict[str, int] = dict.fromkeys(callbacks, 0)
-        for line in file_input or self.default_input:
-            message = self.deserialize_json(line)
-            kind = message.get("type")
-            callback = callbacks.get(kind)  # type: ignore[arg-type]
-            if callback is None:
-                self.assert_line_requires(message, requires={"type"})
-                self._process_unknown_message(message)
-            callback(message)  # type: ignore[misc]
-            counts[kind] += 1  # type: ignore[index]
-        return Counter(counts)
-
-    def deserialize_json(self, line: str | bytes) -> dict:
-        self.line_number += 1
-        try:
-            message = _decode(line)
-            self.native = True
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-            message = self._lenient_decode(line)
-            self.native = False
-        if type(message) is not dict:
-            raise InputError(f"input line {self.line_number} is not a JSON object")
-        return message
-
-    def _process_unknown_message(self, message_dict: dict) -> None:
-        raise InputError(f"input line {self.line_number}: unknown message type {message_dict.get('type')!r}")
-
-    def _lenient_decode(self, line: str | bytes) -> t.Any:
-        """What Python taps emit but strict JSON forbids: NaN, Infinity, lone surrogates, bad UTF-8.
-
-        Such a line still parses, so the one bad value is rejected with its record and field
-        by the mapper instead of stopping the whole run.
-        """
-        text = line.decode("utf-8", errors="surrogateescape") if isinstance(line, bytes) else line
-        try:
-            return json.loads(text, parse_float=Decimal, parse_constant=Decimal)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"input line {self.line_number} is not valid JSON: {exc.msg} at column {exc.colno}") from None
-        except RecursionError:
-            raise InputError(f"input line {self.line_number} is nested too deeply to read") from None
 
 
 class TargetCustomerIO(Target):
@@ -116,6 +38,9 @@ class TargetCustomerIO(Target):
     def __init__(self, *, config: t.Any = None, parse_env_config: bool = False, validate_config: bool = True, message_reader: t.Any = None) -> None:
         super().__init__(config=config, parse_env_config=parse_env_config, validate_config=validate_config, message_reader=message_reader)
         self.settings = load_settings(dict(self.config), Path.cwd())
+        # First, while this process has no threads or connections: it may fork the mapper.
+        self.mapping = make_mapping(self.settings)
+        self.message_reader.take_record = self._take_record
         # The SDK writes STATE only when all sinks drain; drain often enough that checkpoints keep up.
         self._MAX_RECORD_AGE_IN_MINUTES = self.settings.checkpoint_interval_seconds / 60
         self.started_at = time.time()
@@ -125,10 +50,11 @@ class TargetCustomerIO(Target):
             dry_run=self.settings.dry_run,
             logger=self.logger,
         )
-        self.ledger = self._open_ledger()
+        self.ledger = open_ledger(self.settings)
         self.delivery: Delivery | DryRun = self._make_delivery()
         self._credentials_checked = self.settings.dry_run
         self._direct: dict[str, CustomerIOSink | UnmappedSink] = {}  # streams whose records skip the SDK's handling
+        self._taken = 0  # records taken on the direct path
         self._busy = False
         self._terminating = False
 
@@ -146,18 +72,6 @@ class TargetCustomerIO(Target):
             logger=self.logger,
         )
         return Delivery(client, self.report, self.ledger, workers=s.delivery_workers)
-
-    def _open_ledger(self) -> Ledger:
-        s = self.settings
-        if not s.change_detection:
-            return NoLedger()
-        try:
-            if s.ledger_url:
-                return PostgresLedger(s.ledger_url, full_resend=s.full_resend)
-            return SqliteLedger(s.ledger_path, full_resend=s.full_resend)
-        except Exception as exc:  # noqa: BLE001 - any reason the ledger cannot open is a config error
-            where = "ledger_url" if s.ledger_url else f"ledger_path {s.ledger_path!r}"
-            raise ConfigError(f"cannot open the ledger ({where}): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
 
     def ledger_scope(self, stream: str) -> str | None:
         """Ledger entries belong to one workspace and one stream; None when change detection is off."""
@@ -219,22 +133,33 @@ class TargetCustomerIO(Target):
 
     # Termination: stop between messages, never inside one
 
-    def _process_record_message(self, message_dict: dict) -> None:
-        """A record of a stream with no stream maps goes straight to its sink; the SDK's
-        handling (copy, map, metadata, counters) would do nothing to it, at 45k instructions."""
-        sink = self._direct.get(message_dict.get("stream"))  # type: ignore[arg-type]
-        record = message_dict.get("record")
-        if sink is None or type(record) is not dict:
-            self._guarded(super()._process_record_message, message_dict)  # maps, or the SDK's error
-            return
+    def _take_record(self, stream: str, raw: bytes) -> bool:
+        """The reader's direct path: a record of a stream with no stream maps goes to its sink
+        undecoded. The SDK's handling (decode, copy, map, metadata, counters) would do nothing
+        to it, at 45k instructions a record. False: the SDK must handle the line."""
+        sink = self._direct.get(stream)
+        if sink is None:
+            return False
         self._busy = True
         try:
-            sink.receive(record, self.message_reader.native)
+            sink.receive(raw)
         finally:
             self._busy = False
         if self._terminating:
             raise Terminated("stopped by signal after delivering what was received")
-        self._handle_max_record_age()
+        self._taken += 1
+        if not self._taken % 100:
+            self._handle_max_record_age()  # a checkpoint is due every checkpoint_interval_seconds
+        return True
+
+    def _process_record_message(self, message_dict: dict) -> None:
+        sink = self._direct.get(message_dict.get("stream"))  # type: ignore[arg-type]
+        record = message_dict.get("record")
+        if sink is None or type(record) is not dict:
+            self._guarded(super()._process_record_message, message_dict)  # maps, or the SDK's error
+        else:
+            self._guarded(sink.receive, record)  # a line only the lenient decoder could read
+            self._handle_max_record_age()
 
     def _process_schema_message(self, message_dict: dict) -> None:
         self._guarded(super()._process_schema_message, message_dict)
@@ -258,6 +183,7 @@ class TargetCustomerIO(Target):
 
     def finish(self, status: str, error: str | None = None) -> None:
         """Write the report and the one-line summary."""
+        self.mapping.close()
         self.ledger.close()
         self.report.close(status, error)
         self.logger.info("%s", self.report.summary(status))

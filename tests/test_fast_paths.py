@@ -26,7 +26,7 @@ from target_customerio.mapping import (
 )
 from target_customerio.routes import Routes
 from target_customerio.sandbox import Sandbox
-from target_customerio.target import SingerLineReader
+from target_customerio.reading import decode_record
 from target_customerio.values import UTC, plain, plain_number, to_unix
 
 SCHEMA = {"properties": {
@@ -163,9 +163,9 @@ NATIVE_LINES = [  # records as the reader decodes them from a tap's JSON
     {**PERSON, "attributes": {"rename": {"renamed": "email"}}},
 ])
 def test_native_payload_sends_reader_values_as_the_in_order_path_does(spec):
-    reader = SingerLineReader()
-    records = [reader.deserialize_json(line) for line in NATIVE_LINES]
-    assert reader.native
+    decoded = [decode_record(line) for line in NATIVE_LINES]
+    assert all(native for _, native in decoded)
+    records = [record for record, _ in decoded]
     assert records[0]["ltv"] == 250 and type(records[0]["ltv"]) is int and records[0]["prefs"]["n"] == 2
     fast, reference = mapper(spec), mapper(spec)
     for record in records * 2:
@@ -203,23 +203,21 @@ def test_events_reuse_the_parsed_timestamp_and_keep_their_id():
     assert body["id"] == "59653G5ZMVSAGJ94RY6Y01ZSN7"
 
 
-def test_bulk_ledger_lookups_find_exactly_what_was_recorded(tmp_path):
-    ledger = SqliteLedger(str(tmp_path / "ledger.sqlite"))
+def test_ledger_writes_what_it_holds_on_flush_and_finds_exactly_that(tmp_path):
+    path = str(tmp_path / "ledger.sqlite")
+    ledger, lookups = SqliteLedger(path), SqliteLedger(path)  # the target writes, its mapping process looks up
     rnd = random.Random(7)
-    rows = [(rnd.getrandbits(63) - (1 << 62), rnd.getrandbits(63)) for _ in range(1200)]
-    ledger.record(rows[:1000])
+    rows = [(rnd.getrandbits(64) - (1 << 63), rnd.getrandbits(64) - (1 << 63)) for _ in range(1200)]
     keys = [k for k, _ in rows]
-    found = ledger.fingerprints(keys)  # more keys than one query takes
-    assert found == {k: fp for k, fp in rows[:1000]}
-    ledger.record([(rows[0][0], 1)])  # a held write is seen by the next lookup
-    assert ledger.fingerprints([rows[0][0]]) == {rows[0][0]: 1}
-    assert SqliteLedger(str(tmp_path / "ledger.sqlite")).fingerprints(keys) == {}  # held, not yet written
+    ledger.record(rows[:1000])
+    ledger.record([(rows[0][0], 1), (rows[1][0], 2), (rows[0][0], 3)])  # the later entry for a key wins
+    assert lookups.fingerprints(keys) == {}  # held, not yet written
     ledger.flush()
-    assert SqliteLedger(str(tmp_path / "ledger.sqlite")).fingerprints(keys) == {**found, rows[0][0]: 1}
-    ledger.record([(rows[1][0], 2)])
+    assert lookups.fingerprints(keys) == {**dict(rows[:1000]), rows[0][0]: 3, rows[1][0]: 2}  # more keys than one query takes
+    ledger.record([(rows[1000][0], 5)])
     ledger.close()  # writes what it holds
-    assert SqliteLedger(str(tmp_path / "ledger.sqlite")).fingerprints([rows[1][0]]) == {rows[1][0]: 2}
-    assert SqliteLedger(str(tmp_path / "ledger.sqlite"), full_resend=True).fingerprints(keys) == {}
+    assert lookups.fingerprints([rows[1000][0]]) == {rows[1000][0]: 5}
+    assert SqliteLedger(path, full_resend=True).fingerprints(keys) == {}
 
 
 def test_sandbox_without_validation_accepts_and_counts_every_operation():

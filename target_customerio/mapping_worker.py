@@ -1,0 +1,251 @@
+"""Mapping off the reader's thread: records are decoded and mapped in a worker process.
+
+The reader decodes only each line's envelope and hands the record's raw bytes to its sink; the
+sink sends them in chunks to one worker process, which decodes and maps them (mapping.py,
+lifecycle.py), looks them up in the ledger, and answers with the encoded operations, or why a
+record is rejected or skipped (`unchanged` among them). The sink accounts for the answers and
+packs them, in the order the records came. One worker, answering chunks in order, keeps every
+mapper's state (learned columns, seen event ids, the last identifier) as in a single process.
+
+Where `fork` is not available the same work runs in the reader's thread (`InlineMapping`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import threading
+import typing as t
+from collections import deque
+from dataclasses import dataclass
+
+from target_customerio.errors import ConfigError, InputError, TargetError
+from target_customerio.ledger import Ledger, NoLedger, open_ledger
+from target_customerio.lifecycle import MAPPERS, delete_operation, is_delete, mirror_operation
+from target_customerio.mapping import Operation, Rejected, Skipped
+from target_customerio.reading import decode_record
+from target_customerio.settings import Settings
+
+CHUNK = 500  # records a sink sends the worker at once
+IN_FLIGHT = 4  # chunks sent and not yet answered, at most (bounds memory)
+
+Item = t.Union[bytes, dict]  # a record's raw JSON (the direct path) or a record the SDK decoded
+# An answer per record: its operations as (body, shard key, ledger entry), the reason it is
+# skipped, or why it is rejected (reason, field, message, rule).
+Answer = t.Union[list, str, tuple]
+
+
+@dataclass
+class StreamSpec:
+    """What a worker needs to map one stream, besides the settings it shares with the target."""
+
+    stream: str
+    schema: dict
+    key_properties: list[str]
+    started_at: float
+    ledger_scope: str | None
+
+
+class StreamMapping:
+    """Maps the records of one stream (in the worker)."""
+
+    def __init__(self, settings: Settings, spec: StreamSpec, event_names: list[tuple[str, str]], ledger: Ledger) -> None:
+        route = settings.routes.match(spec.stream)
+        assert route is not None  # the target only maps routed streams
+        self._mapper = MAPPERS[route.kind](
+            route, spec.schema, now=spec.started_at, on_event_name=lambda raw, name: event_names.append((raw, name)),
+            ledger_scope=spec.ledger_scope,
+        )
+        self._stream = spec.stream
+        self._key_properties = spec.key_properties
+        self._deletes_here = route.kind in ("person", "event")  # objects map their own deletes
+        self._mirror = route.mirror_to_attribute
+        self._ledger = None if isinstance(ledger, NoLedger) else ledger
+
+    def map_chunk(self, items: list[Item]) -> list[Answer]:
+        answers: list[Answer] = []
+        for item in items:
+            record, native = decode_record(item) if type(item) is bytes else (item, False)
+            for key in self._key_properties:
+                if key not in record:
+                    raise InputError(f"{self._stream}: a record has no key property {key!r} (key_properties: {self._key_properties})")
+            try:
+                answers.append([(op.body, op.shard_key, op.ledger) for op in self._operations(record, native)])
+            except Skipped as skip:
+                answers.append(skip.reason)
+            except Rejected as rej:
+                answers.append((rej.reason, rej.field, rej.message, rej.rule))
+        if self._ledger is not None:
+            self._skip_unchanged(answers)
+        return answers
+
+    def _skip_unchanged(self, answers: list[Answer]) -> None:
+        """Change detection: a record whose every tracked operation is exactly what was last
+        delivered is skipped as `unchanged` (one ledger query for the whole chunk)."""
+        keys = [entry[0] for answer in answers if type(answer) is list for _, _, entry in answer if entry is not None]
+        delivered = self._ledger.fingerprints(keys) if keys else None  # type: ignore[union-attr]
+        if not delivered:
+            return
+        for index, answer in enumerate(answers):
+            if type(answer) is not list:
+                continue
+            tracked = [entry for _, _, entry in answer if entry is not None]
+            if tracked and all(delivered.get(key) == fingerprint for key, fingerprint in tracked):
+                answers[index] = "unchanged"
+
+    def _operations(self, record: dict, native: bool) -> list[Operation]:
+        if self._deletes_here and is_delete(record):
+            return [delete_operation(self._mapper, record)]
+        result = self._mapper.map(record, native)
+        if type(result) is not Operation:
+            return result
+        if self._mirror:
+            return [result, mirror_operation(self._mapper, result, self._mapper.last_timestamp)]
+        return [result]
+
+
+OnAnswers = t.Callable[[list[Item], list[Answer], list[tuple[str, str]]], None]
+
+
+class InlineMapping:
+    """Maps in the calling thread: the reference, and the fallback where `fork` is missing."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._streams: dict[int, StreamMapping] = {}
+        self._event_names: list[tuple[str, str]] = []
+        self._ledger: Ledger | None = None  # for lookups: a connection of its own, opened on first use
+
+    def open(self, spec: StreamSpec) -> int:
+        if self._ledger is None:
+            self._ledger = open_ledger(self._settings)
+        key = len(self._streams)
+        self._streams[key] = StreamMapping(self._settings, spec, self._event_names, self._ledger)
+        return key
+
+    def submit(self, key: int, items: list[Item], on_answers: OnAnswers) -> None:
+        answers = self._streams[key].map_chunk(items)
+        names, self._event_names[:] = list(self._event_names), []
+        on_answers(items, answers, names)
+
+    def drain(self) -> None:
+        return None
+
+    def close(self) -> None:
+        if self._ledger is not None:
+            self._ledger.close()
+
+
+class ProcessMapping:
+    """Maps in a forked worker process; answers come back in the order chunks were sent.
+
+    Forked before any thread or connection exists (the target makes it first), so the worker
+    starts with the settings, routes and compiled contracts already in memory.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        context = multiprocessing.get_context("fork")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child, self._conn, settings), name="target-customerio-mapping", daemon=True)
+        self._process.start()
+        child.close()
+        atexit.register(self.close)  # before multiprocessing's own exit hook, which would wait for it
+        self._waiting: deque[tuple[list[Item], OnAnswers]] = deque()
+        self._opened = 0
+
+    def open(self, spec: StreamSpec) -> int:
+        key = self._opened
+        self._opened += 1
+        self._send(("open", key, spec))
+        return key
+
+    def submit(self, key: int, items: list[Item], on_answers: OnAnswers) -> None:
+        while len(self._waiting) >= IN_FLIGHT:
+            self._answer_one()
+        self._send(("map", key, items))
+        self._waiting.append((items, on_answers))
+        while self._waiting and self._conn.poll():
+            self._answer_one()
+
+    def drain(self) -> None:
+        """Return once every chunk sent is answered and accounted for."""
+        while self._waiting:
+            self._answer_one()
+
+    def close(self) -> None:
+        """The worker ends when its pipe closes; it ignores SIGTERM, so it is killed if it lingers."""
+        self._conn.close()
+        self._process.join(timeout=5)
+        if self._process.exitcode is None:  # never: it ends when the pipe closes
+            self._process.kill()
+            self._process.join()
+
+    def _send(self, message: tuple) -> None:
+        try:
+            self._conn.send(message)
+        except (BrokenPipeError, ConnectionError, EOFError):
+            self._died()
+
+    def _answer_one(self) -> None:
+        try:
+            reply = self._conn.recv()
+        except (EOFError, ConnectionError):
+            self._died()
+        items, on_answers = self._waiting.popleft()
+        if reply[0] == "failed":
+            self._waiting.clear()
+            raise {"input": InputError, "config": ConfigError}.get(reply[1], TargetError)(reply[2])
+        on_answers(items, reply[1], reply[2])
+
+    def _died(self) -> t.NoReturn:
+        self._process.join(timeout=1)
+        raise TargetError(f"the mapping process stopped unexpectedly (exit code {self._process.exitcode}); nothing after the last STATE was confirmed")
+
+
+def make_mapping(settings: Settings) -> InlineMapping | ProcessMapping:
+    """A worker process where `fork` exists, else mapping in the reader's thread."""
+    if "fork" in multiprocessing.get_all_start_methods():
+        return ProcessMapping(settings)
+    return InlineMapping(settings)
+
+
+def _serve(conn: t.Any, targets_end: t.Any, settings: Settings) -> None:
+    """The worker: open streams and map chunks until the target closes the pipe."""
+    targets_end.close()  # forked with it: kept open here, the pipe would never reach its end
+    # Only the target writes stdout (Meltano reads every line of it as STATE), and the target
+    # decides when to stop: a Ctrl-C or SIGTERM is for it, and it drains through this worker.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A thread takes every message in as it comes: the target may be sending the next chunk
+    # while this process sends the last one's answers, and with neither side reading, both
+    # would block on a full pipe. (The target has at most IN_FLIGHT chunks out.)
+    inbox: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
+    threading.Thread(target=_receive, args=(conn, inbox), daemon=True).start()
+    local = InlineMapping(settings)
+    keys: dict[int, int] = {}
+    while (message := inbox.get()) is not None:
+        try:
+            if message[0] == "open":
+                keys[message[1]] = local.open(message[2])
+                continue
+            local.submit(keys[message[1]], message[2], lambda items, answers, names: conn.send(("answers", answers, names)))
+        except (InputError, ConfigError) as exc:
+            conn.send(("failed", "input" if isinstance(exc, InputError) else "config", str(exc)))
+        except Exception as exc:  # noqa: BLE001 - a bug must stop the run with its reason, not hang it
+            conn.send(("failed", "bug", f"mapping failed unexpectedly: {type(exc).__name__}: {exc}"))
+    local.close()
+
+
+def _receive(conn: t.Any, inbox: queue.SimpleQueue) -> None:
+    try:
+        while True:
+            inbox.put(conn.recv())
+    except (EOFError, ConnectionError, OSError):
+        inbox.put(None)  # the target closed the pipe: the end
