@@ -50,6 +50,7 @@ class Operation(NamedTuple):
     shard_key: str
     record: dict[str, Any]
     ledger: tuple[int, int] | None = None  # (key, fingerprint) to record once it is accepted
+    seen: int | None = None  # an event's dedupe key (64 bits): the sink sends each one once a run
 
 
 def event_digest(event_name: str, key: list[Any]) -> bytes:
@@ -111,7 +112,6 @@ class Mapper:
         self._copyable = True  # every column sent is sent under its own name
         self._event_names: dict[str, str] = {}
         self._on_event_name = on_event_name or (lambda raw, name: None)
-        self._seen_events: set[int] = set()  # 64-bit prefixes of event digests: small at 1M events
         now = time.time() if now is None else now
         self._oldest = now - route.max_age.total_seconds() if route.max_age else None
 
@@ -123,16 +123,12 @@ class Mapper:
         """
         kind, value = self.last_identifier = self.identifier(record)
         if self._is_person:
-            body = self._identify(record, kind, value, native)
-            dedupe = f"person:{kind}:{value}"
-        else:
-            event = self._event(record, kind, value, native)
-            self.last_timestamp = event["timestamp"]
-            body = encode_operation(event)
-            dedupe = f"event:{event['id']}"
-        return self.operation(body, value, record, dedupe)
+            return self.operation(self._identify(record, kind, value, native), value, record, f"person:{kind}:{value}")
+        event, seen = self._event(record, kind, value, native)
+        self.last_timestamp = event["timestamp"]
+        return self.operation(encode_operation(event), value, record, f"event:{event['id']}", seen)
 
-    def operation(self, body: bytes, shard_key: str, record: dict[str, Any], dedupe: str) -> Operation:
+    def operation(self, body: bytes, shard_key: str, record: dict[str, Any], dedupe: str, seen: int | None = None) -> Operation:
         """Wrap an encoded operation, with its ledger entry when change detection is on.
 
         `dedupe` names what the operation is about; people and objects are fingerprinted by
@@ -141,9 +137,9 @@ class Mapper:
         if len(body) > MAX_OPERATION_BYTES:
             raise Rejected("operation_too_large", None, f"operation is {len(body)} bytes; Customer.io takes at most {MAX_OPERATION_BYTES}")
         if self._ledger_seed is None:
-            return Operation(body, shard_key, record)
+            return Operation(body, shard_key, record, None, seen)
         content = 0 if dedupe.startswith(("event:", "merge:")) else hash64(body)
-        return Operation(body, shard_key, record, (hash64(dedupe.encode(), self._ledger_seed), content))
+        return Operation(body, shard_key, record, (hash64(dedupe.encode(), self._ledger_seed), content), seen)
 
     def identifier(self, record: dict[str, Any]) -> tuple[str, str]:
         """The route's identifier of a record: (type, value); raises Rejected."""
@@ -247,7 +243,8 @@ class Mapper:
         self.check_contract(attributes)
         return body if body is not None else encode_operation(op)
 
-    def _event(self, record: dict[str, Any], kind: str, value: str, native: bool) -> dict[str, Any]:
+    def _event(self, record: dict[str, Any], kind: str, value: str, native: bool) -> tuple[dict[str, Any], int]:
+        """The event operation, and its dedupe key: the first 64 bits of its id's digest."""
         timestamp = self._timestamp(record)
         if self._oldest is not None and timestamp < self._oldest:
             raise Skipped("stale")
@@ -262,14 +259,10 @@ class Mapper:
                 raise Rejected("missing_event_id", column, f"{column} is empty; it is part of the event's dedupe key")
             key.append(part)
         digest = event_digest(name, key)
-        seen = int.from_bytes(digest[:8], "big")
-        if seen in self._seen_events:
-            raise Skipped("duplicate")
-        self._seen_events.add(seen)
         return {
             "type": "person", "action": "event", "identifiers": {kind: value},
             "name": name, "id": ulid_text(digest), "timestamp": timestamp, "attributes": data,
-        }
+        }, int.from_bytes(digest[:8], "big")
 
     def _timestamp(self, record: dict[str, Any]) -> int:
         column = self.route.timestamp

@@ -1,13 +1,17 @@
-"""Mapping off the reader's thread: records are decoded and mapped in a worker process.
+"""Mapping off the reader's thread: records are decoded and mapped in worker processes.
 
 The reader decodes only each line's envelope and hands the record's raw bytes to its sink; the
-sink sends them in chunks to one worker process, which decodes and maps them (mapping.py,
-lifecycle.py), looks them up in the ledger, and answers with the encoded operations, or why a
-record is rejected or skipped (`unchanged` among them). The sink accounts for the answers and
-packs them, in the order the records came. One worker, answering chunks in order, keeps every
-mapper's state (learned columns, seen event ids, the last identifier) as in a single process.
+sink sends them in chunks to the workers, which decode and map them (mapping.py, lifecycle.py),
+look them up in the ledger, and answer with the encoded operations, or why a record is
+rejected or skipped. Chunks go to the workers in turn and their answers are taken in the order
+the chunks were sent, so the sink accounts for and packs every record in the order it came.
 
-Where `fork` is not available the same work runs in the reader's thread (`InlineMapping`).
+What must hold across chunks is decided by the sink, not a worker: an event id seen twice in a
+run is sent once (see `CustomerIOSink._account`). What a worker learns (columns, event names)
+every worker learns the same way.
+
+With `mapping_workers: 0`, or where `fork` is not available, the same work runs in the
+reader's thread (`InlineMapping`).
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ from target_customerio.mapping import Operation, Rejected, Skipped
 from target_customerio.reading import decode_record
 from target_customerio.settings import Settings
 
-CHUNK = 500  # records a sink sends the worker at once
-IN_FLIGHT = 4  # chunks sent and not yet answered, at most (bounds memory)
+CHUNK = 500  # records a sink sends a worker at once
+IN_FLIGHT = 3  # chunks sent to one worker and not yet answered, at most (bounds memory)
 
 Item = t.Union[bytes, dict]  # a record's raw JSON (the direct path) or a record the SDK decoded
-# An answer per record: its operations as (body, shard key, ledger entry), the reason it is
-# skipped, or why it is rejected (reason, field, message, rule).
+# An answer per record: its operations as (body, shard key, ledger entry, event dedupe key),
+# the reason it is skipped, or why it is rejected (reason, field, message, rule).
 Answer = t.Union[list, str, tuple]
+# What the sink is handed for a chunk: its items, their answers, the indexes of the records
+# the ledger says are unchanged, and the event names first seen (source spelling, sent name).
+OnAnswers = t.Callable[[list[Item], list[Answer], list[int], list[tuple[str, str]]], None]
 
 
 @dataclass
@@ -51,7 +58,7 @@ class StreamSpec:
 
 
 class StreamMapping:
-    """Maps the records of one stream (in the worker)."""
+    """Maps the records of one stream (in a worker)."""
 
     def __init__(self, settings: Settings, spec: StreamSpec, event_names: list[tuple[str, str]], ledger: Ledger) -> None:
         route = settings.routes.match(spec.stream)
@@ -66,7 +73,8 @@ class StreamMapping:
         self._mirror = route.mirror_to_attribute
         self._ledger = None if isinstance(ledger, NoLedger) else ledger
 
-    def map_chunk(self, items: list[Item]) -> list[Answer]:
+    def map_chunk(self, items: list[Item]) -> tuple[list[Answer], list[int]]:
+        """Each record's answer, and the indexes of those the ledger says are unchanged."""
         answers: list[Answer] = []
         for item in items:
             record, native = decode_record(item) if type(item) is bytes else (item, False)
@@ -74,28 +82,12 @@ class StreamMapping:
                 if key not in record:
                     raise InputError(f"{self._stream}: a record has no key property {key!r} (key_properties: {self._key_properties})")
             try:
-                answers.append([(op.body, op.shard_key, op.ledger) for op in self._operations(record, native)])
+                answers.append([(op.body, op.shard_key, op.ledger, op.seen) for op in self._operations(record, native)])
             except Skipped as skip:
                 answers.append(skip.reason)
             except Rejected as rej:
                 answers.append((rej.reason, rej.field, rej.message, rej.rule))
-        if self._ledger is not None:
-            self._skip_unchanged(answers)
-        return answers
-
-    def _skip_unchanged(self, answers: list[Answer]) -> None:
-        """Change detection: a record whose every tracked operation is exactly what was last
-        delivered is skipped as `unchanged` (one ledger query for the whole chunk)."""
-        keys = [entry[0] for answer in answers if type(answer) is list for _, _, entry in answer if entry is not None]
-        delivered = self._ledger.fingerprints(keys) if keys else None  # type: ignore[union-attr]
-        if not delivered:
-            return
-        for index, answer in enumerate(answers):
-            if type(answer) is not list:
-                continue
-            tracked = [entry for _, _, entry in answer if entry is not None]
-            if tracked and all(delivered.get(key) == fingerprint for key, fingerprint in tracked):
-                answers[index] = "unchanged"
+        return answers, self._unchanged(answers)
 
     def _operations(self, record: dict, native: bool) -> list[Operation]:
         if self._deletes_here and is_delete(record):
@@ -107,12 +99,26 @@ class StreamMapping:
             return [result, mirror_operation(self._mapper, result, self._mapper.last_timestamp)]
         return [result]
 
-
-OnAnswers = t.Callable[[list[Item], list[Answer], list[tuple[str, str]]], None]
+    def _unchanged(self, answers: list[Answer]) -> list[int]:
+        """Change detection: the records whose every tracked operation is exactly what was last
+        delivered (one ledger query for the whole chunk)."""
+        if self._ledger is None:
+            return []
+        keys = [op[2][0] for answer in answers if type(answer) is list for op in answer if op[2] is not None]
+        delivered = self._ledger.fingerprints(keys) if keys else None
+        if not delivered:
+            return []
+        unchanged = []
+        for index, answer in enumerate(answers):
+            if type(answer) is list:
+                tracked = [op[2] for op in answer if op[2] is not None]
+                if tracked and all(delivered.get(key) == fingerprint for key, fingerprint in tracked):
+                    unchanged.append(index)
+        return unchanged
 
 
 class InlineMapping:
-    """Maps in the calling thread: the reference, and the fallback where `fork` is missing."""
+    """Maps in the calling thread: a worker's own mapping, and the target's where there is no worker."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -128,9 +134,9 @@ class InlineMapping:
         return key
 
     def submit(self, key: int, items: list[Item], on_answers: OnAnswers) -> None:
-        answers = self._streams[key].map_chunk(items)
+        answers, unchanged = self._streams[key].map_chunk(items)
         names, self._event_names[:] = list(self._event_names), []
-        on_answers(items, answers, names)
+        on_answers(items, answers, unchanged, names)
 
     def drain(self) -> None:
         return None
@@ -140,35 +146,48 @@ class InlineMapping:
             self._ledger.close()
 
 
-class ProcessMapping:
-    """Maps in a forked worker process; answers come back in the order chunks were sent.
+class _Worker:
+    """One forked worker process and the pipe to it."""
 
-    Forked before any thread or connection exists (the target makes it first), so the worker
+    def __init__(self, context: t.Any, settings: Settings, index: int) -> None:
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, self.conn, settings), name=f"target-customerio-mapping-{index}", daemon=True)
+        self.process.start()
+        child.close()
+        self.in_flight = 0
+
+
+class ProcessMapping:
+    """Maps in forked worker processes; answers are taken in the order the chunks were sent.
+
+    Forked before any thread or connection exists (the target makes it first), so each worker
     starts with the settings, routes and compiled contracts already in memory.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, workers: int) -> None:
         context = multiprocessing.get_context("fork")
-        self._conn, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child, self._conn, settings), name="target-customerio-mapping", daemon=True)
-        self._process.start()
-        child.close()
-        atexit.register(self.close)  # before multiprocessing's own exit hook, which would wait for it
-        self._waiting: deque[tuple[list[Item], OnAnswers]] = deque()
+        self._workers = [_Worker(context, settings, index) for index in range(workers)]
+        atexit.register(self.close)  # before multiprocessing's own exit hook, which would wait for them
+        self._waiting: deque[tuple[_Worker, list[Item], OnAnswers]] = deque()
+        self._turn = 0
         self._opened = 0
 
     def open(self, spec: StreamSpec) -> int:
         key = self._opened
         self._opened += 1
-        self._send(("open", key, spec))
+        for worker in self._workers:
+            self._send(worker, ("open", key, spec))
         return key
 
     def submit(self, key: int, items: list[Item], on_answers: OnAnswers) -> None:
-        while len(self._waiting) >= IN_FLIGHT:
+        worker = self._workers[self._turn]
+        self._turn = (self._turn + 1) % len(self._workers)
+        while worker.in_flight >= IN_FLIGHT:
             self._answer_one()
-        self._send(("map", key, items))
-        self._waiting.append((items, on_answers))
-        while self._waiting and self._conn.poll():
+        self._send(worker, ("map", key, items))
+        worker.in_flight += 1
+        self._waiting.append((worker, items, on_answers))
+        while self._waiting and self._waiting[0][0].conn.poll():
             self._answer_one()
 
     def drain(self) -> None:
@@ -177,47 +196,51 @@ class ProcessMapping:
             self._answer_one()
 
     def close(self) -> None:
-        """The worker ends when its pipe closes; it ignores SIGTERM, so it is killed if it lingers."""
-        self._conn.close()
-        self._process.join(timeout=5)
-        if self._process.exitcode is None:  # never: it ends when the pipe closes
-            self._process.kill()
-            self._process.join()
+        """The workers end when their pipes close; they ignore SIGTERM, so one that lingers is killed."""
+        for worker in self._workers:
+            worker.conn.close()
+        for worker in self._workers:
+            worker.process.join(timeout=5)
+            if worker.process.exitcode is None:  # never: a worker ends when its pipe closes
+                worker.process.kill()
+                worker.process.join()
 
-    def _send(self, message: tuple) -> None:
+    def _send(self, worker: _Worker, message: tuple) -> None:
         try:
-            self._conn.send(message)
-        except (BrokenPipeError, ConnectionError, EOFError):
-            self._died()
+            worker.conn.send(message)
+        except (BrokenPipeError, ConnectionError, EOFError, OSError):
+            self._died(worker)
 
     def _answer_one(self) -> None:
+        worker, items, on_answers = self._waiting[0]
         try:
-            reply = self._conn.recv()
-        except (EOFError, ConnectionError):
-            self._died()
-        items, on_answers = self._waiting.popleft()
+            reply = worker.conn.recv()
+        except (EOFError, ConnectionError, OSError):
+            self._died(worker)
+        self._waiting.popleft()
+        worker.in_flight -= 1
         if reply[0] == "failed":
             self._waiting.clear()
             raise {"input": InputError, "config": ConfigError}.get(reply[1], TargetError)(reply[2])
-        on_answers(items, reply[1], reply[2])
+        on_answers(items, *reply[1:])
 
-    def _died(self) -> t.NoReturn:
-        self._process.join(timeout=1)
-        raise TargetError(f"the mapping process stopped unexpectedly (exit code {self._process.exitcode}); nothing after the last STATE was confirmed")
+    def _died(self, worker: _Worker) -> t.NoReturn:
+        worker.process.join(timeout=1)
+        raise TargetError(f"a mapping process stopped unexpectedly (exit code {worker.process.exitcode}); nothing after the last STATE was confirmed")
 
 
 def make_mapping(settings: Settings) -> InlineMapping | ProcessMapping:
-    """A worker process where `fork` exists, else mapping in the reader's thread."""
-    if "fork" in multiprocessing.get_all_start_methods():
-        return ProcessMapping(settings)
+    """Worker processes (`mapping_workers`) where `fork` exists, else mapping in the reader's thread."""
+    if settings.mapping_workers > 0 and "fork" in multiprocessing.get_all_start_methods():
+        return ProcessMapping(settings, settings.mapping_workers)
     return InlineMapping(settings)
 
 
 def _serve(conn: t.Any, targets_end: t.Any, settings: Settings) -> None:
-    """The worker: open streams and map chunks until the target closes the pipe."""
+    """A worker: open streams and map chunks until the target closes the pipe."""
     targets_end.close()  # forked with it: kept open here, the pipe would never reach its end
     # Only the target writes stdout (Meltano reads every line of it as STATE), and the target
-    # decides when to stop: a Ctrl-C or SIGTERM is for it, and it drains through this worker.
+    # decides when to stop: a Ctrl-C or SIGTERM is for it, and it drains through its workers.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
@@ -225,7 +248,7 @@ def _serve(conn: t.Any, targets_end: t.Any, settings: Settings) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # A thread takes every message in as it comes: the target may be sending the next chunk
     # while this process sends the last one's answers, and with neither side reading, both
-    # would block on a full pipe. (The target has at most IN_FLIGHT chunks out.)
+    # would block on a full pipe. (The target has at most IN_FLIGHT chunks out here.)
     inbox: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
     threading.Thread(target=_receive, args=(conn, inbox), daemon=True).start()
     local = InlineMapping(settings)
@@ -235,7 +258,7 @@ def _serve(conn: t.Any, targets_end: t.Any, settings: Settings) -> None:
             if message[0] == "open":
                 keys[message[1]] = local.open(message[2])
                 continue
-            local.submit(keys[message[1]], message[2], lambda items, answers, names: conn.send(("answers", answers, names)))
+            local.submit(keys[message[1]], message[2], lambda *answers: conn.send(("answers", *answers[1:])))
         except (InputError, ConfigError) as exc:
             conn.send(("failed", "input" if isinstance(exc, InputError) else "config", str(exc)))
         except Exception as exc:  # noqa: BLE001 - a bug must stop the run with its reason, not hang it

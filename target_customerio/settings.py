@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "full_resend": {"type": "boolean", "default": False, "description": "Ignore the ledger for this run and send everything (the ledger is still updated)."},
         "max_reject_ratio": {"type": "number", "minimum": 0, "maximum": 1, "description": "Fail the run when a stream's rejected/received ratio passes this (checked from 100 records on, and before each STATE)."},
         "delivery_workers": {"type": "integer", "minimum": 1, "maximum": 32, "default": 4, "description": "Requests in flight at once."},
+        "mapping_workers": {"type": "integer", "minimum": 0, "maximum": 16, "description": "Processes that decode and map records (default: the CPU count, at most 4; 0: map in the reading thread)."},
     },
 }
 
@@ -59,6 +61,7 @@ class Settings:
     request_timeout: float
     max_retries: int
     delivery_workers: int
+    mapping_workers: int
     checkpoint_interval_seconds: float
     change_detection: bool
     ledger_path: str
@@ -108,6 +111,7 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
         request_timeout=_positive(config, "request_timeout", 30),
         max_retries=int(config.get("max_retries", 7)),
         delivery_workers=int(config.get("delivery_workers", 4)),
+        mapping_workers=int(config["mapping_workers"]) if config.get("mapping_workers") is not None else min(4, os.cpu_count() or 1),
         checkpoint_interval_seconds=_positive(config, "checkpoint_interval_seconds", 60),
         change_detection=bool(config.get("change_detection", True)),
         ledger_path=config.get("ledger_path") or ".customerio-ledger.sqlite",

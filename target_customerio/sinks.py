@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import typing as t
+from collections import Counter
 from functools import cached_property, partial
 
 from singer_sdk.sinks import Sink
@@ -36,6 +37,7 @@ class CustomerIOSink(Sink):
         self._mapping_key = self._mapping.open(spec)
         self._chunk: list[Item] = []
         self._fail_on_violation = route.on_contract_violation == "fail"
+        self._seen_events: set[int] = set()  # dedupe keys of the events sent in this run: small at 1M events
         self._max_reject_ratio = target.settings.max_reject_ratio
         delivery = target.delivery
         self._packers = [Packer(stream_name, partial(delivery.submit, shard)) for shard in range(delivery.shards)]
@@ -80,22 +82,36 @@ class CustomerIOSink(Sink):
         self.record_counter_metric.increment(len(chunk))
         self._mapping.submit(self._mapping_key, chunk, self._account)
 
-    def _account(self, items: list[Item], answers: list[Answer], event_names: list[tuple[str, str]]) -> None:
+    def _account(self, items: list[Item], answers: list[Answer], unchanged: list[int], event_names: list[tuple[str, str]]) -> None:
         """Each record's answer, in the order the records came: its operations are packed (on
-        their person's delivery shard, so they never overtake each other), a skip or a reject
-        is counted."""
+        their person's delivery shard, so they never overtake each other), unless it is an
+        event already sent in this run (`duplicate`) or the ledger says it is `unchanged`; a
+        skip or a reject is counted."""
         self._tally.received += len(items)
         for raw, name in event_names:
             self._report.event_name(raw, name)
-        packers, shards, stream = self._packers, len(self._packers), self.stream_name
-        for item, answer in zip(items, answers):
+        packers, shards, seen_events = self._packers, len(self._packers), self._seen_events
+        unchanged_at = set(unchanged)
+        skipped: Counter[str] = Counter()
+        for index, (item, answer) in enumerate(zip(items, answers)):
             if type(answer) is list:
-                for body, shard_key, ledger in answer:
-                    packers[hash(shard_key) % shards].add(_new_operation(Operation, (body, shard_key, item, ledger)))
+                seen = answer[0][3] if answer else None
+                if seen is not None:
+                    if seen in seen_events:
+                        skipped["duplicate"] += 1
+                        continue
+                    seen_events.add(seen)
+                if index in unchanged_at:
+                    skipped["unchanged"] += 1
+                    continue
+                for body, shard_key, ledger, _ in answer:
+                    packers[hash(shard_key) % shards].add(_new_operation(Operation, (body, shard_key, item, ledger, None)))
             elif type(answer) is str:
-                self._report.skip(stream, answer)
+                skipped[answer] += 1
             else:
                 self._reject(item, Rejected(*answer))
+        for reason, count in skipped.items():
+            self._report.skip(self.stream_name, reason, count)
 
     def _reject(self, record: Item, rej: Rejected) -> None:
         if rej.reason == "contract_violation" and self._fail_on_violation:

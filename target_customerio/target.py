@@ -54,7 +54,8 @@ class TargetCustomerIO(Target):
         self.delivery: Delivery | DryRun = self._make_delivery()
         self._credentials_checked = self.settings.dry_run
         self._direct: dict[str, CustomerIOSink | UnmappedSink] = {}  # streams whose records skip the SDK's handling
-        self._taken = 0  # records taken on the direct path
+        self._age_check_every = min(1.0, self.settings.checkpoint_interval_seconds / 4)
+        self._next_age_check = 0.0
         self._busy = False
         self._terminating = False
 
@@ -147,9 +148,10 @@ class TargetCustomerIO(Target):
             self._busy = False
         if self._terminating:
             raise Terminated("stopped by signal after delivering what was received")
-        self._taken += 1
-        if not self._taken % 100:
-            self._handle_max_record_age()  # a checkpoint is due every checkpoint_interval_seconds
+        now = time.monotonic()
+        if now >= self._next_age_check:  # the SDK's check reads the clock and a config proxy: not for every record
+            self._next_age_check = now + self._age_check_every
+            self._handle_max_record_age()  # drains and writes STATE every checkpoint_interval_seconds
         return True
 
     def _process_record_message(self, message_dict: dict) -> None:

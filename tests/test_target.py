@@ -242,3 +242,20 @@ def test_a_request_refused_whole_is_halved_until_the_bad_operation_is_isolated(s
     assert run.rejects[0]["reason"] == "rejected_by_customerio" and "malformed operation" in run.rejects[0]["message"]
     assert sorted(p["id"] for p in sandbox.people()) == ["C002", "C003", "C004"]
     assert run.states == [{"s": 1}]
+
+
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_records_mapped_in_parallel_land_in_order_and_each_event_once(sandbox, tmp_path, workers):
+    """Chunks of 500 records go to the mapping workers in turn; the answers are taken in order,
+    so a person's later update wins, and an order repeated in another worker's chunk is one event."""
+    orders = [order(n % 700, customer_id=f"C{n % 50:03}", sku=f"S{n}") for n in range(2100)]  # each order 3 times, chunks apart
+    updates = [customer(n % 50, orders_count=n) for n in range(1600)]  # the last update of C000..C049 is 1550..1599
+    config = target_config(sandbox.url, tmp_path, ROUTES, mapping_workers=workers)
+    run = run_target(config, [ORDER_SCHEMA, *orders, CUSTOMER_SCHEMA, *updates, state({"done": 1})], tmp_path)
+    assert run.returncode == 0, run.stderr
+    events = sandbox.events()
+    assert sorted(e["id"] for e in events) == sorted({e["id"] for e in events}) and len(events) == 700
+    assert sandbox.counters()["duplicate_events_dropped"] == 0  # never sent twice, not merely dropped
+    assert {p["id"]: p["attributes"]["orders_count"] for p in sandbox.people()} == {f"C{n:03}": 1550 + n for n in range(50)}
+    assert run.report["streams"][ORDERS]["skipped_by_reason"] == {"duplicate": 1400}
+    assert run.states == [{"done": 1}]
