@@ -27,6 +27,8 @@ import typing as t
 from collections import deque
 from dataclasses import dataclass
 
+from singer_sdk.exceptions import MissingKeyPropertiesError
+
 from target_customerio.errors import ConfigError, InputError, TargetError
 from target_customerio.ledger import Ledger, NoLedger, open_ledger
 from target_customerio.lifecycle import MAPPERS, delete_operation, is_delete, mirror_operation
@@ -80,7 +82,7 @@ class StreamMapping:
             record, native = decode_record(item) if type(item) is bytes else (item, False)
             for key in self._key_properties:
                 if key not in record:
-                    raise InputError(f"{self._stream}: a record has no key property {key!r} (key_properties: {self._key_properties})")
+                    raise MissingKeyPropertiesError(f"{self._stream}: a record has no key property {key!r} (key_properties: {self._key_properties})")
             try:
                 answers.append([(op.body, op.shard_key, op.ledger, op.seen) for op in self._operations(record, native)])
             except Skipped as skip:
@@ -221,12 +223,16 @@ class ProcessMapping:
         worker.in_flight -= 1
         if reply[0] == "failed":
             self._waiting.clear()
-            raise {"input": InputError, "config": ConfigError}.get(reply[1], TargetError)(reply[2])
+            raise _FAILURES.get(reply[1], TargetError)(reply[2])
         on_answers(items, *reply[1:])
 
     def _died(self, worker: _Worker) -> t.NoReturn:
         worker.process.join(timeout=1)
         raise TargetError(f"a mapping process stopped unexpectedly (exit code {worker.process.exitcode}); nothing after the last STATE was confirmed")
+
+
+# What a worker's failure is raised as in the target (and so its exit code).
+_FAILURES: dict[str, type[Exception]] = {"input": InputError, "config": ConfigError, "key": MissingKeyPropertiesError}
 
 
 def make_mapping(settings: Settings) -> InlineMapping | ProcessMapping:
@@ -259,8 +265,8 @@ def _serve(conn: t.Any, targets_end: t.Any, settings: Settings) -> None:
                 keys[message[1]] = local.open(message[2])
                 continue
             local.submit(keys[message[1]], message[2], lambda *answers: conn.send(("answers", *answers[1:])))
-        except (InputError, ConfigError) as exc:
-            conn.send(("failed", "input" if isinstance(exc, InputError) else "config", str(exc)))
+        except tuple(_FAILURES.values()) as exc:
+            conn.send(("failed", next(kind for kind, error in _FAILURES.items() if isinstance(exc, error)), str(exc)))
         except Exception as exc:  # noqa: BLE001 - a bug must stop the run with its reason, not hang it
             conn.send(("failed", "bug", f"mapping failed unexpectedly: {type(exc).__name__}: {exc}"))
     local.close()

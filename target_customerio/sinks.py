@@ -87,13 +87,14 @@ class CustomerIOSink(Sink):
         their person's delivery shard, so they never overtake each other), unless it is an
         event already sent in this run (`duplicate`) or the ledger says it is `unchanged`; a
         skip or a reject is counted."""
-        self._tally.received += len(items)
+        tally = self._tally
         for raw, name in event_names:
             self._report.event_name(raw, name)
         packers, shards, seen_events = self._packers, len(self._packers), self._seen_events
         unchanged_at = set(unchanged)
         skipped: Counter[str] = Counter()
         for index, (item, answer) in enumerate(zip(items, answers)):
+            tally.received += 1  # one by one: max_reject_ratio is checked as records are counted
             if type(answer) is list:
                 seen = answer[0][3] if answer else None
                 if seen is not None:

@@ -11,6 +11,7 @@ import json
 import random
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,18 @@ def _start(config: dict, tmp: Path, lines: list[str]) -> subprocess.Popen:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp)
 
 
+def _first_line(proc: subprocess.Popen, timeout: float) -> bytes:
+    """The first line the process writes to stdout, or b"" if none comes in time."""
+    lines: list[bytes] = []
+    reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if reader.is_alive():  # no line yet: the kill ends the read, and what it got is kept
+        proc.send_signal(signal.SIGKILL)
+        reader.join()
+    return b"".join(lines)
+
+
 def _covered_records(lines: list[str], state: dict) -> list[dict]:
     """The tap's records before the STATE message the target echoed: all must be delivered."""
     covered = []
@@ -165,10 +178,14 @@ def test_sigkill_at_random_points_then_rerun_converges_without_double_events(big
         for attempt in range(4):
             lines = (tap(state) if state else big).stdout.splitlines()
             proc = _start(config, tmp_path, lines)
-            time.sleep(rng.uniform(0.5, 2.5))
+            # Killed at a random moment after its first checkpoint (the target reads fast and
+            # may hold a whole small stream in its bounded buffers: the first checkpoint can
+            # take a while), or after 10 s if there is none.
+            first = _first_line(proc, timeout=10)
+            time.sleep(rng.uniform(0.05, 1.5))
             proc.send_signal(signal.SIGKILL)  # a no-op if this run already finished
             stdout, _ = proc.communicate(timeout=30)
-            emitted = [json.loads(x) for x in stdout.decode().splitlines() if x.strip()]
+            emitted = [json.loads(x) for x in (first + stdout).decode().splitlines() if x.strip()]
             if emitted:  # Meltano stores the last STATE line it read; it must not run ahead
                 _assert_delivered(sandbox, routes, _covered_records(lines, emitted[-1]))
                 state, resumed = emitted[-1], resumed + 1
