@@ -6,6 +6,7 @@ same worker (shard), in order, so a later update can never overtake an earlier o
 
 from __future__ import annotations
 
+import bisect
 import logging
 import queue
 import random
@@ -13,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import requests
 
@@ -29,15 +30,96 @@ _RETRY_CAP_SECONDS = 30.0
 _MAX_RETRY_AFTER_SECONDS = 300.0
 
 
+class Segment(NamedTuple):
+    """Encoded operations of one chunk of records bound for one delivery shard, in order.
+
+    `data` is their bodies joined by commas, as they go in a request; `ends[i]` is where the
+    i-th body ends in it; `item_of[i]` is the record it came from (an index into `items`, the
+    chunk's records, raw JSON or decoded); `ledger` holds (position, key, fingerprint) of the
+    operations to record in the ledger once accepted. Mapping workers build segments, so the
+    target handles a few objects per chunk instead of several per operation.
+    """
+
+    data: bytes
+    ends: list[int]
+    item_of: list[int]
+    ledger: list[tuple[int, int, int]]
+    items: list[Any] | None = None
+
+    @classmethod
+    def of(cls, ops: list[Operation]) -> Segment:
+        """A segment of operations built one by one (each its own item)."""
+        ends, at = [], -1
+        for op in ops:
+            at += len(op.body) + 1
+            ends.append(at)
+        ledger = [(i, *op.ledger) for i, op in enumerate(ops) if op.ledger is not None]
+        return cls(b",".join(op.body for op in ops), ends, list(range(len(ops))), ledger, [op.record for op in ops])
+
+    @property
+    def count(self) -> int:
+        return len(self.ends)
+
+    def body(self, i: int) -> bytes:
+        return self.data[self.ends[i - 1] + 1 if i else 0:self.ends[i]]
+
+    def operations(self) -> list[Operation]:
+        """The operations one by one (for the paths that need them: errors, dry runs)."""
+        entries = {i: (key, fingerprint) for i, key, fingerprint in self.ledger}
+        items = self.items or []
+        return [Operation(self.body(i), "", items[self.item_of[i]] if items else None, entries.get(i)) for i in range(self.count)]
+
+    def without_items(self, drop: set[int]) -> Segment:
+        """The segment without the operations of the records (indexes in `items`) in `drop`."""
+        keep = [i for i, item in enumerate(self.item_of) if item not in drop]
+        if len(keep) == self.count:
+            return self
+        ends, at = [], -1
+        for i in keep:
+            at += len(self.body(i)) + 1
+            ends.append(at)
+        position = {old: new for new, old in enumerate(keep)}
+        ledger = [(position[i], key, fp) for i, key, fp in self.ledger if i in position]
+        return Segment(b",".join(self.body(i) for i in keep), ends, [self.item_of[i] for i in keep], ledger, self.items)
+
+    def split(self, count: int) -> tuple[Segment, Segment]:
+        """The first `count` operations, and the rest."""
+        cut = self.ends[count - 1]
+        head = Segment(self.data[:cut], self.ends[:count], self.item_of[:count],
+                       [e for e in self.ledger if e[0] < count], self.items)
+        tail = Segment(self.data[cut + 1:], [end - cut - 1 for end in self.ends[count:]], self.item_of[count:],
+                       [(i - count, key, fp) for i, key, fp in self.ledger if i >= count], self.items)
+        return head, tail
+
+
 @dataclass
 class Batch:
     """Operations of one stream bound for one request."""
 
     stream: str
-    ops: list[Operation] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, stream: str, ops: list[Operation]) -> Batch:
+        return cls(stream, [Segment.of(ops)])
+
+    def __len__(self) -> int:
+        return sum(segment.count for segment in self.segments)
 
     def body(self) -> bytes:
-        return b'{"batch":[' + b",".join(op.body for op in self.ops) + b"]}"
+        return b'{"batch":[' + b",".join(segment.data for segment in self.segments) + b"]}"
+
+    @property
+    def ops(self) -> list[Operation]:
+        return [op for segment in self.segments for op in segment.operations()]
+
+    def ledger_entries(self, rejected: frozenset[int] | set[int] = frozenset()) -> list[tuple[int, int]]:
+        """The ledger entries of the operations not `rejected` (indexes in the request)."""
+        entries, offset = [], 0
+        for segment in self.segments:
+            entries += [(key, fp) for i, key, fp in segment.ledger if offset + i not in rejected]
+            offset += segment.count
+        return entries
 
 
 class Packer:
@@ -49,13 +131,27 @@ class Packer:
         self._size = _ENVELOPE
 
     def add(self, op: Operation) -> None:
-        if self._batch.ops and self._size + len(op.body) + 1 > self._limit:
+        self.add_segment(Segment.of([op]))
+
+    def add_segment(self, segment: Segment) -> None:
+        """Append the segment, cutting it between operations where a request is full."""
+        while segment.count:
+            comma = 1 if self._batch.segments else 0
+            room = self._limit - self._size - comma
+            if len(segment.data) <= room:
+                self._batch.segments.append(segment)
+                self._size += len(segment.data) + comma
+                return
+            fits = bisect.bisect_right(segment.ends, room)
+            if fits == 0 and not self._batch.segments:
+                fits = 1  # one operation alone over the limit: sent alone, for Customer.io to judge
+            if fits:
+                head, segment = segment.split(fits)
+                self._batch.segments.append(head)
             self.flush()
-        self._batch.ops.append(op)
-        self._size += len(op.body) + 1
 
     def flush(self) -> None:
-        if self._batch.ops:
+        if self._batch.segments:
             batch, self._batch, self._size = self._batch, Batch(self._stream), _ENVELOPE
             self._send(batch)
 
@@ -219,34 +315,34 @@ class Delivery:
     def _deliver(self, batch: Batch) -> None:
         body = batch.body()
         response, tries = self._client.post_batch(body)
-        self._report.request(batch.stream, len(body), tries, len(batch.ops))
+        count = len(batch)
+        self._report.request(batch.stream, len(body), tries, count)
         if response.status_code == 200:
-            self._ledger.record(op.ledger for op in batch.ops if op.ledger is not None)
-            self._report.delivered(batch.stream, len(batch.ops))
+            self._ledger.record(batch.ledger_entries())
+            self._report.delivered(batch.stream, count)
         elif response.status_code == 207:
             self._record_item_errors(batch, _json(response).get("errors") or [])
-        elif len(batch.ops) > 1:
+        elif count > 1:
             # The whole request was refused (400/413): halve it to isolate the bad operation.
-            middle = len(batch.ops) // 2
-            self._deliver(Batch(batch.stream, batch.ops[:middle]))
-            self._deliver(Batch(batch.stream, batch.ops[middle:]))
+            ops = batch.ops
+            self._deliver(Batch.of(batch.stream, ops[:count // 2]))
+            self._deliver(Batch.of(batch.stream, ops[count // 2:]))
         else:
             message = _error_message(_json(response)) or f"HTTP {response.status_code}"
             op = batch.ops[0]
             self._report.reject(batch.stream, "rejected_by_customerio", None, message, op.record)
 
     def _record_item_errors(self, batch: Batch, errors: list[dict[str, Any]]) -> None:
-        rejected = set()
+        ops, rejected = batch.ops, set()
         for error in errors:
             index = error.get("batch_index")
-            if not isinstance(index, int) or not 0 <= index < len(batch.ops) or index in rejected:
+            if not isinstance(index, int) or not 0 <= index < len(ops) or index in rejected:
                 continue
             rejected.add(index)
             message = f"{error.get('reason', 'rejected')}: {error.get('message', '')}".strip(": ")
-            self._report.reject(batch.stream, "rejected_by_customerio", error.get("field"), message, batch.ops[index].record)
-        accepted = (op.ledger for i, op in enumerate(batch.ops) if i not in rejected and op.ledger is not None)
-        self._ledger.record(accepted)
-        self._report.delivered(batch.stream, len(batch.ops) - len(rejected))
+            self._report.reject(batch.stream, "rejected_by_customerio", error.get("field"), message, ops[index].record)
+        self._ledger.record(batch.ledger_entries(rejected))
+        self._report.delivered(batch.stream, len(ops) - len(rejected))
 
 
 def _error_message(data: dict[str, Any]) -> str:
@@ -274,7 +370,7 @@ class DryRun:
     def submit(self, shard: int, batch: Batch) -> None:
         for op in batch.ops:
             self._out.write(op.body + b"\n")
-        self._report.delivered(batch.stream, len(batch.ops))
+        self._report.delivered(batch.stream, len(batch))
 
     def wait(self) -> None:
         self._out.flush()

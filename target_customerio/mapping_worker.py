@@ -2,13 +2,14 @@
 
 The reader decodes only each line's envelope and hands the record's raw bytes to its sink; the
 sink sends them in chunks to the workers, which decode and map them (mapping.py, lifecycle.py),
-look them up in the ledger, and answer with the encoded operations, or why a record is
-rejected or skipped. Chunks go to the workers in turn and their answers are taken in the order
-the chunks were sent, so the sink accounts for and packs every record in the order it came.
+look them up in the ledger, and answer with the encoded operations packed per delivery shard
+(`Segment`), and why each other record is rejected or skipped. Chunks go to the workers in turn
+and their answers are taken in the order the chunks were sent, so the sink packs every record
+in the order it came, handling a few objects per chunk rather than several per record.
 
-What must hold across chunks is decided by the sink, not a worker: an event id seen twice in a
-run is sent once (see `CustomerIOSink._account`). What a worker learns (columns, event names)
-every worker learns the same way.
+An event seen twice in a run is sent once: each worker skips the repeats it sees, and the sink
+drops an event another worker already sent (see `CustomerIOSink._account`). What a worker
+learns (columns, event names) every worker learns the same way.
 
 With `mapping_workers: 0`, or where `fork` is not available, the same work runs in the
 reader's thread (`InlineMapping`).
@@ -24,12 +25,13 @@ import signal
 import sys
 import threading
 import typing as t
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 
 from singer_sdk.exceptions import MissingKeyPropertiesError
 
 from target_customerio.errors import ConfigError, InputError, TargetError
+from target_customerio.delivery import Segment
 from target_customerio.ledger import Ledger, NoLedger, open_ledger
 from target_customerio.lifecycle import MAPPERS, delete_operation, is_delete, mirror_operation
 from target_customerio.mapping import Operation, Rejected, Skipped
@@ -40,12 +42,22 @@ CHUNK = 500  # records a sink sends a worker at once
 IN_FLIGHT = 3  # chunks sent to one worker and not yet answered, at most (bounds memory)
 
 Item = t.Union[bytes, dict]  # a record's raw JSON (the direct path) or a record the SDK decoded
-# An answer per record: its operations as (body, shard key, ledger entry, event dedupe key),
-# the reason it is skipped, or why it is rejected (reason, field, message, rule).
-Answer = t.Union[list, str, tuple]
-# What the sink is handed for a chunk: its items, their answers, the indexes of the records
-# the ledger says are unchanged, and the event names first seen (source spelling, sent name).
-OnAnswers = t.Callable[[list[Item], list[Answer], list[int], list[tuple[str, str]]], None]
+
+
+@dataclass
+class Mapped:
+    """A worker's answer for one chunk: its operations, encoded and packed per delivery shard
+    in record order, and what became of the records that sent nothing."""
+
+    segments: dict[int, Segment]
+    rejects: list[tuple[int, str, str | None, str, str | None]]  # (index in the chunk, reason, field, message, rule)
+    skipped: dict[str, int]  # reason -> records
+    event_items: list[int]  # the records (indexes in the chunk) that sent an event, and
+    event_keys: list[int]  # their events' dedupe keys: the target checks them across workers
+    event_names: list[tuple[str, str]]  # names first seen: source spelling, name sent
+
+
+OnMapped = t.Callable[[list[Item], Mapped], None]
 
 
 @dataclass
@@ -57,6 +69,7 @@ class StreamSpec:
     key_properties: list[str]
     started_at: float
     ledger_scope: str | None
+    shards: int  # delivery shards: a person's operations always go to the same one
 
 
 class StreamMapping:
@@ -71,25 +84,59 @@ class StreamMapping:
         )
         self._stream = spec.stream
         self._key_properties = spec.key_properties
+        self._shards = spec.shards
         self._deletes_here = route.kind in ("person", "event")  # objects map their own deletes
         self._mirror = route.mirror_to_attribute
         self._ledger = None if isinstance(ledger, NoLedger) else ledger
+        self._seen: set[int] = set()  # dedupe keys of the events this worker sent: small at 1M events
+        self._event_names = event_names
 
-    def map_chunk(self, items: list[Item]) -> tuple[list[Answer], list[int]]:
-        """Each record's answer, and the indexes of those the ledger says are unchanged."""
-        answers: list[Answer] = []
-        for item in items:
+    def map_chunk(self, items: list[Item]) -> Mapped:
+        rejects: list[tuple[int, str, str | None, str, str | None]] = []
+        skipped: Counter[str] = Counter()
+        mapped: list[tuple[int, list[Operation]]] = []
+        event_items: list[int] = []
+        event_keys: list[int] = []
+        for index, item in enumerate(items):
             record, native = decode_record(item) if type(item) is bytes else (item, False)
             for key in self._key_properties:
                 if key not in record:
                     raise MissingKeyPropertiesError(f"{self._stream}: a record has no key property {key!r} (key_properties: {self._key_properties})")
             try:
-                answers.append([(op.body, op.shard_key, op.ledger, op.seen) for op in self._operations(record, native)])
+                ops = self._operations(record, native)
             except Skipped as skip:
-                answers.append(skip.reason)
+                skipped[skip.reason] += 1
+                continue
             except Rejected as rej:
-                answers.append((rej.reason, rej.field, rej.message, rej.rule))
-        return answers, self._unchanged(answers)
+                rejects.append((index, rej.reason, rej.field, rej.message, rej.rule))
+                continue
+            seen = ops[0].seen
+            if seen is not None:  # an event: sent once a run, whatever its rows
+                if seen in self._seen:
+                    skipped["duplicate"] += 1
+                    continue
+                self._seen.add(seen)
+            mapped.append((index, ops))
+        unchanged = self._unchanged(mapped)
+        shards = self._shards
+        parts: list[tuple[list[bytes], list[int], list[int], list[tuple[int, int, int]]]] = [([], [], [], []) for _ in range(shards)]
+        for at, (index, ops) in enumerate(mapped):
+            if at in unchanged:
+                skipped["unchanged"] += 1
+                continue
+            if ops[0].seen is not None:
+                event_items.append(index)
+                event_keys.append(ops[0].seen)
+            for op in ops:
+                bodies, ends, item_of, ledger = parts[hash(op.shard_key) % shards]
+                if op.ledger is not None:
+                    ledger.append((len(bodies), *op.ledger))
+                ends.append((ends[-1] if ends else -1) + len(op.body) + 1)
+                bodies.append(op.body)
+                item_of.append(index)
+        segments = {shard: Segment(b",".join(bodies), ends, item_of, ledger) for shard, (bodies, ends, item_of, ledger) in enumerate(parts) if bodies}
+        names, self._event_names[:] = list(self._event_names), []
+        return Mapped(segments, rejects, dict(skipped), event_items, event_keys, names)
 
     def _operations(self, record: dict, native: bool) -> list[Operation]:
         if self._deletes_here and is_delete(record):
@@ -101,21 +148,20 @@ class StreamMapping:
             return [result, mirror_operation(self._mapper, result, self._mapper.last_timestamp)]
         return [result]
 
-    def _unchanged(self, answers: list[Answer]) -> list[int]:
-        """Change detection: the records whose every tracked operation is exactly what was last
-        delivered (one ledger query for the whole chunk)."""
+    def _unchanged(self, mapped: list[tuple[int, list[Operation]]]) -> set[int]:
+        """Change detection: the records (positions in `mapped`) whose every tracked operation
+        is exactly what was last delivered (one ledger query for the whole chunk)."""
         if self._ledger is None:
-            return []
-        keys = [op[2][0] for answer in answers if type(answer) is list for op in answer if op[2] is not None]
+            return set()
+        keys = [op.ledger[0] for _, ops in mapped for op in ops if op.ledger is not None]
         delivered = self._ledger.fingerprints(keys) if keys else None
         if not delivered:
-            return []
-        unchanged = []
-        for index, answer in enumerate(answers):
-            if type(answer) is list:
-                tracked = [op[2] for op in answer if op[2] is not None]
-                if tracked and all(delivered.get(key) == fingerprint for key, fingerprint in tracked):
-                    unchanged.append(index)
+            return set()
+        unchanged = set()
+        for at, (_, ops) in enumerate(mapped):
+            tracked = [op.ledger for op in ops if op.ledger is not None]
+            if tracked and all(delivered.get(key) == fingerprint for key, fingerprint in tracked):
+                unchanged.add(at)
         return unchanged
 
 
@@ -135,10 +181,8 @@ class InlineMapping:
         self._streams[key] = StreamMapping(self._settings, spec, self._event_names, self._ledger)
         return key
 
-    def submit(self, key: int, items: list[Item], on_answers: OnAnswers) -> None:
-        answers, unchanged = self._streams[key].map_chunk(items)
-        names, self._event_names[:] = list(self._event_names), []
-        on_answers(items, answers, unchanged, names)
+    def submit(self, key: int, items: list[Item], on_mapped: OnMapped) -> None:
+        on_mapped(items, self._streams[key].map_chunk(items))
 
     def drain(self) -> None:
         return None
@@ -170,7 +214,7 @@ class ProcessMapping:
         context = multiprocessing.get_context("fork")
         self._workers = [_Worker(context, settings, index) for index in range(workers)]
         atexit.register(self.close)  # before multiprocessing's own exit hook, which would wait for them
-        self._waiting: deque[tuple[_Worker, list[Item], OnAnswers]] = deque()
+        self._waiting: deque[tuple[_Worker, list[Item], OnMapped]] = deque()
         self._turn = 0
         self._opened = 0
 
@@ -181,14 +225,14 @@ class ProcessMapping:
             self._send(worker, ("open", key, spec))
         return key
 
-    def submit(self, key: int, items: list[Item], on_answers: OnAnswers) -> None:
+    def submit(self, key: int, items: list[Item], on_mapped: OnMapped) -> None:
         worker = self._workers[self._turn]
         self._turn = (self._turn + 1) % len(self._workers)
         while worker.in_flight >= IN_FLIGHT:
             self._answer_one()
         self._send(worker, ("map", key, items))
         worker.in_flight += 1
-        self._waiting.append((worker, items, on_answers))
+        self._waiting.append((worker, items, on_mapped))
         while self._waiting and self._waiting[0][0].conn.poll():
             self._answer_one()
 
@@ -214,7 +258,7 @@ class ProcessMapping:
             self._died(worker)
 
     def _answer_one(self) -> None:
-        worker, items, on_answers = self._waiting[0]
+        worker, items, on_mapped = self._waiting[0]
         try:
             reply = worker.conn.recv()
         except (EOFError, ConnectionError, OSError):
@@ -224,7 +268,7 @@ class ProcessMapping:
         if reply[0] == "failed":
             self._waiting.clear()
             raise _FAILURES.get(reply[1], TargetError)(reply[2])
-        on_answers(items, *reply[1:])
+        on_mapped(items, reply[1])
 
     def _died(self, worker: _Worker) -> t.NoReturn:
         worker.process.join(timeout=1)
@@ -264,7 +308,7 @@ def _serve(conn: t.Any, targets_end: t.Any, settings: Settings) -> None:
             if message[0] == "open":
                 keys[message[1]] = local.open(message[2])
                 continue
-            local.submit(keys[message[1]], message[2], lambda *answers: conn.send(("answers", *answers[1:])))
+            local.submit(keys[message[1]], message[2], lambda items, mapped: conn.send(("mapped", mapped)))
         except tuple(_FAILURES.values()) as exc:
             conn.send(("failed", next(kind for kind, error in _FAILURES.items() if isinstance(exc, error)), str(exc)))
         except Exception as exc:  # noqa: BLE001 - a bug must stop the run with its reason, not hang it

@@ -11,10 +11,8 @@ from singer_sdk.sinks import Sink
 
 from target_customerio.delivery import Packer
 from target_customerio.errors import ContractError
-from target_customerio.mapping import Operation, Rejected
-from target_customerio.mapping_worker import CHUNK, Answer, Item, StreamSpec
-
-_new_operation = tuple.__new__  # Operation(...) without the named tuple's Python-level __new__
+from target_customerio.mapping import Rejected
+from target_customerio.mapping_worker import CHUNK, Item, Mapped, StreamSpec
 
 if t.TYPE_CHECKING:
     from target_customerio.target import TargetCustomerIO
@@ -33,7 +31,8 @@ class CustomerIOSink(Sink):
         self._report = target.report
         self._tally = target.report.stream(stream_name)
         self._mapping = target.mapping
-        spec = StreamSpec(stream_name, schema, list(key_properties or []), target.started_at, target.ledger_scope(stream_name))
+        spec = StreamSpec(stream_name, schema, list(key_properties or []), target.started_at,
+                          target.ledger_scope(stream_name), target.delivery.shards)
         self._mapping_key = self._mapping.open(spec)
         self._chunk: list[Item] = []
         self._fail_on_violation = route.on_contract_violation == "fail"
@@ -82,37 +81,32 @@ class CustomerIOSink(Sink):
         self.record_counter_metric.increment(len(chunk))
         self._mapping.submit(self._mapping_key, chunk, self._account)
 
-    def _account(self, items: list[Item], answers: list[Answer], unchanged: list[int], event_names: list[tuple[str, str]]) -> None:
-        """Each record's answer, in the order the records came: its operations are packed (on
-        their person's delivery shard, so they never overtake each other), unless it is an
-        event already sent in this run (`duplicate`) or the ledger says it is `unchanged`; a
-        skip or a reject is counted."""
-        tally = self._tally
-        for raw, name in event_names:
+    def _account(self, items: list[Item], mapped: Mapped) -> None:
+        """A chunk's answer: its rejects and skips are counted, its operations packed on their
+        delivery shards (a person's always on the same one, in order), except an event that
+        another worker already sent in this run."""
+        tally, received = self._tally, self._tally.received
+        for raw, name in mapped.event_names:
             self._report.event_name(raw, name)
-        packers, shards, seen_events = self._packers, len(self._packers), self._seen_events
-        unchanged_at = set(unchanged)
-        skipped: Counter[str] = Counter()
-        for index, (item, answer) in enumerate(zip(items, answers)):
-            tally.received += 1  # one by one: max_reject_ratio is checked as records are counted
-            if type(answer) is list:
-                seen = answer[0][3] if answer else None
-                if seen is not None:
-                    if seen in seen_events:
-                        skipped["duplicate"] += 1
-                        continue
-                    seen_events.add(seen)
-                if index in unchanged_at:
-                    skipped["unchanged"] += 1
-                    continue
-                for body, shard_key, ledger, _ in answer:
-                    packers[hash(shard_key) % shards].add(_new_operation(Operation, (body, shard_key, item, ledger, None)))
-            elif type(answer) is str:
-                skipped[answer] += 1
-            else:
-                self._reject(item, Rejected(*answer))
-        for reason, count in skipped.items():
+        for index, reason, field, message, rule in mapped.rejects:
+            tally.received = received + index + 1  # as counted one by one: max_reject_ratio is checked here
+            self._reject(items[index], Rejected(reason, field, message, rule))
+        tally.received = received + len(items)
+        segments = mapped.segments
+        if self._seen_events.isdisjoint(mapped.event_keys):
+            self._seen_events.update(mapped.event_keys)
+        else:  # rare: an event repeated in chunks that different workers mapped
+            repeated = set()
+            for index, key in zip(mapped.event_items, mapped.event_keys):
+                if key in self._seen_events:
+                    repeated.add(index)
+                self._seen_events.add(key)
+            segments = {shard: segment.without_items(repeated) for shard, segment in segments.items()}
+            self._report.skip(self.stream_name, "duplicate", len(repeated))
+        for reason, count in mapped.skipped.items():
             self._report.skip(self.stream_name, reason, count)
+        for shard, segment in segments.items():
+            self._packers[shard].add_segment(segment._replace(items=items))
 
     def _reject(self, record: Item, rej: Rejected) -> None:
         if rej.reason == "contract_violation" and self._fail_on_violation:
