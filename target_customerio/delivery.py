@@ -137,7 +137,7 @@ class Packer:
         """Append the segment, cutting it between operations where a request is full."""
         while segment.count:
             comma = 1 if self._batch.segments else 0
-            room = self._limit - self._size - comma
+            room = self._limit - 1 - self._size - comma  # a request stays under the limit
             if len(segment.data) <= room:
                 self._batch.segments.append(segment)
                 self._size += len(segment.data) + comma
