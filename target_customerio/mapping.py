@@ -302,10 +302,9 @@ class Mapper:
         return name
 
 
-def _dumps(op: dict[str, Any]) -> bytes:
-    """orjson.dumps, in a bytes object of its own size: orjson's result keeps its whole output
-    buffer (4 KB or more for a 500-byte operation), and thousands of operations wait in batches."""
-    return memoryview(orjson.dumps(op)).tobytes()
+# orjson's result keeps its whole output buffer (4 KB or more for a 500-byte operation), but an
+# operation lives only until its chunk's segment joins it (mapping_worker.py).
+_dumps = orjson.dumps
 
 
 def encode_operation(op: dict[str, Any]) -> bytes:
