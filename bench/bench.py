@@ -36,6 +36,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -188,16 +189,43 @@ class Run:
 
 
 def run(cmd: list[str], stdin: Path, workdir: Path) -> Run:
-    """Run a process on a file; wall time and that process's own peak RSS (os.wait4's rusage)."""
+    """Run a process on a file: wall time; CPU time of it and its children (the mapping
+    workers; os.wait4's rusage); peak RSS of the whole process tree, summed (sampled every 20
+    ms), or the process's own peak (wait4) where that is larger."""
     out, err = workdir / "stdout", workdir / "stderr"
     with stdin.open("rb") as fin, out.open("wb") as fout, err.open("wb") as ferr:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=ferr, cwd=workdir)
+        peak = [0]
+        sampler = threading.Thread(target=_sample_tree_rss, args=(proc.pid, peak), daemon=True)
+        sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
+        sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
     cpu = usage.ru_utime + usage.ru_stime
-    return Run(wall, cpu, usage.ru_maxrss / 1024, proc.returncode, out.read_bytes(), err.read_bytes())
+    return Run(wall, cpu, max(peak[0] / 1024, usage.ru_maxrss / 1024), proc.returncode, out.read_bytes(), err.read_bytes())
+
+
+def _sample_tree_rss(pid: int, peak: list[int]) -> None:
+    """Peak of the summed RSS (KB) of `pid` and its descendants, until `pid` exits."""
+    while True:
+        total, todo = 0, [pid]
+        while todo:
+            current = todo.pop()
+            try:
+                status = Path(f"/proc/{current}/status").read_text()
+                children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+            except OSError:
+                if current == pid:
+                    return
+                continue
+            if current == pid and "State:\tZ" in status:
+                return
+            total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+            todo += [int(child) for child in children]
+        peak[0] = max(peak[0], total)
+        time.sleep(0.02)
 
 
 def run_target(sandbox: Sandbox, stdin: Path, workdir: Path, *, again: bool = False, **settings: Any) -> tuple[Run, dict]:
@@ -325,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
           f"load average {load:.2f} before / {os.getloadavg()[0]:.2f} after; change detection "
           f"{'off' if args.no_ledger else 'on (new ledger per first sync)'}.\n"
           "Baseline: a singer-sdk target whose sink does nothing, validation off, the SDK's reader "
-          "(MsgSpecReader over stdin bytes). Peak RSS and CPU are per process (wait4).\n")
+          "(MsgSpecReader over stdin bytes). Peak RSS is of the whole process tree (target + its mapping workers, summed); CPU includes the workers.\n")
     print(table(rows))
     if any(row.rejected_429 for row in rows):
         sys.exit("the sandbox answered 429: the client's own rate limit let too many requests through")
