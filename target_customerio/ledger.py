@@ -118,7 +118,6 @@ class SqliteLedger(_HeldWrites):
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA cache_size=-65536")  # 64 MB: a million entries stay in memory
         self._db.execute(_SCHEMA)
         self._full_resend = full_resend
 

@@ -23,6 +23,7 @@ MAX_ATTRIBUTES = 300
 MAX_EVENT_NAME_BYTES = 100
 MAX_UNIX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
 _MISSING = object()
+_new = tuple.__new__  # a named tuple without its Python-level __new__ (per operation)
 _fromisoformat = dt.datetime.fromisoformat
 _floor = math.floor
 
@@ -137,9 +138,9 @@ class Mapper:
         if len(body) > MAX_OPERATION_BYTES:
             raise Rejected("operation_too_large", None, f"operation is {len(body)} bytes; Customer.io takes at most {MAX_OPERATION_BYTES}")
         if self._ledger_seed is None:
-            return Operation(body, shard_key, record, None, seen)
+            return _new(Operation, (body, shard_key, record, None, seen))
         content = 0 if dedupe.startswith(("event:", "merge:")) else hash64(body)
-        return Operation(body, shard_key, record, (hash64(dedupe.encode(), self._ledger_seed), content), seen)
+        return _new(Operation, (body, shard_key, record, (hash64(dedupe.encode(), self._ledger_seed), content), seen))
 
     def identifier(self, record: dict[str, Any]) -> tuple[str, str]:
         """The route's identifier of a record: (type, value); raises Rejected."""
@@ -219,7 +220,7 @@ class Mapper:
 
     def check_contract(self, payload: dict[str, Any]) -> None:
         contract = self.route.contract
-        if contract is None:
+        if contract is None or contract.is_valid(payload):
             return
         violation = contract.check(payload)
         if violation:

@@ -139,7 +139,7 @@ class StreamMapping:
         return Mapped(segments, rejects, dict(skipped), event_items, event_keys, names)
 
     def _operations(self, record: dict, native: bool) -> list[Operation]:
-        if self._deletes_here and is_delete(record):
+        if self._deletes_here and ("_sdc_deleted_at" in record or "_sdc_operation_type" in record) and is_delete(record):
             return [delete_operation(self._mapper, record)]
         result = self._mapper.map(record, native)
         if type(result) is not Operation:

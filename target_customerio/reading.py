@@ -97,7 +97,7 @@ class SingerLineReader(MsgSpecReader):
                     pass  # decoded whole below, leniently
                 else:
                     raw = bytes(envelope.record)
-                    if envelope.type == "RECORD" and raw[:1] == b"{" and take_record(envelope.stream, raw):
+                    if envelope.type == "RECORD" and raw.startswith(b"{") and take_record(envelope.stream, raw):
                         counts["RECORD"] += 1
                         continue
             message = self._decode_message(line)

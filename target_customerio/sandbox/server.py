@@ -25,6 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import orjson
+
 from target_customerio.sandbox import page
 from target_customerio.sandbox.store import Store
 
@@ -544,7 +546,7 @@ def _phrase(status: int) -> str:
 
 def _json_object(body: bytes) -> dict:
     try:
-        data = json.loads(body or b"{}")
+        data = orjson.loads(body or b"{}")  # strict JSON, as Customer.io reads it: no NaN
     except ValueError:
         raise _error(400, "request body is not valid JSON") from None
     if not isinstance(data, dict):
