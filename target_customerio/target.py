@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
 import sys
@@ -27,6 +28,20 @@ from target_customerio.settings import CONFIG_SCHEMA, load_settings
 from target_customerio.sinks import CustomerIOSink, UnmappedSink
 
 
+def _one_malloc_arena() -> None:
+    """glibc gives each thread a malloc arena of its own: the delivery threads' 500 KB request
+    bodies and the ledger's writes then fragment several arenas, and the process grows with the
+    stream (120 MB -> 220 MB over a million records). One arena keeps it flat; Python allocates
+    under the GIL anyway. (The MALLOC_ARENA_MAX environment variable, set from inside.)"""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, 1)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
+_M_ARENA_MAX = -8
+
+
 class TargetCustomerIO(Target):
     """Singer target for Customer.io person updates and events."""
 
@@ -39,6 +54,7 @@ class TargetCustomerIO(Target):
         super().__init__(config=config, parse_env_config=parse_env_config, validate_config=validate_config, message_reader=message_reader)
         self.settings = load_settings(dict(self.config), Path.cwd())
         # First, while this process has no threads or connections: it may fork the mapper.
+        _one_malloc_arena()
         self.mapping = make_mapping(self.settings)
         self.message_reader.take_record = self._take_record
         # The SDK writes STATE only when all sinks drain; drain often enough that checkpoints keep up.
