@@ -14,7 +14,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from array import array
+from typing import Any, Callable, Iterator, NamedTuple
 
 import requests
 
@@ -30,31 +31,39 @@ _RETRY_CAP_SECONDS = 30.0
 _MAX_RETRY_AFTER_SECONDS = 300.0
 
 
+def triples(flat: array) -> Iterator[tuple[int, int, int]]:
+    """(a, b, c) for each three values of a flat array."""
+    values = iter(flat)
+    return zip(values, values, values)
+
+
 class Segment(NamedTuple):
     """Encoded operations of one chunk of records bound for one delivery shard, in order.
 
     `data` is their bodies joined by commas, as they go in a request; `ends[i]` is where the
     i-th body ends in it; `item_of[i]` is the record it came from (an index into `items`, the
-    chunk's records, raw JSON or decoded); `ledger` holds (position, key, fingerprint) of the
-    operations to record in the ledger once accepted. Mapping workers build segments, so the
-    target handles a few objects per chunk instead of several per operation.
+    chunk's records, raw JSON or decoded); `ledger` holds (position, key, fingerprint) triples,
+    flat, for the operations to record in the ledger once accepted. Mapping workers build
+    segments, and the arrays travel as plain bytes: the target handles a few objects per chunk
+    instead of several per operation.
     """
 
     data: bytes
-    ends: list[int]
-    item_of: list[int]
-    ledger: list[tuple[int, int, int]]
+    ends: array
+    item_of: array
+    ledger: array
     items: list[Any] | None = None
 
     @classmethod
     def of(cls, ops: list[Operation]) -> Segment:
         """A segment of operations built one by one (each its own item)."""
-        ends, at = [], -1
-        for op in ops:
+        ends, ledger, at = array("q"), array("q"), -1
+        for i, op in enumerate(ops):
             at += len(op.body) + 1
             ends.append(at)
-        ledger = [(i, *op.ledger) for i, op in enumerate(ops) if op.ledger is not None]
-        return cls(b",".join(op.body for op in ops), ends, list(range(len(ops))), ledger, [op.record for op in ops])
+            if op.ledger is not None:
+                ledger.extend((i, *op.ledger))
+        return cls(b",".join(op.body for op in ops), ends, array("q", range(len(ops))), ledger, [op.record for op in ops])
 
     @property
     def count(self) -> int:
@@ -65,7 +74,7 @@ class Segment(NamedTuple):
 
     def operations(self) -> list[Operation]:
         """The operations one by one (for the paths that need them: errors, dry runs)."""
-        entries = {i: (key, fingerprint) for i, key, fingerprint in self.ledger}
+        entries = {i: (key, fingerprint) for i, key, fingerprint in triples(self.ledger)}
         items = self.items or []
         return [Operation(self.body(i), "", items[self.item_of[i]] if items else None, entries.get(i)) for i in range(self.count)]
 
@@ -74,21 +83,27 @@ class Segment(NamedTuple):
         keep = [i for i, item in enumerate(self.item_of) if item not in drop]
         if len(keep) == self.count:
             return self
-        ends, at = [], -1
+        ends, ledger, at = array("q"), array("q"), -1
         for i in keep:
             at += len(self.body(i)) + 1
             ends.append(at)
         position = {old: new for new, old in enumerate(keep)}
-        ledger = [(position[i], key, fp) for i, key, fp in self.ledger if i in position]
-        return Segment(b",".join(self.body(i) for i in keep), ends, [self.item_of[i] for i in keep], ledger, self.items)
+        for i, key, fp in triples(self.ledger):
+            if i in position:
+                ledger.extend((position[i], key, fp))
+        return Segment(b",".join(self.body(i) for i in keep), ends, array("q", (self.item_of[i] for i in keep)), ledger, self.items)
 
     def split(self, count: int) -> tuple[Segment, Segment]:
         """The first `count` operations, and the rest."""
         cut = self.ends[count - 1]
-        head = Segment(self.data[:cut], self.ends[:count], self.item_of[:count],
-                       [e for e in self.ledger if e[0] < count], self.items)
-        tail = Segment(self.data[cut + 1:], [end - cut - 1 for end in self.ends[count:]], self.item_of[count:],
-                       [(i - count, key, fp) for i, key, fp in self.ledger if i >= count], self.items)
+        first, rest = array("q"), array("q")
+        for i, key, fp in triples(self.ledger):
+            if i < count:
+                first.extend((i, key, fp))
+            else:
+                rest.extend((i - count, key, fp))
+        head = Segment(self.data[:cut], self.ends[:count], self.item_of[:count], first, self.items)
+        tail = Segment(self.data[cut + 1:], array("q", (end - cut - 1 for end in self.ends[count:])), self.item_of[count:], rest, self.items)
         return head, tail
 
 
@@ -117,7 +132,7 @@ class Batch:
         """The ledger entries of the operations not `rejected` (indexes in the request)."""
         entries, offset = [], 0
         for segment in self.segments:
-            entries += [(key, fp) for i, key, fp in segment.ledger if offset + i not in rejected]
+            entries += [(key, fp) for i, key, fp in triples(segment.ledger) if offset + i not in rejected]
             offset += segment.count
         return entries
 

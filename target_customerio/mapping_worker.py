@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 import typing as t
+from array import array
 from collections import Counter, deque
 from dataclasses import dataclass
 
@@ -119,7 +120,7 @@ class StreamMapping:
             mapped.append((index, ops))
         unchanged = self._unchanged(mapped)
         shards = self._shards
-        parts: list[tuple[list[bytes], list[int], list[int], list[tuple[int, int, int]]]] = [([], [], [], []) for _ in range(shards)]
+        parts: list[tuple[list[bytes], array, array, array]] = [([], array("q"), array("q"), array("q")) for _ in range(shards)]
         for at, (index, ops) in enumerate(mapped):
             if at in unchanged:
                 skipped["unchanged"] += 1
@@ -130,7 +131,7 @@ class StreamMapping:
             for op in ops:
                 bodies, ends, item_of, ledger = parts[hash(op.shard_key) % shards]
                 if op.ledger is not None:
-                    ledger.append((len(bodies), *op.ledger))
+                    ledger.extend((len(bodies), *op.ledger))
                 ends.append((ends[-1] if ends else -1) + len(op.body) + 1)
                 bodies.append(op.body)
                 item_of.append(index)
