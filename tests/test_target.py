@@ -259,3 +259,14 @@ def test_records_mapped_in_parallel_land_in_order_and_each_event_once(sandbox, t
     assert {p["id"]: p["attributes"]["orders_count"] for p in sandbox.people()} == {f"C{n:03}": 1550 + n for n in range(50)}
     assert run.report["streams"][ORDERS]["skipped_by_reason"] == {"duplicate": 1400}
     assert run.states == [{"done": 1}]
+
+
+def test_stream_maps_still_apply_through_the_sdk_path(sandbox, tmp_path):
+    """Records of a stream with stream maps skip the direct path: the SDK maps them first."""
+    config = target_config(sandbox.url, tmp_path, ROUTES, stream_maps={CUSTOMERS: {"orders_count": "orders_count * 10", "email": "__NULL__"}})
+    run = run_target(config, [CUSTOMER_SCHEMA, customer(1, orders_count=3), customer(2, orders_count=4), state({"n": 1})], tmp_path)
+    assert run.returncode == 0, run.stderr
+    people = {p["id"]: p["attributes"] for p in sandbox.people()}
+    assert {pid: attrs["orders_count"] for pid, attrs in people.items()} == {"C001": 30, "C002": 40}
+    assert all("email" not in attrs for attrs in people.values())
+    assert run.states == [{"n": 1}]
