@@ -183,7 +183,10 @@ class InlineMapping:
         return key
 
     def submit(self, key: int, items: list[Item], on_mapped: OnMapped) -> None:
-        on_mapped(items, self._streams[key].map_chunk(items))
+        on_mapped(items, self.map(key, items))
+
+    def map(self, key: int, items: list[Item]) -> Mapped:
+        return self._streams[key].map_chunk(items)
 
     def drain(self) -> None:
         return None
@@ -305,15 +308,21 @@ def _serve(conn: t.Any, targets_end: t.Any, settings: Settings) -> None:
     local = InlineMapping(settings)
     keys: dict[int, int] = {}
     while (message := inbox.get()) is not None:
+        reply: tuple | None = None
         try:
             if message[0] == "open":
                 keys[message[1]] = local.open(message[2])
-                continue
-            local.submit(keys[message[1]], message[2], lambda items, mapped: conn.send(("mapped", mapped)))
+            else:
+                reply = ("mapped", local.map(keys[message[1]], message[2]))
         except tuple(_FAILURES.values()) as exc:
-            conn.send(("failed", next(kind for kind, error in _FAILURES.items() if isinstance(exc, error)), str(exc)))
+            reply = ("failed", next(kind for kind, error in _FAILURES.items() if isinstance(exc, error)), str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug must stop the run with its reason, not hang it
-            conn.send(("failed", "bug", f"mapping failed unexpectedly: {type(exc).__name__}: {exc}"))
+            reply = ("failed", "bug", f"mapping failed unexpectedly: {type(exc).__name__}: {exc}")
+        if reply is not None:
+            try:
+                conn.send(reply)
+            except OSError:
+                break  # the target is gone (it stopped on an error): nothing to answer
     local.close()
 
 

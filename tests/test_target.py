@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -270,3 +272,37 @@ def test_stream_maps_still_apply_through_the_sdk_path(sandbox, tmp_path):
     assert {pid: attrs["orders_count"] for pid, attrs in people.items()} == {"C001": 30, "C002": 40}
     assert all("email" not in attrs for attrs in people.values())
     assert run.states == [{"n": 1}]
+
+
+def test_a_killed_mapping_worker_stops_the_run_with_one_line_and_no_state(sandbox, tmp_path):
+    """A mapping process killed from outside (the OOM killer): the run stops, says so in one
+    line, exits 1, and writes no STATE for records it could not map."""
+    config = target_config(sandbox.url, tmp_path, ROUTES, mapping_workers=2)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    proc = subprocess.Popen([TARGET, "--config", str(tmp_path / "config.json")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, text=True)
+    proc.stdin.write("".join(json.dumps(m) + "\n" for m in [CUSTOMER_SCHEMA, *(customer(n) for n in range(2000))]))
+    proc.stdin.flush()
+    deadline = time.monotonic() + 30
+    while len(workers := _children(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(workers) == 2
+    time.sleep(0.5)
+    os.kill(workers[-1], signal.SIGKILL)
+    try:
+        proc.stdin.write("".join(json.dumps(m) + "\n" for m in [*(customer(n) for n in range(2000, 5000)), state({"n": 1})]))
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # it already stopped: the dead worker still owed it answers
+    stdout, stderr = proc.stdout.read(), proc.stderr.read()
+    proc.wait(timeout=60)
+    assert proc.returncode == 1, stderr
+    assert "a mapping process stopped unexpectedly (exit code -9)" in stderr and "Traceback" not in stderr
+    assert stdout == ""
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
