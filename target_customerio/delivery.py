@@ -56,14 +56,11 @@ class Segment(NamedTuple):
 
     @classmethod
     def of(cls, ops: list[Operation]) -> Segment:
-        """A segment of operations built one by one (each its own item)."""
-        ends, ledger, at = array("q"), array("q"), -1
+        """A segment of the given operations, each its own item."""
+        builder = SegmentBuilder()
         for i, op in enumerate(ops):
-            at += len(op.body) + 1
-            ends.append(at)
-            if op.ledger is not None:
-                ledger.extend((i, *op.ledger))
-        return cls(b",".join(op.body for op in ops), ends, array("q", range(len(ops))), ledger, [op.record for op in ops])
+            builder.add(op.body, i, op.ledger)
+        return builder.segment([op.record for op in ops])
 
     @property
     def count(self) -> int:
@@ -72,26 +69,24 @@ class Segment(NamedTuple):
     def body(self, i: int) -> bytes:
         return self.data[self.ends[i - 1] + 1 if i else 0:self.ends[i]]
 
+    def ledger_at(self) -> dict[int, tuple[int, int]]:
+        """Position -> (key, fingerprint), for the operations the ledger tracks."""
+        return {i: (key, fingerprint) for i, key, fingerprint in triples(self.ledger)}
+
     def operations(self) -> list[Operation]:
         """The operations one by one (for the paths that need them: errors, dry runs)."""
-        entries = {i: (key, fingerprint) for i, key, fingerprint in triples(self.ledger)}
-        items = self.items or []
+        entries, items = self.ledger_at(), self.items or []
         return [Operation(self.body(i), "", items[self.item_of[i]] if items else None, entries.get(i)) for i in range(self.count)]
 
     def without_items(self, drop: set[int]) -> Segment:
         """The segment without the operations of the records (indexes in `items`) in `drop`."""
-        keep = [i for i, item in enumerate(self.item_of) if item not in drop]
-        if len(keep) == self.count:
+        if not drop.intersection(self.item_of):
             return self
-        ends, ledger, at = array("q"), array("q"), -1
-        for i in keep:
-            at += len(self.body(i)) + 1
-            ends.append(at)
-        position = {old: new for new, old in enumerate(keep)}
-        for i, key, fp in triples(self.ledger):
-            if i in position:
-                ledger.extend((position[i], key, fp))
-        return Segment(b",".join(self.body(i) for i in keep), ends, array("q", (self.item_of[i] for i in keep)), ledger, self.items)
+        builder, entries = SegmentBuilder(), self.ledger_at()
+        for i, item in enumerate(self.item_of):
+            if item not in drop:
+                builder.add(self.body(i), item, entries.get(i))
+        return builder.segment(self.items)
 
     def split(self, count: int) -> tuple[Segment, Segment]:
         """The first `count` operations, and the rest."""
@@ -105,6 +100,25 @@ class Segment(NamedTuple):
         head = Segment(self.data[:cut], self.ends[:count], self.item_of[:count], first, self.items)
         tail = Segment(self.data[cut + 1:], array("q", (end - cut - 1 for end in self.ends[count:])), self.item_of[count:], rest, self.items)
         return head, tail
+
+
+class SegmentBuilder:
+    """Collects encoded operations in order; `segment()` joins them into one Segment."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self._ends, self._item_of, self._ledger, self._end = array("q"), array("q"), array("q"), -1
+
+    def add(self, body: bytes, item: int, ledger: tuple[int, int] | None) -> None:
+        if ledger is not None:
+            self._ledger.extend((len(self.bodies), *ledger))
+        self._end += len(body) + 1
+        self._ends.append(self._end)
+        self._item_of.append(item)
+        self.bodies.append(body)
+
+    def segment(self, items: list[Any] | None = None) -> Segment:
+        return Segment(b",".join(self.bodies), self._ends, self._item_of, self._ledger, items)
 
 
 @dataclass

@@ -7,8 +7,8 @@ look them up in the ledger, and answer with the encoded operations packed per de
 and their answers are taken in the order the chunks were sent, so the sink packs every record
 in the order it came, handling a few objects per chunk rather than several per record.
 
-An event seen twice in a run is sent once: each worker skips the repeats it sees, and the sink
-drops an event another worker already sent (see `CustomerIOSink._account`). What a worker
+An event seen twice in a run is sent once: each worker skips the repeats among the events it
+sent last, and the sink drops any other (see `CustomerIOSink._account`). What a worker
 learns (columns, event names) every worker learns the same way.
 
 With `mapping_workers: 0`, or where `fork` is not available, the same work runs in the
@@ -25,14 +25,13 @@ import signal
 import sys
 import threading
 import typing as t
-from array import array
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
 from singer_sdk.exceptions import MissingKeyPropertiesError
 
 from target_customerio.errors import ConfigError, InputError, TargetError
-from target_customerio.delivery import Segment
+from target_customerio.delivery import Segment, SegmentBuilder
 from target_customerio.ledger import Ledger, NoLedger, open_ledger
 from target_customerio.lifecycle import MAPPERS, delete_operation, is_delete, mirror_operation
 from target_customerio.mapping import Operation, Rejected, Skipped
@@ -41,6 +40,9 @@ from target_customerio.settings import Settings
 
 CHUNK = 500  # records a sink sends a worker at once
 IN_FLIGHT = 3  # chunks sent to one worker and not yet answered, at most (bounds memory)
+# A worker skips an event repeated among the last 20,000 it sent (the rows of one order come
+# together); the sink, which keeps every event of the run, drops any other repeat.
+RECENT_EVENTS = 20_000
 
 Item = t.Union[bytes, dict]  # a record's raw JSON (the direct path) or a record the SDK decoded
 
@@ -89,7 +91,7 @@ class StreamMapping:
         self._deletes_here = route.kind in ("person", "event")  # objects map their own deletes
         self._mirror = route.mirror_to_attribute
         self._ledger = None if isinstance(ledger, NoLedger) else ledger
-        self._seen: set[int] = set()  # dedupe keys of the events this worker sent: small at 1M events
+        self._recent: OrderedDict[int, None] = OrderedDict()  # dedupe keys of the last events this worker sent
         self._event_names = event_names
 
     def map_chunk(self, items: list[Item]) -> Mapped:
@@ -113,14 +115,16 @@ class StreamMapping:
                 continue
             seen = ops[0].seen
             if seen is not None:  # an event: sent once a run, whatever its rows
-                if seen in self._seen:
+                if seen in self._recent:
                     skipped["duplicate"] += 1
                     continue
-                self._seen.add(seen)
+                self._recent[seen] = None
+                if len(self._recent) > RECENT_EVENTS:
+                    self._recent.popitem(last=False)
             mapped.append((index, ops))
         unchanged = self._unchanged(mapped)
         shards = self._shards
-        parts: list[tuple[list[bytes], array, array, array]] = [([], array("q"), array("q"), array("q")) for _ in range(shards)]
+        parts = [SegmentBuilder() for _ in range(shards)]
         for at, (index, ops) in enumerate(mapped):
             if at in unchanged:
                 skipped["unchanged"] += 1
@@ -129,13 +133,8 @@ class StreamMapping:
                 event_items.append(index)
                 event_keys.append(ops[0].seen)
             for op in ops:
-                bodies, ends, item_of, ledger = parts[hash(op.shard_key) % shards]
-                if op.ledger is not None:
-                    ledger.extend((len(bodies), *op.ledger))
-                ends.append((ends[-1] if ends else -1) + len(op.body) + 1)
-                bodies.append(op.body)
-                item_of.append(index)
-        segments = {shard: Segment(b",".join(bodies), ends, item_of, ledger) for shard, (bodies, ends, item_of, ledger) in enumerate(parts) if bodies}
+                parts[hash(op.shard_key) % shards].add(op.body, index, op.ledger)
+        segments = {shard: part.segment() for shard, part in enumerate(parts) if part.bodies}
         names, self._event_names[:] = list(self._event_names), []
         return Mapped(segments, rejects, dict(skipped), event_items, event_keys, names)
 

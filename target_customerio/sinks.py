@@ -95,7 +95,7 @@ class CustomerIOSink(Sink):
         segments = mapped.segments
         if self._seen_events.isdisjoint(mapped.event_keys):
             self._seen_events.update(mapped.event_keys)
-        else:  # rare: an event repeated in chunks that different workers mapped
+        else:  # rare: an event repeated far apart, or in chunks that different workers mapped
             repeated = set()
             for index, key in zip(mapped.event_items, mapped.event_keys):
                 if key in self._seen_events:
