@@ -38,7 +38,7 @@ def scope_seed(scope: str) -> int:
 
 
 _LOOKUP_CHUNK = 500  # keys per query: under SQLite's smallest limit on bound parameters (999)
-_WRITE_BATCH = 100_000  # accepted entries held before they are written in one transaction
+_WRITE_BATCH = 20_000  # accepted entries held before they are written in one transaction
 
 
 class Ledger(Protocol):
@@ -79,11 +79,11 @@ class NoLedger:
 
 class _HeldWrites:
     """Accepted entries, held and written in one statement per `flush` (the target flushes
-    before each STATE) or per 100,000 entries, in key order: keys are random, so a transaction
-    per request would rewrite most of the table's pages every time. The rows travel as one JSON
-    text that the database unpacks and sorts (the later entry for a key wins), not as bound
-    tuples. An entry lost in a crash costs a re-send, never a missed update. Thread-safe:
-    delivery threads record."""
+    before each STATE) or per 20,000 entries (so writing overlaps the mapping rather than all
+    waiting for the end), in key order: keys are random, so a transaction per request would
+    rewrite most of the table's pages every time. The rows travel as one JSON text that the
+    database unpacks and sorts (the later entry for a key wins), not as bound tuples. An entry
+    lost in a crash costs a re-send, never a missed update. Thread-safe: delivery threads record."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
