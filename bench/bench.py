@@ -12,12 +12,12 @@ What it does:
    numerics, booleans, an email, a small jsonb column) and `public-order_placed_events` (the
    dirty view, one row per line item, deduplicated by order_id). Files are generated once into
    the temp directory and reused (they are deterministic).
-2. For each stream, runs (a) the no-op baseline (bench/noop_target.py: validation off, same
-   msgspec reader) and (b) the real `target-customerio` process with the built-in contracts and
+2. For each stream, runs (a) the no-op baseline (bench/noop_target.py: validation off, the
+   SDK's msgspec reader) and (b) the real `target-customerio` process with the built-in contracts and
    its default settings (change detection on, with a new ledger), into a local sandbox Track API
    (store=False, validate=False: nothing checked or stored, it accepts as fast as it can). For
-   the person stream, (b') the same sync again: every row unchanged, nothing sent. Wall time,
-   CPU time is measured with os.wait4 (the process and its mapping workers); peak memory is
+   the person stream, (b') the same sync again: every row unchanged, nothing sent. Wall time
+   and CPU time are measured with os.wait4 (the process and its mapping workers); peak memory is
    sampled every 20 ms over the process tree: the sum of RSS (pages shared by the forked
    workers counted once per process) and the sum of PSS (shared pages divided among them).
 3. (c) 1,000,000 person records (--rate-limit-records) against a sandbox that allows 100

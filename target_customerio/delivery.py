@@ -159,9 +159,6 @@ class Packer:
         self._batch = Batch(stream)
         self._size = _ENVELOPE
 
-    def add(self, op: Operation) -> None:
-        self.add_segment(Segment.of([op]))
-
     def add_segment(self, segment: Segment) -> None:
         """Append the segment, cutting it between operations where a request is full."""
         while segment.count:

@@ -257,14 +257,14 @@ class ProcessMapping:
     def _send(self, worker: _Worker, message: tuple) -> None:
         try:
             worker.conn.send(message)
-        except (BrokenPipeError, ConnectionError, EOFError, OSError):
+        except (EOFError, OSError):  # a closed or broken pipe
             self._died(worker)
 
     def _answer_one(self) -> None:
         worker, items, on_mapped = self._waiting[0]
         try:
             reply = worker.conn.recv()
-        except (EOFError, ConnectionError, OSError):
+        except (EOFError, OSError):
             self._died(worker)
         self._waiting.popleft()
         worker.in_flight -= 1
@@ -329,5 +329,5 @@ def _receive(conn: t.Any, inbox: queue.SimpleQueue) -> None:
     try:
         while True:
             inbox.put(conn.recv())
-    except (EOFError, ConnectionError, OSError):
+    except (EOFError, OSError):
         inbox.put(None)  # the target closed the pipe: the end

@@ -53,15 +53,20 @@ def lenient_decode(line: str | bytes) -> t.Any:
     return json.loads(text, parse_float=Decimal, parse_constant=Decimal)
 
 
+def _decode_any(data: str | bytes) -> tuple[t.Any, bool]:
+    """The value, and whether the strict decoder read it (else the lenient one did). Raises
+    ValueError (json.JSONDecodeError) or RecursionError when neither can."""
+    try:
+        return _decode(data), True
+    except _STRICT_ERRORS:
+        return lenient_decode(data), False
+
+
 def decode_record(raw: bytes) -> tuple[t.Any, bool]:
     """A record's value, and whether it is native: only what a strict JSON decoder returns
     (str, int, finite float, bool, None, list, dict), which the mapper sends unwalked."""
     try:
-        return _decode(raw), True
-    except _STRICT_ERRORS:
-        pass
-    try:
-        return lenient_decode(raw), False
+        return _decode_any(raw)
     except RecursionError:
         raise InputError("a record is nested too deeply to read") from None
     except ValueError as exc:
@@ -116,14 +121,11 @@ class SingerLineReader(MsgSpecReader):
 
     def _decode_message(self, line: str | bytes) -> dict:
         try:
-            message = _decode(line)
-        except _STRICT_ERRORS:
-            try:
-                message = lenient_decode(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"input line {self.line_number} is not valid JSON: {exc.msg} at column {exc.colno}") from None
-            except RecursionError:
-                raise InputError(f"input line {self.line_number} is nested too deeply to read") from None
+            message, _ = _decode_any(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"input line {self.line_number} is not valid JSON: {exc.msg} at column {exc.colno}") from None
+        except RecursionError:
+            raise InputError(f"input line {self.line_number} is nested too deeply to read") from None
         if type(message) is not dict:
             raise InputError(f"input line {self.line_number} is not a JSON object")
         return message

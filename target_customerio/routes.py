@@ -40,7 +40,6 @@ class Contract:
             raise ConfigError(f"contract {source} is not a valid JSON Schema")
         self.source = source
         self._validator = jsonschema_rs.Draft202012Validator(schema)
-        self.is_valid = self._validator.is_valid  # the per-record check: compiled, no Python around it
 
     def check(self, payload: dict[str, Any]) -> Violation | None:
         """None when the payload conforms, else the first violation."""

@@ -17,6 +17,7 @@ from target_customerio.mapping_worker import CHUNK, Item, Mapped, StreamSpec
 if t.TYPE_CHECKING:
     from target_customerio.target import TargetCustomerIO
 
+
 class CustomerIOSink(Sink):
     """Sends records to be mapped, packs their operations; full batches go to delivery at once.
 
@@ -46,7 +47,8 @@ class CustomerIOSink(Sink):
         """The SDK's per-record validation is off: contracts check what is actually sent."""
         return None
 
-    # The SDK calls the next three for every record: the same outcome, with less work.
+    # On the SDK's path (stream maps, flattening, record metadata) the SDK calls the next three
+    # for every record: the same outcome, with less work.
 
     def _validate_and_parse(self, record: dict) -> dict:
         """No SDK validation (see above) and no SDK date parsing: the mapper parses dates and

@@ -157,17 +157,8 @@ class TargetCustomerIO(Target):
         sink = self._direct.get(stream)
         if sink is None:
             return False
-        self._busy = True
-        try:
-            sink.receive(raw)
-        finally:
-            self._busy = False
-        if self._terminating:
-            raise Terminated("stopped by signal after delivering what was received")
-        now = time.monotonic()
-        if now >= self._next_age_check:  # the SDK's check reads the clock and a config proxy: not for every record
-            self._next_age_check = now + self._age_check_every
-            self._handle_max_record_age()  # drains and writes STATE every checkpoint_interval_seconds
+        self._guarded(sink.receive, raw)
+        self._checkpoint_if_due()
         return True
 
     def _process_record_message(self, message_dict: dict) -> None:
@@ -177,6 +168,14 @@ class TargetCustomerIO(Target):
             self._guarded(super()._process_record_message, message_dict)  # maps, or the SDK's error
         else:
             self._guarded(sink.receive, record)  # a line only the lenient decoder could read
+            self._checkpoint_if_due()
+
+    def _checkpoint_if_due(self) -> None:
+        """Drain and write STATE every checkpoint_interval_seconds. The SDK's check reads the
+        clock and a config proxy; it runs a few times an interval, not for every record."""
+        now = time.monotonic()
+        if now >= self._next_age_check:
+            self._next_age_check = now + self._age_check_every
             self._handle_max_record_age()
 
     def _process_schema_message(self, message_dict: dict) -> None:
@@ -185,10 +184,10 @@ class TargetCustomerIO(Target):
     def _process_state_message(self, message_dict: dict) -> None:
         self._guarded(super()._process_state_message, message_dict)
 
-    def _guarded(self, handle: t.Callable[[dict], None], message_dict: dict) -> None:
+    def _guarded(self, handle: t.Callable[[t.Any], None], message: t.Any) -> None:
         self._busy = True
         try:
-            handle(message_dict)
+            handle(message)
         finally:
             self._busy = False
         if self._terminating:

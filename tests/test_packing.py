@@ -18,7 +18,7 @@ def test_batches_stay_under_the_limit_and_keep_every_operation_in_order():
     packer = Packer("s", sent.append)
     items = ops(5000, 700)
     for item in items:
-        packer.add(item)
+        packer.add_segment(Segment.of([item]))
     packer.flush()
     bodies = [b.body() for b in sent]
     assert all(len(body) < MAX_REQUEST_BYTES for body in bodies)
