@@ -226,5 +226,7 @@ def test_sandbox_without_validation_accepts_and_counts_every_operation():
         body = {"batch": [{"type": "person", "action": "identify"}, {"not": "checked"}]}
         assert http.post(f"{sandbox.url}/api/v2/batch", json=body).status_code == 200
         assert http.post(f"{sandbox.url}/api/v2/batch", data=b"not json").status_code == 400
-        assert [r["ops"] for r in sandbox.requests()] == [2, 0]
+        assert http.post(f"{sandbox.url}/api/v2/batch", data=b'{"batch": [{"a": 1}, {"b": ]}').status_code == 400
+        assert http.post(f"{sandbox.url}/api/v2/batch", json={"batch": {"not": "a list"}}).status_code == 400
+        assert [r["ops"] for r in sandbox.requests()] == [2, 0, 0, 0]
         assert sandbox.people() == [] and sandbox.events() == []
