@@ -42,7 +42,7 @@ class Segment(NamedTuple):
 
     `data` is their bodies joined by commas, as they go in a request; `ends[i]` is where the
     i-th body ends in it; `item_of[i]` is the record it came from (an index into `items`, the
-    chunk's records, raw JSON or decoded); `ledger` holds (position, key, fingerprint) triples,
+    chunk's records, RECORD lines or decoded); `ledger` holds (position, key, fingerprint) triples,
     flat, for the operations to record in the ledger once accepted. Mapping workers build
     segments, and the arrays travel as plain bytes: the target handles a few objects per chunk
     instead of several per operation.

@@ -1,7 +1,7 @@
 """Mapping off the reader's thread: records are decoded and mapped in worker processes.
 
-The reader decodes only each line's envelope and hands the record's raw bytes to its sink; the
-sink sends them in chunks to the workers, which decode and map them (mapping.py, lifecycle.py),
+The reader hands a stream's RECORD lines to its sink whole and undecoded; the sink sends them
+in chunks to the workers, which decode and map them (mapping.py, lifecycle.py),
 look them up in the ledger, and answer with the encoded operations packed per delivery shard
 (`Segment`), and why each other record is rejected or skipped. Chunks go to the workers in turn
 and their answers are taken in the order the chunks were sent, so the sink packs every record
@@ -44,7 +44,7 @@ IN_FLIGHT = 3  # chunks sent to one worker and not yet answered, at most (bounds
 # together); the sink, which keeps every event of the run, drops any other repeat.
 RECENT_EVENTS = 20_000
 
-Item = t.Union[bytes, dict]  # a record's raw JSON (the direct path) or a record the SDK decoded
+Item = t.Union[bytes, dict]  # a RECORD line, whole (the direct path), or a record the SDK decoded
 
 
 @dataclass
@@ -101,7 +101,7 @@ class StreamMapping:
         event_items: list[int] = []
         event_keys: list[int] = []
         for index, item in enumerate(items):
-            record, native = decode_record(item) if type(item) is bytes else (item, False)
+            record, native = decode_record(item, self._stream) if type(item) is bytes else (item, False)
             for key in self._key_properties:
                 if key not in record:
                     raise MissingKeyPropertiesError(f"{self._stream}: a record has no key property {key!r} (key_properties: {self._key_properties})")

@@ -1,13 +1,17 @@
 """Reading Singer messages from stdin: fast for the common line, lenient for odd ones.
 
-A RECORD line is decoded only down to its envelope (type, stream, and the record's raw bytes);
-the record itself is decoded where it is mapped (see mapping_worker.py). Every other message
-is decoded whole and handed to the SDK's handlers.
+A RECORD line of a stream the target maps directly goes to that stream's sink whole and
+undecoded: the reader only matches the start of the line, as taps write it, against the last
+such stream's (`{"type":"RECORD","stream":"<name>","record":{`). It is decoded where it is
+mapped (see mapping_worker.py). Every other message is decoded whole and handed to the SDK's
+handlers.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import sys
 import typing as t
 from collections import Counter
@@ -32,13 +36,16 @@ def _json_number(text: str) -> int | float:
 _decode = msgspec.json.Decoder(float_hook=_json_number).decode
 
 
-class _Envelope(msgspec.Struct):
+class _RecordLine(msgspec.Struct):
     type: str = ""
     stream: str = ""
-    record: msgspec.Raw = msgspec.Raw(b"")
+    record: t.Any = None
 
 
-_decode_envelope = msgspec.json.Decoder(_Envelope).decode
+_decode_record_line = msgspec.json.Decoder(_RecordLine, float_hook=_json_number).decode
+# The start of a RECORD line as singer-sdk taps (compact) and singer-python taps (", ", ": ")
+# write it, up to the record's opening brace; the stream name in plain ASCII, unescaped.
+_RECORD_START = re.compile(rb'\{"type": ?"RECORD", ?"stream": ?"([\x20-\x21\x23-\x5b\x5d-\x7e]+)", ?"record": ?\{')
 _STRICT_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
@@ -62,49 +69,66 @@ def _decode_any(data: str | bytes) -> tuple[t.Any, bool]:
         return lenient_decode(data), False
 
 
-def decode_record(raw: bytes) -> tuple[t.Any, bool]:
-    """A record's value, and whether it is native: only what a strict JSON decoder returns
-    (str, int, finite float, bool, None, list, dict), which the mapper sends unwalked."""
+def decode_record(line: bytes, stream: str) -> tuple[dict, bool]:
+    """The record of a RECORD line of `stream` that the reader passed on whole, and whether it
+    is native: only what a strict JSON decoder returns (str, int, finite float, bool, None,
+    list, dict), which the mapper sends unwalked."""
     try:
-        return _decode_any(raw)
-    except RecursionError:
-        raise InputError("a record is nested too deeply to read") from None
-    except ValueError as exc:
-        raise InputError(f"a record is not valid JSON: {exc}") from None
+        message, native = _decode_record_line(line), True
+    except _STRICT_ERRORS:
+        try:
+            decoded, native = lenient_decode(line), False
+        except RecursionError:
+            raise InputError(f"a {stream} record is nested too deeply to read") from None
+        except ValueError as exc:
+            raise InputError(f"a {stream} record is not valid JSON: {exc}") from None
+        message = _RecordLine(decoded.get("type", ""), decoded.get("stream", ""), decoded.get("record"))
+    if message.type != "RECORD" or message.stream != stream or type(message.record) is not dict:
+        raise InputError(f"a {stream} RECORD line repeats its type, stream or record key with another value")
+    return message.record, native
+
+
+def _byte_lines(lines: t.IO[t.Any]) -> t.Iterable[bytes]:
+    """Lines as bytes: stdin's buffer is read as it is; a text stream (the SDK's test runner
+    passes one) is encoded."""
+    if isinstance(lines, io.TextIOBase):
+        return (line.encode("utf-8", "surrogatepass") for line in lines)
+    return lines
 
 
 class SingerLineReader(MsgSpecReader):
     """msgspec reader over raw bytes: fast, and a bad line is one clear error, not a traceback.
 
-    `take_record(stream, raw)`, when set, is offered each RECORD line's raw record first (the
-    target's direct path); it returns False for a stream the SDK must handle.
+    `record_taker(stream)`, when set, gives the function that takes a stream's RECORD lines
+    whole (the target's direct path), or None for a stream the SDK must handle.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.line_number = 0
-        self.take_record: t.Callable[[str, bytes], bool] | None = None
+        self.record_taker: t.Callable[[str], t.Callable[[bytes], None] | None] | None = None
 
     @property
     def default_input(self) -> t.IO[t.Any]:  # type: ignore[override]
         return sys.stdin.buffer
 
     def process_lines(self, file_input: t.IO[t.Any] | None, callbacks: dict[str, t.Callable[[dict], None]]) -> Counter[str]:
-        """The SDK's loop, without its per-line bookkeeping, and RECORD lines decoded lazily."""
+        """The SDK's loop, without its per-line bookkeeping, and direct RECORD lines undecoded."""
         counts: dict[str, int] = dict.fromkeys(callbacks, 0)
-        take_record = self.take_record
-        for line in file_input or self.default_input:
+        start, take = b"", None  # the start of the last direct stream's RECORD lines, and its taker
+        for line in _byte_lines(file_input or self.default_input):
             self.line_number += 1
-            if take_record is not None:
-                try:
-                    envelope = _decode_envelope(line)
-                except _STRICT_ERRORS:
-                    pass  # decoded whole below, leniently
-                else:
-                    raw = bytes(envelope.record)
-                    if envelope.type == "RECORD" and raw.startswith(b"{") and take_record(envelope.stream, raw):
-                        counts["RECORD"] += 1
-                        continue
+            if take is not None and line.startswith(start):
+                take(line)
+                counts["RECORD"] += 1
+                continue
+            take = None  # any other message may change the streams' sinks
+            match = _RECORD_START.match(line) if self.record_taker is not None else None
+            if match is not None and (taker := self.record_taker(match.group(1).decode())) is not None:  # type: ignore[misc]
+                start, take = match.group(0), taker
+                take(line)
+                counts["RECORD"] += 1
+                continue
             message = self._decode_message(line)
             kind = message.get("type")
             callback = callbacks.get(kind)  # type: ignore[arg-type]

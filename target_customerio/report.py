@@ -73,9 +73,9 @@ class RunReport:
 
     def reject(self, stream: str, reason: str, field: str | None, message: str, record: Any, rule: str | None = None) -> None:
         """Count a record that is not sent and write it to the reject file. `record` may be its
-        raw JSON (the reader's direct path): it is decoded here, for the few that are rejected."""
+        RECORD line (the reader's direct path): it is decoded here, for the few that are rejected."""
         if type(record) is bytes:
-            record = decode_record(record)[0]
+            record = decode_record(record, stream)[0]
         entry = {
             "stream": stream, "reason": reason, "field": field, "message": message,
             "record": record, "rejected_at": dt.datetime.now(dt.timezone.utc).isoformat(),

@@ -68,8 +68,9 @@ class CustomerIOSink(Sink):
             record["_sdc_deleted_at"] = deleted_at
 
     def receive(self, item: Item) -> None:
-        """A record straight from the reader: its raw JSON, or the record when only the lenient
-        decoder could read its line (the target's direct path: no stream maps)."""
+        """A record straight from the reader (the target's direct path: no stream maps): its
+        RECORD line, undecoded, or the record when the line is not in the form the reader
+        matches (an unusual key order, a non-ASCII stream name)."""
         self._chunk.append(item)
         if len(self._chunk) >= CHUNK:
             self._send_chunk()

@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 import typing as t
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
@@ -56,7 +57,7 @@ class TargetCustomerIO(Target):
         # First, while this process has no threads or connections: it may fork the mapper.
         _one_malloc_arena()
         self.mapping = make_mapping(self.settings)
-        self.message_reader.take_record = self._take_record
+        self.message_reader.record_taker = self._record_taker
         # The SDK writes STATE only when all sinks drain; drain often enough that checkpoints keep up.
         self._MAX_RECORD_AGE_IN_MINUTES = self.settings.checkpoint_interval_seconds / 60
         self.started_at = time.time()
@@ -150,16 +151,16 @@ class TargetCustomerIO(Target):
 
     # Termination: stop between messages, never inside one
 
-    def _take_record(self, stream: str, raw: bytes) -> bool:
-        """The reader's direct path: a record of a stream with no stream maps goes to its sink
-        undecoded. The SDK's handling (decode, copy, map, metadata, counters) would do nothing
-        to it, at 45k instructions a record. False: the SDK must handle the line."""
+    def _record_taker(self, stream: str) -> t.Callable[[bytes], None] | None:
+        """The reader's direct path: the RECORD lines of a stream with no stream maps go to its
+        sink whole and undecoded. The SDK's handling (decode, copy, map, metadata, counters)
+        would do nothing to them, at 45k instructions a record. None: the SDK must handle them."""
         sink = self._direct.get(stream)
-        if sink is None:
-            return False
-        self._guarded(sink.receive, raw)
+        return None if sink is None else partial(self._take_record, sink)
+
+    def _take_record(self, sink: CustomerIOSink | UnmappedSink, line: bytes) -> None:
+        self._guarded(sink.receive, line)
         self._checkpoint_if_due()
-        return True
 
     def _process_record_message(self, message_dict: dict) -> None:
         sink = self._direct.get(message_dict.get("stream"))  # type: ignore[arg-type]

@@ -163,7 +163,7 @@ NATIVE_LINES = [  # records as the reader decodes them from a tap's JSON
     {**PERSON, "attributes": {"rename": {"renamed": "email"}}},
 ])
 def test_native_payload_sends_reader_values_as_the_in_order_path_does(spec):
-    decoded = [decode_record(line) for line in NATIVE_LINES]
+    decoded = [decode_record(b'{"type":"RECORD","stream":"s","record":' + line + b"}", "s") for line in NATIVE_LINES]
     assert all(native for _, native in decoded)
     records = [record for record, _ in decoded]
     assert records[0]["ltv"] == 250 and type(records[0]["ltv"]) is int and records[0]["prefs"]["n"] == 2
