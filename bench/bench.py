@@ -4,6 +4,7 @@
     .venv/bin/python bench/bench.py --records 1000000     # make bench ARGS="--records 1000000"
     .venv/bin/python bench/bench.py --rate-limit 0        # skip the rate-limited scenario
     .venv/bin/python bench/bench.py --no-ledger           # change_detection off
+    .venv/bin/python bench/bench.py --repeat 5            # rounds per scenario (default 3)
 
 What it does:
 
@@ -12,7 +13,7 @@ What it does:
    numerics, booleans, an email, a small jsonb column) and `public-order_placed_events` (the
    dirty view, one row per line item, deduplicated by order_id). Files are generated once into
    the temp directory and reused (they are deterministic).
-2. For each stream, runs (a) the no-op baseline (bench/noop_target.py: validation off, the
+2. For each stream, runs, in each of `--repeat` rounds, (a) the no-op baseline (bench/noop_target.py: validation off, the
    SDK's msgspec reader) and (b) the real `target-customerio` process with the built-in contracts and
    its default settings (change detection on, with a new ledger), into a local sandbox Track API
    (store=False, validate=False: nothing checked or stored, it accepts as fast as it can). For
@@ -21,6 +22,9 @@ What it does:
    sampled over the process tree: the sum of RSS every 20 ms (pages shared by the forked
    workers counted once per process) and the sum of PSS every 200 ms (shared pages divided
    among them; reading PSS is costly enough to slow the process measured if done more often).
+   Rounds interleave the baseline and the target, so a busy minute on a shared machine slows
+   both; each row shows the round with the median wall time, the ratio is of the median walls,
+   and every round's wall time is listed under the table.
 3. (c) 1,000,000 person records (--rate-limit-records) against a sandbox that allows 100
    requests/s (token bucket), with the target's own `max_requests_per_second` at 100: wall time
    and the number of 429s the sandbox answered (must be 0; the run exits 1 otherwise).
@@ -42,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -278,11 +282,12 @@ class Row:
     requests: int | None = None
     bytes_avg: float | None = None
     bytes_max: int | None = None
-    ratio: float | None = None
+    ratio: float | None = None  # wall time over the no-op baseline's (medians)
     rejected_429: int | None = None
+    walls: list[float] = field(default_factory=list)  # every round's, in order
 
 
-def target_row(scenario: str, records: int, result: Run, report: dict, sandbox: Sandbox, baseline: Run | None = None) -> Row:
+def target_row(scenario: str, records: int, result: Run, report: dict, sandbox: Sandbox) -> Row:
     """Check the accounting and the request sizes, and summarise one target-customerio run."""
     totals = report["totals"]
     assert totals["received"] == records, totals
@@ -294,24 +299,41 @@ def target_row(scenario: str, records: int, result: Run, report: dict, sandbox: 
     assert max(sizes, default=0) < MAX_REQUEST_BYTES
     return Row(scenario, records, result.wall, result.cpu, result.peak_rss_mb, result.peak_pss_mb, totals["sent"], len(batches),
                sum(sizes) / len(sizes) if sizes else None, max(sizes, default=None),
-               result.wall / baseline.wall if baseline else None, sandbox.counters()["rate_limited"])
+               None, sandbox.counters()["rate_limited"])
 
 
-def throughput(stream: str, records: int, workdir: Path, settings: dict[str, Any]) -> list[Row]:
-    """The no-op baseline and target-customerio on one stream (person: also a second, unchanged sync)."""
+def throughput(stream: str, records: int, workdir: Path, settings: dict[str, Any], repeat: int) -> list[Row]:
+    """The no-op baseline and target-customerio on one stream (person: also a second, unchanged
+    sync), `repeat` rounds, interleaved so that a busy minute on a shared machine slows both;
+    each row is the round with the median wall time, and the ratio is of the median walls."""
     path = generate(stream, records)
     name = "person" if stream == PERSON_STREAM else "event"
-    base = run(NOOP, path, workdir)
-    if base.returncode != 0:
-        sys.exit(f"no-op target failed:\n{base.stderr.decode()[-3000:]}")
-    rows = [Row(f"{name}: no-op sdk target", records, base.wall, base.cpu, base.peak_rss_mb, base.peak_pss_mb)]
+    scenarios = [f"{name}: no-op sdk target", f"{name}: target-customerio"]
+    if name == "person" and settings.get("change_detection", True):
+        scenarios.append(f"{name}: again, all unchanged")
+    rounds: dict[str, list[Row]] = {scenario: [] for scenario in scenarios}
     with Sandbox(site_id=SITE_ID, api_key=API_KEY, store=False, validate=False) as sandbox:
-        result, report = run_target(sandbox, path, workdir, **settings)
-        rows.append(target_row(f"{name}: target-customerio", records, result, report, sandbox, base))
-        if name == "person" and settings.get("change_detection", True):
-            result, report = run_target(sandbox, path, workdir, again=True, **settings)
-            rows.append(target_row(f"{name}: again, all unchanged", records, result, report, sandbox, base))
+        for _ in range(repeat):
+            base = run(NOOP, path, workdir)
+            if base.returncode != 0:
+                sys.exit(f"no-op target failed:\n{base.stderr.decode()[-3000:]}")
+            rounds[scenarios[0]].append(Row(scenarios[0], records, base.wall, base.cpu, base.peak_rss_mb, base.peak_pss_mb))
+            for again, scenario in enumerate(scenarios[1:]):
+                result, report = run_target(sandbox, path, workdir, again=bool(again), **settings)
+                rounds[scenario].append(target_row(scenario, records, result, report, sandbox))
+    baseline = median_row(rounds[scenarios[0]]).wall
+    rows = [median_row(runs) for runs in rounds.values()]
+    for row in rows[1:]:
+        row.ratio = row.wall / baseline
     return rows
+
+
+def median_row(runs: list[Row]) -> Row:
+    """The run with the median wall time (the lower one of an even count), with every wall noted."""
+    ordered = sorted(runs, key=lambda row: row.wall)
+    row = ordered[(len(ordered) - 1) // 2]
+    row.walls = [run.wall for run in runs]
+    return row
 
 
 def rate_limited(records: int, per_second: float, workdir: Path, settings: dict[str, Any]) -> Row:
@@ -357,6 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate-limit-records", type=int, default=1_000_000, help="person records sent to it")
     parser.add_argument("--only", choices=["person", "event", "rate-limit"], help="run one scenario")
     parser.add_argument("--no-ledger", action="store_true", help="run target-customerio with change_detection off")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds of each throughput scenario; the median is shown (default 3)")
     args = parser.parse_args(argv)
     settings = {"change_detection": False} if args.no_ledger else {}
 
@@ -366,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
         workdir = Path(tmp)
         for stream, name in ((PERSON_STREAM, "person"), (EVENT_STREAM, "event")):
             if args.only in (None, name):
-                rows += throughput(stream, args.records, workdir, settings)
+                rows += throughput(stream, args.records, workdir, settings, args.repeat)
                 print(table(rows), file=sys.stderr)
         if args.rate_limit and args.only in (None, "rate-limit"):
             rows.append(rate_limited(args.rate_limit_records, args.rate_limit, workdir, settings))
@@ -376,6 +399,7 @@ def main(argv: list[str] | None = None) -> None:
           "Baseline: a singer-sdk target whose sink does nothing, validation off, the SDK's reader "
           "(MsgSpecReader over stdin bytes). Peaks of RSS and PSS are of the whole process tree (target + its mapping workers, summed); CPU includes the workers.\n")
     print(table(rows))
+    print("\nwall s, every round:" + "".join(f"\n  {row.scenario:<30} {'  '.join(f'{w:.2f}' for w in row.walls)}" for row in rows if len(row.walls) > 1))
     if any(row.rejected_429 for row in rows):
         sys.exit("the sandbox answered 429: the client's own rate limit let too many requests through")
 
