@@ -90,6 +90,23 @@ def test_a_schema_change_mid_stream_delivers_both_sides(sandbox, tmp_path):
     assert run.states == [{"s": 1}]
 
 
+def test_record_lines_in_any_spacing_and_key_order_are_delivered(sandbox, tmp_path):
+    """The reader passes RECORD lines on undecoded when they start as taps write them (compact,
+    or with singer-python's spaces); any other key order takes the SDK's path, to the same end."""
+    lines = [
+        PERSON_SCHEMA,
+        raw_person('"lifetime_value":1.50'),  # compact, as singer-sdk taps write
+        person(id="C2", lifetime_value=2.0),  # ", " and ": ", as singer-python taps write
+        json.dumps({"record": {"id": "C3", "lifetime_value": 3}, "stream": P, "type": "RECORD"}),
+        raw_person('"lifetime_value":4').replace('"C1"', '"C4"'),  # back on the direct path
+        state({"s": 1}),
+    ]
+    run = run_target(target_config(sandbox.url, tmp_path, ROUTES), lines, tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert {p["id"]: p["attributes"]["lifetime_value"] for p in sandbox.people()} == {"C1": 1.5, "C2": 2, "C3": 3, "C4": 4}
+    assert run.states == [{"s": 1}]
+
+
 FATAL_INPUT = [
     ("malformed JSON", ["{not json"], "input line 1 is not valid JSON"),
     ("not an object", ["[1, 2]"], "input line 1 is not a JSON object"),
@@ -98,6 +115,7 @@ FATAL_INPUT = [
     ("unknown message type", ['{"type": "BANANA"}'], "unknown message type 'BANANA'"),
     ("nested 5000 deep", [json.dumps(PERSON_SCHEMA), raw_person('"deep":' + "[" * 5000 + "]" * 5000)], "nested too deeply"),
     ("schema without properties", ['{"type":"SCHEMA","stream":"public-customers","schema":{"type":"object"}}'], "properties"),
+    ("record line that is a STATE too", [json.dumps(PERSON_SCHEMA), f'{{"type":"RECORD","stream":"{P}","record":{{"id":"C1"}},"type":"STATE"}}'], "repeats its type, stream or record key"),
 ]
 
 
