@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import math
 import time
 from decimal import Decimal
 from typing import Any, Callable, NamedTuple
@@ -25,7 +24,7 @@ MAX_UNIX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
 _MISSING = object()
 _new = tuple.__new__  # a named tuple without its Python-level __new__ (per operation)
 _fromisoformat = dt.datetime.fromisoformat
-_floor = math.floor
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 class Rejected(Exception):
@@ -178,7 +177,8 @@ class Mapper:
                     moment = _fromisoformat(value)
                     if moment.tzinfo is None:
                         moment = moment.replace(tzinfo=tz)
-                    out[name] = _floor(moment.timestamp())
+                    since = moment - _EPOCH
+                    out[name] = since.days * 86_400 + since.seconds
         except Exception:  # noqa: BLE001 - redone in order, which raises the right error
             return self._payload_in_order(record)
         return out

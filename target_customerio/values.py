@@ -27,7 +27,7 @@ def to_unix(value: dt.datetime | dt.date | str, tz: dt.tzinfo = UTC) -> int:
         value = dt.datetime(value.year, value.month, value.day)
     if value.tzinfo is None:
         value = value.replace(tzinfo=tz)
-    return math.floor((value - _EPOCH).total_seconds())
+    return unix_seconds(value)
 
 
 def text_to_unix(text: str, tz: dt.tzinfo = UTC) -> int:
@@ -38,7 +38,15 @@ def text_to_unix(text: str, tz: dt.tzinfo = UTC) -> int:
         raise BadValue(f"not a date-time: {text[:40]!r}") from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=tz)
-    return math.floor(value.timestamp())  # for an aware datetime, (value - _EPOCH).total_seconds()
+    return unix_seconds(value)
+
+
+def unix_seconds(moment: dt.datetime) -> int:
+    """An aware datetime's unix seconds, rounded down: the whole days and seconds of its distance
+    from the epoch. (`timestamp()` goes through big-integer microseconds and a float: 3x the
+    instructions, and four dates a record.)"""
+    since = moment - _EPOCH
+    return since.days * 86_400 + since.seconds
 
 
 def parse_datetime(text: str) -> dt.datetime:

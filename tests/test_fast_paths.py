@@ -7,6 +7,7 @@ tests pin every shortcut to the code it stands in for, including the error it ra
 from __future__ import annotations
 
 import datetime as dt
+import math
 import random
 from decimal import Decimal
 from pathlib import Path
@@ -27,7 +28,7 @@ from target_customerio.mapping import (
 from target_customerio.routes import Routes
 from target_customerio.sandbox import Sandbox
 from target_customerio.reading import decode_record
-from target_customerio.values import UTC, plain, plain_number, to_unix
+from target_customerio.values import UTC, plain, plain_number, to_unix, unix_seconds
 
 SCHEMA = {"properties": {
     "placed_at": {"type": "string", "format": "date-time"},
@@ -72,6 +73,19 @@ def test_ulid_text_is_what_python_ulid_writes():
         raw = rnd.getrandbits(128).to_bytes(16, "big")
         assert ulid_text(raw) == str(ULID.from_bytes(raw))
     assert ulid_text(b"\x00" * 16) == "0" * 26 and ulid_text(b"\xff" * 16) == "7" + "Z" * 25
+
+
+def test_unix_seconds_is_exact_where_the_float_timestamp_rounds():
+    epoch, second = dt.datetime(1970, 1, 1, tzinfo=UTC), dt.timedelta(seconds=1)
+    rnd = random.Random(7)
+    for _ in range(20_000):
+        offset = dt.timezone(dt.timedelta(minutes=rnd.randrange(-14 * 60, 14 * 60 + 1)))
+        moment = dt.datetime(rnd.randrange(1900, 9999), rnd.randrange(1, 13), rnd.randrange(1, 29), rnd.randrange(24),
+                             rnd.randrange(60), rnd.randrange(60), rnd.choice([0, 1, 499_999, 500_000, 999_999]), tzinfo=offset)
+        assert unix_seconds(moment) == (moment - epoch) // second, moment  # integer arithmetic throughout
+    assert unix_seconds(dt.datetime(1969, 12, 31, 23, 59, 59, 500_000, tzinfo=UTC)) == -1
+    late = dt.datetime(9664, 3, 13, 23, 0, 4, 999_999, tzinfo=UTC)  # the float rounds this one up a second
+    assert math.floor(late.timestamp()) == 242805510005 and unix_seconds(late) == 242805510004
 
 
 def test_ledger_keys_are_stable_signed_64_bit_and_scoped_to_workspace_and_stream():
