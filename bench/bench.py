@@ -299,7 +299,7 @@ def target_row(scenario: str, records: int, result: Run, report: dict, sandbox: 
     assert max(sizes, default=0) < MAX_REQUEST_BYTES
     return Row(scenario, records, result.wall, result.cpu, result.peak_rss_mb, result.peak_pss_mb, totals["sent"], len(batches),
                sum(sizes) / len(sizes) if sizes else None, max(sizes, default=None),
-               None, sandbox.counters()["rate_limited"])
+               rejected_429=sandbox.counters()["rate_limited"])
 
 
 def throughput(stream: str, records: int, workdir: Path, settings: dict[str, Any], repeat: int) -> list[Row]:
@@ -399,7 +399,9 @@ def main(argv: list[str] | None = None) -> None:
           "Baseline: a singer-sdk target whose sink does nothing, validation off, the SDK's reader "
           "(MsgSpecReader over stdin bytes). Peaks of RSS and PSS are of the whole process tree (target + its mapping workers, summed); CPU includes the workers.\n")
     print(table(rows))
-    print("\nwall s, every round:" + "".join(f"\n  {row.scenario:<30} {'  '.join(f'{w:.2f}' for w in row.walls)}" for row in rows if len(row.walls) > 1))
+    rounds = [f"  {row.scenario:<30} {'  '.join(f'{w:.2f}' for w in row.walls)}" for row in rows if len(row.walls) > 1]
+    if rounds:
+        print("\nwall s, every round:", *rounds, sep="\n")
     if any(row.rejected_429 for row in rows):
         sys.exit("the sandbox answered 429: the client's own rate limit let too many requests through")
 

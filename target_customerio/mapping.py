@@ -12,7 +12,7 @@ import orjson
 
 from target_customerio.ledger import hash64, scope_seed
 from target_customerio.routes import Route
-from target_customerio.values import SCALARS, BadValue, plain, plain_number, snake_case, text_to_unix, to_unix
+from target_customerio.values import EPOCH, SCALARS, BadValue, plain, plain_number, snake_case, text_to_unix, to_unix
 
 MAX_OPERATION_BYTES = 32_000
 MAX_IDENTIFIER_BYTES = 150
@@ -24,7 +24,6 @@ MAX_UNIX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
 _MISSING = object()
 _new = tuple.__new__  # a named tuple without its Python-level __new__ (per operation)
 _fromisoformat = dt.datetime.fromisoformat
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 class Rejected(Exception):
@@ -173,11 +172,11 @@ class Mapper:
                 value = record.get(column)
                 if value is known:
                     out[name] = seconds
-                elif type(value) is str:  # text_to_unix, inlined; odd forms take the in-order path
+                elif type(value) is str:  # text_to_unix + unix_seconds, inlined; odd forms take the in-order path
                     moment = _fromisoformat(value)
                     if moment.tzinfo is None:
                         moment = moment.replace(tzinfo=tz)
-                    since = moment - _EPOCH
+                    since = moment - EPOCH
                     out[name] = since.days * 86_400 + since.seconds
         except Exception:  # noqa: BLE001 - redone in order, which raises the right error
             return self._payload_in_order(record)

@@ -22,7 +22,7 @@ from singer_sdk.sinks import Sink
 from target_customerio.delivery import Delivery, DryRun, TrackClient
 from target_customerio.errors import ConfigError, InputError, TargetError, Terminated
 from target_customerio.ledger import open_ledger
-from target_customerio.mapping_worker import make_mapping
+from target_customerio.mapping_worker import Item, make_mapping
 from target_customerio.reading import SingerLineReader
 from target_customerio.report import RunReport
 from target_customerio.settings import CONFIG_SCHEMA, load_settings
@@ -158,8 +158,8 @@ class TargetCustomerIO(Target):
         sink = self._direct.get(stream)
         return None if sink is None else partial(self._take_record, sink)
 
-    def _take_record(self, sink: CustomerIOSink | UnmappedSink, line: bytes) -> None:
-        self._guarded(sink.receive, line)
+    def _take_record(self, sink: CustomerIOSink | UnmappedSink, item: Item) -> None:
+        self._guarded(sink.receive, item)
         self._checkpoint_if_due()
 
     def _process_record_message(self, message_dict: dict) -> None:
@@ -168,8 +168,7 @@ class TargetCustomerIO(Target):
         if sink is None or type(record) is not dict:
             self._guarded(super()._process_record_message, message_dict)  # maps, or the SDK's error
         else:
-            self._guarded(sink.receive, record)  # a line only the lenient decoder could read
-            self._checkpoint_if_due()
+            self._take_record(sink, record)  # a RECORD line not in the form the reader passes on whole
 
     def _checkpoint_if_due(self) -> None:
         """Drain and write STATE every checkpoint_interval_seconds. The SDK's check reads the

@@ -10,7 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 UTC = dt.timezone.utc
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -45,7 +45,7 @@ def unix_seconds(moment: dt.datetime) -> int:
     """An aware datetime's unix seconds, rounded down: the whole days and seconds of its distance
     from the epoch. (`timestamp()` goes through big-integer microseconds and a float: 3x the
     instructions, and four dates a record.)"""
-    since = moment - _EPOCH
+    since = moment - EPOCH
     return since.days * 86_400 + since.seconds
 
 
