@@ -18,6 +18,7 @@ reader's thread (`InlineMapping`).
 from __future__ import annotations
 
 import atexit
+import fcntl
 import multiprocessing
 import os
 import queue
@@ -40,11 +41,13 @@ from target_customerio.settings import Settings
 
 CHUNK = 500  # records a sink sends a worker at once
 IN_FLIGHT = 3  # chunks sent to one worker and not yet answered, at most (bounds memory)
+PIPE_BYTES = 1 << 20  # Linux's limit for an unprivileged process (fs/pipe-max-size): IN_FLIGHT typical chunks
 # A worker skips an event repeated among the last 20,000 it sent (the rows of one order come
 # together); the sink, which keeps every event of the run, drops any other repeat.
 RECENT_EVENTS = 20_000
 
 Item = t.Union[bytes, dict]  # a RECORD line, whole (the direct path), or a record the SDK decoded
+_Send = tuple[bytes, str, t.Optional[tuple[int, int]]]  # an operation to send: body, shard key, ledger entry
 
 
 @dataclass
@@ -97,9 +100,7 @@ class StreamMapping:
     def map_chunk(self, items: list[Item]) -> Mapped:
         rejects: list[tuple[int, str, str | None, str, str | None]] = []
         skipped: Counter[str] = Counter()
-        mapped: list[tuple[int, list[Operation]]] = []
-        event_items: list[int] = []
-        event_keys: list[int] = []
+        mapped: list[tuple[int, int | None, list[_Send]]] = []  # (index in the chunk, event dedupe key, operations)
         for index, item in enumerate(items):
             record, native = decode_record(item, self._stream) if type(item) is bytes else (item, False)
             for key in self._key_properties:
@@ -121,19 +122,23 @@ class StreamMapping:
                 self._recent[seen] = None
                 if len(self._recent) > RECENT_EVENTS:
                     self._recent.popitem(last=False)
-            mapped.append((index, ops))
+            # Only what is sent is kept, not the record: freed now, its memory is reused while
+            # still in cache (holding a chunk's records made mapping ~15% slower).
+            mapped.append((index, seen, [(op.body, op.shard_key, op.ledger) for op in ops]))
         unchanged = self._unchanged(mapped)
         shards = self._shards
         parts = [SegmentBuilder() for _ in range(shards)]
-        for at, (index, ops) in enumerate(mapped):
+        event_items: list[int] = []
+        event_keys: list[int] = []
+        for at, (index, seen, sends) in enumerate(mapped):
             if at in unchanged:
                 skipped["unchanged"] += 1
                 continue
-            if ops[0].seen is not None:
+            if seen is not None:
                 event_items.append(index)
-                event_keys.append(ops[0].seen)
-            for op in ops:
-                parts[hash(op.shard_key) % shards].add(op.body, index, op.ledger)
+                event_keys.append(seen)
+            for body, shard_key, ledger in sends:
+                parts[hash(shard_key) % shards].add(body, index, ledger)
         segments = {shard: part.segment() for shard, part in enumerate(parts) if part.bodies}
         names, self._event_names[:] = list(self._event_names), []
         return Mapped(segments, rejects, dict(skipped), event_items, event_keys, names)
@@ -148,18 +153,18 @@ class StreamMapping:
             return [result, mirror_operation(self._mapper, result, self._mapper.last_timestamp)]
         return [result]
 
-    def _unchanged(self, mapped: list[tuple[int, list[Operation]]]) -> set[int]:
+    def _unchanged(self, mapped: list[tuple[int, int | None, list[_Send]]]) -> set[int]:
         """Change detection: the records (positions in `mapped`) whose every tracked operation
         is exactly what was last delivered (one ledger query for the whole chunk)."""
         if self._ledger is None:
             return set()
-        keys = [op.ledger[0] for _, ops in mapped for op in ops if op.ledger is not None]
+        keys = [ledger[0] for _, _, sends in mapped for _, _, ledger in sends if ledger is not None]
         delivered = self._ledger.fingerprints(keys) if keys else None
         if not delivered:
             return set()
         unchanged = set()
-        for at, (_, ops) in enumerate(mapped):
-            tracked = [op.ledger for op in ops if op.ledger is not None]
+        for at, (_, _, sends) in enumerate(mapped):
+            tracked = [ledger for _, _, ledger in sends if ledger is not None]
             if tracked and all(delivered.get(key) == fingerprint for key, fingerprint in tracked):
                 unchanged.add(at)
         return unchanged
@@ -196,14 +201,28 @@ class InlineMapping:
 
 
 class _Worker:
-    """One forked worker process and the pipe to it."""
+    """One forked worker process and the two one-way pipes to and from it."""
 
     def __init__(self, context: t.Any, settings: Settings, index: int) -> None:
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, self.conn, settings), name=f"target-customerio-mapping-{index}", daemon=True)
+        inbox, self.to_worker = context.Pipe(duplex=False)
+        self.from_worker, outbox = context.Pipe(duplex=False)
+        _widen(self.to_worker)
+        _widen(outbox)
+        self.process = context.Process(target=_serve, args=(inbox, outbox, (self.to_worker, self.from_worker), settings),
+                                       name=f"target-customerio-mapping-{index}", daemon=True)
         self.process.start()
-        child.close()
+        inbox.close()
+        outbox.close()
         self.in_flight = 0
+
+
+def _widen(conn: t.Any) -> None:
+    """Make a pipe hold the chunks (or answers) in flight, so that neither side waits for the
+    other to read: a write to a full 64 KB pipe stalls the writer until the reader runs."""
+    try:
+        fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except (AttributeError, OSError):  # not Linux, or over the user's pipe quota: only slower
+        pass
 
 
 class ProcessMapping:
@@ -236,7 +255,7 @@ class ProcessMapping:
         self._send(worker, ("map", key, items))
         worker.in_flight += 1
         self._waiting.append((worker, items, on_mapped))
-        while self._waiting and self._waiting[0][0].conn.poll():
+        while self._waiting and self._waiting[0][0].from_worker.poll():
             self._answer_one()
 
     def drain(self) -> None:
@@ -247,7 +266,8 @@ class ProcessMapping:
     def close(self) -> None:
         """The workers end when their pipes close; they ignore SIGTERM, so one that lingers is killed."""
         for worker in self._workers:
-            worker.conn.close()
+            worker.to_worker.close()
+            worker.from_worker.close()
         for worker in self._workers:
             worker.process.join(timeout=5)
             if worker.process.exitcode is None:  # never: a worker ends when its pipe closes
@@ -256,14 +276,14 @@ class ProcessMapping:
 
     def _send(self, worker: _Worker, message: tuple) -> None:
         try:
-            worker.conn.send(message)
+            worker.to_worker.send(message)
         except (EOFError, OSError):  # a closed or broken pipe
             self._died(worker)
 
     def _answer_one(self) -> None:
         worker, items, on_mapped = self._waiting[0]
         try:
-            reply = worker.conn.recv()
+            reply = worker.from_worker.recv()
         except (EOFError, OSError):
             self._died(worker)
         self._waiting.popleft()
@@ -289,9 +309,10 @@ def make_mapping(settings: Settings) -> InlineMapping | ProcessMapping:
     return InlineMapping(settings)
 
 
-def _serve(conn: t.Any, targets_end: t.Any, settings: Settings) -> None:
+def _serve(inbox_conn: t.Any, outbox: t.Any, targets_ends: tuple[t.Any, ...], settings: Settings) -> None:
     """A worker: open streams and map chunks until the target closes the pipe."""
-    targets_end.close()  # forked with it: kept open here, the pipe would never reach its end
+    for end in targets_ends:
+        end.close()  # forked with them: kept open here, the inbox would never reach its end
     # Only the target writes stdout (Meltano reads every line of it as STATE), and the target
     # decides when to stop: a Ctrl-C or SIGTERM is for it, and it drains through its workers.
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -303,7 +324,7 @@ def _serve(conn: t.Any, targets_end: t.Any, settings: Settings) -> None:
     # while this process sends the last one's answers, and with neither side reading, both
     # would block on a full pipe. (The target has at most IN_FLIGHT chunks out here.)
     inbox: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
-    threading.Thread(target=_receive, args=(conn, inbox), daemon=True).start()
+    threading.Thread(target=_receive, args=(inbox_conn, inbox), daemon=True).start()
     local = InlineMapping(settings)
     keys: dict[int, int] = {}
     while (message := inbox.get()) is not None:
@@ -319,7 +340,7 @@ def _serve(conn: t.Any, targets_end: t.Any, settings: Settings) -> None:
             reply = ("failed", "bug", f"mapping failed unexpectedly: {type(exc).__name__}: {exc}")
         if reply is not None:
             try:
-                conn.send(reply)
+                outbox.send(reply)
             except OSError:
                 break  # the target is gone (it stopped on an error): nothing to answer
     local.close()
