@@ -146,7 +146,10 @@ class Batch:
         """The ledger entries of the operations not `rejected` (indexes in the request)."""
         entries, offset = [], 0
         for segment in self.segments:
-            entries += [(key, fp) for i, key, fp in triples(segment.ledger) if offset + i not in rejected]
+            if rejected:
+                entries += [(key, fp) for i, key, fp in triples(segment.ledger) if offset + i not in rejected]
+            else:  # the usual case, paired in C
+                entries += zip(segment.ledger[1::3], segment.ledger[2::3])
             offset += segment.count
         return entries
 

