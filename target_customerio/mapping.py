@@ -6,7 +6,7 @@ import datetime as dt
 import hashlib
 import time
 from decimal import Decimal
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Container, NamedTuple
 
 import orjson
 
@@ -106,8 +106,10 @@ class Mapper:
         now: float | None = None,
         on_event_name: Callable[[str, str], None] | None = None,
         ledger_scope: str | None = None,
+        sent_events: Container[int] = frozenset(),
     ) -> None:
         self.route = route
+        self._sent_events = sent_events  # dedupe keys of events already sent: a repeat is skipped before it is mapped
         # The ledger scope is workspace and stream (None: change detection off).
         self._ledger_seed = None if ledger_scope is None else scope_seed(ledger_scope)
         self.last_identifier: tuple[str, str] = ("id", "")
@@ -261,9 +263,6 @@ class Mapper:
         if self._oldest is not None and timestamp < self._oldest:
             raise Skipped("stale")
         name = self._event_name(record)
-        raw = record.get(self.route.timestamp)
-        data = self.payload(record, (raw, timestamp) if type(raw) is str else None, native)
-        self.check_contract(data)
         key = []
         for column in self.route.event_id:
             part = record.get(column)
@@ -271,10 +270,16 @@ class Mapper:
                 raise Rejected("missing_event_id", column, f"{column} is empty; it is part of the event's dedupe key")
             key.append(part)
         digest = event_digest(name, key)
+        seen = int.from_bytes(digest[:8], "big")
+        if seen in self._sent_events:  # another row of an event already sent (a view joined to line items)
+            raise Skipped("duplicate")
+        raw = record.get(self.route.timestamp)
+        data = self.payload(record, (raw, timestamp) if type(raw) is str else None, native)
+        self.check_contract(data)
         return {
             "type": "person", "action": "event", "identifiers": {kind: value},
             "name": name, "id": ulid_text(digest), "timestamp": timestamp, "attributes": data,
-        }, int.from_bytes(digest[:8], "big")
+        }, seen
 
     def _timestamp(self, record: dict[str, Any]) -> int:
         column = self.route.timestamp

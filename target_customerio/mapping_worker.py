@@ -84,9 +84,10 @@ class StreamMapping:
     def __init__(self, settings: Settings, spec: StreamSpec, event_names: list[tuple[str, str]], ledger: Ledger) -> None:
         route = settings.routes.match(spec.stream)
         assert route is not None  # the target only maps routed streams
+        self._recent: OrderedDict[int, None] = OrderedDict()  # dedupe keys of the last events this worker sent
         self._mapper = MAPPERS[route.kind](
             route, spec.schema, now=spec.started_at, on_event_name=lambda raw, name: event_names.append((raw, name)),
-            ledger_scope=spec.ledger_scope,
+            ledger_scope=spec.ledger_scope, sent_events=self._recent,
         )
         self._stream = spec.stream
         self._key_properties = spec.key_properties
@@ -94,7 +95,6 @@ class StreamMapping:
         self._deletes_here = route.kind in ("person", "event")  # objects map their own deletes
         self._mirror = route.mirror_to_attribute
         self._ledger = None if isinstance(ledger, NoLedger) else ledger
-        self._recent: OrderedDict[int, None] = OrderedDict()  # dedupe keys of the last events this worker sent
         self._event_names = event_names
 
     def map_chunk(self, items: list[Item]) -> Mapped:
@@ -115,10 +115,7 @@ class StreamMapping:
                 rejects.append((index, rej.reason, rej.field, rej.message, rej.rule))
                 continue
             seen = ops[0].seen
-            if seen is not None:  # an event: sent once a run, whatever its rows
-                if seen in self._recent:
-                    skipped["duplicate"] += 1
-                    continue
+            if seen is not None:  # an event: sent once a run, whatever its rows (the mapper skips the repeats)
                 self._recent[seen] = None
                 if len(self._recent) > RECENT_EVENTS:
                     self._recent.popitem(last=False)
