@@ -24,6 +24,7 @@ MAX_UNIX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
 _MISSING = object()
 _new = tuple.__new__  # a named tuple without its Python-level __new__ (per operation)
 _fromisoformat = dt.datetime.fromisoformat
+_from_bytes = int.from_bytes
 
 
 class Rejected(Exception):
@@ -80,9 +81,6 @@ def ulid_text(value: bytes) -> str:
         p[b >> 30], p[(b >> 20) & 0x3FF], p[(b >> 10) & 0x3FF], p[b & 0x3FF],
         p[c >> 30], p[(c >> 20) & 0x3FF], p[(c >> 10) & 0x3FF], p[c & 0x3FF],
     ))
-
-
-_from_bytes = int.from_bytes
 
 
 def date_columns(schema: dict[str, Any]) -> frozenset[str]:
