@@ -268,7 +268,7 @@ class Mapper:
                 raise Rejected("missing_event_id", column, f"{column} is empty; it is part of the event's dedupe key")
             key.append(part)
         digest = event_digest(name, key)
-        seen = int.from_bytes(digest[:8], "big")
+        seen = _from_bytes(digest[:8], "big")
         if seen in self._sent_events:  # another row of an event already sent (a view joined to line items)
             raise Skipped("duplicate")
         raw = record.get(self.route.timestamp)

@@ -150,7 +150,6 @@ def test_rows_repeated_in_a_run_carry_one_dedupe_key_and_one_id():
     assert m.map({**row, "order_id": 8}).seen != first.seen
 
 
-
 def test_a_row_of_an_event_already_sent_is_skipped_before_it_is_mapped():
     """Only the first row of an event counts: a later row is a duplicate even when its own data
     would break the contract. A key not yet sent is mapped as usual."""
@@ -164,6 +163,7 @@ def test_a_row_of_an_event_already_sent_is_skipped_before_it_is_mapped():
     with pytest.raises(Rejected) as err:
         m.map({**row, "order_id": 8, "total": -5})
     assert err.value.field == "total"
+
 
 def test_missing_or_bad_timestamp_is_rejected_never_stamped_with_sync_time():
     m = mapper(EVENT)
