@@ -13,8 +13,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-setup: $(BIN)/python
+# Installed editable, with the mapping modules compiled in place (mypyc, see hatch_build.py):
+# reinstalled whenever a source changes, since a compiled module is imported before its source.
+$(VENV)/.installed: $(BIN)/python pyproject.toml hatch_build.py $(wildcard target_customerio/*.py)
 	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+setup: $(VENV)/.installed
 
 # tap-mssql pins its own singer library, so it lives in its own venv (as Meltano would do).
 $(MSSQL)/bin/python:
@@ -61,7 +66,7 @@ test: setup $(MSSQL)/bin/python meltano-install system-deps
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) $(MSSQL) $(MELTANO_VENV) .meltano .pytest_cache build dist *.egg-info
+	rm -rf $(VENV) $(MSSQL) $(MELTANO_VENV) .meltano .pytest_cache build dist *.egg-info *.so target_customerio/*.so
 
 # Throughput figures (not a test): `make bench`, or `make bench ARGS="--records 1000000"`.
 bench: setup

@@ -63,7 +63,8 @@ class Segment(NamedTuple):
         return builder.segment([op.record for op in ops])
 
     @property
-    def count(self) -> int:
+    def size(self) -> int:
+        """How many operations it holds."""
         return len(self.ends)
 
     def body(self, i: int) -> bytes:
@@ -76,7 +77,7 @@ class Segment(NamedTuple):
     def operations(self) -> list[Operation]:
         """The operations one by one (for the paths that need them: errors, dry runs)."""
         entries, items = self.ledger_at(), self.items or []
-        return [Operation(self.body(i), "", items[self.item_of[i]] if items else None, entries.get(i)) for i in range(self.count)]
+        return [Operation(self.body(i), "", items[self.item_of[i]] if items else None, entries.get(i)) for i in range(self.size)]
 
     def without_items(self, drop: set[int]) -> Segment:
         """The segment without the operations of the records (indexes in `items`) in `drop`."""
@@ -133,7 +134,7 @@ class Batch:
         return cls(stream, [Segment.of(ops)])
 
     def __len__(self) -> int:
-        return sum(segment.count for segment in self.segments)
+        return sum(segment.size for segment in self.segments)
 
     def body(self) -> bytes:
         return b'{"batch":[' + b",".join(segment.data for segment in self.segments) + b"]}"
@@ -150,7 +151,7 @@ class Batch:
                 entries += [(key, fp) for i, key, fp in triples(segment.ledger) if offset + i not in rejected]
             else:  # the usual case, paired in C
                 entries += zip(segment.ledger[1::3], segment.ledger[2::3])
-            offset += segment.count
+            offset += segment.size
         return entries
 
 
@@ -164,7 +165,7 @@ class Packer:
 
     def add_segment(self, segment: Segment) -> None:
         """Append the segment, cutting it between operations where a request is full."""
-        while segment.count:
+        while segment.size:
             comma = 1 if self._batch.segments else 0
             room = self._limit - 1 - self._size - comma  # a request stays under the limit
             if len(segment.data) <= room:

@@ -46,7 +46,7 @@ class MergeMapper(Mapper):
     profiles (or in a later job): a merge whose secondary does not exist yet merges nothing.
     """
 
-    def map(self, record: dict[str, Any], native: bool = False) -> list[Operation]:  # type: ignore[override]
+    def operations(self, record: dict[str, Any], native: bool = False) -> list[Operation]:
         kind, value = self.identifier(record)
         secondary = self.route.secondary
         assert secondary is not None
@@ -61,6 +61,10 @@ class MergeMapper(Mapper):
             Operation(encode_operation(identify), other, record, None),
             self.operation(encode_operation(merge), other, record, f"merge:{kind}:{value}:{other_kind}:{other}"),
         ]
+
+    def map(self, record: dict[str, Any], native: bool = False) -> Operation:
+        """The merge itself (without the primary's identify that goes before it)."""
+        return self.operations(record, native)[-1]
 
 
 class ObjectMapper(Mapper):

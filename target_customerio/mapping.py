@@ -21,10 +21,15 @@ MAX_ATTRIBUTE_VALUE_BYTES = 1000
 MAX_ATTRIBUTES = 300
 MAX_EVENT_NAME_BYTES = 100
 MAX_UNIX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
-_MISSING = object()
+_MISSING: Any = object()  # "no value" where None is a value
 _new = tuple.__new__  # a named tuple without its Python-level __new__ (per operation)
 _fromisoformat = dt.datetime.fromisoformat
 _from_bytes = int.from_bytes
+
+
+def compiled() -> bool:
+    """Whether the mapping modules run compiled (mypyc, see hatch_build.py), not interpreted."""
+    return not __file__.endswith(".py")
 
 
 class Rejected(Exception):
@@ -48,7 +53,7 @@ class Operation(NamedTuple):
 
     body: bytes
     shard_key: str
-    record: dict[str, Any]
+    record: dict[str, Any] | bytes | None  # the record, or its RECORD line as read; None once dropped
     ledger: tuple[int, int] | None = None  # (key, fingerprint) to record once it is accepted
     seen: int | None = None  # an event's dedupe key (64 bits): the sink sends each one once a run
 
@@ -123,6 +128,7 @@ class Mapper:
         self._copyable = True  # every column sent is sent under its own name
         self._event_names: dict[str, str] = {}
         self._on_event_name = on_event_name or (lambda raw, name: None)
+        self._timestamp_column = route.timestamp or ""  # events only
         now = time.time() if now is None else now
         self._oldest = now - route.max_age.total_seconds() if route.max_age else None
 
@@ -138,6 +144,10 @@ class Mapper:
         event, seen = self._event(record, kind, value, native)
         self.last_timestamp = event["timestamp"]
         return self.operation(encode_operation(event), value, record, f"event:{event['id']}", seen)
+
+    def operations(self, record: dict[str, Any], native: bool = False) -> list[Operation]:
+        """Every operation the record becomes, in order: one, for people and events."""
+        return [self.map(record, native)]
 
     def operation(self, body: bytes, shard_key: str, record: dict[str, Any], dedupe: str, seen: int | None = None) -> Operation:
         """Wrap an encoded operation, with its ledger entry when change detection is on.
@@ -271,7 +281,7 @@ class Mapper:
         seen = _from_bytes(digest[:8], "big")
         if seen in self._sent_events:  # another row of an event already sent (a view joined to line items)
             raise Skipped("duplicate")
-        raw = record.get(self.route.timestamp)
+        raw = record.get(self._timestamp_column)
         data = self.payload(record, (raw, timestamp) if type(raw) is str else None, native)
         self.check_contract(data)
         return {
@@ -280,7 +290,7 @@ class Mapper:
         }, seen
 
     def _timestamp(self, record: dict[str, Any]) -> int:
-        column = self.route.timestamp
+        column = self._timestamp_column
         raw = record.get(column)
         if raw is None or raw == "":
             raise Rejected("missing_timestamp", column, f"{column} is empty; an event is never stamped with sync time")
@@ -304,7 +314,7 @@ class Mapper:
     def _event_name(self, record: dict[str, Any]) -> str:
         if self.route.event_name:
             return self.route.event_name
-        column = self.route.event_name_field
+        column = self.route.event_name_field or ""
         raw = record.get(column)
         if not isinstance(raw, str) or not raw.strip():
             raise Rejected("missing_event_name", column, f"{column} is empty; it names the event")

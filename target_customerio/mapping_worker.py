@@ -102,7 +102,7 @@ class StreamMapping:
         skipped: Counter[str] = Counter()
         mapped: list[tuple[int, int | None, list[_Send]]] = []  # (index in the chunk, event dedupe key, operations)
         for index, item in enumerate(items):
-            record, native = decode_record(item, self._stream) if type(item) is bytes else (item, False)
+            record, native = decode_record(item, self._stream) if isinstance(item, bytes) else (item, False)
             for key in self._key_properties:
                 if key not in record:
                     raise MissingKeyPropertiesError(f"{self._stream}: a record has no key property {key!r} (key_properties: {self._key_properties})")
@@ -143,12 +143,10 @@ class StreamMapping:
     def _operations(self, record: dict, native: bool) -> list[Operation]:
         if self._deletes_here and ("_sdc_deleted_at" in record or "_sdc_operation_type" in record) and is_delete(record):
             return [delete_operation(self._mapper, record)]
-        result = self._mapper.map(record, native)
-        if type(result) is not Operation:
-            return result
+        ops = self._mapper.operations(record, native)
         if self._mirror:
-            return [result, mirror_operation(self._mapper, result, self._mapper.last_timestamp)]
-        return [result]
+            ops.append(mirror_operation(self._mapper, ops[0], self._mapper.last_timestamp))
+        return ops
 
     def _unchanged(self, mapped: list[tuple[int, int | None, list[_Send]]]) -> set[int]:
         """Change detection: the records (positions in `mapped`) whose every tracked operation

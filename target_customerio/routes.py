@@ -135,7 +135,7 @@ class Route:
 class Routes:
     """The `streams` setting: stream name (exact or glob) → Route."""
 
-    def __init__(self, config: dict[str, Any], base_dir: Path, on_contract_violation: str) -> None:
+    def __init__(self, config: Any, base_dir: Path, on_contract_violation: str) -> None:
         if not isinstance(config, dict) or not config:
             raise ConfigError("setting `streams` must map at least one stream name to a route")
         self._routes = {

@@ -22,7 +22,8 @@ from singer_sdk.sinks import Sink
 from target_customerio.delivery import Delivery, DryRun, TrackClient
 from target_customerio.errors import ConfigError, InputError, TargetError, Terminated
 from target_customerio.ledger import open_ledger
-from target_customerio.mapping_worker import Item, make_mapping
+from target_customerio.mapping import compiled
+from target_customerio.mapping_worker import Item, ProcessMapping, make_mapping
 from target_customerio.reading import SingerLineReader
 from target_customerio.report import RunReport
 from target_customerio.settings import CONFIG_SCHEMA, load_settings
@@ -57,6 +58,8 @@ class TargetCustomerIO(Target):
         # First, while this process has no threads or connections: it may fork the mapper.
         _one_malloc_arena()
         self.mapping = make_mapping(self.settings)
+        self.logger.info("mapping: %s, %s", "compiled" if compiled() else "interpreted (not compiled at install: slower)",
+                         f"{self.settings.mapping_workers} worker process(es)" if isinstance(self.mapping, ProcessMapping) else "in the reading thread")
         self.message_reader.record_taker = self._record_taker
         # The SDK writes STATE only when all sinks drain; drain often enough that checkpoints keep up.
         self._MAX_RECORD_AGE_IN_MINUTES = self.settings.checkpoint_interval_seconds / 60

@@ -68,29 +68,36 @@ def plain_number(value: Decimal | float) -> int | float:
 
 
 SCALARS = frozenset({str, int, bool, type(None)})  # exact types that `plain` returns unchanged
+# Levels of lists and dicts a value may hold: JSON encoders stop at about 255 (orjson), and the
+# compiled walk has no interpreter recursion limit to stop it before the C stack ends.
+MAX_NESTING = 250
 
 
-def plain(value: Any, tz: dt.tzinfo = UTC) -> Any:
+def plain(value: Any, tz: dt.tzinfo = UTC, depth: int = 0) -> Any:
     """Normalise one value: dates to unix seconds, decimals to numbers, recursively."""
     kind = type(value)
     if kind in SCALARS:
         return value
     if kind is Decimal or kind is float:
         return plain_number(value)
+    if kind is dict or kind is list or kind is tuple:
+        if depth >= MAX_NESTING:
+            raise BadValue("nested too deeply")
+        depth += 1
     # JSON columns: a dict or list that needs no change is returned as it is (the result is
     # only read), so most JSON values cost a walk and no copy.
     if kind is dict:
-        changed = {k: new for k, v in value.items() if type(v) not in SCALARS and (new := plain(v, tz)) is not v}
+        changed = {k: new for k, v in value.items() if type(v) not in SCALARS and (new := plain(v, tz, depth)) is not v}
         if not changed:
             return value
         return {k: changed[k] if k in changed else v for k, v in value.items()}
     if kind is list:
-        changed = {i: new for i, v in enumerate(value) if type(v) not in SCALARS and (new := plain(v, tz)) is not v}
+        changed = {i: new for i, v in enumerate(value) if type(v) not in SCALARS and (new := plain(v, tz, depth)) is not v}
         if not changed:
             return value
         return [changed[i] if i in changed else v for i, v in enumerate(value)]
     if kind is tuple:
-        return [v if type(v) in SCALARS else plain(v, tz) for v in value]
+        return [v if type(v) in SCALARS else plain(v, tz, depth) for v in value]
     if isinstance(value, (dt.datetime, dt.date)):
         return to_unix(value, tz)
     if isinstance(value, dt.time):
