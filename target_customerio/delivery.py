@@ -108,18 +108,22 @@ class SegmentBuilder:
 
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
-        self._ends, self._item_of, self._ledger, self._end = array("q"), array("q"), array("q"), -1
+        # Lists while collecting (appends are cheapest there), arrays once, in C, at the end.
+        self._ends: list[int] = []
+        self._item_of: list[int] = []
+        self._ledger: list[int] = []
+        self._end = -1
 
     def add(self, body: bytes, item: int, ledger: tuple[int, int] | None) -> None:
         if ledger is not None:
-            self._ledger.extend((len(self.bodies), *ledger))
+            self._ledger += (len(self.bodies), ledger[0], ledger[1])
         self._end += len(body) + 1
         self._ends.append(self._end)
         self._item_of.append(item)
         self.bodies.append(body)
 
     def segment(self, items: list[Any] | None = None) -> Segment:
-        return Segment(b",".join(self.bodies), self._ends, self._item_of, self._ledger, items)
+        return Segment(b",".join(self.bodies), array("q", self._ends), array("q", self._item_of), array("q", self._ledger), items)
 
 
 @dataclass

@@ -21,17 +21,7 @@ import msgspec
 from singer_sdk.contrib.msgspec import MsgSpecReader
 
 from target_customerio.errors import InputError
-
-_EXACT = 2**53  # floats below this size hold integers exactly
-
-
-def _json_number(text: str) -> int | float:
-    """A JSON number with a fraction or exponent: an integer when its value is one (a
-    numeric(10,2) of 250.00 is sent as 250, not 250.0), else a float (always finite: the
-    decoder refuses numbers out of a float's range)."""
-    number = float(text)
-    return int(number) if number.is_integer() and -_EXACT < number < _EXACT else number
-
+from target_customerio.values import json_number as _json_number  # compiled: called for every number with a fraction
 
 _decode = msgspec.json.Decoder(float_hook=_json_number).decode
 

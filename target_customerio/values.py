@@ -67,6 +67,17 @@ def plain_number(value: Decimal | float) -> int | float:
     return value
 
 
+_EXACT = 2**53  # floats below this size hold integers exactly
+
+
+def json_number(text: str) -> int | float:
+    """A JSON number with a fraction or exponent (the readers' float hook): an integer when its
+    value is one (a numeric(10,2) of 250.00 is sent as 250, not 250.0), else a float (always
+    finite: the decoder refuses numbers out of a float's range)."""
+    number = float(text)
+    return int(number) if number.is_integer() and -_EXACT < number < _EXACT else number
+
+
 SCALARS = frozenset({str, int, bool, type(None)})  # exact types that `plain` returns unchanged
 # Levels of lists and dicts a value may hold: JSON encoders stop at about 255 (orjson), and the
 # compiled walk has no interpreter recursion limit to stop it before the C stack ends.
