@@ -79,29 +79,62 @@ class NoLedger:
 
 class _HeldWrites:
     """Accepted entries, held and written in one statement per `flush` (the target flushes
-    before each STATE) or per 20,000 entries (so writing overlaps the mapping rather than all
-    waiting for the end), in key order: keys are random, so a transaction per request would
-    rewrite most of the table's pages every time. The rows travel as one JSON text that the
-    database unpacks and sorts (the later entry for a key wins), not as bound tuples. An entry
-    lost in a crash costs a re-send, never a missed update. Thread-safe: delivery threads record."""
+    before each STATE) or, in a thread of their own, per 20,000 entries (so the writing
+    overlaps the mapping and delivery instead of all waiting for the end), in key order: keys
+    are random, so a transaction per request would rewrite most of the table's pages every time.
+    Delivery threads only hold entries, never wait for a write: at a million people one pass
+    over the table takes long enough to stall every shard behind it. The rows travel as one
+    JSON text that the database unpacks and sorts (the later entry for a key wins), not as bound
+    tuples. An entry lost in a crash costs a re-send, never a missed update."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _held
+        self._writing = threading.Lock()  # one write at a time, on one connection
         self._held: list[tuple[int, int]] = []
+        self._due = threading.Event()
+        self._writer: threading.Thread | None = None  # started by the first full batch (only the target writes)
+        self._failed: Exception | None = None  # a background write's error, raised by the next flush
+        self._closing = False
 
     def record(self, entries: Iterable[tuple[int, int]]) -> None:
         with self._lock:
             self._held.extend(entries)
-            full = len(self._held) >= _WRITE_BATCH
-        if full:
-            self.flush()
+            if len(self._held) < _WRITE_BATCH:
+                return
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_when_due, name="ledger-writer", daemon=True)
+                self._writer.start()
+        self._due.set()
 
     def flush(self) -> None:
-        with self._lock:
-            if not self._held:
+        """Return once every entry recorded so far is written; raises what a write raised."""
+        with self._writing:
+            failed, self._failed = self._failed, None
+            if failed is not None:
+                raise failed
+            self._write_held()
+
+    def _write_when_due(self) -> None:
+        while True:
+            self._due.wait()
+            self._due.clear()
+            if self._closing:
                 return
+            with self._writing:
+                try:
+                    self._write_held()
+                except Exception as exc:  # noqa: BLE001 - raised by the flush before the next STATE
+                    self._failed = exc
+
+    def _write_held(self) -> None:
+        with self._lock:
             rows, self._held = self._held, []
+        if rows:
             self._write(orjson.dumps(rows).decode(), int(time.time()))
+
+    def _stop_writer(self) -> None:
+        self._closing = True
+        self._due.set()
 
     def _write(self, rows: str, at: int) -> None:
         raise NotImplementedError
@@ -136,6 +169,7 @@ class SqliteLedger(_HeldWrites):
         self._db.execute(_UPSERT_JSON, (at, rows))
 
     def close(self) -> None:
+        self._stop_writer()
         self.flush()
         self._db.close()
 
@@ -182,5 +216,6 @@ class PostgresLedger(_HeldWrites):
             )
 
     def close(self) -> None:
+        self._stop_writer()
         self.flush()
         self._pg.close()
