@@ -17,7 +17,7 @@ from typing import Collection, Iterable, Protocol
 import orjson
 from xxhash import xxh3_64_intdigest
 
-from target_customerio.errors import ConfigError
+from target_customerio.errors import ConfigError, TargetError
 from target_customerio.settings import Settings
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS delivered (key INTEGER PRIMARY KEY, fingerprint INTEGER NOT NULL, at INTEGER NOT NULL)"
@@ -110,9 +110,12 @@ class _HeldWrites:
         """Return once every entry recorded so far is written; raises what a write raised."""
         with self._writing:
             failed, self._failed = self._failed, None
-            if failed is not None:
-                raise failed
-            self._write_held()
+            try:
+                if failed is not None:
+                    raise failed
+                self._write_held()
+            except Exception as exc:  # noqa: BLE001 - the run stops before its next STATE, with the reason
+                raise TargetError(f"cannot write the ledger: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
 
     def _write_when_due(self) -> None:
         while True:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
+import sqlite3
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,7 +19,8 @@ import pytest
 import requests
 from ulid import ULID
 
-from target_customerio.ledger import SqliteLedger, hash64, scope_seed
+from target_customerio.errors import TargetError
+from target_customerio.ledger import _WRITE_BATCH, SqliteLedger, hash64, scope_seed
 from target_customerio.mapping import (
     MAX_ATTRIBUTE_VALUE_BYTES,
     Mapper,
@@ -232,6 +235,21 @@ def test_ledger_writes_what_it_holds_on_flush_and_finds_exactly_that(tmp_path):
     ledger.close()  # writes what it holds
     assert lookups.fingerprints([rows[1000][0]]) == {rows[1000][0]: 5}
     assert SqliteLedger(path, full_resend=True).fingerprints(keys) == {}
+
+
+def test_a_full_batch_is_written_in_the_background_and_a_failed_write_stops_the_next_flush(tmp_path):
+    path = str(tmp_path / "ledger.sqlite")
+    ledger, lookups = SqliteLedger(path), SqliteLedger(path)
+    rows = [(key, key + 1) for key in range(_WRITE_BATCH)]
+    ledger.record(rows)  # a full batch: written without a flush, by the ledger's own thread
+    deadline = time.monotonic() + 60
+    while not lookups.fingerprints([0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lookups.fingerprints([0, _WRITE_BATCH - 1]) == {0: 1, _WRITE_BATCH - 1: _WRITE_BATCH}
+    sqlite3.connect(path).execute("DROP TABLE delivered")
+    ledger.record(rows)  # this write fails (in the background, or in the flush)
+    with pytest.raises(TargetError, match="cannot write the ledger: OperationalError: no such table"):
+        ledger.flush()
 
 
 def test_sandbox_without_validation_accepts_and_counts_every_operation():
