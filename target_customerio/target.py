@@ -204,7 +204,10 @@ class TargetCustomerIO(Target):
     def finish(self, status: str, error: str | None = None) -> None:
         """Write the report and the one-line summary."""
         self.mapping.close()
-        self.ledger.close()
+        try:
+            self.ledger.close()
+        except TargetError as exc:  # after the last STATE: the entries not written cost a re-send next run
+            self.logger.warning("%s; the next run sends those operations again", exc)
         self.report.close(status, error)
         self.logger.info("%s", self.report.summary(status))
         names = self.report.near_duplicate_event_names()
