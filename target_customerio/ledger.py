@@ -135,9 +135,11 @@ class _HeldWrites:
         if rows:
             self._write(orjson.dumps(rows).decode(), int(time.time()))
 
-    def _stop_writer(self) -> None:
+    def close(self) -> None:
+        """Stop the writer thread and write what is held."""
         self._closing = True
         self._due.set()
+        self.flush()
 
     def _write(self, rows: str, at: int) -> None:
         raise NotImplementedError
@@ -172,8 +174,7 @@ class SqliteLedger(_HeldWrites):
         self._db.execute(_UPSERT_JSON, (at, rows))
 
     def close(self) -> None:
-        self._stop_writer()
-        self.flush()
+        super().close()
         self._db.close()
 
 
@@ -219,6 +220,5 @@ class PostgresLedger(_HeldWrites):
             )
 
     def close(self) -> None:
-        self._stop_writer()
-        self.flush()
+        super().close()
         self._pg.close()

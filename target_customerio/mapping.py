@@ -12,7 +12,7 @@ import orjson
 
 from target_customerio.ledger import hash64, scope_seed
 from target_customerio.routes import Route
-from target_customerio.values import EPOCH, SCALARS, BadValue, plain, plain_number, snake_case, text_to_unix, to_unix, unix_seconds
+from target_customerio.values import SCALARS, BadValue, plain, plain_number, snake_case, text_to_unix, to_unix
 
 MAX_OPERATION_BYTES = 32_000
 MAX_IDENTIFIER_BYTES = 150
@@ -23,7 +23,6 @@ MAX_EVENT_NAME_BYTES = 100
 MAX_UNIX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
 _MISSING: Any = object()  # "no value" where None is a value
 _new = tuple.__new__  # a named tuple without its Python-level __new__ (per operation)
-_fromisoformat = dt.datetime.fromisoformat
 _from_bytes = int.from_bytes
 
 
@@ -199,12 +198,8 @@ class Mapper:
                 value = record.get(column)
                 if value is known:
                     out[name] = seconds
-                elif type(value) is str:  # text_to_unix + unix_seconds, inlined; odd forms take the in-order path
-                    moment = _fromisoformat(value)
-                    if moment.tzinfo is None:
-                        moment = moment.replace(tzinfo=tz)
-                    since = moment - EPOCH
-                    out[name] = since.days * 86_400 + since.seconds
+                elif type(value) is str:  # a bad one takes the in-order path
+                    out[name] = text_to_unix(value, tz)
         except Exception:  # noqa: BLE001 - redone in order, which raises the right error
             return self._payload_in_order(record)
         return out
@@ -301,7 +296,7 @@ class Mapper:
             raise Rejected("missing_timestamp", column, f"{column} is empty; an event is never stamped with sync time")
         try:
             if type(raw) is str:
-                seconds = self._text_seconds(raw)
+                seconds = text_to_unix(raw, self.route.source_timezone)
             elif isinstance(raw, (int, float, Decimal)) and not isinstance(raw, bool):
                 seconds = int(plain_number(raw))
                 if seconds > 10**11:
@@ -315,16 +310,6 @@ class Mapper:
         if not 0 <= seconds <= MAX_UNIX_SECONDS:
             raise Rejected("invalid_timestamp", column, f"{raw} is outside 1970..9999")
         return seconds
-
-    def _text_seconds(self, text: str) -> int:
-        """`text_to_unix`, with the common ISO form parsed at once (odd forms take the full rules)."""
-        try:
-            moment = _fromisoformat(text)
-        except ValueError:
-            return text_to_unix(text, self.route.source_timezone)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=self.route.source_timezone)
-        return unix_seconds(moment)
 
     def _event_name(self, record: dict[str, Any]) -> str:
         if self.route.event_name:

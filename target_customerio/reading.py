@@ -21,9 +21,9 @@ import msgspec
 from singer_sdk.contrib.msgspec import MsgSpecReader
 
 from target_customerio.errors import InputError
-from target_customerio.values import json_number as _json_number  # compiled: called for every number with a fraction
+from target_customerio.values import json_number  # compiled: called for every number with a fraction
 
-_decode = msgspec.json.Decoder(float_hook=_json_number).decode
+_decode = msgspec.json.Decoder(float_hook=json_number).decode
 
 
 class _RecordLine(msgspec.Struct):
@@ -32,7 +32,7 @@ class _RecordLine(msgspec.Struct):
     record: t.Any = None
 
 
-_decode_record_line = msgspec.json.Decoder(_RecordLine, float_hook=_json_number).decode
+_decode_record_line = msgspec.json.Decoder(_RecordLine, float_hook=json_number).decode
 # The start of a RECORD line as singer-sdk taps (compact) and singer-python taps (", ", ": ")
 # write it, up to the record's opening brace; the stream name in plain ASCII, unescaped.
 _RECORD_START = re.compile(rb'\{"type": ?"RECORD", ?"stream": ?"([\x20-\x21\x23-\x5b\x5d-\x7e]+)", ?"record": ?\{')

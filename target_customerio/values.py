@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 UTC = dt.timezone.utc
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+_fromisoformat = dt.datetime.fromisoformat
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -31,8 +32,12 @@ def to_unix(value: dt.datetime | dt.date | str, tz: dt.tzinfo = UTC) -> int:
 
 
 def text_to_unix(text: str, tz: dt.tzinfo = UTC) -> int:
-    """`to_unix` for text: the per-value path for date columns and event times."""
-    value = parse_datetime(text)
+    """`to_unix` for text: date columns and event times. The common ISO form is read at once;
+    any other (spaces around it, `Z` before Python 3.11) by `parse_datetime`'s rules."""
+    try:
+        value = _fromisoformat(text)
+    except ValueError:
+        value = parse_datetime(text)
     if value.tzinfo is None:
         value = value.replace(tzinfo=tz)
     return unix_seconds(value)
