@@ -22,7 +22,8 @@ import requests
 from target_customerio.errors import CredentialsError, DeliveryError, TargetError
 from target_customerio.ledger import Ledger
 from target_customerio.mapping import Operation
-from target_customerio.report import RunReport
+from target_customerio.redaction import REDACTOR
+from target_customerio.report import RunReport, open_output
 
 MAX_REQUEST_BYTES = 500_000
 _ENVELOPE = len(b'{"batch":[]}')
@@ -396,18 +397,23 @@ class DryRun:
 
     def __init__(self, path: str, report: RunReport) -> None:
         self._path = Path(path)
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._out = self._path.open("wb")
+        self._out = open_output(self._path, "dry_run_file", "wb")
         self._report = report
         self.error: TargetError | None = None
 
     def submit(self, shard: int, batch: Batch) -> None:
-        for op in batch.ops:
-            self._out.write(op.body + b"\n")
+        try:
+            for op in batch.ops:
+                self._out.write(REDACTOR.redact_bytes(op.body) + b"\n")
+        except OSError as exc:
+            raise TargetError(f"cannot write dry_run_file {self._path}: {exc.strerror or exc}") from None
         self._report.delivered(batch.stream, len(batch))
 
     def wait(self) -> None:
-        self._out.flush()
+        try:
+            self._out.flush()
+        except OSError as exc:
+            raise TargetError(f"cannot write dry_run_file {self._path}: {exc.strerror or exc}") from None
 
     def raise_if_failed(self) -> None:
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -13,7 +14,9 @@ from typing import IO, Any
 
 import orjson
 
+from target_customerio.errors import ConfigError, TargetError
 from target_customerio.reading import decode_record
+from target_customerio.redaction import REDACTOR
 
 _LOGGED_PER_REASON = 5
 
@@ -58,7 +61,15 @@ class RunReport:
         self._streams: dict[str, StreamTally] = {}
         self._reject_path = Path(reject_file) if reject_file else None
         self._reject_out: IO[bytes] | None = None
+        self._reject_unsynced = False  # written since the last fsync
+        self._write_error: TargetError | None = None
         self._report_path = Path(report_file) if report_file else None
+        # Both files are opened (or tried) now: a path that cannot be written is a configuration
+        # error before anything is sent, not a traceback after.
+        if self._reject_path is not None:
+            self._reject_out = open_output(self._reject_path, "reject_file", "ab")
+        if self._report_path is not None:
+            check_output(self._report_path, "report_file")
         self._dry_run = dry_run
         self._logger = logger
         self._event_names: dict[str, set[str]] = defaultdict(set)
@@ -84,20 +95,46 @@ class RunReport:
             line = orjson.dumps(entry, default=_json_default, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
         except orjson.JSONEncodeError:  # lone surrogates, huge ints: keep the record, escaped
             line = (json.dumps(entry, default=str, ensure_ascii=True) + "\n").encode()
+        line = REDACTOR.redact_bytes(line)
         with self._lock:
             tally = self._streams.setdefault(stream, StreamTally())
             tally.rejected[reason] += 1
             if rule:
                 tally.violated_rules[rule] += 1
             count = tally.rejected[reason]
-            if self._reject_path is not None:
-                if self._reject_out is None:
-                    self._reject_path.parent.mkdir(parents=True, exist_ok=True)
-                    self._reject_out = self._reject_path.open("ab")
-                self._reject_out.write(line)
+            if self._reject_out is not None:
+                self._write_reject(line)
         if count <= _LOGGED_PER_REASON:
             where = f" (field {field})" if field else ""
             self._logger.warning("%s: record rejected, %s%s: %s", stream, reason, where, message)
+
+    def _write_reject(self, line: bytes) -> None:
+        """Under the lock. A failed write (a full disk) stops the run: the record would be lost."""
+        if self._write_error is not None:
+            raise self._write_error
+        try:
+            assert self._reject_out is not None
+            self._reject_out.write(line)
+            self._reject_unsynced = True
+        except OSError as exc:
+            self._write_error = TargetError(f"cannot write reject_file {self._reject_path}: {exc.strerror or exc}")
+            raise self._write_error from None
+
+    def flush(self) -> None:
+        """Make every reject written so far durable (flushed and fsync'd): called before each
+        STATE, which promises that the rejects it covers are on disk. Raises TargetError."""
+        with self._lock:
+            if self._write_error is not None:
+                raise self._write_error
+            if self._reject_out is None or not self._reject_unsynced:
+                return
+            try:
+                self._reject_out.flush()
+                os.fsync(self._reject_out.fileno())
+            except OSError as exc:
+                self._write_error = TargetError(f"cannot write reject_file {self._reject_path}: {exc.strerror or exc}")
+                raise self._write_error from None
+            self._reject_unsynced = False
 
     def skip(self, stream: str, reason: str, count: int = 1) -> None:
         with self._lock:
@@ -146,13 +183,26 @@ class RunReport:
         )
 
     def close(self, status: str, error: str | None = None) -> None:
-        """Flush the reject file and write the JSON report."""
+        """Flush the reject file and write the JSON report; raises TargetError when either
+        cannot be written (after trying both)."""
+        failure: TargetError | None = None
+        try:
+            self.flush()
+        except TargetError as exc:
+            failure, status, error = exc, "failed", error or str(exc)
         with self._lock:
             if self._reject_out is not None:
-                self._reject_out.close()
+                try:
+                    self._reject_out.close()
+                except OSError:
+                    pass  # flush() above found what went wrong
                 self._reject_out = None
-        if self._report_path is None:
-            return
+        if self._report_path is not None:
+            self._write_report(status, error)
+        if failure is not None:
+            raise failure
+
+    def _write_report(self, status: str, error: str | None) -> None:
         report = {
             "status": status,
             "error": error,
@@ -163,5 +213,26 @@ class RunReport:
             "streams": {name: tally.as_dict() for name, tally in sorted(self._streams.items())},
             "near_duplicate_event_names": self.near_duplicate_event_names(),
         }
-        self._report_path.parent.mkdir(parents=True, exist_ok=True)
-        self._report_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        data = REDACTOR.redact_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        assert self._report_path is not None
+        try:
+            self._report_path.write_bytes(data)
+        except OSError as exc:
+            raise TargetError(f"cannot write report_file {self._report_path}: {exc.strerror or exc}") from None
+
+
+def check_output(path: Path, setting: str) -> None:
+    """A file written at the end of the run can be written: checked at the start."""
+    existed = path.exists()
+    open_output(path, setting, "ab").close()
+    if not existed:
+        path.unlink()
+
+
+def open_output(path: Path, setting: str, mode: str) -> IO[bytes]:
+    """A file the run writes, opened now; a path that cannot be written is a ConfigError."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.open(mode)  # type: ignore[return-value]
+    except OSError as exc:
+        raise ConfigError(f"setting `{setting}`: cannot write {path} ({exc.strerror or exc})") from None

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
-import os
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import jsonschema_rs
+
 from target_customerio.errors import ConfigError
+from target_customerio.redaction import SENSITIVE_SETTINGS
 from target_customerio.routes import Routes
 
 REGION_URLS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
@@ -42,6 +46,76 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "mapping_workers": {"type": "integer", "minimum": 0, "maximum": 16, "description": "Processes that decode and map records (default: the CPU count, at most 4; 0: map in the reading thread)."},
     },
 }
+
+
+# singer-sdk's own settings. These apply: the SDK does their work before a record reaches a sink.
+SDK_SETTINGS = ("add_record_metadata", "stream_maps", "stream_map_config", "faker_config",
+                "flattening_enabled", "flattening_max_depth", "flattening_max_key_length",
+                "flattening_separator")
+# The SDK defines these too, for targets that load tables or validate with its validator; this
+# target does neither (requests are cut by size, contracts do the checking). Accepted, so a
+# project that sets them keeps running, with a warning that they do nothing.
+SDK_SETTINGS_IGNORED = ("load_method", "batch_size_rows", "validate_records",
+                        "process_activate_version_messages", "batch_config")
+# Environment variables with the settings' prefix that are not settings.
+_NOT_SETTINGS_ENV = ("LOGLEVEL", "LOG_LEVEL", "PURE_PYTHON", "INTERPRETED")
+ENV_PREFIX = "TARGET_CUSTOMERIO_"
+
+
+def known_settings() -> list[str]:
+    return [*CONFIG_SCHEMA["properties"], *SDK_SETTINGS, *SDK_SETTINGS_IGNORED]
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    """` (did you mean `x`?)`, or nothing when no known name is close."""
+    close = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def check_config(config: dict[str, Any]) -> list[str]:
+    """Fail closed on the whole configuration before anything runs: an unknown setting (a typo
+    must never reach production) or a value of the wrong type is a ConfigError. Returns the
+    warnings for SDK settings that do nothing here. Messages never hold a sensitive value."""
+    known = known_settings()
+    for name in config:
+        if name not in known:
+            shown = name if len(name) <= 60 else name[:60] + "..."
+            raise ConfigError(f"unknown setting `{shown}`{did_you_mean(shown, known)}; "
+                              f"settings: {', '.join(CONFIG_SCHEMA['properties'])}")
+    for error in _VALIDATOR.iter_errors(config):  # the SDK checks its own settings
+        path = [str(p) for p in error.instance_path]
+        name = path[0] if path else ""
+        raise ConfigError(f"setting `{'.'.join(path)}`: {_problem(name, error.message)}")
+    for name in ("site_id", "api_key"):
+        value = config.get(name)
+        if isinstance(value, str) and not (value.isascii() and value.isprintable()):
+            raise ConfigError(f"setting `{name}` holds characters an HTTP header cannot carry "
+                              "(it must be printable ASCII: copy it again from Customer.io)")
+    return [f"setting `{name}` does nothing in target-customerio (requests are cut by size and "
+            "contracts check the records); remove it" for name in SDK_SETTINGS_IGNORED if config.get(name) is not None]
+
+
+_VALIDATOR = jsonschema_rs.Draft7Validator(CONFIG_SCHEMA)
+
+
+def check_env(environ: dict[str, str]) -> None:
+    """With `--config ENV`: a TARGET_CUSTOMERIO_ variable that names no setting is a typo."""
+    known = [name.upper() for name in known_settings()]
+    for var in environ:
+        if var.startswith(ENV_PREFIX):
+            name = var[len(ENV_PREFIX):]
+            if name not in known and name not in _NOT_SETTINGS_ENV:
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+                hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
+                raise ConfigError(f"environment variable {var} names no setting{hint}")
+
+
+def _problem(name: str, message: str) -> str:
+    """The validator's message, or for a sensitive setting one that does not quote the value."""
+    if name not in SENSITIVE_SETTINGS:
+        return message if len(message) <= 200 else message[:200] + "..."
+    expected = CONFIG_SCHEMA["properties"].get(name, {}).get("type", "valid")
+    return f"must be a {expected} (the value is secret, so it is not shown)"
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,13 @@ class CustomerIOSink(Sink):
         """
         self.logger.debug("ACTIVATE_VERSION %s: nothing to do in Customer.io", new_version)
 
+    def clean_up(self) -> None:
+        """At the end of the stream: the records of the last chunk are counted before the SDK
+        logs the `record_count` metric Meltano reads."""
+        if self._chunk:
+            self._send_chunk()
+        super().clean_up()
+
     def flush(self) -> None:
         """Map every record received, and hand every partial batch to delivery."""
         if self._chunk:
@@ -168,6 +175,7 @@ class UnmappedSink(Sink):
 
     def receive(self, item: Item) -> None:
         """A record straight from the reader: counted and skipped all the same."""
+        self.record_counter_metric.increment()
         self._report.stream(self.stream_name).received += 1
         self._report.skip(self.stream_name, "unmapped")
 

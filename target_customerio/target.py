@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import ctypes
+import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -14,6 +17,7 @@ from types import FrameType
 
 from singer_sdk import Target
 from singer_sdk.exceptions import ConfigValidationError, MissingKeyPropertiesError, RecordsWithoutSchemaException
+from singer_sdk.helpers.capabilities import PluginCapabilities
 from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.plugin_base import _ConfigInput
 from singer_sdk.singerlib.exceptions import InvalidInputLine
@@ -25,9 +29,39 @@ from target_customerio.ledger import open_ledger
 from target_customerio.mapping import compiled
 from target_customerio.mapping_worker import Item, ProcessMapping, make_mapping
 from target_customerio.reading import SingerLineReader
+from target_customerio import redaction
 from target_customerio.report import RunReport
-from target_customerio.settings import CONFIG_SCHEMA, load_settings
+from target_customerio.settings import (
+    CONFIG_SCHEMA, SDK_SETTINGS_IGNORED, check_config, check_env, load_settings,
+)
 from target_customerio.sinks import CustomerIOSink, UnmappedSink
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _read_config_file(path: str) -> dict[str, t.Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"--config {path}: cannot read it ({reason})") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--config {path}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise ConfigError(f"--config {path}: nested too deeply") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"--config {path}: must be a JSON object of settings, not {type(config).__name__}")
+    redaction.REDACTOR.learn_config(config)
+    return config
 
 
 def _one_malloc_arena() -> None:
@@ -48,12 +82,32 @@ class TargetCustomerIO(Target):
     """Singer target for Customer.io person updates and events."""
 
     name = "target-customerio"
-    config_jsonschema = CONFIG_SCHEMA
+    config_jsonschema = copy.deepcopy(CONFIG_SCHEMA)  # the SDK adds its settings to this one
     default_sink_class = CustomerIOSink
     message_reader_class = SingerLineReader
+    # Not `validate-records`: the SDK's record validation is replaced by contracts (sinks.py).
+    capabilities = [PluginCapabilities.ABOUT, PluginCapabilities.STREAM_MAPS,
+                    PluginCapabilities.FLATTENING, PluginCapabilities.STRUCTURED_LOGGING]
+
+    @classmethod
+    def append_builtin_config(cls, config_jsonschema: dict) -> None:
+        """The SDK's settings, without those this target ignores (see settings.py)."""
+        super().append_builtin_config(config_jsonschema)
+        for name in SDK_SETTINGS_IGNORED:
+            config_jsonschema["properties"].pop(name, None)
 
     def __init__(self, *, config: t.Any = None, parse_env_config: bool = False, validate_config: bool = True, message_reader: t.Any = None) -> None:
+        redaction.install()
+        # Checked before the SDK sees them (its messages quote values): a typo or a wrong type
+        # stops here, with a message that never holds a secret; again with the environment's.
+        warnings = self._check_config(config, validate_config)
+        if parse_env_config:
+            check_env(dict(os.environ))
         super().__init__(config=config, parse_env_config=parse_env_config, validate_config=validate_config, message_reader=message_reader)
+        if parse_env_config:
+            warnings = self._check_config(dict(self.config), validate_config)
+        for warning in warnings:
+            self.logger.warning("%s", warning)
         self.settings = load_settings(dict(self.config), Path.cwd())
         # First, while this process has no threads or connections: it may fork the mapper.
         _one_malloc_arena()
@@ -78,6 +132,12 @@ class TargetCustomerIO(Target):
         self._next_age_check = 0.0
         self._busy = False
         self._terminating = False
+
+    @staticmethod
+    def _check_config(config: t.Any, validate: bool) -> list[str]:
+        config = config if isinstance(config, dict) else {}
+        redaction.REDACTOR.learn_config(config)
+        return check_config(config) if validate else []
 
     def _make_delivery(self) -> Delivery | DryRun:
         s = self.settings
@@ -136,17 +196,26 @@ class TargetCustomerIO(Target):
     # STATE: only once everything before it is in Customer.io
 
     def _settle(self) -> None:
+        """Everything received so far is delivered (or rejected), its ledger entries written,
+        its rejects on disk, and no stream over max_reject_ratio: what a STATE promises."""
         sinks = [*self._sinks_to_clear, *self._sinks_active.values()]
         for sink in sinks:
-            sink.check_reject_ratio()
             sink.flush()
         self.delivery.wait()
+        for sink in sinks:
+            sink.check_reject_ratio()
+        self.report.flush()
 
     def _write_state_message(self, state: dict) -> None:
         self._settle()
         if self.settings.dry_run:
             return  # nothing was sent, so no bookmark may move
-        super()._write_state_message(state)
+        try:
+            super()._write_state_message(state)
+        except (BrokenPipeError, ValueError) as exc:  # ValueError: stdout already closed
+            _silence_stdout()
+            raise TargetError("stdout is closed: nobody reads the STATE this run must emit "
+                              "(run it under Meltano, or pipe its stdout to a file)") from exc
 
     def process_endofpipe(self) -> None:
         super().process_endofpipe()
@@ -208,13 +277,35 @@ class TargetCustomerIO(Target):
             self.ledger.close()
         except TargetError as exc:  # after the last STATE: the entries not written cost a re-send next run
             self.logger.warning("%s; the next run sends those operations again", exc)
-        self.report.close(status, error)
+        try:
+            self.report.close(status, error)
+        except TargetError as exc:
+            if status == "ok":
+                self._stop(None, exc)  # exit 1: what the run did is not all on disk
+            self.logger.error("%s", exc)
         self.logger.info("%s", self.report.summary(status))
         names = self.report.near_duplicate_event_names()
         if names:
             self.logger.warning("event names that differ only in spelling at the source: %s", names)
 
     # CLI
+
+    @classmethod
+    def cb_config(cls, ctx: t.Any, param: t.Any, value: tuple[str, ...]) -> _ConfigInput:
+        """`--config` files (or ENV): a file that is missing, unreadable, not JSON or not an
+        object is one line and exit 2, like any other configuration error."""
+        redaction.install()
+        config: dict[str, t.Any] = {}
+        parse_env = False
+        try:
+            for path in value:
+                if path == "ENV":
+                    parse_env = True
+                    continue
+                config |= _read_config_file(path)
+        except ConfigError as exc:
+            cls._stop(None, exc)
+        return _ConfigInput(config=config, parse_env=parse_env)
 
     @classmethod
     def invoke(cls, *, about: bool = False, about_format: str | None = None, config: _ConfigInput | None = None, file_input: t.IO[str] | None = None) -> None:  # type: ignore[override]
@@ -231,7 +322,8 @@ class TargetCustomerIO(Target):
         except TargetError as exc:
             cls._stop(target, exc)
         except ConfigValidationError as exc:
-            cls._stop(target, ConfigError("; ".join(exc.errors) or str(exc)))
+            lines = [str(error).splitlines()[0] for error in exc.errors if str(error).strip()]
+            cls._stop(target, ConfigError("; ".join(lines) or str(exc).splitlines()[0]))
         except (RecordsWithoutSchemaException, InvalidInputLine, MissingKeyPropertiesError) as exc:
             cls._stop(target, InputError(str(exc).splitlines()[0]))
         except UnicodeDecodeError:

@@ -1,0 +1,187 @@
+"""Secrets masked in one place: every log line, error, report, reject and dry-run file.
+
+The target learns its secrets from the configuration as soon as it is read (before it is
+checked, so a malformed one is masked too): the value of every sensitive setting whatever its
+type, the password of any URL or DSN among the settings, and any query value whose name looks
+secret. Text that leaves the process goes through `redact`; on top of the known values, URL
+userinfo and secret-looking `name=value` pairs are masked by their shape, so a secret the
+target was never told about (a password inside a mistyped proxy URL) is masked as well.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import sys
+import threading
+from typing import Any, Iterable
+from urllib.parse import parse_qsl, urlsplit
+
+MASK = "****"
+# Settings whose value is a secret, and names that look like one (a typo of a secret setting,
+# a key inside `streams` or a DSN).
+SENSITIVE_SETTINGS = frozenset({"api_key", "ledger_url", "app_api_key"})
+_SECRET_NAME = re.compile(r"(pass(word|wd)?|secret|token|api[-_]?key|apikey|auth|credential|signature|sig|private)", re.I)
+# `scheme://user:password@host`: the userinfo, whatever the scheme (a mistyped `htps://` too).
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/@\s'\"]+)@")
+# `password=...`, `api_key: ...`, `?token=...`: a secret-looking name and its value.
+_PAIR = re.compile(
+    r"(?P<name>\b[\w-]*(?:pass(?:word|wd)?|secret|token|api[-_]?key|apikey|signature)[\w-]*)"
+    r"(?P<sep>\s*=\s*['\"]?|['\"]\s*:\s*['\"])(?P<value>[^\s&'\",;}]+)",
+    re.I,
+)
+_MIN_SECRET = 4  # shorter values are too common to mask everywhere ("true", "1")
+
+
+class Redactor:
+    """The secrets known so far, and the masking of text that may hold them. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._secrets: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        self._lock = threading.Lock()
+
+    def learn(self, value: Any) -> None:
+        """Remember a secret value: a string, or every string and number inside any value."""
+        found = {s for s in _strings(value) if len(s) >= _MIN_SECRET}
+        if found - self._secrets:
+            with self._lock:
+                self._secrets |= found
+                ordered = sorted(self._secrets, key=len, reverse=True)  # longest first
+                self._pattern = re.compile("|".join(map(re.escape, ordered)))
+
+    def learn_config(self, config: Any) -> None:
+        """Every secret a configuration holds (see the module docstring)."""
+        if not isinstance(config, dict):
+            return
+        for name, value in config.items():
+            if name in SENSITIVE_SETTINGS or _SECRET_NAME.search(str(name)):
+                self.learn(value)
+            for text in _strings(value):
+                self._learn_url(text)
+            if isinstance(value, dict):
+                self.learn_config(value)
+
+    def _learn_url(self, text: str) -> None:
+        if "://" not in text and "=" not in text:
+            return
+        try:
+            parts = urlsplit(text.strip())
+            password = parts.password
+        except ValueError:
+            password = None
+        if password:
+            self.learn(password)
+        for key, value in _query_pairs(text):
+            if _SECRET_NAME.search(key):
+                self.learn(value)
+
+    def redact(self, text: str) -> str:
+        """The text with every known secret and every secret-shaped part masked."""
+        pattern = self._pattern
+        if pattern is not None:
+            text = pattern.sub(MASK, text)
+        if "@" in text:
+            text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+        if "=" in text or ":" in text:
+            text = _PAIR.sub(lambda m: f"{m['name']}{m['sep']}{MASK}", text)
+        return text
+
+    def redact_bytes(self, data: bytes) -> bytes:
+        """`redact` for encoded output (reject and dry-run lines): untouched when clean."""
+        text = data.decode("utf-8", "surrogateescape")
+        masked = self.redact(text)
+        return data if masked == text else masked.encode("utf-8", "surrogateescape")
+
+
+def _strings(value: Any) -> Iterable[str]:
+    """The text forms a value can be printed in: strings and numbers, nested ones too."""
+    if isinstance(value, str):
+        yield value
+        if value.strip() != value:
+            yield value.strip()
+    elif isinstance(value, (bool, type(None))):
+        return
+    elif isinstance(value, (int, float)):
+        yield str(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple, set)):
+        for item in value:
+            yield from _strings(item)
+    else:
+        yield str(value)
+
+
+def _query_pairs(text: str) -> list[tuple[str, str]]:
+    """`name=value` pairs of a URL's query or a libpq DSN (`host=x password=y`)."""
+    query = text.split("?", 1)[1] if "?" in text else text
+    pairs = parse_qsl(query.replace(" ", "&"), keep_blank_values=False)
+    return [(k, v.strip("'\"")) for k, v in pairs]
+
+
+REDACTOR = Redactor()
+redact = REDACTOR.redact
+
+
+class RedactingFilter(logging.Filter):
+    """Masks a log record's message, arguments and traceback before any handler formats it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is still logged, masked
+            message = f"{record.msg} {record.args}"
+        record.msg, record.args = redact(message), None
+        if record.exc_info:
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text, record.exc_info = redact(text), None
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+class RedactingStream(io.TextIOBase):
+    """stderr for whatever writes to it directly (a thread's traceback, a warning)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def fileno(self) -> int:
+        return int(self._stream.fileno())
+
+    def isatty(self) -> bool:
+        return bool(self._stream.isatty())
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self._stream, "encoding", "utf-8"))
+
+
+_FILTER = RedactingFilter()
+
+
+def install() -> None:
+    """Mask everything the process prints: each logging handler's records, and whatever is
+    written to stderr directly. Safe to call again (for handlers made since)."""
+    if not isinstance(sys.stderr, RedactingStream):
+        sys.stderr = RedactingStream(sys.stderr)
+    for logger in [logging.getLogger(), *_loggers()]:
+        for handler in logger.handlers:
+            if _FILTER not in handler.filters:
+                handler.addFilter(_FILTER)
+
+
+def _loggers() -> list[logging.Logger]:
+    return [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
