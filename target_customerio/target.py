@@ -282,7 +282,8 @@ class TargetCustomerIO(Target):
         except TargetError as exc:
             if status == "ok":
                 self._stop(None, exc)  # exit 1: what the run did is not all on disk
-            self.logger.error("%s", exc)
+            if str(exc) != error:  # not the failure the run already stopped on
+                self.logger.error("%s", exc)
         self.logger.info("%s", self.report.summary(status))
         names = self.report.near_duplicate_event_names()
         if names:

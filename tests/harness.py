@@ -62,6 +62,6 @@ def run_target(config: dict[str, Any], messages: Iterable[dict | str], tmp: Path
 def collect(returncode: int, stdout: str, stderr: str, config: dict[str, Any]) -> Run:
     report_path = Path(config["report_file"]) if config.get("report_file") else None
     reject_path = Path(config["reject_file"]) if config.get("reject_file") else None
-    report = json.loads(report_path.read_text()) if report_path and report_path.exists() else None
-    rejects = [json.loads(x) for x in reject_path.read_text().splitlines()] if reject_path and reject_path.exists() else []
+    report = json.loads(report_path.read_text()) if report_path and report_path.is_file() and report_path.stat().st_size else None
+    rejects = [json.loads(x) for x in reject_path.read_text().splitlines()] if reject_path and reject_path.is_file() else []
     return Run(returncode, stdout, stderr, report, rejects)

@@ -1,0 +1,239 @@
+"""Trust under misuse: configuration fails closed, secrets never leave, rejects are on disk
+before the STATE that covers them. Every case runs the real target process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from tests.harness import API_KEY, TARGET, record, run_target, schema, state, target_config
+
+P = "public-customers"
+ROUTES = {P: {"kind": "person", "identifier": {"field": "id", "type": "id"}}}
+SCHEMA = schema(P, {"id": {"type": "string"}, "name": {"type": "string"}})
+
+
+def people(count: int, start: int = 0) -> list[dict]:
+    return [record(P, {"id": f"C{i}", "name": f"n{i}"}) for i in range(start, start + count)]
+
+
+def one_error_line(stderr: str) -> str:
+    errors = [line for line in stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("typo, suggestion", [
+    ("dryrun", "dry_run"), ("reject_fil", "reject_file"), ("api-key", "api_key"), ("Region", "region"),
+    ("max_request_per_second", "max_requests_per_second"),
+])
+def test_an_unknown_setting_stops_the_run_naming_the_closest_one(sandbox, tmp_path, typo, suggestion):
+    config = {**target_config(sandbox.url, tmp_path, ROUTES), typo: "sk_typo_value_1234"}
+    run = run_target(config, [SCHEMA, *people(3), state({"b": 1})], tmp_path)
+    assert run.returncode == 2
+    line = one_error_line(run.stderr)
+    assert f"`{typo}`" in line and f"did you mean `{suggestion}`?" in line
+    assert sandbox.requests() == [] and run.states == []
+    assert "sk_typo_value_1234" not in run.stderr  # a typo of a secret setting is masked too
+
+
+def test_sdk_settings_are_accepted_and_the_ignored_ones_are_named(sandbox, tmp_path):
+    config = {**target_config(sandbox.url, tmp_path, ROUTES), "add_record_metadata": False,
+              "flattening_enabled": False, "load_method": "upsert", "batch_size_rows": 10}
+    run = run_target(config, [SCHEMA, *people(3), state({"b": 1})], tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert len(sandbox.people()) == 3
+    assert "setting `load_method` does nothing" in run.stderr
+    assert "setting `batch_size_rows` does nothing" in run.stderr
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read it (No such file or directory)"),
+    (b"{not json", "not JSON"),
+    (b"[1, 2]", "must be a JSON object of settings, not list"),
+    (b"\xff\xfe{}", "cannot read it (not UTF-8 text)"),
+    ("dir", "cannot read it (Is a directory)"),
+])
+def test_a_bad_config_file_is_one_line_and_exit_2(tmp_path, content, message):
+    path = tmp_path / "config.json"
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    proc = subprocess.run([TARGET, "--config", str(path)], input=b"", capture_output=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2
+    line = one_error_line(proc.stderr.decode())
+    assert message in line and str(path) in line
+    assert proc.stdout == b""
+
+
+SECRET = "sk_live_0123456789abcdef"
+
+
+@pytest.mark.parametrize("change, error", [
+    ({"api_key": 123456789012}, "setting `api_key`: must be a string"),
+    ({"api_key": ["sk_live_0123456789abcdef"]}, "setting `api_key`: must be a string"),
+    ({"api_key": "ключ-0123456789"}, "setting `api_key` holds characters an HTTP header cannot carry"),
+    ({"track_api_url": f"htps://admin:{SECRET}@proxy.example.com"}, "is not an http(s) URL"),
+    ({"track_api_url": f"https://proxy.example.com/?token={SECRET}", "region": "mars"}, "setting `region`"),
+    ({"ledger_url": f"postgresql://etl:{SECRET}@127.0.0.1:1/ledger"}, "ledger"),
+    ({"ledger_url": 42424242}, "setting `ledger_url`: must be a string"),
+])
+def test_a_config_error_never_echoes_a_secret(sandbox, tmp_path, change, error):
+    config = {**target_config(sandbox.url, tmp_path, ROUTES), **change}
+    run = run_target(config, [SCHEMA, *people(2)], tmp_path)
+    assert run.returncode in (2, 4), run.stderr
+    line = one_error_line(run.stderr)
+    assert error in line
+    for secret in (SECRET, "123456789012", "42424242", "ключ-0123456789", API_KEY):
+        assert secret not in run.stderr
+
+
+def test_the_api_key_never_reaches_logs_rejects_or_report_even_inside_a_record(sandbox, tmp_path):
+    """A record that holds the api_key (pasted into a note) is rejected and written masked."""
+    routes = {P: {**ROUTES[P], "contract": "builtin:customer"}}
+    config = target_config(sandbox.url, tmp_path, routes)
+    rows = [record(P, {"id": "C1", "orders_count": "many", "note": f"key is {API_KEY}"})]
+    run = run_target(config, [SCHEMA, *rows, state({"b": 1})], tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.rejects and API_KEY not in (tmp_path / "rejects.jsonl").read_text()
+    assert API_KEY not in (tmp_path / "report.json").read_text() and API_KEY not in run.stderr
+
+
+@pytest.mark.parametrize("setting", ["reject_file", "report_file", "dry_run_file"])
+def test_an_output_file_that_cannot_be_written_is_a_config_error_before_anything_is_sent(sandbox, tmp_path, setting):
+    (tmp_path / "a_dir").mkdir()
+    config = {**target_config(sandbox.url, tmp_path, ROUTES), setting: str(tmp_path / "a_dir")}
+    if setting == "dry_run_file":
+        config["dry_run"] = True
+    run = run_target(config, [SCHEMA, *people(3), state({"b": 1})], tmp_path)
+    assert run.returncode == 2
+    line = one_error_line(run.stderr)
+    assert f"setting `{setting}`: cannot write" in line and "Is a directory" in line
+    assert sandbox.requests() == [] and run.states == []
+
+
+def test_a_reject_file_that_fills_up_stops_the_run_before_the_next_state(sandbox, tmp_path):
+    """/dev/full accepts the open and fails every write, as a full disk does."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    config = {**target_config(sandbox.url, tmp_path, ROUTES), "reject_file": "/dev/full"}
+    rows = [*people(5), record(P, {"id": None}), state({"b": 1}), *people(5, 5), state({"b": 2})]
+    run = run_target(config, [SCHEMA, *rows], tmp_path)
+    assert run.returncode == 1
+    line = one_error_line(run.stderr)
+    assert "cannot write reject_file /dev/full" in line
+    assert run.states == []  # the reject the first STATE covers is not on disk: no STATE
+
+
+def test_rejects_are_on_disk_when_the_state_that_covers_them_is_emitted(sandbox, tmp_path):
+    """Read the reject file the moment the first STATE arrives on stdout, while the target is
+    still running (its stdin still open): the rejects before that STATE are all there."""
+    config = {**target_config(sandbox.url, tmp_path, ROUTES), "checkpoint_interval_seconds": 0.2}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    proc = subprocess.Popen([TARGET, "--config", str(tmp_path / "config.json")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    lines = [SCHEMA, *people(3), *[record(P, {"id": "", "n": i}) for i in range(7)], state({"b": 1})]
+    assert proc.stdin and proc.stdout
+
+    def send(messages: list[dict]) -> None:
+        proc.stdin.write("".join(json.dumps(m) + "\n" for m in messages).encode())
+        proc.stdin.flush()
+
+    send(lines)
+    time.sleep(1)
+    send(people(1, 100))  # a record after the checkpoint interval: the STATE is due
+    first_state = proc.stdout.readline()
+    on_disk = (tmp_path / "rejects.jsonl").read_text().splitlines()
+    proc.stdin.close()
+    proc.wait(timeout=60)
+    assert json.loads(first_state) == {"b": 1}
+    assert len(on_disk) == 7 and all(json.loads(x)["reason"] == "missing_identifier" for x in on_disk)
+    assert proc.returncode == 0
+
+
+def test_max_reject_ratio_is_checked_before_the_last_state(sandbox, tmp_path):
+    """The rejects come from Customer.io (207) only when the last batch is delivered: the ratio
+    is checked after delivery, so the final STATE is not emitted."""
+    config = {**target_config(sandbox.url, tmp_path, ROUTES), "max_reject_ratio": 0.1}
+    rows = [*people(20), record(P, {"id": "C_bad", "name": "x" * 5}), state({"b": 1})]
+    sandbox.inject(status=207, body={"errors": [{"batch_index": i, "reason": "invalid", "field": "name", "message": "no"}
+                                                for i in range(5)]}, path="/api/v2/batch")
+    run = run_target(config, [SCHEMA, *rows], tmp_path)
+    assert run.returncode == 6, run.stderr
+    assert "max_reject_ratio" in one_error_line(run.stderr)
+    assert run.states == []
+
+
+def test_a_closed_stdout_is_one_clear_line(sandbox, tmp_path):
+    config = target_config(sandbox.url, tmp_path, ROUTES)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    data = "".join(json.dumps(m) + "\n" for m in [SCHEMA, *people(3), state({"b": 1})]).encode()
+    read, write = os.pipe()
+    os.close(read)  # nobody reads STATE
+    proc = subprocess.run([TARGET, "--config", str(tmp_path / "config.json")], input=data, stdout=write,
+                          stderr=subprocess.PIPE, cwd=tmp_path, timeout=60)
+    os.close(write)
+    assert proc.returncode == 1
+    assert "stdout is closed" in one_error_line(proc.stderr.decode())
+
+
+def test_meltano_reads_the_record_count_received(sandbox, tmp_path):
+    config = target_config(sandbox.url, tmp_path, ROUTES)
+    run = run_target(config, [SCHEMA, *people(1234), state({"b": 1})], tmp_path)
+    assert run.returncode == 0, run.stderr
+    counts = [json.loads(line.split("METRIC: ", 1)[1]) for line in run.stderr.splitlines() if "METRIC: " in line]
+    total = sum(m["value"] for m in counts if m["metric"] == "record_count" and m["tags"]["stream"] == P)
+    assert total == 1234
+
+
+def test_about_lists_only_the_settings_that_apply():
+    proc = subprocess.run([TARGET, "--about", "--format", "json"], capture_output=True, timeout=60)
+    about = json.loads(proc.stdout)
+    settings = set(about["settings"]["properties"])
+    assert {"api_key", "streams", "dry_run", "stream_maps", "add_record_metadata"} <= settings
+    assert not settings & {"load_method", "batch_size_rows", "validate_records"}
+    assert "validate-records" not in about["capabilities"]
+
+
+def test_a_typo_in_an_environment_variable_stops_the_run(sandbox, tmp_path):
+    env = {"TARGET_CUSTOMERIO_SITE_ID": "test-site", "TARGET_CUSTOMERIO_API_KEY": API_KEY,
+           "TARGET_CUSTOMERIO_TRACK_API_URL": sandbox.url, "TARGET_CUSTOMERIO_STREAMS": json.dumps(ROUTES),
+           "TARGET_CUSTOMERIO_DRYRUN": "true"}
+    proc = subprocess.run([TARGET, "--config", "ENV"], input=b"", capture_output=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, **env})
+    assert proc.returncode == 2
+    assert "TARGET_CUSTOMERIO_DRYRUN names no setting (did you mean TARGET_CUSTOMERIO_DRY_RUN?)" in one_error_line(proc.stderr.decode())
+    assert API_KEY not in proc.stderr.decode()
+
+
+def test_a_secret_setting_from_the_environment_is_masked(sandbox, tmp_path):
+    """The api_key arrives through the environment; Customer.io refuses it, and the error line
+    (which names the URL) never shows it."""
+    env = {"TARGET_CUSTOMERIO_SITE_ID": "test-site", "TARGET_CUSTOMERIO_API_KEY": "sk_env_refused_key_777",
+           "TARGET_CUSTOMERIO_TRACK_API_URL": sandbox.url, "TARGET_CUSTOMERIO_STREAMS": json.dumps(ROUTES)}
+    data = "".join(json.dumps(m) + "\n" for m in [SCHEMA, *people(2)]).encode()
+    proc = subprocess.run([TARGET, "--config", "ENV"], input=data, capture_output=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, **env})
+    assert proc.returncode == 3
+    assert "sk_env_refused_key_777" not in proc.stderr.decode()
+
+
+def test_every_output_is_masked(tmp_path):
+    """Unit check of the one redaction: known values whatever their type, URL userinfo and
+    secret-looking query values, however they are printed."""
+    from target_customerio.redaction import Redactor
+
+    r = Redactor()
+    r.learn_config({"api_key": 987654321, "ledger_url": "host=db user=etl password=pg_secret_1 dbname=x",
+                    "track_api_url": "https://proxy.example.com/?signature=sig_value_22&x=1"})
+    text = ("key 987654321, dsn host=db password=pg_secret_1, sig_value_22, "
+            "ftp://u:unknown_pw@h, {'api_key': 'never_seen_before'}")
+    masked = r.redact(text)
+    for secret in ("987654321", "pg_secret_1", "sig_value_22", "unknown_pw", "never_seen_before"):
+        assert secret not in masked, masked
