@@ -228,7 +228,9 @@ RETRY_STATUSES = frozenset({429, *range(500, 600)})
 # A dropped connection, a refused one, a timeout (the whole-request deadline included) and a body
 # cut short are all "no answer": the request may or may not have landed, and re-sending is safe
 # (events carry deterministic ids; identifies are idempotent).
-RETRY_EXCEPTIONS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+RETRY_EXCEPTIONS = (
+    requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+)
 _full_jitter = wait_random_exponential(multiplier=_RETRY_BASE_SECONDS, max=_RETRY_CAP_SECONDS)
 
 
@@ -314,7 +316,7 @@ def _read_within(response: requests.Response, deadline: float) -> bytes:
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise requests.ReadTimeout(f"no whole answer within the request timeout from {response.url}")
+            raise requests.ReadTimeout(f"no whole answer from {response.url} within the timeout")
         if sock is not None:
             sock.settimeout(left)
         try:
@@ -371,11 +373,15 @@ class TrackClient:
         try:
             answer, tries = self._request("GET", url, None, "credential check")
         except RETRY_EXCEPTIONS as exc:
-            raise DeliveryError(f"cannot reach Customer.io at {self.base_url} ({self._tries_text()}, last: {type(exc).__name__})") from None
-        if answer.status in (401, 403):
-            raise CredentialsError(f"Customer.io refused site_id/api_key (HTTP {answer.status}) at {self.base_url}: check both settings")
-        if answer.status != 200:
-            raise DeliveryError(f"Customer.io answered HTTP {answer.status} to the credential check at {url} after {tries} tries")
+            tried = f"{self._max_tries} tries, last: {type(exc).__name__}"
+            raise DeliveryError(f"cannot reach Customer.io at {self.base_url} ({tried})") from None
+        status = answer.status
+        if status in (401, 403):
+            raise CredentialsError(f"Customer.io refused site_id/api_key (HTTP {status}) at "
+                                   f"{self.base_url}: check both settings")
+        if status != 200:
+            raise DeliveryError(f"Customer.io answered HTTP {status} to the credential check at "
+                                f"{url} after {tries} tries")
         actual = (answer.json().get("region") or "").lower()
         if region and actual and actual != region:
             raise CredentialsError(f"these credentials belong to a workspace in region {actual!r}, but region is {region!r}: set region: {actual}")
@@ -391,16 +397,15 @@ class TrackClient:
         if status in RETRY_STATUSES:
             raise self._gave_up(tries, f"HTTP {status}")
         if status in (401, 403):
-            raise CredentialsError(f"Customer.io refused site_id/api_key (HTTP {status}): check both settings")
+            raise CredentialsError(
+                f"Customer.io refused site_id/api_key (HTTP {status}): check both settings")
         if status not in (200, 207, 400, 413):
             raise DeliveryError(f"Customer.io answered HTTP {status} at {url}: {answer.text[:200]}")
         return answer, tries
 
     def _gave_up(self, tries: int, last: str) -> DeliveryError:
-        return DeliveryError(f"Customer.io did not accept a batch after {tries} tries (last: {last}); nothing after the last STATE was confirmed")
-
-    def _tries_text(self) -> str:
-        return f"{self._max_tries} tries" if self._max_tries > 1 else "1 try"
+        return DeliveryError(f"Customer.io did not accept a batch after {tries} tries (last: "
+                             f"{last}); nothing after the last STATE was confirmed")
 
     def _request(self, method: str, url: str, body: bytes | None, what: str) -> tuple[Answer, int]:
         """The request under the retry policy: its last answer (any status) and the tries used;
@@ -421,9 +426,11 @@ class TrackClient:
         self._limiter.acquire()
         deadline = time.monotonic() + self._timeout
         # urllib3's total: the wait for the first byte of the answer is what connecting left.
-        timeout = urllib3.Timeout(connect=min(10.0, self._timeout), read=self._timeout, total=self._timeout)
+        limit = self._timeout
+        timeout = urllib3.Timeout(connect=min(10.0, limit), read=limit, total=limit)
         # requests passes a urllib3 Timeout through (its stubs only name floats)
-        response = self._session().request(method, url, data=body, timeout=timeout, stream=True)  # type: ignore[arg-type]
+        response = self._session().request(
+            method, url, data=body, timeout=timeout, stream=True)  # type: ignore[arg-type]
         try:
             data = _read_within(response, deadline)
         except BaseException:
@@ -443,11 +450,13 @@ class TrackClient:
         else:
             stopped = self.stopping.wait(seconds)
         if stopped:
-            raise Terminated("stopped by signal while waiting to retry a request; nothing after the last STATE was confirmed")
+            raise Terminated("stopped by signal while waiting to retry a request; "
+                             "nothing after the last STATE was confirmed")
 
     def _log_retry(self, what: str, state: RetryCallState) -> None:
         wait = state.next_action.sleep if state.next_action is not None else 0.0
-        self._logger.warning("%s failed (%s), retry %d/%d in %.1fs", what, problem(state), state.attempt_number, self._max_tries - 1, wait)
+        self._logger.warning("%s failed (%s), retry %d/%d in %.1fs", what, problem(state),
+                             state.attempt_number, self._max_tries - 1, wait)
 
 
 class Delivery:
@@ -457,14 +466,15 @@ class Delivery:
         self._client, self._report, self._ledger = client, report, ledger
         self._queues: list[queue.Queue[Batch]] = [queue.Queue(maxsize=depth) for _ in range(workers)]
         self.error: TargetError | None = None
-        self._refused = [0] * workers  # per worker: requests refused whole since its last acceptance
+        self._refused = [0] * workers  # per worker: refused whole since its last acceptance
         # Batches queued or in flight, and when one last came back: after a signal the run
         # waits only while Customer.io keeps answering.
         self._idle = threading.Condition()
         self._pending = 0
         self._answered_at = time.monotonic()
         for index, q in enumerate(self._queues):
-            threading.Thread(target=self._work, args=(q, index), name=f"delivery-{index}", daemon=True).start()
+            threading.Thread(target=self._work, args=(q, index), name=f"delivery-{index}",
+                             daemon=True).start()
 
     @property
     def shards(self) -> int:
@@ -511,9 +521,11 @@ class Delivery:
     def _give_up_if_stalled(self) -> None:
         """After a signal, a request Customer.io holds without answering is not waited for: its
         worker is left behind (a daemon thread) and the run ends without a new STATE."""
-        if self._client.stopping.is_set() and time.monotonic() - self._answered_at > _STOP_GRACE_SECONDS:
+        silent = time.monotonic() - self._answered_at
+        if self._client.stopping.is_set() and silent > _STOP_GRACE_SECONDS:
             self.error = self.error or Terminated(
-                f"stopped by signal; Customer.io had not answered for {_STOP_GRACE_SECONDS:g}s, so nothing after the last STATE was confirmed")
+                f"stopped by signal; Customer.io had not answered for {_STOP_GRACE_SECONDS:g}s, "
+                "so nothing after the last STATE was confirmed")
             raise self.error
 
     def _done(self) -> None:
@@ -561,16 +573,18 @@ class Delivery:
         self._refused[worker] += 1
         if self._refused[worker] >= _MAX_REFUSED_IN_A_ROW:
             raise DeliveryError(
-                f"Customer.io refused {self._refused[worker]} requests in a row whole (HTTP {answer.status}: {message[:200]}) "
-                "and accepted none in between: it refuses every request, not a few bad operations; "
-                "nothing after the last STATE was confirmed")
+                f"Customer.io refused {self._refused[worker]} requests in a row whole "
+                f"(HTTP {answer.status}: {message[:200]}) and accepted none in between: it "
+                "refuses every request, not a few bad operations; nothing after the last STATE "
+                "was confirmed")
         count = len(batch)
         if count > 1:
             ops = batch.ops
             self._deliver(Batch.of(batch.stream, ops[:count // 2]), worker)
             self._deliver(Batch.of(batch.stream, ops[count // 2:]), worker)
         else:
-            self._report.reject(batch.stream, "rejected_by_customerio", None, message, batch.ops[0].record)
+            record = batch.ops[0].record
+            self._report.reject(batch.stream, "rejected_by_customerio", None, message, record)
 
     def _record_item_errors(self, batch: Batch, errors: list[dict[str, Any]]) -> None:
         ops, rejected = batch.ops, set()

@@ -18,13 +18,24 @@ import pytest
 
 from target_customerio.delivery import TrackClient, retry_after
 from target_customerio.errors import CredentialsError, DeliveryError
-from tests.harness import API_KEY, SITE_ID, TARGET, collect, record, run_target, schema, state, target_config
+from tests.harness import (
+    API_KEY,
+    SITE_ID,
+    TARGET,
+    collect,
+    record,
+    run_target,
+    schema,
+    state,
+    target_config,
+)
 
 BATCH = "/api/v2/batch"
 REGION = "/api/v1/accounts/region"
 PEOPLE = "public-customers"
 ROUTES = {PEOPLE: {"kind": "person", "identifier": {"field": "customer_id", "type": "id"}}}
-SCHEMA = schema(PEOPLE, {"customer_id": {"type": "string"}, "plan": {"type": "string"}}, ["customer_id"])
+SCHEMA = schema(PEOPLE, {"customer_id": {"type": "string"}, "plan": {"type": "string"}},
+                ["customer_id"])
 
 
 def person(n: int) -> dict:
@@ -42,7 +53,7 @@ def requests_to(sandbox, path: str) -> list[dict]:
 # ---- the run ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fault", [dict(status=503), dict(mode="drop")], ids=["503", "dropped"])
+@pytest.mark.parametrize("fault", [{"status": 503}, {"mode": "drop"}], ids=["503", "dropped"])
 def test_the_start_up_check_is_retried_like_any_request(sandbox, tmp_path, fault):
     sandbox.inject(path=REGION, **fault)
     run = run_target(target_config(sandbox.url, tmp_path, ROUTES), stream(3), tmp_path)
@@ -54,7 +65,8 @@ def test_the_start_up_check_is_retried_like_any_request(sandbox, tmp_path, fault
 
 def test_a_start_up_check_that_keeps_failing_ends_the_run_after_the_retries(sandbox, tmp_path):
     sandbox.inject(503, times=100, path=REGION)
-    run = run_target(target_config(sandbox.url, tmp_path, ROUTES, max_retries=2), stream(3), tmp_path)
+    config = target_config(sandbox.url, tmp_path, ROUTES, max_retries=2)
+    run = run_target(config, stream(3), tmp_path)
     assert run.returncode == 4 and run.stdout == ""
     assert "HTTP 503 to the credential check" in run.stderr and "after 3 tries" in run.stderr
     assert len(requests_to(sandbox, REGION)) == 3 and sandbox.people() == []
@@ -63,7 +75,8 @@ def test_a_start_up_check_that_keeps_failing_ends_the_run_after_the_retries(sand
 def test_a_trickling_server_cannot_hold_the_run(sandbox, tmp_path):
     """Headers at once, then a byte every half second: each try ends at request_timeout."""
     sandbox.inject(200, times=1000, mode="trickle", delay=0.5, path=BATCH)
-    config = target_config(sandbox.url, tmp_path, ROUTES, request_timeout=1, max_retries=1, delivery_workers=1)
+    config = target_config(sandbox.url, tmp_path, ROUTES, request_timeout=1, max_retries=1,
+                           delivery_workers=1)
     run = run_target(config, stream(3), tmp_path, timeout=60)
     assert run.returncode == 4, run.stderr
     assert "did not accept a batch after 2 tries (last: ReadTimeout)" in run.stderr
@@ -73,8 +86,9 @@ def test_a_trickling_server_cannot_hold_the_run(sandbox, tmp_path):
 
 def _start(config: dict, tmp_path) -> subprocess.Popen:
     (tmp_path / "config.json").write_text(json.dumps(config))
-    return subprocess.Popen([TARGET, "--config", str(tmp_path / "config.json")], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, text=True)
+    return subprocess.Popen([TARGET, "--config", str(tmp_path / "config.json")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=tmp_path, text=True)
 
 
 def _send(proc: subprocess.Popen, messages: list[dict]) -> None:
@@ -89,8 +103,10 @@ def _until(condition, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-def test_sigterm_during_a_long_backoff_ends_the_run_at_once_keeping_the_state_written(sandbox, tmp_path):
-    config = target_config(sandbox.url, tmp_path, ROUTES, checkpoint_interval_seconds=0.2, delivery_workers=1)
+def test_sigterm_in_a_long_backoff_ends_the_run_at_once_keeping_the_state_written(
+        sandbox, tmp_path):
+    config = target_config(sandbox.url, tmp_path, ROUTES, checkpoint_interval_seconds=0.2,
+                           delivery_workers=1)
     proc = _start(config, tmp_path)
     _send(proc, [SCHEMA, *(person(n) for n in range(5)), state({"s": 1})])
     _until(lambda: sandbox.requests())  # the target is up and read the SCHEMA
@@ -118,12 +134,14 @@ def test_sigterm_during_a_long_backoff_ends_the_run_at_once_keeping_the_state_wr
 
 def test_a_workspace_that_refuses_every_request_fails_fast(sandbox, tmp_path):
     """A 400 to everything: halving would walk all 300 records one by one; it stops early."""
-    sandbox.inject(400, times=100_000, path=BATCH, body={"meta": {"error": "workspace is suspended"}})
+    refusal = {"meta": {"error": "workspace is suspended"}}
+    sandbox.inject(400, times=100_000, path=BATCH, body=refusal)
     config = target_config(sandbox.url, tmp_path, ROUTES, delivery_workers=1)
     run = run_target(config, stream(300), tmp_path, timeout=60)
     assert run.returncode == 4, run.stderr
     errors = [line for line in run.stderr.splitlines() if "ERROR" in line]
-    assert len(errors) == 1 and "refused 20 requests in a row whole (HTTP 400: workspace is suspended)" in errors[0]
+    assert len(errors) == 1
+    assert "refused 20 requests in a row whole (HTTP 400: workspace is suspended)" in errors[0]
     assert len(requests_to(sandbox, BATCH)) < 30
     assert run.stdout == "" and sandbox.people() == []
 
