@@ -279,7 +279,7 @@ def _should_retry(state: RetryCallState) -> bool:
     return answer.status in RETRY_STATUSES
 
 
-def _wait(state: RetryCallState) -> float:
+def backoff(state: RetryCallState) -> float:
     """Retry-After when the answer has it (429 may come without), else full-jitter backoff."""
     outcome = state.outcome
     if outcome is not None and not outcome.failed:
@@ -413,7 +413,7 @@ class TrackClient:
         policy = Retrying(
             retry=_should_retry,
             stop=stop_after_attempt(self._max_tries),
-            wait=_wait,
+            wait=backoff,
             sleep=self._sleep,
             before_sleep=partial(self._log_retry, what),
             retry_error_callback=_last_outcome,
