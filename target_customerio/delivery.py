@@ -7,19 +7,24 @@ same worker (shard), in order, so a later update can never overtake an earlier o
 from __future__ import annotations
 
 import bisect
+import json
 import logging
 import queue
-import random
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from array import array
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from functools import partial
+from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
 
 import requests
+import urllib3
+from tenacity import RetryCallState, Retrying, stop_after_attempt, wait_random_exponential
 
-from target_customerio.errors import CredentialsError, DeliveryError, TargetError
+from target_customerio.errors import CredentialsError, DeliveryError, TargetError, Terminated
 from target_customerio.ledger import Ledger
 from target_customerio.mapping import Operation
 from target_customerio.redaction import REDACTOR
@@ -30,6 +35,16 @@ _ENVELOPE = len(b'{"batch":[]}')
 _RETRY_BASE_SECONDS = 0.5
 _RETRY_CAP_SECONDS = 30.0
 _MAX_RETRY_AFTER_SECONDS = 300.0
+# After SIGTERM/SIGINT the run drains while Customer.io answers, and stops after this long
+# without an answer (a retry wait after a signal ends it at once).
+_STOP_GRACE_SECONDS = 2.0
+_POLL_SECONDS = 0.25
+# Requests refused whole (400/413) in a row on one worker, with nothing accepted in between,
+# that fail the run. Halving isolates one bad operation in a request of n with at most
+# log2(n) + 1 refusals in a row (each split's other half is accepted): 15 for the ~16,000
+# smallest operations that fit in 500 KB. Twenty is more than a few bad operations explain;
+# it is a workspace that refuses everything, which halving would walk through at the rate limit.
+_MAX_REFUSED_IN_A_ROW = 20
 
 
 def triples(flat: array) -> Iterator[tuple[int, int, int]]:
@@ -208,21 +223,122 @@ class RateLimiter:
             time.sleep(slot - now)
 
 
-def _backoff(attempt: int) -> float:
-    """Exponential backoff with full jitter."""
-    return random.uniform(0, min(_RETRY_CAP_SECONDS, _RETRY_BASE_SECONDS * 2 ** (attempt - 1)))
+# ---- the retry policy: one, declared, for every request to Customer.io ----------------------
+
+RETRY_STATUSES = frozenset({429, *range(500, 600)})
+# A dropped connection, a refused one, a timeout (the whole-request deadline included) and a body
+# cut short are all "no answer": the request may or may not have landed, and re-sending is safe
+# (events carry deterministic ids; identifies are idempotent).
+RETRY_EXCEPTIONS = (
+    requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+)
+_full_jitter = wait_random_exponential(multiplier=_RETRY_BASE_SECONDS, max=_RETRY_CAP_SECONDS)
 
 
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return min(float(value), _MAX_RETRY_AFTER_SECONDS) if value is not None else None
-    except ValueError:
+class Answer(NamedTuple):
+    """Customer.io's answer to one request, read whole within the request's deadline."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> dict[str, Any]:
+        """The body as a JSON object, {} when it is not one."""
+        try:
+            data = json.loads(self.body or b"{}")
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    @property
+    def text(self) -> str:
+        return self.body.decode(errors="replace")
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asks to wait (delta-seconds or an HTTP date), capped; None if absent."""
+    value = (headers.get("Retry-After") or "").strip()
+    if not value:
         return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError):
+            return None
+    return min(max(seconds, 0.0), _MAX_RETRY_AFTER_SECONDS)
+
+
+def _should_retry(state: RetryCallState) -> bool:
+    outcome = state.outcome
+    if outcome is None:
+        return False
+    if outcome.failed:
+        return isinstance(outcome.exception(), RETRY_EXCEPTIONS)
+    answer: Answer = outcome.result()
+    return answer.status in RETRY_STATUSES
+
+
+def backoff(state: RetryCallState) -> float:
+    """Retry-After when the answer has it (429 may come without), else full-jitter backoff."""
+    outcome = state.outcome
+    if outcome is not None and not outcome.failed:
+        seconds = retry_after(outcome.result().headers)
+        if seconds is not None:
+            return seconds
+    return float(_full_jitter(state))
+
+
+def _last_outcome(state: RetryCallState) -> Answer:
+    """After the last try: its answer, or its exception raised again."""
+    assert state.outcome is not None
+    answer: Answer = state.outcome.result()
+    return answer
+
+
+def problem(state: RetryCallState) -> str:
+    """What went wrong with the last try, for logs and errors."""
+    outcome = state.outcome
+    if outcome is None:
+        return "nothing yet"
+    if outcome.failed:
+        return type(outcome.exception()).__name__
+    return f"HTTP {outcome.result().status}"
+
+
+def _read_within(response: requests.Response, deadline: float) -> bytes:
+    """The body of a streamed response, or ReadTimeout once `deadline` passes: a server that
+    trickles its answer cannot hold the attempt. Each read is one recv whose socket timeout is
+    the time left, so no single read can run past the deadline either."""
+    raw = response.raw
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    chunks: list[bytes] = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise requests.ReadTimeout(f"no whole answer from {response.url} within the timeout")
+        if sock is not None:
+            sock.settimeout(left)
+        try:
+            chunk = raw.read1(65536)
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise requests.ReadTimeout(str(exc)) from None
+        except urllib3.exceptions.HTTPError as exc:  # reset, cut short, bad chunking
+            raise requests.exceptions.ChunkedEncodingError(str(exc)) from None
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 class TrackClient:
-    """HTTP to the Track API with the rate limit and bounded retries. Thread-safe."""
+    """HTTP to the Track API: the rate limit, one retry policy, a deadline per try. Thread-safe.
+
+    Every request (the start-up credential check and every batch) goes through `_request`,
+    so all are retried alike: 429, 5xx, timeouts and dropped connections, `max_retries` times,
+    with full-jitter exponential backoff or the server's Retry-After. The waits end at once
+    when `stopping` is set (SIGTERM/SIGINT): a run never sleeps through a signal.
+    """
 
     def __init__(
         self,
@@ -238,10 +354,11 @@ class TrackClient:
         self.base_url = base_url.rstrip("/")
         self._auth = (site_id, api_key)
         self._limiter = RateLimiter(per_second)
-        self._timeout = (min(10.0, timeout), timeout)
+        self._timeout = timeout
         self._max_tries = max_retries + 1
         self._logger = logger
         self._local = threading.local()
+        self.stopping = threading.Event()
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -255,50 +372,92 @@ class TrackClient:
         """One cheap call: wrong credentials or the wrong region fail here, in a second."""
         url = f"{self.base_url}/api/v1/accounts/region"
         try:
-            response = self._session().get(url, timeout=(5, 10))
-        except requests.RequestException as exc:
-            raise DeliveryError(f"cannot reach Customer.io at {self.base_url}: {type(exc).__name__}") from None
-        if response.status_code in (401, 403):
-            raise CredentialsError(f"Customer.io refused site_id/api_key (HTTP {response.status_code}) at {self.base_url}: check both settings")
-        if response.status_code != 200:
-            raise DeliveryError(f"Customer.io answered HTTP {response.status_code} to the credential check at {url}")
-        actual = (_json(response).get("region") or "").lower()
+            answer, tries = self._request("GET", url, None, "credential check")
+        except RETRY_EXCEPTIONS as exc:
+            tried = f"{self._max_tries} tries, last: {type(exc).__name__}"
+            raise DeliveryError(f"cannot reach Customer.io at {self.base_url} ({tried})") from None
+        status = answer.status
+        if status in (401, 403):
+            raise CredentialsError(f"Customer.io refused site_id/api_key (HTTP {status}) at "
+                                   f"{self.base_url}: check both settings")
+        if status != 200:
+            raise DeliveryError(f"Customer.io answered HTTP {status} to the credential check at "
+                                f"{url} after {tries} tries")
+        actual = (answer.json().get("region") or "").lower()
         if region and actual and actual != region:
             raise CredentialsError(f"these credentials belong to a workspace in region {actual!r}, but region is {region!r}: set region: {actual}")
 
-    def post_batch(self, body: bytes) -> tuple[requests.Response, int]:
-        """POST /api/v2/batch until it is answered for good; returns the response and tries used."""
+    def post_batch(self, body: bytes) -> tuple[Answer, int]:
+        """POST /api/v2/batch until it is answered for good; returns the answer and tries used."""
         url = f"{self.base_url}/api/v2/batch"
-        for attempt in range(1, self._max_tries + 1):
-            self._limiter.acquire()
-            wait = _backoff(attempt)
-            try:
-                response = self._session().post(url, data=body, timeout=self._timeout)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                problem = type(exc).__name__
-            else:
-                status = response.status_code
-                if status in (200, 207, 400, 413):
-                    return response, attempt
-                if status in (401, 403):
-                    raise CredentialsError(f"Customer.io refused site_id/api_key (HTTP {status}): check both settings")
-                if status != 429 and status < 500:
-                    raise DeliveryError(f"Customer.io answered HTTP {status} at {url}: {response.text[:200]}")
-                problem = f"HTTP {status}"
-                wait = _retry_after(response) or wait
-            if attempt == self._max_tries:
-                raise DeliveryError(f"Customer.io did not accept a batch after {attempt} tries (last: {problem}); nothing after the last STATE was confirmed")
-            self._logger.warning("batch request failed (%s), retry %d/%d in %.1fs", problem, attempt, self._max_tries - 1, wait)
-            time.sleep(wait)
-        raise AssertionError("unreachable")
+        try:
+            answer, tries = self._request("POST", url, body, "batch request")
+        except RETRY_EXCEPTIONS as exc:
+            raise self._gave_up(self._max_tries, type(exc).__name__) from None
+        status = answer.status
+        if status in RETRY_STATUSES:
+            raise self._gave_up(tries, f"HTTP {status}")
+        if status in (401, 403):
+            raise CredentialsError(
+                f"Customer.io refused site_id/api_key (HTTP {status}): check both settings")
+        if status not in (200, 207, 400, 413):
+            raise DeliveryError(f"Customer.io answered HTTP {status} at {url}: {answer.text[:200]}")
+        return answer, tries
 
+    def _gave_up(self, tries: int, last: str) -> DeliveryError:
+        return DeliveryError(f"Customer.io did not accept a batch after {tries} tries (last: "
+                             f"{last}); nothing after the last STATE was confirmed")
 
-def _json(response: requests.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
+    def _request(self, method: str, url: str, body: bytes | None, what: str) -> tuple[Answer, int]:
+        """The request under the retry policy: its last answer (any status) and the tries used;
+        a connection problem on the last try is raised."""
+        policy = Retrying(
+            retry=_should_retry,
+            stop=stop_after_attempt(self._max_tries),
+            wait=backoff,
+            sleep=self._sleep,
+            before_sleep=partial(self._log_retry, what),
+            retry_error_callback=_last_outcome,
+        )
+        answer: Answer = policy(self._attempt, method, url, body)
+        return answer, int(policy.statistics.get("attempt_number", 1))
+
+    def _attempt(self, method: str, url: str, body: bytes | None) -> Answer:
+        """One try, bounded as a whole by `request_timeout`: connect, headers and body."""
+        self._limiter.acquire()
+        deadline = time.monotonic() + self._timeout
+        # urllib3's total: the wait for the first byte of the answer is what connecting left.
+        limit = self._timeout
+        timeout = urllib3.Timeout(connect=min(10.0, limit), read=limit, total=limit)
+        # requests passes a urllib3 Timeout through (its stubs only name floats)
+        response = self._session().request(
+            method, url, data=body, timeout=timeout, stream=True)  # type: ignore[arg-type]
+        try:
+            data = _read_within(response, deadline)
+        except BaseException:
+            response.close()  # the connection is mid-answer: never reuse it
+            raise
+        return Answer(response.status_code, response.headers, data)
+
+    def _sleep(self, seconds: float) -> None:
+        """Backoff that a signal cuts short: the run stops instead of waiting to retry."""
+        if threading.current_thread() is threading.main_thread():
+            # Signal handlers run in this thread and set the event: waiting on the event here
+            # could hold its lock as the handler takes it. Look at the flag instead.
+            end = time.monotonic() + seconds
+            while not self.stopping.is_set() and time.monotonic() < end:
+                time.sleep(min(_POLL_SECONDS, max(0.0, end - time.monotonic())))
+            stopped = self.stopping.is_set()
+        else:
+            stopped = self.stopping.wait(seconds)
+        if stopped:
+            raise Terminated("stopped by signal while waiting to retry a request; "
+                             "nothing after the last STATE was confirmed")
+
+    def _log_retry(self, what: str, state: RetryCallState) -> None:
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        self._logger.warning("%s failed (%s), retry %d/%d in %.1fs", what, problem(state),
+                             state.attempt_number, self._max_tries - 1, wait)
 
 
 class Delivery:
@@ -308,8 +467,15 @@ class Delivery:
         self._client, self._report, self._ledger = client, report, ledger
         self._queues: list[queue.Queue[Batch]] = [queue.Queue(maxsize=depth) for _ in range(workers)]
         self.error: TargetError | None = None
+        self._refused = [0] * workers  # per worker: refused whole since its last acceptance
+        # Batches queued or in flight, and when one last came back: after a signal the run
+        # waits only while Customer.io keeps answering.
+        self._idle = threading.Condition()
+        self._pending = 0
+        self._answered_at = time.monotonic()
         for index, q in enumerate(self._queues):
-            threading.Thread(target=self._work, args=(q,), name=f"delivery-{index}", daemon=True).start()
+            threading.Thread(target=self._work, args=(q, index), name=f"delivery-{index}",
+                             daemon=True).start()
 
     @property
     def shards(self) -> int:
@@ -318,15 +484,34 @@ class Delivery:
     def check_credentials(self, region: str | None) -> None:
         self._client.check_credentials(region)
 
+    def interrupt(self) -> None:
+        """SIGTERM/SIGINT: retry waits end at once, and waiting for answers gives up after
+        _STOP_GRACE_SECONDS without one. Safe to call from a signal handler."""
+        self._answered_at = time.monotonic()
+        self._client.stopping.set()
+
     def submit(self, shard: int, batch: Batch) -> None:
         """Queue a batch; blocks while that worker is busy (bounded memory)."""
         self.raise_if_failed()
-        self._queues[shard].put(batch)
+        with self._idle:
+            self._pending += 1
+        try:
+            while True:
+                try:
+                    self._queues[shard].put(batch, timeout=_POLL_SECONDS)
+                    return
+                except queue.Full:
+                    self._give_up_if_stalled()
+        except BaseException:
+            self._done()
+            raise
 
     def wait(self) -> None:
         """Return once every queued batch is answered; raise the first fatal error."""
-        for q in self._queues:
-            q.join()
+        with self._idle:
+            while self._pending:
+                self._idle.wait(_POLL_SECONDS)
+                self._give_up_if_stalled()
         self.raise_if_failed()
         self._ledger.flush()
 
@@ -334,38 +519,73 @@ class Delivery:
         if self.error is not None:
             raise self.error
 
-    def _work(self, q: queue.Queue[Batch]) -> None:
+    def _give_up_if_stalled(self) -> None:
+        """After a signal, a request Customer.io holds without answering is not waited for: its
+        worker is left behind (a daemon thread) and the run ends without a new STATE."""
+        silent = time.monotonic() - self._answered_at
+        if self._client.stopping.is_set() and silent > _STOP_GRACE_SECONDS:
+            self.error = self.error or Terminated(
+                f"stopped by signal; Customer.io had not answered for {_STOP_GRACE_SECONDS:g}s, "
+                "so nothing after the last STATE was confirmed")
+            raise self.error
+
+    def _done(self) -> None:
+        with self._idle:
+            self._pending -= 1
+            self._answered_at = time.monotonic()
+            self._idle.notify_all()
+
+    def _work(self, q: queue.Queue[Batch], worker: int) -> None:
         while True:
             batch = q.get()
             try:
                 if self.error is None:
-                    self._deliver(batch)
+                    self._deliver(batch, worker)
             except TargetError as exc:
                 self.error = self.error or exc
             except Exception as exc:  # a bug must still stop the run, not hang it
                 self.error = self.error or DeliveryError(f"delivery failed unexpectedly: {type(exc).__name__}: {exc}")
             finally:
                 q.task_done()
+                self._done()
 
-    def _deliver(self, batch: Batch) -> None:
+    def _deliver(self, batch: Batch, worker: int) -> None:
+        if self.error is not None:
+            return  # the run has failed: nothing more is sent, and no STATE will be
         body = batch.body()
-        response, tries = self._client.post_batch(body)
+        answer, tries = self._client.post_batch(body)
         count = len(batch)
         self._report.request(batch.stream, len(body), tries, count)
-        if response.status_code == 200:
+        if answer.status in (200, 207):
+            self._refused[worker] = 0
+        if answer.status == 200:
             self._ledger.record(batch.ledger_entries())
             self._report.delivered(batch.stream, count)
-        elif response.status_code == 207:
-            self._record_item_errors(batch, _json(response).get("errors") or [])
-        elif count > 1:
-            # The whole request was refused (400/413): halve it to isolate the bad operation.
-            ops = batch.ops
-            self._deliver(Batch.of(batch.stream, ops[:count // 2]))
-            self._deliver(Batch.of(batch.stream, ops[count // 2:]))
+        elif answer.status == 207:
+            self._record_item_errors(batch, answer.json().get("errors") or [])
         else:
-            message = _error_message(_json(response)) or f"HTTP {response.status_code}"
-            op = batch.ops[0]
-            self._report.reject(batch.stream, "rejected_by_customerio", None, message, op.record)
+            self._refused_whole(batch, answer, worker)
+
+    def _refused_whole(self, batch: Batch, answer: Answer, worker: int) -> None:
+        """400/413: halve the request to isolate the bad operations and reject only them, unless
+        this worker has had so many refusals in a row that they cannot be a few bad operations
+        (see _MAX_REFUSED_IN_A_ROW): then the workspace refuses everything, and the run fails."""
+        message = _error_message(answer.json()) or f"HTTP {answer.status}"
+        self._refused[worker] += 1
+        if self._refused[worker] >= _MAX_REFUSED_IN_A_ROW:
+            raise DeliveryError(
+                f"Customer.io refused {self._refused[worker]} requests in a row whole "
+                f"(HTTP {answer.status}: {message[:200]}) and accepted none in between: it "
+                "refuses every request, not a few bad operations; nothing after the last STATE "
+                "was confirmed")
+        count = len(batch)
+        if count > 1:
+            ops = batch.ops
+            self._deliver(Batch.of(batch.stream, ops[:count // 2]), worker)
+            self._deliver(Batch.of(batch.stream, ops[count // 2:]), worker)
+        else:
+            record = batch.ops[0].record
+            self._report.reject(batch.stream, "rejected_by_customerio", None, message, record)
 
     def _record_item_errors(self, batch: Batch, errors: list[dict[str, Any]]) -> None:
         ops, rejected = batch.ops, set()
@@ -416,6 +636,9 @@ class DryRun:
             raise TargetError(f"cannot write dry_run_file {self._path}: {exc.strerror or exc}") from None
 
     def raise_if_failed(self) -> None:
+        return None
+
+    def interrupt(self) -> None:
         return None
 
 

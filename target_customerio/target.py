@@ -267,6 +267,9 @@ class TargetCustomerIO(Target):
 
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
         self._terminating = True
+        delivery = getattr(self, "delivery", None)  # None: a signal while starting up
+        if delivery is not None:
+            delivery.interrupt()  # retry waits end now; a silent Customer.io is not waited for
         if not self._busy:
             raise Terminated(f"stopped by signal {signum} after delivering what was received")
 

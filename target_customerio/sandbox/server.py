@@ -42,7 +42,7 @@ MAX_EVENT_DATA_BYTES = 100 * 1024
 _MAX_READ_BYTES = 16 * 1024 * 1024  # beyond this the body is not even read
 
 REGION_URLS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
-FAULT_MODES = ("respond", "process_then", "drop", "process_then_drop", "slow")
+FAULT_MODES = ("respond", "process_then", "drop", "process_then_drop", "slow", "trickle")
 PERSON_ACTIONS = ("identify", "event", "delete", "suppress", "unsuppress", "merge")
 OBJECT_ACTIONS = ("identify", "delete")
 IDENTIFIER_KINDS = ("id", "email", "cio_id")
@@ -434,7 +434,7 @@ class _Handler(BaseHTTPRequestHandler):
             sandbox.store.count(f"faults_{fault.mode}")
             if fault.mode == "slow":
                 time.sleep(fault.delay)
-            elif fault.mode in ("respond", "drop"):
+            elif fault.mode in ("respond", "drop", "trickle"):
                 return self._fault_answer(fault, method, path, body, 0, 0)
         status, payload, ops, errors = self._process(method, path, body)
         if fault is not None and fault.mode in ("process_then", "process_then_drop"):
@@ -454,7 +454,28 @@ class _Handler(BaseHTTPRequestHandler):
         if fault.retry_after is not None:
             headers["Retry-After"] = f"{fault.retry_after:g}"
         phrase = _phrase(fault.status)
+        if fault.mode == "trickle":
+            return self._trickle(fault, fault.body or {"meta": {"error": phrase}}, headers)
         self._send_json(fault.status, fault.body or {"meta": {"error": phrase}}, headers)
+
+    def _trickle(self, fault: Fault, body: Any, headers: dict) -> None:
+        """The status line and headers at once, then the body one byte every `delay` seconds:
+        a server that answers, but never finishes answering in time."""
+        data = json.dumps(body, ensure_ascii=False).encode()
+        self.close_connection = True
+        self.send_response(fault.status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        try:
+            for i in range(len(data)):
+                time.sleep(fault.delay)
+                self.wfile.write(data[i:i + 1])
+        except OSError:  # the client gave up: what a trickle is for
+            pass
 
     def _process(self, method: str, path: str, body: bytes) -> tuple[int, Any, int, int]:
         """Auth, rate limit, route: (status, JSON body, ops, item errors)."""
