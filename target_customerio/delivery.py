@@ -61,7 +61,9 @@ class Segment(NamedTuple):
     chunk's records, RECORD lines or decoded); `ledger` holds (position, key, fingerprint) triples,
     flat, for the operations to record in the ledger once accepted. Mapping workers build
     segments, and the arrays travel as plain bytes: the target handles a few objects per chunk
-    instead of several per operation.
+    instead of several per operation. A record's operations (a merge's identify and merge) are
+    consecutive; `continues` says that the last one's record has more in the next segment (the
+    packer cut between them), so that a record is counted once, where its last operation is.
     """
 
     data: bytes
@@ -69,6 +71,7 @@ class Segment(NamedTuple):
     item_of: array
     ledger: array
     items: list[Any] | None = None
+    continues: bool = False
 
     @classmethod
     def of(cls, ops: list[Operation]) -> Segment:
@@ -82,6 +85,16 @@ class Segment(NamedTuple):
     def size(self) -> int:
         """How many operations it holds."""
         return len(self.ends)
+
+    @property
+    def records(self) -> int:
+        """How many records end here: each record is counted where its last operation is."""
+        return len(set(self.item_of)) - self.continues
+
+    def record_keys(self) -> list[tuple[int, int]]:
+        """Each operation's record, as (id of the chunk, index in it)."""
+        chunk = id(self.items)
+        return [(chunk, item) for item in self.item_of]
 
     def body(self, i: int) -> bytes:
         return self.data[self.ends[i - 1] + 1 if i else 0:self.ends[i]]
@@ -114,8 +127,10 @@ class Segment(NamedTuple):
                 first.extend((i, key, fp))
             else:
                 rest.extend((i - count, key, fp))
-        head = Segment(self.data[:cut], self.ends[:count], self.item_of[:count], first, self.items)
-        tail = Segment(self.data[cut + 1:], array("q", (end - cut - 1 for end in self.ends[count:])), self.item_of[count:], rest, self.items)
+        cut_inside = self.item_of[count - 1] == self.item_of[count]  # a record's operations cut apart
+        head = Segment(self.data[:cut], self.ends[:count], self.item_of[:count], first, self.items, cut_inside)
+        tail = Segment(self.data[cut + 1:], array("q", (end - cut - 1 for end in self.ends[count:])),
+                       self.item_of[count:], rest, self.items, self.continues)
         return head, tail
 
 
@@ -155,6 +170,23 @@ class Batch:
 
     def __len__(self) -> int:
         return sum(segment.size for segment in self.segments)
+
+    @property
+    def records(self) -> int:
+        """The records whose last operation is in this request (what `sent` counts)."""
+        return sum(segment.records for segment in self.segments)
+
+    def halves(self) -> tuple[Batch, Batch]:
+        """The first half of the operations and the rest, each keeping its records."""
+        wanted, first = len(self) // 2, Batch(self.stream)
+        rest = list(self.segments)
+        while rest and len(first) + rest[0].size <= wanted:
+            first.segments.append(rest.pop(0))
+        if rest and len(first) < wanted:
+            head, tail = rest[0].split(wanted - len(first))
+            first.segments.append(head)
+            rest[0] = tail
+        return first, Batch(self.stream, rest)
 
     def body(self) -> bytes:
         return b'{"batch":[' + b",".join(segment.data for segment in self.segments) + b"]}"
@@ -560,7 +592,7 @@ class Delivery:
             self._refused[worker] = 0
         if answer.status == 200:
             self._ledger.record(batch.ledger_entries())
-            self._report.delivered(batch.stream, count)
+            self._report.delivered(batch.stream, batch.records)
         elif answer.status == 207:
             self._record_item_errors(batch, answer.json().get("errors") or [])
         else:
@@ -578,26 +610,32 @@ class Delivery:
                 f"(HTTP {answer.status}: {message[:200]}) and accepted none in between: it "
                 "refuses every request, not a few bad operations; nothing after the last STATE "
                 "was confirmed")
-        count = len(batch)
-        if count > 1:
-            ops = batch.ops
-            self._deliver(Batch.of(batch.stream, ops[:count // 2]), worker)
-            self._deliver(Batch.of(batch.stream, ops[count // 2:]), worker)
+        if len(batch) > 1:
+            for half in batch.halves():
+                self._deliver(half, worker)
         else:
             record = batch.ops[0].record
             self._report.reject(batch.stream, "rejected_by_customerio", None, message, record)
 
     def _record_item_errors(self, batch: Batch, errors: list[dict[str, Any]]) -> None:
-        ops, rejected = batch.ops, set()
+        """207: the refused operations' records are rejected (once each, with the first
+        reason), the rest delivered."""
+        ops = batch.ops
+        keys = [key for segment in batch.segments for key in segment.record_keys()]
+        rejected: set[int] = set()
+        rejected_records: set[tuple[int, int]] = set()
         for error in errors:
             index = error.get("batch_index")
             if not isinstance(index, int) or not 0 <= index < len(ops) or index in rejected:
                 continue
             rejected.add(index)
+            if keys[index] in rejected_records:
+                continue
+            rejected_records.add(keys[index])
             message = f"{error.get('reason', 'rejected')}: {error.get('message', '')}".strip(": ")
             self._report.reject(batch.stream, "rejected_by_customerio", error.get("field"), message, ops[index].record)
         self._ledger.record(batch.ledger_entries(rejected))
-        self._report.delivered(batch.stream, len(ops) - len(rejected))
+        self._report.delivered(batch.stream, max(0, batch.records - len(rejected_records)))
 
 
 def _error_message(data: dict[str, Any]) -> str:
@@ -627,7 +665,7 @@ class DryRun:
                 self._out.write(REDACTOR.redact_bytes(op.body) + b"\n")
         except OSError as exc:
             raise TargetError(f"cannot write dry_run_file {self._path}: {exc.strerror or exc}") from None
-        self._report.delivered(batch.stream, len(batch))
+        self._report.delivered(batch.stream, batch.records)
 
     def wait(self) -> None:
         try:

@@ -46,3 +46,22 @@ def test_segments_are_cut_between_operations_and_keep_their_records_and_ledger_e
     assert [e for b in sent for e in b.ledger_entries()] == [op.ledger for op in items if op.ledger]
     first = sent[0]
     assert first.ledger_entries({0, 1, 2}) == [op.ledger for op in first.ops[3:] if op.ledger]
+
+
+def test_a_record_with_two_operations_is_counted_once_wherever_requests_are_cut():
+    """A merge row is an identify and a merge: one record. Cut between requests or halved
+    after a refusal, its operations are still counted as one record sent."""
+    from target_customerio.delivery import SegmentBuilder
+
+    for limit in (600, 1_000, 2_500, MAX_REQUEST_BYTES):
+        builder = SegmentBuilder()
+        for item in range(40):
+            for part in range(1 + item % 2):  # every other record has two operations
+                builder.add(orjson.dumps({"n": item, "part": part, "pad": "x" * 200}), item, None)
+        sent: list[Batch] = []
+        packer = Packer("s", sent.append, limit=limit)
+        packer.add_segment(builder.segment(list(range(40))))
+        packer.flush()
+        assert sum(batch.records for batch in sent) == 40
+        halves = [half for batch in sent if len(batch) > 1 for half in batch.halves()]
+        assert sum(h.records for h in halves) == sum(b.records for b in sent if len(b) > 1)
