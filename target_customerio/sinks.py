@@ -52,7 +52,8 @@ class CustomerIOSink(Sink):
     def _check_route_columns(self, route: Route) -> None:
         """Every column the route names is declared by the stream's SCHEMA (else ConfigError,
         exit 2), checked once per SCHEMA in the target, before any of the stream is sent. A
-        SCHEMA with no properties cannot be checked: a warning, and the run goes on."""
+        SCHEMA whose `properties` are empty cannot be checked: a warning, and the run goes on.
+        (One with no `properties` at all never gets here: singer-sdk stops on it, exit 5.)"""
         # The SCHEMA as the tap sent it (records on the direct path keep the `_sdc_` columns the
         # SDK drops from `schema`), and as the SDK extends it (add_record_metadata).
         declared = {**_properties(self.original_schema), **_properties(self.schema)}

@@ -182,11 +182,6 @@ class TargetCustomerIO(Target):
             self._handle_max_record_age()
 
     def _process_schema_message(self, message_dict: dict) -> None:
-        schema = message_dict.get("schema")
-        if isinstance(schema, dict) and "properties" not in schema:
-            # Some taps declare no columns at all; the SDK would stop on it (exit 5). The stream
-            # is taken as declaring none: the sink warns that nothing can be checked against it.
-            message_dict = {**message_dict, "schema": {**schema, "properties": {}}}
         self._guarded(super()._process_schema_message, message_dict)
 
     def _process_state_message(self, message_dict: dict) -> None:
