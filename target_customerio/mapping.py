@@ -226,7 +226,8 @@ class Mapper:
         return name
 
     def _payload_in_order(self, record: dict[str, Any]) -> dict[str, Any]:
-        names, dates, tz, declared = self._names, self._dates, self.route.source_timezone, self._declared
+        names, dates, tz = self._names, self._dates, self.route.source_timezone
+        declared = self._declared
         out: dict[str, Any] = {}
         for column, value in record.items():
             name = names.get(column, _MISSING)
@@ -234,9 +235,10 @@ class Mapper:
                 name = self._learn(column)
             if name is None:
                 continue
-            contract = declared.get(column)
-            if contract is not None and type(value) not in contract.fast and not contract.conforms(value):
-                raise Rejected("schema_violation", column, schema_violation(column, value, contract))
+            declared_type = declared.get(column)
+            if declared_type is not None and not _fits(value, declared_type):
+                message = schema_violation(column, value, declared_type)
+                raise Rejected("schema_violation", column, message)
             try:
                 if column in dates and type(value) is str:
                     out[name] = text_to_unix(value, tz)
@@ -336,19 +338,24 @@ class Mapper:
         return name
 
 
+def _fits(value: Any, declared: Column) -> bool:
+    """Whether a value conforms to its column's declared types: by its type alone, mostly."""
+    return type(value) in declared.fast or declared.conforms(value)
+
+
 _CLASS_WORDS = {
     "boolean": "a boolean", "string": "a string", "object": "an object", "array": "an array",
     "integral": "an integer", "fraction": "a number with a fraction",
 }
 
 
-def schema_violation(column: str, value: Any, contract: Column) -> str:
+def schema_violation(column: str, value: Any, declared: Column) -> str:
     """Why a value contradicts its column's declared type (a tap bug, or a drifted column)."""
     held = _CLASS_WORDS.get(value_class(value) or "", type(value).__name__)
     preview = repr(value)
     if len(preview) > 60:
         preview = preview[:57] + "..."
-    return f"{column} holds {held} ({preview}); the stream's SCHEMA declares {contract.declared}"
+    return f"{column} holds {held} ({preview}); the stream's SCHEMA declares {declared.declared}"
 
 
 def encode_operation(op: dict[str, Any]) -> bytes:

@@ -152,8 +152,10 @@ class Route:
         return frozenset(c for c in columns if c)
 
 
-_IDENTITY_OPTION = {"person": "identifier.field", "event": "identifier.field", "merge": "primary.field",
-                    "object": "object_id"}
+_IDENTITY_OPTION = {
+    "person": "identifier.field", "event": "identifier.field",
+    "merge": "primary.field", "object": "object_id",
+}
 
 
 def check_columns(route: Route, stream: str, declared: list[str]) -> None:
@@ -164,7 +166,8 @@ def check_columns(route: Route, stream: str, declared: list[str]) -> None:
     """
     known = set(declared)
     problems = [
-        f"streams.{route.pattern}.{option}: column {column!r} is not in stream {stream}{_suggestion(column, declared)}"
+        f"streams.{route.pattern}.{option}: column {column!r} is not in stream {stream}"
+        + _suggestion(column, declared)
         for option, column in route.columns_named()
         if column not in known
     ]

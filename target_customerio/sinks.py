@@ -135,7 +135,8 @@ class CustomerIOSink(Sink):
     def _reject(self, record: Item, rej: Rejected) -> None:
         if rej.reason in CONTRACT_REASONS and self._fail_on_violation:
             what = rej.reason.replace("_", " ")
-            raise ContractError(f"{self.stream_name}: {what} at {rej.field or 'record'}: {rej.message}") from None
+            where = rej.field or "record"
+            raise ContractError(f"{self.stream_name}: {what} at {where}: {rej.message}") from None
         self._report.reject(self.stream_name, rej.reason, rej.field, rej.message, record, rej.rule)
         if self._max_reject_ratio is not None and self._tally.received >= 100:
             self.check_reject_ratio()

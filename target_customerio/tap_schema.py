@@ -24,14 +24,24 @@ from urllib.parse import unquote
 # `fraction` (3.5); `integer` accepts the first, `number` both (as JSON Schema defines them).
 CLASSES = frozenset({"null", "boolean", "string", "object", "array", "integral", "fraction"})
 _OF_TYPE = {
-    "null": {"null"}, "boolean": {"boolean"}, "string": {"string"}, "object": {"object"},
-    "array": {"array"}, "integer": {"integral"}, "number": {"integral", "fraction"},
+    "null": {"null"},
+    "boolean": {"boolean"},
+    "string": {"string"},
+    "object": {"object"},
+    "array": {"array"},
+    "integer": {"integral"},
+    "number": {"integral", "fraction"},
 }
 # The Python types a class's values arrive as. Dates and times on the SDK's path are date-time
 # strings parsed by the SDK; a float or Decimal is only known to be integral once looked at.
 _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
-    "null": (type(None),), "boolean": (bool,), "string": (str, dt.datetime, dt.date, dt.time),
-    "object": (dict,), "array": (list, tuple), "integral": (int,), "fraction": (),
+    "null": (type(None),),
+    "boolean": (bool,),
+    "string": (str, dt.datetime, dt.date, dt.time),
+    "object": (dict,),
+    "array": (list, tuple),
+    "integral": (int,),
+    "fraction": (),
 }
 DATE_FORMATS = ("date-time", "date")
 
@@ -69,7 +79,9 @@ def value_class(value: Any) -> str | None:
     if kind is float:
         return "integral" if value.is_integer() else "fraction"
     if kind is Decimal:
-        return "integral" if value.is_finite() and value == value.to_integral_value() else "fraction"
+        return (
+            "integral" if value.is_finite() and value == value.to_integral_value() else "fraction"
+        )
     if kind is str or isinstance(value, (dt.date, dt.time)):
         return "string"
     if kind is dict:
@@ -124,7 +136,9 @@ def _accepts(node: Any, root: dict[str, Any], refs: tuple[str, ...]) -> frozense
 def _of_type(declared: Any) -> frozenset[str]:
     names = [declared] if isinstance(declared, str) else declared
     if not isinstance(names, list) or not all(isinstance(n, str) and n in _OF_TYPE for n in names):
-        return CLASSES  # no `type`, or one this reader does not know (draft 3's "any"): no constraint
+        return (
+            CLASSES  # no `type`, or one this reader does not know (draft 3's "any"): no constraint
+        )
     return frozenset(kind for name in names for kind in _OF_TYPE[name])
 
 
