@@ -123,7 +123,9 @@ class Mapper:
         # value fits, and of those, the ones sent (checked on the fast path) with the Python
         # types that fit without looking at the value.
         self._declared = {name: column for name, column in declared.items() if column.checked}
-        self._checks: list[tuple[str, frozenset[type]]] = []
+        self._checked: list[str] = []  # the columns sent whose declared types are checked,
+        self._fits: list[frozenset[type]] = []  # the Python types that fit each, and
+        self._last_fit: list[type] = []  # the last type that fitted (a pointer compare, mostly)
         self._names: dict[str, str | None] = {}  # column -> attribute name (None: not sent)
         self._names_short = True  # no attribute name can fail Customer.io's name limit
         self._names_unique = True  # no two columns are sent under one name
@@ -195,9 +197,13 @@ class Mapper:
                     del out[column]
             else:
                 out = {name: v for column, v in record.items() if (name := names[column]) is not None}
-            for column, fits in self._checks:
-                if type(record.get(column)) not in fits:
-                    raise _InOrder  # maybe a violation: the in-order path decides
+            checked, last_fit = self._checked, self._last_fit
+            for i in range(len(checked)):
+                kind = type(record.get(checked[i]))
+                if kind is not last_fit[i]:
+                    if kind not in self._fits[i]:
+                        raise _InOrder  # maybe a violation: the in-order path decides
+                    last_fit[i] = kind
             for column, name in self._date_names:
                 value = record.get(column)
                 if value is known:
@@ -222,7 +228,9 @@ class Mapper:
             if column in self._dates:
                 self._date_names.append((column, name))
             if column in self._declared:
-                self._checks.append((column, self._declared[column].fast))
+                self._checked.append(column)
+                self._fits.append(self._declared[column].fast)
+                self._last_fit.append(type(None))
         return name
 
     def _payload_in_order(self, record: dict[str, Any]) -> dict[str, Any]:
