@@ -12,6 +12,7 @@ import orjson
 
 from target_customerio.ledger import hash64, scope_seed
 from target_customerio.routes import Route
+from target_customerio.tap_schema import Column, columns, value_class
 from target_customerio.values import SCALARS, BadValue, plain, plain_number, snake_case, text_to_unix, to_unix
 
 MAX_OPERATION_BYTES = 32_000
@@ -37,6 +38,10 @@ class Rejected(Exception):
     def __init__(self, reason: str, field: str | None, message: str, rule: str | None = None) -> None:
         super().__init__(message)
         self.reason, self.field, self.message, self.rule = reason, field, message, rule
+
+
+class _InOrder(Exception):
+    """A record the fast payload path leaves to the in-order one."""
 
 
 class Skipped(Exception):
@@ -92,16 +97,6 @@ def ulid_text(value: bytes) -> str:
     ))
 
 
-def date_columns(schema: dict[str, Any]) -> frozenset[str]:
-    """Columns the stream's schema declares as date-time or date."""
-    found = set()
-    for name, prop in (schema.get("properties") or {}).items():
-        options = [prop, *prop.get("anyOf", []), *prop.get("oneOf", [])] if isinstance(prop, dict) else []
-        if any(isinstance(o, dict) and o.get("format") in ("date-time", "date") for o in options):
-            found.add(name)
-    return frozenset(found)
-
-
 class Mapper:
     """Maps the records of one stream through its route. Not thread-safe: one per sink."""
 
@@ -122,7 +117,15 @@ class Mapper:
         self.last_identifier: tuple[str, str] = ("id", "")
         self.last_timestamp = 0
         self._is_person = route.kind == "person"
-        self._dates = date_columns(schema)
+        declared = columns(schema) or {}
+        self._dates = frozenset(name for name, column in declared.items() if column.dates)
+        # The tap's SCHEMA is the default contract: the columns whose declared types not every
+        # value fits, and of those, the ones sent (checked on the fast path) with the Python
+        # types that fit without looking at the value.
+        self._declared = {name: column for name, column in declared.items() if column.checked}
+        self._checked: list[str] = []  # the columns sent whose declared types are checked,
+        self._fits: list[frozenset[type]] = []  # the Python types that fit each, and
+        self._last_fit: list[type] = []  # the last type that fitted (a pointer compare, mostly)
         self._names: dict[str, str | None] = {}  # column -> attribute name (None: not sent)
         self._names_short = True  # no attribute name can fail Customer.io's name limit
         self._names_unique = True  # no two columns are sent under one name
@@ -194,6 +197,13 @@ class Mapper:
                     del out[column]
             else:
                 out = {name: v for column, v in record.items() if (name := names[column]) is not None}
+            checked, last_fit = self._checked, self._last_fit
+            for i in range(len(checked)):
+                kind = type(record.get(checked[i]))
+                if kind is not last_fit[i]:
+                    if kind not in self._fits[i]:
+                        raise _InOrder  # maybe a violation: the in-order path decides
+                    last_fit[i] = kind
             for column, name in self._date_names:
                 value = record.get(column)
                 if value is known:
@@ -217,10 +227,15 @@ class Mapper:
             self._names_unique = len(sent) == len(set(sent))
             if column in self._dates:
                 self._date_names.append((column, name))
+            if column in self._declared:
+                self._checked.append(column)
+                self._fits.append(self._declared[column].fast)
+                self._last_fit.append(type(None))
         return name
 
     def _payload_in_order(self, record: dict[str, Any]) -> dict[str, Any]:
         names, dates, tz = self._names, self._dates, self.route.source_timezone
+        declared = self._declared
         out: dict[str, Any] = {}
         for column, value in record.items():
             name = names.get(column, _MISSING)
@@ -228,6 +243,10 @@ class Mapper:
                 name = self._learn(column)
             if name is None:
                 continue
+            declared_type = declared.get(column)
+            if declared_type is not None and not _fits(value, declared_type):
+                message = schema_violation(column, value, declared_type)
+                raise Rejected("schema_violation", column, message)
             try:
                 if column in dates and type(value) is str:
                     out[name] = text_to_unix(value, tz)
@@ -325,6 +344,26 @@ class Mapper:
         if not name or len(name.encode()) > MAX_EVENT_NAME_BYTES:
             raise Rejected("invalid_event_name", column, f"event name {raw[:120]!r} is empty or longer than {MAX_EVENT_NAME_BYTES} bytes")
         return name
+
+
+def _fits(value: Any, declared: Column) -> bool:
+    """Whether a value conforms to its column's declared types: by its type alone, mostly."""
+    return type(value) in declared.fast or declared.conforms(value)
+
+
+_CLASS_WORDS = {
+    "boolean": "a boolean", "string": "a string", "object": "an object", "array": "an array",
+    "integral": "an integer", "fraction": "a number with a fraction",
+}
+
+
+def schema_violation(column: str, value: Any, declared: Column) -> str:
+    """Why a value contradicts its column's declared type (a tap bug, or a drifted column)."""
+    held = _CLASS_WORDS.get(value_class(value) or "", type(value).__name__)
+    preview = repr(value)
+    if len(preview) > 60:
+        preview = preview[:57] + "..."
+    return f"{column} holds {held} ({preview}); the stream's SCHEMA declares {declared.declared}"
 
 
 def encode_operation(op: dict[str, Any]) -> bytes:

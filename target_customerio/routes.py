@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import fnmatch
 import json
 import re
@@ -124,12 +125,62 @@ class Route:
             return None
         return self.rename.get(column, column)
 
+    def columns_named(self) -> list[tuple[str, str]]:
+        """Every column the route names, with the option that names it: (option, column).
+
+        `mirror_to_attribute` names an attribute that is sent, not a column, so it is not here.
+        """
+        named = [(_IDENTITY_OPTION[self.kind], self.identifier_field)]
+        if self.secondary:
+            named.append(("secondary.field", self.secondary.field))
+        named += [(f"relationships[{i}].field", r.field) for i, r in enumerate(self.relationships)]
+        named += [("event_id", column) for column in self.event_id]
+        if self.timestamp:
+            named.append(("timestamp", self.timestamp))
+        if self.event_name_field:
+            named.append(("event_name_field", self.event_name_field))
+        named += [("attributes.include", column) for column in self.include or ()]
+        named += [("attributes.exclude", column) for column in self.exclude]
+        named += [("attributes.rename", column) for column in self.rename]
+        return named
+
     @property
     def _identity_columns(self) -> frozenset[str]:
         columns = {self.identifier_field, self.event_name_field, *(r.field for r in self.relationships)}
         if self.secondary:
             columns.add(self.secondary.field)
         return frozenset(c for c in columns if c)
+
+
+_IDENTITY_OPTION = {
+    "person": "identifier.field", "event": "identifier.field",
+    "merge": "primary.field", "object": "object_id",
+}
+
+
+def check_columns(route: Route, stream: str, declared: list[str]) -> None:
+    """Raise ConfigError when the route names a column the stream's SCHEMA does not declare.
+
+    A typo there would otherwise reject every record (an identifier "is empty") or send what
+    should have been excluded; every such column is named at once, with the closest real one.
+    """
+    known = set(declared)
+    problems = [
+        f"streams.{route.pattern}.{option}: column {column!r} is not in stream {stream}"
+        + _suggestion(column, declared)
+        for option, column in route.columns_named()
+        if column not in known
+    ]
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _suggestion(column: str, declared: list[str]) -> str:
+    close = difflib.get_close_matches(column, declared, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    shown = ", ".join(declared[:12]) + (", …" if len(declared) > 12 else "")
+    return f" (its columns: {shown})"
 
 
 class Routes:

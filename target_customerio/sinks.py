@@ -13,6 +13,11 @@ from target_customerio.delivery import Packer
 from target_customerio.errors import ContractError
 from target_customerio.mapping import Rejected
 from target_customerio.mapping_worker import CHUNK, Item, Mapped, StreamSpec
+from target_customerio.routes import Route, check_columns
+
+# Rejects that `on_contract_violation: fail` turns into a failed run: the route's contract, and
+# the tap's SCHEMA, which is a contract too (the default one).
+CONTRACT_REASONS = ("contract_violation", "schema_violation")
 
 if t.TYPE_CHECKING:
     from target_customerio.target import TargetCustomerIO
@@ -29,6 +34,7 @@ class CustomerIOSink(Sink):
         super().__init__(target, stream_name, schema, key_properties)
         route = target.settings.routes.match(stream_name)
         assert route is not None  # the target only builds this sink for routed streams
+        self._check_route_columns(route)
         self._report = target.report
         self._tally = target.report.stream(stream_name)
         self._mapping = target.mapping
@@ -42,6 +48,21 @@ class CustomerIOSink(Sink):
         delivery = target.delivery
         self._packers = [Packer(stream_name, partial(delivery.submit, shard)) for shard in range(delivery.shards)]
         target.check_credentials()
+
+    def _check_route_columns(self, route: Route) -> None:
+        """Every column the route names is declared by the stream's SCHEMA (else ConfigError,
+        exit 2), checked once per SCHEMA in the target, before any of the stream is sent. A
+        SCHEMA whose `properties` are empty cannot be checked: a warning, and the run goes on.
+        (One with no `properties` at all never gets here: singer-sdk stops on it, exit 5.)"""
+        # The SCHEMA as the tap sent it (records on the direct path keep the `_sdc_` columns the
+        # SDK drops from `schema`), and as the SDK extends it (add_record_metadata).
+        declared = {**_properties(self.original_schema), **_properties(self.schema)}
+        if not declared:
+            self.logger.warning(
+                "stream %s: its SCHEMA declares no properties, so neither the route's columns nor "
+                "the records' types can be checked against it", self.stream_name)
+            return
+        check_columns(route, self.stream_name, list(declared))
 
     def get_validator(self) -> None:
         """The SDK's per-record validation is off: contracts check what is actually sent."""
@@ -112,8 +133,10 @@ class CustomerIOSink(Sink):
             self._packers[shard].add_segment(segment._replace(items=items))
 
     def _reject(self, record: Item, rej: Rejected) -> None:
-        if rej.reason == "contract_violation" and self._fail_on_violation:
-            raise ContractError(f"{self.stream_name}: contract violation at {rej.field or 'record'}: {rej.message}") from None
+        if rej.reason in CONTRACT_REASONS and self._fail_on_violation:
+            what = rej.reason.replace("_", " ")
+            where = rej.field or "record"
+            raise ContractError(f"{self.stream_name}: {what} at {where}: {rej.message}") from None
         self._report.reject(self.stream_name, rej.reason, rej.field, rej.message, record, rej.rule)
         if self._max_reject_ratio is not None and self._tally.received >= 100:
             self.check_reject_ratio()
@@ -154,6 +177,11 @@ class CustomerIOSink(Sink):
         self._mapping.drain()
         for packer in self._packers:
             packer.flush()
+
+
+def _properties(schema: t.Any) -> dict:
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    return properties if isinstance(properties, dict) else {}
 
 
 class UnmappedSink(Sink):

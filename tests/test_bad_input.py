@@ -40,7 +40,7 @@ def raw_person(fragment: str) -> str:
 REJECTED = [
     ("missing identifier", [person(id=None)], "missing_identifier", "id"),
     ("blank identifier", [person(id="  ")], "missing_identifier", "id"),
-    ("number sent as a string", [person(lifetime_value="250.00")], "contract_violation", "lifetime_value"),
+    ("number sent as a string", [person(lifetime_value="250.00")], "schema_violation", "lifetime_value"),
     ("attribute value over 1000 bytes", [person(note="x" * 1001)], "attribute_value_too_large", "note"),
     ("more than 300 attributes", [person(**{f"a{i}": i for i in range(301)})], "too_many_attributes", None),
     ("event data over 100 KB", [event(blob="x" * 100_001)], "operation_too_large", None),

@@ -225,5 +225,6 @@ def test_operation_over_32kb_is_rejected():
 
 
 def test_a_numeric_event_time_in_seconds_is_floored_to_whole_seconds():
-    out = op(mapper(EVENT), {"order_id": 7, "customer_id": 42, "placed_at": Decimal("1795356000.75")})
+    epoch_schema = {"properties": {"placed_at": {"type": "number"}}}  # a string column holding one is a schema_violation
+    out = op(mapper(EVENT, epoch_schema), {"order_id": 7, "customer_id": 42, "placed_at": Decimal("1795356000.75")})
     assert out["timestamp"] == 1795356000

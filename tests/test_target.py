@@ -89,11 +89,12 @@ def test_people_and_events_land_with_the_types_segments_need(sandbox, tmp_path):
     assert run.states == [{"bookmarks": {CUSTOMERS: {"replication_key_value": "c"}, ORDERS: {"replication_key_value": "o"}}}]
     streams = run.report["streams"]
     assert streams[CUSTOMERS]["received"] == 5 and streams[CUSTOMERS]["sent"] == 3
-    assert streams[CUSTOMERS]["rejected_by_reason"] == {"missing_identifier": 1, "contract_violation": 1}
+    # "250.00" in a number column: the tap's SCHEMA, checked before the route's contract, refuses it
+    assert streams[CUSTOMERS]["rejected_by_reason"] == {"missing_identifier": 1, "schema_violation": 1}
     assert streams[ORDERS]["skipped_by_reason"] == {"duplicate": 1, "stale": 1}
     assert streams[ORDERS]["rejected_by_reason"] == {"missing_timestamp": 1}
     assert {(r["reason"], r["field"]) for r in run.rejects} == {
-        ("missing_identifier", "customer_id"), ("contract_violation", "lifetime_value"), ("missing_timestamp", "placed_at")}
+        ("missing_identifier", "customer_id"), ("schema_violation", "lifetime_value"), ("missing_timestamp", "placed_at")}
     assert "10 received, 5 sent, 3 rejected, 2 skipped" in run.stderr.splitlines()[-1]
 
 
@@ -220,6 +221,13 @@ def test_malformed_input_is_one_clear_line(sandbox, tmp_path, lines, words):
 def test_contract_violation_can_fail_the_run(sandbox, tmp_path):
     routes = {**ROUTES, CUSTOMERS: {**ROUTES[CUSTOMERS], "on_contract_violation": "fail"}}
     run = run_target(target_config(sandbox.url, tmp_path, routes), sample_stream(), tmp_path)
+    assert run.returncode == 6 and "schema violation at lifetime_value" in run.stderr and run.stdout == ""
+
+
+def test_a_contract_violation_the_schema_allows_can_fail_the_run(sandbox, tmp_path):
+    routes = {**ROUTES, CUSTOMERS: {**ROUTES[CUSTOMERS], "on_contract_violation": "fail"}}
+    stream = [CUSTOMER_SCHEMA, customer(1, lifetime_value=-5), state({"n": 1})]  # a number, but negative
+    run = run_target(target_config(sandbox.url, tmp_path, routes), stream, tmp_path)
     assert run.returncode == 6 and "contract violation at lifetime_value" in run.stderr and run.stdout == ""
 
 
