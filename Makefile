@@ -7,7 +7,7 @@ MELTANO_VENV := .venv-meltano
 MELTANO      := $(MELTANO_VENV)/bin/meltano
 NIGHT  ?= 1
 
-.PHONY: setup system-deps test demo bench clean meltano-install demo-again demo-stop demo-status
+.PHONY: setup system-deps test demo bench clean meltano-install meltano-link demo-again demo-stop demo-status
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,13 +41,25 @@ $(MELTANO):
 
 meltano-install: .meltano/.installed
 
+# `meltano` on the PATH, as the README types it: unless one is there already, a link to
+# .venv-meltano's in the first of ~/.local/bin and /usr/local/bin that is on the PATH and
+# writable; else the line to add it to the PATH.
+meltano-link: $(MELTANO)
+	@command -v meltano >/dev/null 2>&1 || { \
+	  for dir in "$$HOME/.local/bin" /usr/local/bin; do \
+	    case ":$$PATH:" in *":$$dir:"*) if [ -w "$$dir" ]; then \
+	      ln -sf "$(CURDIR)/$(MELTANO)" "$$dir/meltano"; \
+	      echo "meltano: linked $$dir/meltano -> $(CURDIR)/$(MELTANO)"; exit 0; fi;; esac; \
+	  done; \
+	  echo "meltano is not on the PATH: export PATH=\"$(CURDIR)/$(MELTANO_VENV)/bin:\$$PATH\""; }
+
 # The sample sync: embedded PostgreSQL + sandbox workspace + `meltano run` (demo/run_demo.py).
 # `make demo` is night 1 (fresh data, everything sent); `make demo-again` (or NIGHT=2) changes
 # some rows and syncs again; `make demo-stop` stops PostgreSQL and the sandbox.
-demo: setup meltano-install
+demo: setup meltano-install meltano-link
 	$(BIN)/python -m demo.run_demo $(if $(filter 2,$(NIGHT)),again,run)
 
-demo-again: setup meltano-install
+demo-again: setup meltano-install meltano-link
 	$(BIN)/python -m demo.run_demo again
 
 demo-status:

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -64,9 +65,24 @@ def postgres():
     return EmbeddedPostgres(PG_DATA, PG_PORT)
 
 
+def port_taken(port: int) -> bool:
+    """Something listens on 127.0.0.1:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _taken(port: int, what: str) -> SystemExit:
+    return SystemExit(f"port {port} ({what}) is taken by another process, most likely a demo "
+                      "still running from another checkout: run `make demo-stop` there (or stop "
+                      f"whatever listens on 127.0.0.1:{port}), then `make demo` again")
+
+
 def start_postgres():
     server = postgres()
     was_running = server.is_running()
+    if not was_running and port_taken(PG_PORT):
+        raise _taken(PG_PORT, "the demo's PostgreSQL")
     server.start()
     say(f"PostgreSQL  {'already running' if was_running else 'started'} on 127.0.0.1:{server.port}"
         f"  (data {PG_DATA.relative_to(ROOT)})")
@@ -101,11 +117,12 @@ def _sandbox_pid() -> int | None:
 
 
 def start_sandbox() -> None:
-    if sandbox_answers() is not None:
-        owner = _sandbox_pid()
-        note = f"pid {owner}" if owner else "not started by this script"
-        say(f"Sandbox     already running at {SANDBOX_URL}  ({note})")
+    owner = _sandbox_pid()
+    if owner is not None and sandbox_answers() is not None:
+        say(f"Sandbox     already running at {SANDBOX_URL}  (pid {owner})")
         return
+    if port_taken(SANDBOX_PORT):  # not this checkout's sandbox: the demo would empty it
+        raise _taken(SANDBOX_PORT, "the demo's sandbox workspace")
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
     script = Path(sys.executable).with_name("target-customerio-sandbox")
     cmd = [str(script)] if script.exists() else [

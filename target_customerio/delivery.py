@@ -24,6 +24,7 @@ import requests
 import urllib3
 from tenacity import RetryCallState, Retrying, stop_after_attempt, wait_random_exponential
 
+from target_customerio import http_session
 from target_customerio.errors import CredentialsError, DeliveryError, TargetError, Terminated
 from target_customerio.ledger import Ledger
 from target_customerio.mapping import Operation
@@ -339,30 +340,6 @@ def problem(state: RetryCallState) -> str:
     return f"HTTP {outcome.result().status}"
 
 
-def _read_within(response: requests.Response, deadline: float) -> bytes:
-    """The body of a streamed response, or ReadTimeout once `deadline` passes: a server that
-    trickles its answer cannot hold the attempt. Each read is one recv whose socket timeout is
-    the time left, so no single read can run past the deadline either."""
-    raw = response.raw
-    sock = getattr(getattr(raw, "connection", None), "sock", None)
-    chunks: list[bytes] = []
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise requests.ReadTimeout(f"no whole answer from {response.url} within the timeout")
-        if sock is not None:
-            sock.settimeout(left)
-        try:
-            chunk = raw.read1(65536)
-        except urllib3.exceptions.ReadTimeoutError as exc:
-            raise requests.ReadTimeout(str(exc)) from None
-        except urllib3.exceptions.HTTPError as exc:  # reset, cut short, bad chunking
-            raise requests.exceptions.ChunkedEncodingError(str(exc)) from None
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-
-
 class TrackClient:
     """HTTP to the Track API: the rate limit, one retry policy, a deadline per try. Thread-safe.
 
@@ -395,7 +372,7 @@ class TrackClient:
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = self._local.session = requests.Session()
+            session = self._local.session = http_session.session()
             session.auth = self._auth
             session.headers.update({"Content-Type": "application/json", "User-Agent": "target-customerio"})
         return session
@@ -462,10 +439,11 @@ class TrackClient:
         limit = self._timeout
         timeout = urllib3.Timeout(connect=min(10.0, limit), read=limit, total=limit)
         # requests passes a urllib3 Timeout through (its stubs only name floats)
-        response = self._session().request(
-            method, url, data=body, timeout=timeout, stream=True)  # type: ignore[arg-type]
+        with http_session.deadline(deadline):  # the request and its headers
+            response = self._session().request(
+                method, url, data=body, timeout=timeout, stream=True)  # type: ignore[arg-type]
         try:
-            data = _read_within(response, deadline)
+            data = http_session.read_body(response, deadline)
         except BaseException:
             response.close()  # the connection is mid-answer: never reuse it
             raise

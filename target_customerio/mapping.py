@@ -269,9 +269,7 @@ class Mapper:
     def _identify(self, record: dict[str, Any], kind: str, value: str, native: bool) -> bytes:
         """The encoded identify operation. Checks run in this order: limits, contract, encoding."""
         attributes = self.payload(record, native=native)
-        email = attributes.get("email")
-        if isinstance(email, str):
-            attributes["email"] = email.strip().lower() or None
+        _normalise_email(attributes)
         op = {"type": "person", "action": "identify", "identifiers": {kind: value}, "attributes": attributes}
         try:
             body = orjson.dumps(op)
@@ -302,6 +300,7 @@ class Mapper:
             raise Skipped("duplicate")
         raw = record.get(self._timestamp_column)
         data = self.payload(record, (raw, timestamp) if type(raw) is str else None, native)
+        _normalise_email(data)  # templates and segments compare it with the person's email
         self.check_contract(data)
         return {
             "type": "person", "action": "event", "identifiers": {kind: value},
@@ -364,6 +363,14 @@ def schema_violation(column: str, value: Any, declared: Column) -> str:
     if len(preview) > 60:
         preview = preview[:57] + "..."
     return f"{column} holds {held} ({preview}); the stream's SCHEMA declares {declared.declared}"
+
+
+def _normalise_email(payload: dict[str, Any]) -> None:
+    """An `email` attribute or event field is trimmed and lower-cased, as Customer.io compares
+    emails (case-insensitively); a blank one is sent as null (removed)."""
+    email = payload.get("email")
+    if isinstance(email, str):
+        payload["email"] = email.strip().lower() or None
 
 
 def encode_operation(op: dict[str, Any]) -> bytes:

@@ -74,9 +74,11 @@ def test_a_start_up_check_that_keeps_failing_ends_the_run_after_the_retries(sand
     assert len(requests_to(sandbox, REGION)) == 3 and sandbox.people() == []
 
 
-def test_a_trickling_server_cannot_hold_the_run(sandbox, tmp_path):
-    """Headers at once, then a byte every half second: each try ends at request_timeout."""
-    sandbox.inject(200, times=1000, mode="trickle", delay=0.5, path=BATCH)
+@pytest.mark.parametrize("mode", ["trickle", "trickle_headers"])
+def test_a_trickling_server_cannot_hold_the_run(sandbox, tmp_path, mode):
+    """A byte every half second, of the body (headers at once) or of the whole answer: each
+    try ends at request_timeout."""
+    sandbox.inject(200, times=1000, mode=mode, delay=0.5, path=BATCH)
     config = target_config(sandbox.url, tmp_path, ROUTES, request_timeout=1, max_retries=1,
                            delivery_workers=1)
     run = run_target(config, stream(3), tmp_path, timeout=60)

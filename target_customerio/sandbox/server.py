@@ -42,7 +42,8 @@ MAX_EVENT_DATA_BYTES = 100 * 1024
 _MAX_READ_BYTES = 16 * 1024 * 1024  # beyond this the body is not even read
 
 REGION_URLS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
-FAULT_MODES = ("respond", "process_then", "drop", "process_then_drop", "slow", "trickle")
+FAULT_MODES = ("respond", "process_then", "drop", "process_then_drop", "slow", "trickle",
+               "trickle_headers")
 PERSON_ACTIONS = ("identify", "event", "delete", "suppress", "unsuppress", "merge")
 OBJECT_ACTIONS = ("identify", "delete")
 IDENTIFIER_KINDS = ("id", "email", "cio_id")
@@ -434,7 +435,7 @@ class _Handler(BaseHTTPRequestHandler):
             sandbox.store.count(f"faults_{fault.mode}")
             if fault.mode == "slow":
                 time.sleep(fault.delay)
-            elif fault.mode in ("respond", "drop", "trickle"):
+            elif fault.mode in ("respond", "drop", "trickle", "trickle_headers"):
                 return self._fault_answer(fault, method, path, body, 0, 0)
         status, payload, ops, errors = self._process(method, path, body)
         if fault is not None and fault.mode in ("process_then", "process_then_drop"):
@@ -454,26 +455,29 @@ class _Handler(BaseHTTPRequestHandler):
         if fault.retry_after is not None:
             headers["Retry-After"] = f"{fault.retry_after:g}"
         phrase = _phrase(fault.status)
-        if fault.mode == "trickle":
+        if fault.mode.startswith("trickle"):
             return self._trickle(fault, fault.body or {"meta": {"error": phrase}}, headers)
         self._send_json(fault.status, fault.body or {"meta": {"error": phrase}}, headers)
 
     def _trickle(self, fault: Fault, body: Any, headers: dict) -> None:
-        """The status line and headers at once, then the body one byte every `delay` seconds:
-        a server that answers, but never finishes answering in time."""
+        """A server that answers, but never finishes answering in time: `trickle` sends the
+        status line and headers at once, then the body one byte every `delay` seconds;
+        `trickle_headers` sends the status line and headers that way too."""
         data = json.dumps(body, ensure_ascii=False).encode()
+        head = [f"HTTP/1.1 {fault.status} {_phrase(fault.status)}",
+                "Content-Type: application/json; charset=utf-8", f"Content-Length: {len(data)}",
+                *(f"{name}: {value}" for name, value in headers.items()), "Connection: close"]
         self.close_connection = True
-        self.send_response(fault.status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Connection", "close")
-        self.end_headers()
+        head_bytes = ("\r\n".join(head) + "\r\n\r\n").encode()
+        slow = head_bytes + data if fault.mode == "trickle_headers" else data
         try:
-            for i in range(len(data)):
+            if fault.mode == "trickle":
+                self.wfile.write(head_bytes)
+                self.wfile.flush()
+            for i in range(len(slow)):
                 time.sleep(fault.delay)
-                self.wfile.write(data[i:i + 1])
+                self.wfile.write(slow[i:i + 1])
+                self.wfile.flush()
         except OSError:  # the client gave up: what a trickle is for
             pass
 
