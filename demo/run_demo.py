@@ -353,7 +353,7 @@ def cmd_again() -> None:
     NIGHT_FILE.write_text(f"{night}\n")
     print_summary(elapsed, night=night)
     say("\nOnly rows at or after each bookmark were read (tap-postgres re-reads the row *on* the "
-        "bookmark: harmless, its event id is the same, so Customer.io drops it).")
+        "bookmark: the ledger knows it was delivered as it is, so it is skipped as unchanged).")
 
 
 def _last_night() -> int:
