@@ -5,6 +5,9 @@ Every error here is printed as one line on stderr; none carries a traceback.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class TargetError(Exception):
     """A fatal, explained failure of the run."""
@@ -46,3 +49,9 @@ class Terminated(TargetError):
     """SIGTERM or SIGINT: drained what could be drained, then stopped."""
 
     exit_code = 143
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """` (did you mean `x`?)` for the known name closest to a mistyped one, else nothing."""
+    close = difflib.get_close_matches(str(name).lower(), list(known), n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""

@@ -14,7 +14,7 @@ from typing import Any
 
 import jsonschema_rs
 
-from target_customerio.errors import ConfigError
+from target_customerio.errors import ConfigError, did_you_mean
 from target_customerio.values import parse_duration, snake_case, timezone
 
 KINDS = ("person", "event", "merge", "object")
@@ -211,13 +211,25 @@ def _parse_route(name: str, spec: Any, base_dir: Path, default_violation: str) -
     where = f"streams.{name}"
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: a route must be an object with at least `kind` and `identifier`")
-    unknown = set(spec) - _ROUTE_KEYS
-    if unknown:
-        raise ConfigError(f"{where}: unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_ROUTE_KEYS))}")
+    check_keys(where, spec, _ROUTE_KEYS, "option")
     kind = spec.get("kind")
     if kind not in KINDS:
         raise ConfigError(f"{where}.kind: {kind!r} is not one of {', '.join(KINDS)}")
+    for key in spec:
+        if key not in _COMMON_KEYS and key not in _KIND_KEYS[kind]:
+            kinds = [k for k, keys in _KIND_KEYS.items() if key in keys]
+            raise ConfigError(f"{where}.{key}: does not apply to a {kind} route (it is an option "
+                              f"of {' and '.join(kinds)} routes)")
     attributes = spec.get("attributes") or {}
+    if not isinstance(attributes, dict):
+        raise ConfigError(f"{where}.attributes: an object with include, exclude and/or rename")
+    check_keys(f"{where}.attributes", attributes, ("include", "exclude", "rename"), "key")
+    for key in ("include", "exclude"):
+        if key in attributes:
+            _columns(f"{where}.attributes.{key}", attributes[key])
+    rename = attributes.get("rename", {})
+    if not isinstance(rename, dict) or not all(isinstance(v, str) and v.strip() for v in rename.values()):
+        raise ConfigError(f"{where}.attributes.rename: an object of column: attribute name")
     violation = spec.get("on_contract_violation", default_violation)
     if violation not in ("reject", "fail"):
         raise ConfigError(f"{where}.on_contract_violation: {violation!r} is not reject or fail")
@@ -243,9 +255,34 @@ def _parse_route(name: str, spec: Any, base_dir: Path, default_violation: str) -
     )
 
 
+def check_keys(where: str, spec: dict[str, Any], known: Any, what: str) -> None:
+    """A key that is not known is a typo: a ConfigError naming it and the closest known one."""
+    for key in spec:
+        if key not in known:
+            shown = str(key)[:60]
+            raise ConfigError(f"{where}: unknown {what} `{shown}`{did_you_mean(shown, known)}; "
+                              f"known: {', '.join(sorted(known))}")
+
+
+def _column(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: the name of a column of the stream")
+    return value
+
+
+def _columns(where: str, value: Any) -> tuple[str, ...]:
+    """One column or a list of them."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list):
+        raise ConfigError(f"{where}: a column name or a list of column names")
+    return tuple(_column(f"{where}[{i}]", name) for i, name in enumerate(names))
+
+
 def _identifier(where: str, value: Any, default_type: str = "id") -> Identifier:
     if not isinstance(value, dict) or not value.get("field"):
         raise ConfigError(f"{where}: needs {{field: <column>, type: id|email|cio_id}}")
+    check_keys(where, value, ("field", "type"), "key")
+    _column(f"{where}.field", value["field"])
     kind = value.get("type", default_type)
     if kind not in IDENTIFIER_TYPES:
         raise ConfigError(f"{where}.type: {kind!r} is not one of {', '.join(IDENTIFIER_TYPES)}")
@@ -269,6 +306,7 @@ def _object_options(where: str, spec: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"{where}.object_type_id: the Customer.io object type id (e.g. 1) is required")
     if not id_field:
         raise ConfigError(f"{where}.object_id: name the column holding the object's id")
+    _column(f"{where}.object_id", id_field)
     relations = spec.get("relationships") or []
     if not isinstance(relations, list):
         raise ConfigError(f"{where}.relationships: a list of {{field, type}} person identifiers")
@@ -295,11 +333,17 @@ def _event_options(where: str, spec: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"{where}: an event route needs exactly one of `event_name` or `event_name_field`")
     if name and not snake_case(name):
         raise ConfigError(f"{where}.event_name: {name!r} has no letters or digits")
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"{where}.event_name: the name of the event, as text")
+    if name_field:
+        _column(f"{where}.event_name_field", name_field)
     if not spec.get("timestamp"):
         raise ConfigError(f"{where}.timestamp: an event route names the column holding when it happened")
+    _column(f"{where}.timestamp", spec["timestamp"])
     event_id = spec.get("event_id")
     if not event_id:
         raise ConfigError(f"{where}.event_id: name the column(s) that identify one event (the dedupe key)")
+    event_id = _columns(f"{where}.event_id", event_id)
     max_age = None
     if spec.get("max_age") is not None:
         try:
@@ -309,7 +353,7 @@ def _event_options(where: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "event_name": snake_case(name) if name else None,
         "event_name_field": name_field,
-        "event_id": (event_id,) if isinstance(event_id, str) else tuple(event_id),
+        "event_id": event_id,
         "timestamp": spec["timestamp"],
         "max_age": max_age,
     }
@@ -321,9 +365,14 @@ _KIND_OPTIONS = {
     "merge": _merge_options,
     "object": _object_options,
 }
-_ROUTE_KEYS = {
-    "kind", "identifier", "attributes", "contract", "event_name", "event_name_field",
-    "event_id", "timestamp", "max_age", "source_timezone", "on_contract_violation",
-    "on_delete", "mirror_to_attribute", "primary", "secondary", "object_type_id", "object_id",
-    "relationships",
+# The options every route takes, and those of each kind: an option of another kind is an error
+# too (`timestamp` on a person route does nothing, so it is a mistake).
+_COMMON_KEYS = ("kind", "attributes", "contract", "on_contract_violation", "source_timezone", "on_delete")
+_KIND_KEYS = {
+    "person": ("identifier",),
+    "event": ("identifier", "event_name", "event_name_field", "event_id", "timestamp", "max_age",
+              "mirror_to_attribute"),
+    "merge": ("primary", "secondary"),
+    "object": ("object_type_id", "object_id", "relationships"),
 }
+_ROUTE_KEYS = frozenset(_COMMON_KEYS).union(*_KIND_KEYS.values())

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 import jsonschema_rs
 
-from target_customerio.errors import ConfigError
+from target_customerio.errors import ConfigError, did_you_mean
 from target_customerio.redaction import SENSITIVE_SETTINGS
 from target_customerio.routes import Routes
 
@@ -64,12 +64,6 @@ ENV_PREFIX = "TARGET_CUSTOMERIO_"
 
 def known_settings() -> list[str]:
     return [*CONFIG_SCHEMA["properties"], *SDK_SETTINGS, *SDK_SETTINGS_IGNORED]
-
-
-def did_you_mean(name: str, known: list[str]) -> str:
-    """` (did you mean `x`?)`, or nothing when no known name is close."""
-    close = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.6)
-    return f" (did you mean `{close[0]}`?)" if close else ""
 
 
 def check_config(config: dict[str, Any]) -> list[str]:

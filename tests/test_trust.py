@@ -237,3 +237,24 @@ def test_every_output_is_masked(tmp_path):
     masked = r.redact(text)
     for secret in ("987654321", "pg_secret_1", "sig_value_22", "unknown_pw", "never_seen_before"):
         assert secret not in masked, masked
+
+
+@pytest.mark.parametrize("route, message", [
+    ({"kind": "person", "identifer": {"field": "id"}}, "unknown option `identifer` (did you mean `identifier`?)"),
+    ({"kind": "person", "identifier": {"feild": "id"}}, "needs {field"),
+    ({"kind": "person", "identifier": {"field": "id", "typ": "id"}}, "identifier: unknown key `typ` (did you mean `type`?)"),
+    ({"kind": "person", "identifier": {"field": "id"}, "attributes": {"exlude": ["name"]}},
+     "attributes: unknown key `exlude` (did you mean `exclude`?)"),
+    ({"kind": "person", "identifier": {"field": "id"}, "timestamp": "at"},
+     "timestamp: does not apply to a person route (it is an option of event routes)"),
+    ({"kind": "person", "identifier": {"field": 7}}, "identifier.field: the name of a column"),
+    ({"kind": "person", "identifier": {"field": "id"}, "attributes": {"include": "name,id"}}, None),
+    ({"kind": "person", "identifier": {"field": "id"}, "attributes": ["name"]}, "attributes: an object"),
+])
+def test_a_mistyped_route_option_stops_the_run_naming_the_closest_one(sandbox, tmp_path, route, message):
+    config = target_config(sandbox.url, tmp_path, {P: route})
+    run = run_target(config, [SCHEMA, *people(3), state({"b": 1})], tmp_path)
+    assert run.returncode == 2, run.stderr
+    line = one_error_line(run.stderr)
+    assert message is None or message in line, line
+    assert sandbox.requests() == [] and run.states == []
