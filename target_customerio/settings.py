@@ -213,11 +213,18 @@ def _positive(config: dict[str, Any], name: str, default: float) -> float:
 
 
 def _check_url(url: str) -> None:
-    parsed = urlparse(url)
+    try:
+        parsed = urlparse(url.strip())
+        parsed.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        raise ConfigError(f"setting `track_api_url`: {url!r} is not an http(s) URL") from None
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ConfigError(f"setting `track_api_url`: {url!r} is not an http(s) URL")
     if parsed.username or parsed.password:
         raise ConfigError("setting `track_api_url` must not contain credentials; use site_id and api_key")
+    if parsed.query or parsed.fragment or parsed.params:
+        raise ConfigError("setting `track_api_url`: a base URL, without ?query or #fragment "
+                          "(request paths are added to it)")
     if parsed.scheme == "http" and not _is_loopback(parsed.hostname):
         raise ConfigError(f"setting `track_api_url`: plain http:// is only allowed for loopback hosts, not {parsed.hostname}")
 
