@@ -189,9 +189,7 @@ class Routes:
     def __init__(self, config: Any, base_dir: Path, on_contract_violation: str) -> None:
         if not isinstance(config, dict) or not config:
             raise ConfigError("setting `streams` must map at least one stream name to a route")
-        self._routes = {
-            name: _parse_route(name, spec, base_dir, on_contract_violation) for name, spec in config.items()
-        }
+        self._routes = {name: _route(name, spec, base_dir, on_contract_violation) for name, spec in config.items()}
 
     @property
     def names(self) -> list[str]:
@@ -205,6 +203,15 @@ class Routes:
             if fnmatch.fnmatchcase(stream, pattern):
                 return route
         return None
+
+
+def _route(name: str, spec: Any, base_dir: Path, default_violation: str) -> Route:
+    """A route, or a ConfigError: an option of the wrong type that the checks below do not name
+    still fails as configuration (compiled code raises TypeError for it), never as a crash."""
+    try:
+        return _parse_route(name, spec, base_dir, default_violation)
+    except TypeError as exc:
+        raise ConfigError(f"streams.{name}: an option holds a value of the wrong type ({exc})") from None
 
 
 def _parse_route(name: str, spec: Any, base_dir: Path, default_violation: str) -> Route:
@@ -237,6 +244,9 @@ def _parse_route(name: str, spec: Any, base_dir: Path, default_violation: str) -
     if on_delete not in ON_DELETE or (kind != "person" and on_delete != "ignore"):
         allowed = ON_DELETE if kind == "person" else ("ignore",)
         raise ConfigError(f"{where}.on_delete: {on_delete!r} is not one of {', '.join(allowed)} for a {kind} route")
+    for key in ("contract", "source_timezone", "max_age"):
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            raise ConfigError(f"{where}.{key}: must be text, not {type(spec[key]).__name__}")
     try:
         tz = timezone(spec.get("source_timezone"))
     except ValueError as exc:
@@ -272,7 +282,7 @@ def _column(where: str, value: Any) -> str:
 
 def _columns(where: str, value: Any) -> tuple[str, ...]:
     """One column or a list of them."""
-    names = [value] if isinstance(value, str) else value
+    names: Any = [value] if isinstance(value, str) else value  # Any: compiled code checks types
     if not isinstance(names, list):
         raise ConfigError(f"{where}: a column name or a list of column names")
     return tuple(_column(f"{where}[{i}]", name) for i, name in enumerate(names))
@@ -331,10 +341,10 @@ def _event_options(where: str, spec: dict[str, Any]) -> dict[str, Any]:
     name, name_field = spec.get("event_name"), spec.get("event_name_field")
     if bool(name) == bool(name_field):
         raise ConfigError(f"{where}: an event route needs exactly one of `event_name` or `event_name_field`")
-    if name and not snake_case(name):
-        raise ConfigError(f"{where}.event_name: {name!r} has no letters or digits")
     if name is not None and not isinstance(name, str):
         raise ConfigError(f"{where}.event_name: the name of the event, as text")
+    if name and not snake_case(name):
+        raise ConfigError(f"{where}.event_name: {name!r} has no letters or digits")
     if name_field:
         _column(f"{where}.event_name_field", name_field)
     if not spec.get("timestamp"):

@@ -14,7 +14,9 @@ from tests.harness import API_KEY, TARGET, record, run_target, schema, state, ta
 
 P = "public-customers"
 ROUTES = {P: {"kind": "person", "identifier": {"field": "id", "type": "id"}}}
-SCHEMA = schema(P, {"id": {"type": "string"}, "name": {"type": "string"}})
+SCHEMA = schema(P, {"id": {"type": "string"}, "name": {"type": "string"}, "at": {"type": "string"}})
+EVENT_ROUTE = {"kind": "event", "identifier": {"field": "id"}, "event_name": "seen", "event_id": ["id"],
+               "timestamp": "at"}
 
 
 def people(count: int, start: int = 0) -> list[dict]:
@@ -250,6 +252,11 @@ def test_every_output_is_masked(tmp_path):
     ({"kind": "person", "identifier": {"field": 7}}, "identifier.field: the name of a column"),
     ({"kind": "person", "identifier": {"field": "id"}, "attributes": {"include": "name,id"}}, None),
     ({"kind": "person", "identifier": {"field": "id"}, "attributes": ["name"]}, "attributes: an object"),
+    ({**EVENT_ROUTE, "max_age": 5}, "max_age: must be text, not int"),
+    ({**EVENT_ROUTE, "event_name": 5}, "event_name: the name of the event, as text"),
+    ({**EVENT_ROUTE, "event_id": [5]}, "event_id[0]: the name of a column"),
+    ({**EVENT_ROUTE, "source_timezone": ["UTC"]}, "source_timezone: must be text, not list"),
+    ({**EVENT_ROUTE, "contract": {"type": "object"}}, "contract: must be text, not dict"),
 ])
 def test_a_mistyped_route_option_stops_the_run_naming_the_closest_one(sandbox, tmp_path, route, message):
     config = target_config(sandbox.url, tmp_path, {P: route})
