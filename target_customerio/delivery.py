@@ -603,6 +603,8 @@ class Delivery:
         rejected: set[int] = set()
         rejected_records: set[tuple[int, int]] = set()
         for error in errors:
+            if not isinstance(error, dict):
+                continue  # not an item error Customer.io writes: it names no operation
             index = error.get("batch_index")
             if not isinstance(index, int) or not 0 <= index < len(ops) or index in rejected:
                 continue

@@ -58,7 +58,10 @@ def open_ledger(settings: Settings) -> Ledger:
         return SqliteLedger(settings.ledger_path, full_resend=settings.full_resend)
     except Exception as exc:  # noqa: BLE001 - any reason the ledger cannot open is a config error
         where = "ledger_url" if settings.ledger_url else f"ledger_path {settings.ledger_path!r}"
-        raise ConfigError(f"cannot open the ledger ({where}): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+        reason = (str(exc).splitlines() or [""])[0][:200]
+        if settings.ledger_url and "dsn" in reason.lower():  # the driver quotes the DSN, secret and all
+            reason = "not a valid Postgres URL or DSN"
+        raise ConfigError(f"cannot open the ledger ({where}): {type(exc).__name__}: {reason}") from None
 
 
 class NoLedger:

@@ -395,6 +395,8 @@ def identifier_value(record: dict[str, Any], column: str, kind: str) -> str:
     raw = record.get(column)
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         raise Rejected("missing_identifier", column, f"{column} is empty; every operation needs one {kind}")
+    if type(raw) is bool:  # `True` is no one's id
+        raise Rejected("invalid_identifier", column, f"{column} is a boolean, not a usable {kind}")
     try:
         value = raw if type(raw) is str else str(plain(raw))
         size = len(value.encode())

@@ -37,6 +37,14 @@ _decode_record_line = msgspec.json.Decoder(_RecordLine, float_hook=json_number).
 # write it, up to the record's opening brace; the stream name in plain ASCII, unescaped.
 _RECORD_START = re.compile(rb'\{"type": ?"RECORD", ?"stream": ?"([\x20-\x21\x23-\x5b\x5d-\x7e]+)", ?"record": ?\{')
 _STRICT_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+# What each message type must hold for the SDK's handlers (checked for every message but the
+# RECORD lines the reader passes on whole, whose start it has matched).
+_SHAPES: dict[str, tuple[tuple[str, type], ...]] = {
+    "RECORD": (("stream", str), ("record", dict)),
+    "SCHEMA": (("stream", str), ("schema", dict)),
+    "ACTIVATE_VERSION": (("stream", str), ("version", int)),
+}
+_NAMES = {str: "a string", dict: "an object", int: "an integer"}
 
 
 def lenient_decode(line: str | bytes) -> t.Any:
@@ -96,6 +104,7 @@ class SingerLineReader(MsgSpecReader):
     def __init__(self) -> None:
         super().__init__()
         self.line_number = 0
+        self._schemas: set[str] = set()  # streams whose SCHEMA has been read
         self.record_taker: t.Callable[[str], t.Callable[[bytes], None] | None] | None = None
 
     @property
@@ -120,6 +129,7 @@ class SingerLineReader(MsgSpecReader):
                 counts["RECORD"] += 1
                 continue
             message = self._decode_message(line)
+            self._check_shape(message)
             kind = message.get("type")
             callback = callbacks.get(kind)  # type: ignore[arg-type]
             if callback is None:
@@ -128,6 +138,29 @@ class SingerLineReader(MsgSpecReader):
             callback(message)  # type: ignore[misc]
             counts[kind] += 1  # type: ignore[index]
         return Counter(counts)
+
+    def _check_shape(self, message: dict) -> None:
+        """A message the SDK's handlers can take: the keys its type needs, of the right types.
+        Anything else is one InputError naming the line, not a crash inside the SDK."""
+        kind = message.get("type")
+        where = f"input line {self.line_number}"
+        if kind == "BATCH":
+            raise InputError(f"{where}: BATCH messages are not supported (the tap's records must come "
+                             "as RECORD messages: turn off the tap's batch_config)")
+        for key, kinds in _SHAPES.get(kind, ()):  # type: ignore[arg-type]
+            if not isinstance(message.get(key), kinds) or (kinds is int and isinstance(message[key], bool)):
+                raise InputError(f"{where}: a {kind} message needs `{key}` ({_NAMES[kinds]})")
+        if kind == "SCHEMA":
+            schema, keys = message["schema"], message.get("key_properties", [])
+            if not isinstance(schema.get("properties", {}), dict):
+                raise InputError(f"{where}: the SCHEMA's `properties` must be an object")
+            if keys is not None and (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
+                raise InputError(f"{where}: `key_properties` must be a list of column names")
+            self._schemas.add(message["stream"])
+        elif kind == "STATE" and "value" not in message:
+            raise InputError(f"{where}: a STATE message needs `value`")
+        elif kind == "ACTIVATE_VERSION" and message["stream"] not in self._schemas:
+            raise InputError(f"{where}: ACTIVATE_VERSION for stream {message['stream']!r}, which has no SCHEMA")
 
     def deserialize_json(self, line: str | bytes) -> dict:
         self.line_number += 1

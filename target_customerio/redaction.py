@@ -10,6 +10,7 @@ target was never told about (a password inside a mistyped proxy URL) is masked a
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import re
@@ -22,16 +23,19 @@ MASK = "****"
 # Settings whose value is a secret, and names that look like one (a typo of a secret setting,
 # a key inside `streams` or a DSN).
 SENSITIVE_SETTINGS = frozenset({"api_key", "ledger_url", "app_api_key"})
-_SECRET_NAME = re.compile(r"(pass(word|wd)?|secret|token|api[-_]?key|apikey|auth|credential|signature|sig|private)", re.I)
+_SECRET_NAME = re.compile(r"(pass(word|wd)?|secret|token|api[-_]?key|apikey|access[-_]?key|auth|credential"
+                          r"|signature|sig|private|(^|[-_])key$)", re.I)
 # `scheme://user:password@host`: the userinfo, whatever the scheme (a mistyped `htps://` too).
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/@\s'\"]+)@")
+# `Authorization: Basic ...` (a server echoing the request's headers back).
+_AUTH_HEADER = re.compile(r"(?P<name>authorization['\"]?\s*[:=]\s*['\"]?(?:basic|bearer|token)?\s*)[^\s'\",;}]+", re.I)
 # `password=...`, `api_key: ...`, `?token=...`: a secret-looking name and its value.
 _PAIR = re.compile(
-    r"(?P<name>\b[\w-]*(?:pass(?:word|wd)?|secret|token|api[-_]?key|apikey|signature)[\w-]*)"
+    r"(?P<name>\b[\w-]*(?:pass(?:word|wd)?|secret|token|api[-_]?key|apikey|access[-_]?key|signature)[\w-]*)"
     r"(?P<sep>\s*=\s*['\"]?|['\"]\s*:\s*['\"])(?P<value>[^\s&'\",;}]+)",
     re.I,
 )
-_MIN_SECRET = 4  # shorter values are too common to mask everywhere ("true", "1")
+_MIN_SECRET = 8  # shorter values are too common to mask everywhere ("true", "2024")
 
 
 class Redactor:
@@ -52,9 +56,13 @@ class Redactor:
                 self._pattern = re.compile("|".join(map(re.escape, ordered)))
 
     def learn_config(self, config: Any) -> None:
-        """Every secret a configuration holds (see the module docstring)."""
+        """Every secret a configuration holds (see the module docstring), and the HTTP Basic
+        credential the Track API is called with, as a server could echo it back."""
         if not isinstance(config, dict):
             return
+        site_id, api_key = config.get("site_id"), config.get("api_key")
+        if isinstance(site_id, str) and isinstance(api_key, str):
+            self.learn(base64.b64encode(f"{site_id}:{api_key}".encode("utf-8", "replace")).decode())
         for name, value in config.items():
             if name in SENSITIVE_SETTINGS or _SECRET_NAME.search(str(name)):
                 self.learn(value)
@@ -84,6 +92,8 @@ class Redactor:
             text = pattern.sub(MASK, text)
         if "@" in text:
             text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+        if "uthorization" in text or "UTHORIZATION" in text:
+            text = _AUTH_HEADER.sub(lambda m: f"{m['name']}{MASK}", text)
         if "=" in text or ":" in text:
             text = _PAIR.sub(lambda m: f"{m['name']}{m['sep']}{MASK}", text)
         return text

@@ -173,6 +173,14 @@ def check_columns(route: Route, stream: str, declared: list[str]) -> None:
     ]
     if problems:
         raise ConfigError("; ".join(problems))
+    sent: dict[str, str] = {}
+    for column in declared:
+        name = route.attribute_name(column)
+        if name is not None and name in sent:
+            raise ConfigError(f"streams.{route.pattern}.attributes: columns {sent[name]!r} and {column!r} "
+                              f"of stream {stream} would both be sent as {name!r}; rename or exclude one")
+        if name is not None:
+            sent[name] = column
 
 
 def _suggestion(column: str, declared: list[str]) -> str:
@@ -254,8 +262,8 @@ def _parse_route(name: str, spec: Any, base_dir: Path, default_violation: str) -
     return Route(
         pattern=name,
         kind=kind,
-        include=tuple(attributes["include"]) if "include" in attributes else None,
-        exclude=tuple(attributes.get("exclude", ())),
+        include=_columns(f"{where}.attributes.include", attributes["include"]) if "include" in attributes else None,
+        exclude=_columns(f"{where}.attributes.exclude", attributes.get("exclude", [])),
         rename=dict(attributes.get("rename", {})),
         contract=load_contract(spec["contract"], base_dir) if spec.get("contract") else None,
         source_timezone=tz,
@@ -360,6 +368,8 @@ def _event_options(where: str, spec: dict[str, Any]) -> dict[str, Any]:
             max_age = parse_duration(spec["max_age"])
         except ValueError as exc:
             raise ConfigError(f"{where}.max_age: {exc}") from None
+        if not max_age:
+            raise ConfigError(f"{where}.max_age: 0 would skip every event; leave it out to keep them all")
     return {
         "event_name": snake_case(name) if name else None,
         "event_name_field": name_field,

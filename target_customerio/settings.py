@@ -28,15 +28,15 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "track_api_url": {"type": "string", "description": "Override the Track API base URL (sandbox, proxy). http:// only for loopback hosts."},
         "streams": {"type": ["object", "string"], "description": "Stream name or glob → route (kind, identifier, ...)."},
         "unmapped_streams": {"type": "string", "enum": ["error", "skip"], "default": "error", "description": "What to do with a stream that has no route."},
-        "max_requests_per_second": {"type": "number", "exclusiveMinimum": 0, "default": 100, "description": "Client-side rate limit."},
+        "max_requests_per_second": {"type": "number", "minimum": 0.01, "maximum": 100000, "default": 100, "description": "Client-side rate limit."},
         "reject_file": {"type": "string", "description": "JSONL dead-letter file for every record not sent."},
         "report_file": {"type": "string", "description": "JSON run report."},
         "dry_run": {"type": "boolean", "default": False, "description": "Map and validate, send nothing, emit no STATE."},
         "dry_run_file": {"type": "string", "default": "customerio-dry-run.jsonl", "description": "Where dry_run writes the would-be operations."},
         "on_contract_violation": {"type": "string", "enum": ["reject", "fail"], "default": "reject", "description": "Default for routes: reject the record, or fail the run."},
-        "request_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 30, "description": "Seconds to wait for Customer.io to answer one request."},
+        "request_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600, "default": 30, "description": "Seconds to wait for Customer.io to answer one request."},
         "max_retries": {"type": "integer", "minimum": 0, "default": 7, "description": "Retries of one request on 429, 5xx and network errors."},
-        "checkpoint_interval_seconds": {"type": "number", "exclusiveMinimum": 0, "default": 60, "description": "Longest time between STATE checkpoints on a long run."},
+        "checkpoint_interval_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400, "default": 60, "description": "Longest time between STATE checkpoints on a long run."},
         "change_detection": {"type": "boolean", "default": True, "description": "Skip rows whose operation equals what the ledger says was last delivered."},
         "ledger_path": {"type": "string", "default": ".customerio-ledger.sqlite", "description": "SQLite ledger of what was delivered (per workspace)."},
         "ledger_url": {"type": "string", "secret": True, "writeOnly": True, "description": "Postgres DSN: keep the ledger in a table instead (ephemeral runners)."},
@@ -90,6 +90,48 @@ def check_config(config: dict[str, Any]) -> list[str]:
 
 
 _VALIDATOR = jsonschema_rs.Draft7Validator(CONFIG_SCHEMA)
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
+
+
+def env_config(environ: dict[str, str], schema: dict[str, Any]) -> dict[str, Any]:
+    """`--config ENV`: the TARGET_CUSTOMERIO_<NAME> variables of the environment and of a
+    `.env` file in the working directory (the environment wins), each read strictly as its
+    setting's type: `maybe` is not a boolean, `10` is a number. A variable that names no setting
+    is a typo. Raises ConfigError."""
+    from dotenv import dotenv_values, find_dotenv
+
+    dotenv = {k: v for k, v in dotenv_values(find_dotenv(usecwd=True)).items() if v is not None}
+    values = {**dotenv, **environ}
+    check_env(values)
+    config: dict[str, Any] = {}
+    for name, spec in schema.get("properties", {}).items():
+        var = ENV_PREFIX + name.upper()
+        if var in values:
+            config[name] = _from_env(var, values[var], spec, name in SENSITIVE_SETTINGS)
+    return config
+
+
+def _from_env(var: str, text: str, spec: dict[str, Any], secret: bool) -> Any:
+    kinds = spec.get("type", "string")
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+    shown = "(secret)" if secret else repr(text[:60])
+    if "boolean" in kinds:
+        if text.strip().lower() in _TRUE + _FALSE:
+            return text.strip().lower() in _TRUE
+        raise ConfigError(f"environment variable {var}: {shown} is not true or false")
+    if "integer" in kinds or "number" in kinds:
+        try:
+            return int(text) if "integer" in kinds else float(text)
+        except ValueError:
+            raise ConfigError(f"environment variable {var}: {shown} is not a number") from None
+    if ("object" in kinds or "array" in kinds) and "string" not in kinds:
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError):
+            raise ConfigError(f"environment variable {var}: not JSON") from None
+    return text
 
 
 def check_env(environ: dict[str, str]) -> None:
@@ -157,7 +199,7 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
     if isinstance(streams, str):
         try:
             streams = json.loads(streams)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise ConfigError("setting `streams` is a string but not JSON") from None
     unmapped = config.get("unmapped_streams", "error")
     if unmapped not in ("error", "skip"):
@@ -165,6 +207,7 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
     violation = config.get("on_contract_violation", "reject")
     if violation not in ("reject", "fail"):
         raise ConfigError(f"setting `on_contract_violation`: {violation!r} is not reject or fail")
+    _distinct_outputs(config, dry_run)
     return Settings(
         site_id=str(config.get("site_id") or ""),
         base_url=(override or REGION_URLS[region]).rstrip("/"),
@@ -187,6 +230,33 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
         full_resend=bool(config.get("full_resend", False)),
         max_reject_ratio=_ratio(config.get("max_reject_ratio")),
     )
+
+
+def _distinct_outputs(config: dict[str, Any], dry_run: bool) -> None:
+    """Each file the run writes is its own: a report written over the reject file would erase
+    the rejects a STATE promised were kept, and stdout is only for STATE."""
+    names = ["reject_file", "report_file", "ledger_path", *(["dry_run_file"] if dry_run else [])]
+    seen: dict[str, str] = {}
+    for name in names:
+        value = config.get(name) or (".customerio-ledger.sqlite" if name == "ledger_path" else None)
+        if not value or (name == "ledger_path" and (config.get("ledger_url") or config.get("change_detection") is False)):
+            continue
+        path = os.path.realpath(value)
+        if path in seen:
+            raise ConfigError(f"settings `{seen[path]}` and `{name}` name the same file ({value}); each needs its own")
+        seen[path] = name
+        if _is_stdout(value):
+            raise ConfigError(f"setting `{name}`: {value} is standard output, which carries only STATE")
+
+
+def _is_stdout(path: str) -> bool:
+    if path in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
+        return True
+    try:
+        mine, theirs = os.stat(path), os.fstat(1)
+    except (OSError, ValueError):
+        return False
+    return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
 
 
 def _ratio(value: Any) -> float | None:

@@ -42,6 +42,7 @@ class CustomerIOSink(Sink):
                           target.ledger_scope(stream_name), target.delivery.shards)
         self._mapping_key = self._mapping.open(spec)
         self._chunk: list[Item] = []
+        self._sdk_counted = 0  # records of the chunk that came through the SDK's handling
         self._fail_on_violation = route.on_contract_violation == "fail"
         self._seen_events: set[int] = set()  # dedupe keys of the events sent in this run: small at 1M events
         self._max_reject_ratio = target.settings.max_reject_ratio
@@ -97,12 +98,15 @@ class CustomerIOSink(Sink):
             self._send_chunk()
 
     def process_record(self, record: dict, context: dict) -> None:
-        """A record through the SDK's handling (stream maps, flattening or record metadata on)."""
+        """A record through the SDK's handling (stream maps, flattening or record metadata on),
+        which has counted it for the `record_count` metric already."""
+        self._sdk_counted += 1
         self.receive(record)
 
     def _send_chunk(self) -> None:
         chunk, self._chunk = self._chunk, []
-        self.record_counter_metric.increment(len(chunk))
+        self.record_counter_metric.increment(len(chunk) - self._sdk_counted)  # the direct path's
+        self._sdk_counted = 0
         self._mapping.submit(self._mapping_key, chunk, self._account)
 
     def _account(self, items: list[Item], mapped: Mapped) -> None:
@@ -199,11 +203,15 @@ class UnmappedSink(Sink):
         """Never sent, so never parsed."""
 
     def process_record(self, record: dict, context: dict) -> None:
-        self.receive(record)
+        """Through the SDK's handling, which counted it for `record_count`."""
+        self._skip()
 
     def receive(self, item: Item) -> None:
         """A record straight from the reader: counted and skipped all the same."""
         self.record_counter_metric.increment()
+        self._skip()
+
+    def _skip(self) -> None:
         self._report.stream(self.stream_name).received += 1
         self._report.skip(self.stream_name, "unmapped")
 

@@ -165,8 +165,8 @@ def _subschemas(node: dict[str, Any], key: str) -> list[Any]:
 def _resolve(ref: str, root: dict[str, Any]) -> Any:
     """The subschema a local `$ref` (`#`, `#/$defs/money`, `#/definitions/ts`) points at; None
     for any other (a remote document is never fetched) or one that points nowhere."""
-    if not ref.startswith("#"):
-        return None
+    if ref != "#" and not ref.startswith("#/"):
+        return None  # remote, or a plain-name anchor (`#ts`): not followed, so no constraint
     node: Any = root
     for part in ref[1:].split("/")[1:] if ref != "#" else []:
         key = unquote(part).replace("~1", "/").replace("~0", "~")

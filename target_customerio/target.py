@@ -16,7 +16,10 @@ from pathlib import Path
 from types import FrameType
 
 from singer_sdk import Target
-from singer_sdk.exceptions import ConfigValidationError, MissingKeyPropertiesError, RecordsWithoutSchemaException
+from singer_sdk.exceptions import (
+    ConfigValidationError, ConformedNameClashException, MapExpressionError, MissingKeyPropertiesError,
+    RecordsWithoutSchemaException, StreamMapConfigError,
+)
 from singer_sdk.helpers.capabilities import PluginCapabilities
 from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.plugin_base import _ConfigInput
@@ -32,7 +35,7 @@ from target_customerio.reading import SingerLineReader
 from target_customerio import redaction
 from target_customerio.report import RunReport
 from target_customerio.settings import (
-    CONFIG_SCHEMA, SDK_SETTINGS_IGNORED, check_config, check_env, load_settings,
+    CONFIG_SCHEMA, SDK_SETTINGS_IGNORED, check_config, env_config, load_settings,
 )
 from target_customerio.sinks import CustomerIOSink, UnmappedSink
 
@@ -41,14 +44,26 @@ def _silence_stdout() -> None:
     """Point stdout at /dev/null, so that the interpreter's last flush does not fail again."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, 1)
+        sys.stdout = open(devnull, "w")  # noqa: SIM115 - for the rest of the process
     except (OSError, ValueError):
         pass
 
 
+_MAX_CONFIG_BYTES = 16 << 20
+
+
 def _read_config_file(path: str) -> dict[str, t.Any]:
+    file = Path(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        if file.exists() and not file.is_dir() and not file.is_file():  # a FIFO or a device
+            raise ConfigError(f"--config {path}: not a regular file")
+        if file.is_file() and file.stat().st_size > _MAX_CONFIG_BYTES:
+            raise ConfigError(f"--config {path}: larger than {_MAX_CONFIG_BYTES >> 20} MB, not a config file")
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read it ({exc.strerror})") from None
+    try:
+        text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ConfigError(f"--config {path}: cannot read it ({reason})") from None
@@ -100,12 +115,13 @@ class TargetCustomerIO(Target):
         redaction.install()
         # Checked before the SDK sees them (its messages quote values): a typo or a wrong type
         # stops here, with a message that never holds a secret; again with the environment's.
+        if parse_env_config:  # read here, strictly typed, rather than by the SDK (settings.env_config)
+            schema = self.config_jsonschema
+            self.append_builtin_config(schema)
+            config = {**(config if isinstance(config, dict) else {}), **env_config(dict(os.environ), schema)}
         warnings = self._check_config(config, validate_config)
-        if parse_env_config:
-            check_env(dict(os.environ))
-        super().__init__(config=config, parse_env_config=parse_env_config, validate_config=validate_config, message_reader=message_reader)
-        if parse_env_config:
-            warnings = self._check_config(dict(self.config), validate_config)
+        super().__init__(config=config, parse_env_config=False, validate_config=validate_config, message_reader=message_reader)
+        logging.getLogger("urllib3").setLevel(logging.ERROR)  # a try cut at its deadline is ours to report
         for warning in warnings:
             self.logger.warning("%s", warning)
         self.settings = load_settings(dict(self.config), Path.cwd())
@@ -131,6 +147,7 @@ class TargetCustomerIO(Target):
         self._age_check_every = min(1.0, self.settings.checkpoint_interval_seconds / 4)
         self._next_age_check = 0.0
         self._busy = False
+        self._checking = False  # inside the start-up credential check
         self._terminating = False
 
     @staticmethod
@@ -164,7 +181,11 @@ class TargetCustomerIO(Target):
         """Verify credentials and region once, before the first record is sent."""
         if not self._credentials_checked:
             assert isinstance(self.delivery, Delivery)
-            self.delivery.check_credentials(self.settings.region)
+            self._checking = True  # nothing is half-done meanwhile: a signal stops it at once
+            try:
+                self.delivery.check_credentials(self.settings.region)
+            finally:
+                self._checking = False
             self._credentials_checked = True
 
     # Routing
@@ -212,10 +233,12 @@ class TargetCustomerIO(Target):
             return  # nothing was sent, so no bookmark may move
         try:
             super()._write_state_message(state)
-        except (BrokenPipeError, ValueError) as exc:  # ValueError: stdout already closed
+        except (OSError, ValueError, AttributeError) as exc:  # a broken pipe, a full disk, closed, none
             _silence_stdout()
-            raise TargetError("stdout is closed: nobody reads the STATE this run must emit "
-                              "(run it under Meltano, or pipe its stdout to a file)") from exc
+            reason = getattr(exc, "strerror", None) or ("no stdout" if isinstance(exc, AttributeError) else "closed")
+            raise TargetError(f"stdout is closed or cannot be written ({reason}): the STATE this run "
+                              "must emit reaches nobody (run it under Meltano, or pipe its stdout to a "
+                              "file)") from exc
 
     def process_endofpipe(self) -> None:
         super().process_endofpipe()
@@ -238,9 +261,23 @@ class TargetCustomerIO(Target):
         sink = self._direct.get(message_dict.get("stream"))  # type: ignore[arg-type]
         record = message_dict.get("record")
         if sink is None or type(record) is not dict:
-            self._guarded(super()._process_record_message, message_dict)  # maps, or the SDK's error
+            self._guarded(self._sdk_record, message_dict)  # maps, or the SDK's error
         else:
             self._take_record(sink, record)  # a RECORD line not in the form the reader passes on whole
+
+    def _sdk_record(self, message_dict: dict) -> None:
+        """The SDK's handling of a record: its stream maps are the user's expressions, so one
+        that fails on a record (a missing key, a division by zero) is a configuration error."""
+        try:
+            super()._process_record_message(message_dict)
+        except (TargetError, MapExpressionError, StreamMapConfigError, RecordsWithoutSchemaException):
+            raise
+        except Exception as exc:
+            if not self.config.get("stream_maps"):
+                raise
+            stream = message_dict.get("stream")
+            raise ConfigError(f"stream_maps: the map of stream {stream!r} failed on a record: "
+                              f"{type(exc).__name__}: {str(exc)[:200]}") from None
 
     def _checkpoint_if_due(self) -> None:
         """Drain and write STATE every checkpoint_interval_seconds. The SDK's check reads the
@@ -270,7 +307,7 @@ class TargetCustomerIO(Target):
         delivery = getattr(self, "delivery", None)  # None: a signal while starting up
         if delivery is not None:
             delivery.interrupt()  # retry waits end now; a silent Customer.io is not waited for
-        if not self._busy:
+        if not self._busy or getattr(self, "_checking", False):
             raise Terminated(f"stopped by signal {signum} after delivering what was received")
 
     def finish(self, status: str, error: str | None = None) -> None:
@@ -328,6 +365,8 @@ class TargetCustomerIO(Target):
         except ConfigValidationError as exc:
             lines = [str(error).splitlines()[0] for error in exc.errors if str(error).strip()]
             cls._stop(target, ConfigError("; ".join(lines) or str(exc).splitlines()[0]))
+        except (MapExpressionError, StreamMapConfigError, ConformedNameClashException) as exc:
+            cls._stop(target, ConfigError(f"stream_maps: {str(exc).splitlines()[0]}"))
         except (RecordsWithoutSchemaException, InvalidInputLine, MissingKeyPropertiesError) as exc:
             cls._stop(target, InputError(str(exc).splitlines()[0]))
         except UnicodeDecodeError:
