@@ -37,7 +37,7 @@ class Run:
     @property
     def states(self) -> list[dict[str, Any]]:
         """Every stdout line must be a STATE value (that is all Meltano reads there)."""
-        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+        return [json.loads(line) for line in self.stdout.split("\n") if line.strip()]
 
 
 def target_config(sandbox_url: str, tmp: Path, streams: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -63,5 +63,5 @@ def collect(returncode: int, stdout: str, stderr: str, config: dict[str, Any]) -
     report_path = Path(config["report_file"]) if config.get("report_file") else None
     reject_path = Path(config["reject_file"]) if config.get("reject_file") else None
     report = json.loads(report_path.read_text()) if report_path and report_path.is_file() and report_path.stat().st_size else None
-    rejects = [json.loads(x) for x in reject_path.read_text().splitlines()] if reject_path and reject_path.is_file() else []
+    rejects = [json.loads(x) for x in reject_path.read_text(encoding="utf-8").split("\n") if x] if reject_path and reject_path.is_file() else []
     return Run(returncode, stdout, stderr, report, rejects)
