@@ -59,6 +59,7 @@ def run_target(config: dict[str, Any], messages: Iterable[dict | str], tmp: Path
     return collect(proc.returncode, proc.stdout.decode(), proc.stderr.decode(errors="replace"), config)
 
 
+# JSONL is split on "\n" only: a record may hold U+0085 or U+2028, where str.splitlines splits too.
 def collect(returncode: int, stdout: str, stderr: str, config: dict[str, Any]) -> Run:
     report_path = Path(config["report_file"]) if config.get("report_file") else None
     reject_path = Path(config["reject_file"]) if config.get("reject_file") else None

@@ -161,8 +161,6 @@ def workspace():
         yield sb
 
 
-# JSONL lines are split on "\n" only: a record may hold U+0085 or U+2028, which str.splitlines
-# also splits on.
 @pytest.mark.timeout(60 + EXAMPLES * 10)  # the whole run of examples, not one
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())

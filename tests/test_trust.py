@@ -265,3 +265,118 @@ def test_a_mistyped_route_option_stops_the_run_naming_the_closest_one(sandbox, t
     line = one_error_line(run.stderr)
     assert message is None or message in line, line
     assert sandbox.requests() == [] and run.states == []
+
+
+# ---- found by an adversarial pass: each case stands for the mechanism that now holds ----------
+
+
+@pytest.mark.parametrize("line, message", [
+    ({"type": "BATCH", "stream": P, "encoding": {"format": "jsonl"}, "manifest": ["file:///etc/passwd"]},
+     "BATCH messages are not supported"),
+    ({"type": "RECORD", "stream": P, "record": None}, "a RECORD message needs `record` (an object)"),
+    ({"type": "RECORD", "stream": P, "record": [1]}, "a RECORD message needs `record` (an object)"),
+    ({"type": "SCHEMA", "stream": "s2", "schema": {"properties": []}, "key_properties": []},
+     "the SCHEMA's `properties` must be an object"),
+    ({"type": "ACTIVATE_VERSION", "stream": "nowhere", "version": 1}, "which has no SCHEMA"),
+    ({"type": "STATE"}, "a STATE message needs `value`"),
+])
+def test_a_malformed_message_is_one_line_and_exit_5(sandbox, tmp_path, line, message):
+    run = run_target(target_config(sandbox.url, tmp_path, ROUTES), [SCHEMA, *people(2), line, state({"b": 1})], tmp_path)
+    assert run.returncode == 5, run.stderr
+    assert message in one_error_line(run.stderr)
+    assert run.states == []
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"report_file": "{tmp}/rejects.jsonl"}, "settings `reject_file` and `report_file` name the same file"),
+    ({"reject_file": "/dev/stdout"}, "is standard output, which carries only STATE"),
+    ({"ledger_path": "{tmp}/report.json"}, "name the same file"),
+])
+def test_output_files_must_be_distinct_and_not_stdout(sandbox, tmp_path, change, message):
+    config = {**target_config(sandbox.url, tmp_path, ROUTES), **{k: v.format(tmp=tmp_path) for k, v in change.items()}}
+    run = run_target(config, [SCHEMA, *people(2), state({"b": 1})], tmp_path)
+    assert run.returncode == 2
+    assert message in one_error_line(run.stderr)
+    assert run.stdout == "" and sandbox.requests() == []
+
+
+def test_a_server_echoing_the_authorization_header_is_masked(sandbox, tmp_path):
+    import base64
+
+    basic = base64.b64encode(f"test-site:{API_KEY}".encode()).decode()
+    sandbox.inject(404, body={"meta": {"error": f"Authorization: Basic {basic} (we saw {basic})"}}, path="/api/v2/batch")
+    run = run_target(target_config(sandbox.url, tmp_path, ROUTES), [SCHEMA, *people(2), state({"b": 1})], tmp_path)
+    assert run.returncode == 4
+    assert basic not in run.stderr and API_KEY not in run.stderr
+    assert basic not in (tmp_path / "report.json").read_text()
+
+
+def _env_run(tmp_path, env: dict[str, str], messages: list[dict] | None = None) -> subprocess.CompletedProcess:
+    data = "".join(json.dumps(m) + "\n" for m in (messages or [SCHEMA, *people(2)])).encode()
+    return subprocess.run([TARGET, "--config", "ENV"], input=data, capture_output=True, timeout=60, cwd=tmp_path,
+                          env={**{k: v for k, v in os.environ.items() if not k.startswith("TARGET_CUSTOMERIO_")}, **env})
+
+
+def _base_env(sandbox) -> dict[str, str]:
+    return {"TARGET_CUSTOMERIO_SITE_ID": "test-site", "TARGET_CUSTOMERIO_API_KEY": API_KEY,
+            "TARGET_CUSTOMERIO_TRACK_API_URL": sandbox.url, "TARGET_CUSTOMERIO_STREAMS": json.dumps(ROUTES)}
+
+
+def test_environment_settings_are_read_strictly_by_their_type(sandbox, tmp_path):
+    ok = _env_run(tmp_path, {**_base_env(sandbox), "TARGET_CUSTOMERIO_REQUEST_TIMEOUT": "10",
+                             "TARGET_CUSTOMERIO_MAX_REJECT_RATIO": "0.5", "TARGET_CUSTOMERIO_FULL_RESEND": "yes"})
+    assert ok.returncode == 0, ok.stderr.decode()
+    assert len(sandbox.people()) == 2
+    maybe = _env_run(tmp_path, {**_base_env(sandbox), "TARGET_CUSTOMERIO_DRY_RUN": "maybe"})
+    assert maybe.returncode == 2
+    assert "TARGET_CUSTOMERIO_DRY_RUN: 'maybe' is not true or false" in one_error_line(maybe.stderr.decode())
+
+
+def test_a_typo_in_a_dotenv_file_stops_the_run(sandbox, tmp_path):
+    (tmp_path / ".env").write_text("TARGET_CUSTOMERIO_DRY_RUNN=true\n")
+    run = _env_run(tmp_path, _base_env(sandbox))
+    assert run.returncode == 2
+    assert "TARGET_CUSTOMERIO_DRY_RUNN names no setting" in one_error_line(run.stderr.decode())
+
+
+def test_a_config_fifo_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)
+    proc = subprocess.run([TARGET, "--config", str(fifo)], input=b"", capture_output=True, timeout=30, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "not a regular file" in one_error_line(proc.stderr.decode())
+
+
+def test_stdout_on_a_full_device_is_one_line(sandbox, tmp_path):
+    config = target_config(sandbox.url, tmp_path, ROUTES)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    data = "".join(json.dumps(m) + "\n" for m in [SCHEMA, *people(3), state({"b": 1})]).encode()
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run([TARGET, "--config", str(tmp_path / "config.json")], input=data, stdout=full,
+                              stderr=subprocess.PIPE, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 1
+    assert "stdout is closed or cannot be written (No space left on device)" in one_error_line(proc.stderr.decode())
+
+
+def test_a_failing_stream_map_expression_is_a_config_error(sandbox, tmp_path):
+    config = {**target_config(sandbox.url, tmp_path, ROUTES), "stream_maps": {P: {"ratio": "1/0"}}}
+    run = run_target(config, [SCHEMA, *people(2), state({"b": 1})], tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert "stream_maps" in one_error_line(run.stderr) and run.states == []
+
+
+def test_a_signal_during_a_held_start_up_check_stops_the_run_at_once(sandbox, tmp_path):
+    sandbox.inject(200, times=10, mode="trickle_headers", delay=1, path="/api/v1/accounts")
+    config = {**target_config(sandbox.url, tmp_path, ROUTES), "request_timeout": 60}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    proc = subprocess.Popen([TARGET, "--config", str(tmp_path / "config.json")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    assert proc.stdin
+    proc.stdin.write("".join(json.dumps(m) + "\n" for m in [SCHEMA, *people(2)]).encode())
+    proc.stdin.flush()
+    time.sleep(2)
+    assert proc.poll() is None
+    proc.terminate()
+    out, err = proc.communicate(timeout=15)  # not the 60 s the held check could take
+    assert proc.returncode == 143, err.decode()
+    assert out == b"" and "Traceback" not in err.decode()
