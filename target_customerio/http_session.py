@@ -53,7 +53,9 @@ class _Watchdog:
         with self._wake:
             heapq.heappush(self._heap, (deadline, next(self._order), watch))
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="http-deadlines", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, name="http-deadlines", daemon=True
+                )
                 self._thread.start()
             self._wake.notify()
         return watch

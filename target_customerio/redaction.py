@@ -23,12 +23,17 @@ MASK = "****"
 # Settings whose value is a secret, and names that look like one (a typo of a secret setting,
 # a key inside `streams` or a DSN).
 SENSITIVE_SETTINGS = frozenset({"api_key", "ledger_url", "app_api_key"})
-_SECRET_NAME = re.compile(r"(pass(word|wd)?|secret|token|api[-_]?key|apikey|access[-_]?key|auth|credential"
-                          r"|signature|sig|private|(^|[-_])key$)", re.I)
+_SECRET_NAME = re.compile(
+    r"(pass(word|wd)?|secret|token|api[-_]?key|apikey|access[-_]?key|auth|credential"
+    r"|signature|sig|private|(^|[-_])key$)",
+    re.I,
+)
 # `scheme://user:password@host`: the userinfo, whatever the scheme (a mistyped `htps://` too).
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/@\s'\"]+)@")
 # `Authorization: Basic ...` (a server echoing the request's headers back).
-_AUTH_HEADER = re.compile(r"(?P<name>authorization['\"]?\s*[:=]\s*['\"]?(?:basic|bearer|token)?\s*)[^\s'\",;}]+", re.I)
+_AUTH_HEADER = re.compile(
+    r"(?P<name>authorization['\"]?\s*[:=]\s*['\"]?(?:basic|bearer|token)?\s*)[^\s'\",;}]+", re.I
+)
 # `password=...`, `api_key: ...`, `?token=...`: a secret-looking name and its value.
 _PAIR = re.compile(
     r"(?P<name>\b[\w-]*(?:pass(?:word|wd)?|secret|token|api[-_]?key|apikey|access[-_]?key|signature)[\w-]*)"
@@ -194,4 +199,6 @@ def install() -> None:
 
 
 def _loggers() -> list[logging.Logger]:
-    return [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    return [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]

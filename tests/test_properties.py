@@ -36,29 +36,68 @@ from tests.harness import API_KEY, SITE_ID, run_target
 EXAMPLES = int(os.environ.get("TARGET_CUSTOMERIO_PROPERTY_EXAMPLES", "60"))
 DOCUMENTED_EXIT_CODES = {0, 2, 3, 4, 5, 6}  # 1 is a bug here (no disk or stdout fault is made)
 STREAM = "public-things"
-COLUMNS = ["id", "email", "customer_id", "name", "orders_count", "lifetime_value", "placed_at",
-           "order_id", "event_name", "other_id", "is_vip", "tags", "profile"]
-DEFS = {"$defs": {"ts": {"type": "string", "format": "date-time"}},
-        "definitions": {"money": {"type": ["number", "null"]}}}
+COLUMNS = [
+    "id",
+    "email",
+    "customer_id",
+    "name",
+    "orders_count",
+    "lifetime_value",
+    "placed_at",
+    "order_id",
+    "event_name",
+    "other_id",
+    "is_vip",
+    "tags",
+    "profile",
+]
+DEFS = {
+    "$defs": {"ts": {"type": "string", "format": "date-time"}},
+    "definitions": {"money": {"type": ["number", "null"]}},
+}
 COLUMN_SCHEMAS = [
-    {"type": "string"}, {"type": ["string", "null"]}, {"type": "integer"}, {"type": ["integer", "null"]},
-    {"type": "number"}, {"type": ["number", "null"]}, {"type": "boolean"}, {"type": ["boolean", "null"]},
-    {"type": "object"}, {"type": ["array", "null"]}, {"type": "string", "format": "date-time"},
-    {"type": ["string", "null"], "format": "date-time"}, {"type": "string", "format": "date"},
+    {"type": "string"},
+    {"type": ["string", "null"]},
+    {"type": "integer"},
+    {"type": ["integer", "null"]},
+    {"type": "number"},
+    {"type": ["number", "null"]},
+    {"type": "boolean"},
+    {"type": ["boolean", "null"]},
+    {"type": "object"},
+    {"type": ["array", "null"]},
+    {"type": "string", "format": "date-time"},
+    {"type": ["string", "null"], "format": "date-time"},
+    {"type": "string", "format": "date"},
     {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]},
-    {"$ref": "#/$defs/ts"}, {"allOf": [{"$ref": "#/definitions/money"}]}, {},
+    {"$ref": "#/$defs/ts"},
+    {"allOf": [{"$ref": "#/definitions/money"}]},
+    {},
 ]
 
-secrets = st.text(string.ascii_letters + string.digits, min_size=10, max_size=20).map(lambda s: f"sk_{s}")
-names = st.one_of(st.sampled_from(COLUMNS), st.text(min_size=1, max_size=12))
-dates = st.datetimes(timezones=st.just(__import__("datetime").timezone.utc)).map(lambda d: d.isoformat())
-scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**63), 2**63), st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=30), dates, st.sampled_from(["", " ", "250.00", "yes", "A@B.COM ", "Order Placed"]),
+secrets = st.text(string.ascii_letters + string.digits, min_size=10, max_size=20).map(
+    lambda s: f"sk_{s}"
 )
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                       st.dictionaries(st.text(max_size=5), inner, max_size=3)),
-                      max_leaves=6)
+names = st.one_of(st.sampled_from(COLUMNS), st.text(min_size=1, max_size=12))
+dates = st.datetimes(timezones=st.just(__import__("datetime").timezone.utc)).map(
+    lambda d: d.isoformat()
+)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=30),
+    dates,
+    st.sampled_from(["", " ", "250.00", "yes", "A@B.COM ", "Order Placed"]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 junk = st.one_of(values, secrets, st.dictionaries(st.text(max_size=8), values, max_size=3))
 
 
@@ -66,7 +105,9 @@ junk = st.one_of(values, secrets, st.dictionaries(st.text(max_size=8), values, m
 def identifier(draw: Any, columns: list[str]) -> Any:
     if draw(st.integers(0, 9)) == 0:
         return draw(junk)
-    spec: dict[str, Any] = {"field": draw(st.sampled_from(columns) if draw(st.booleans()) or not columns else names)}
+    spec: dict[str, Any] = {
+        "field": draw(st.sampled_from(columns) if draw(st.booleans()) or not columns else names)
+    }
     if draw(st.booleans()):
         spec["type"] = draw(st.sampled_from(["id", "email", "cio_id", "phone"]))
     return spec
@@ -76,7 +117,9 @@ def identifier(draw: Any, columns: list[str]) -> Any:
 def route(draw: Any, columns: list[str]) -> dict[str, Any]:
     """A route: mostly sensible, sometimes with a wrong column, option or value."""
     column = st.sampled_from(columns) if draw(st.integers(0, 4)) else names
-    kind = draw(st.sampled_from(["person", "person", "event", "event", "merge", "object", "segment"]))
+    kind = draw(
+        st.sampled_from(["person", "person", "event", "event", "merge", "object", "segment"])
+    )
     spec: dict[str, Any] = {"kind": kind}
     if kind in ("person", "event"):
         spec["identifier"] = draw(identifier(columns))
@@ -94,16 +137,30 @@ def route(draw: Any, columns: list[str]) -> dict[str, Any]:
     if kind == "merge":
         spec["primary"], spec["secondary"] = draw(identifier(columns)), draw(identifier(columns))
     if kind == "object":
-        spec.update(object_type_id=draw(st.sampled_from([1, "2", ""])), object_id=draw(column),
-                    relationships=[draw(identifier(columns))])
+        spec.update(
+            object_type_id=draw(st.sampled_from([1, "2", ""])),
+            object_id=draw(column),
+            relationships=[draw(identifier(columns))],
+        )
     if draw(st.booleans()):
-        spec["attributes"] = draw(st.fixed_dictionaries({}, optional={
-            "include": st.lists(column, max_size=3), "exclude": st.lists(column, max_size=2),
-            "rename": st.dictionaries(column, st.text(min_size=1, max_size=8), max_size=2)}))
+        spec["attributes"] = draw(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "include": st.lists(column, max_size=3),
+                    "exclude": st.lists(column, max_size=2),
+                    "rename": st.dictionaries(column, st.text(min_size=1, max_size=8), max_size=2),
+                },
+            )
+        )
     if kind == "person" and draw(st.booleans()):
-        spec["on_delete"] = draw(st.sampled_from(["ignore", "delete", "suppress", "unsubscribe", "drop"]))
+        spec["on_delete"] = draw(
+            st.sampled_from(["ignore", "delete", "suppress", "unsubscribe", "drop"])
+        )
     if draw(st.integers(0, 5)) == 0:
-        spec["contract"] = draw(st.sampled_from(["builtin:customer", "builtin:order_placed", "no/such.json"]))
+        spec["contract"] = draw(
+            st.sampled_from(["builtin:customer", "builtin:order_placed", "no/such.json"])
+        )
     if draw(st.integers(0, 7)) == 0:
         spec[draw(st.sampled_from(["identifer", "event_ids", "timestamps", "kinds"]))] = draw(junk)
     if draw(st.integers(0, 7)) == 0:
@@ -118,7 +175,9 @@ def stream(draw: Any) -> dict[str, Any]:
     properties = {c: draw(st.sampled_from(COLUMN_SCHEMAS)) for c in columns}
     properties["id"] = {"type": ["string", "integer"]}
     schema = {"type": "object", "properties": properties, **DEFS}
-    messages: list[Any] = [{"type": "SCHEMA", "stream": STREAM, "schema": schema, "key_properties": []}]
+    messages: list[Any] = [
+        {"type": "SCHEMA", "stream": STREAM, "schema": schema, "key_properties": []}
+    ]
     states = 0
     for _ in range(draw(st.integers(0, 25))):
         roll = draw(st.integers(0, 19))
@@ -126,11 +185,15 @@ def stream(draw: Any) -> dict[str, Any]:
             states += 1
             messages.append({"type": "STATE", "value": {"bookmark": states}})
         elif roll == 3 and draw(st.integers(0, 5)) == 0:
-            messages.append(draw(st.sampled_from(["not json", "{\"type\": \"RECORD\"}", "[1]", "\xff\xfe"])))
+            messages.append(
+                draw(st.sampled_from(["not json", '{"type": "RECORD"}', "[1]", "\xff\xfe"]))
+            )
         else:
             row = {c: draw(values) for c in columns if draw(st.integers(0, 5))}
             if draw(st.booleans()):
-                row["id"] = draw(st.text(string.ascii_letters + string.digits, min_size=1, max_size=8))
+                row["id"] = draw(
+                    st.text(string.ascii_letters + string.digits, min_size=1, max_size=8)
+                )
             messages.append({"type": "RECORD", "stream": STREAM, "record": row})
     return {"columns": columns, "messages": messages}
 
@@ -138,19 +201,38 @@ def stream(draw: Any) -> dict[str, Any]:
 def setting_values(secret: str, sandbox_url: str) -> dict[str, Any]:
     """A value for each setting that is wrong in a way users get wrong, with secrets inside."""
     return {
-        "site_id": st.one_of(st.just(SITE_ID), junk), "api_key": st.one_of(st.just(API_KEY), st.just(secret), junk),
+        "site_id": st.one_of(st.just(SITE_ID), junk),
+        "api_key": st.one_of(st.just(API_KEY), st.just(secret), junk),
         "region": st.sampled_from(["us", "eu", "US", "mars"]),
-        "track_api_url": st.sampled_from([sandbox_url, f"htps://u:{secret}@{sandbox_url[7:]}",
-                                          f"{sandbox_url}/?token={secret}", "http://example.com"]),
+        "track_api_url": st.sampled_from(
+            [
+                sandbox_url,
+                f"htps://u:{secret}@{sandbox_url[7:]}",
+                f"{sandbox_url}/?token={secret}",
+                "http://example.com",
+            ]
+        ),
         "unmapped_streams": st.sampled_from(["error", "skip", "ignore"]),
         "max_requests_per_second": st.one_of(st.sampled_from([50, 0, -1, "fast"]), junk),
-        "dry_run": st.one_of(st.booleans(), junk), "on_contract_violation": st.sampled_from(["reject", "fail", "warn"]),
-        "request_timeout": st.sampled_from([5, 0, "30s"]), "max_retries": st.sampled_from([0, 1, -1, 1.5]),
-        "checkpoint_interval_seconds": st.sampled_from([0.05, 60, 0]), "change_detection": st.one_of(st.booleans(), junk),
-        "ledger_url": st.sampled_from([f"postgresql://etl:{secret}@127.0.0.1:9/ledger", f"host=127.0.0.1 port=9 password={secret}"]),
-        "full_resend": st.booleans(), "max_reject_ratio": st.sampled_from([0, 0.5, 1, 2, "half"]),
-        "delivery_workers": st.sampled_from([1, 2, 0, 99]), "mapping_workers": st.sampled_from([0, 1, 2, -1]),
-        "dryrun": st.just(True), "apikey": st.just(secret), "add_record_metadata": st.booleans(),
+        "dry_run": st.one_of(st.booleans(), junk),
+        "on_contract_violation": st.sampled_from(["reject", "fail", "warn"]),
+        "request_timeout": st.sampled_from([5, 0, "30s"]),
+        "max_retries": st.sampled_from([0, 1, -1, 1.5]),
+        "checkpoint_interval_seconds": st.sampled_from([0.05, 60, 0]),
+        "change_detection": st.one_of(st.booleans(), junk),
+        "ledger_url": st.sampled_from(
+            [
+                f"postgresql://etl:{secret}@127.0.0.1:9/ledger",
+                f"host=127.0.0.1 port=9 password={secret}",
+            ]
+        ),
+        "full_resend": st.booleans(),
+        "max_reject_ratio": st.sampled_from([0, 0.5, 1, 2, "half"]),
+        "delivery_workers": st.sampled_from([1, 2, 0, 99]),
+        "mapping_workers": st.sampled_from([0, 1, 2, -1]),
+        "dryrun": st.just(True),
+        "apikey": st.just(secret),
+        "add_record_metadata": st.booleans(),
         "load_method": st.just("upsert"),
     }
 
@@ -162,35 +244,72 @@ def workspace():
 
 
 @pytest.mark.timeout(60 + EXAMPLES * 10)  # the whole run of examples, not one
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(data=st.data())
 def test_the_target_keeps_its_promises_on_any_stream_and_config(workspace, data):
     workspace.reset()
     generated = data.draw(stream(), label="stream")
     secret = data.draw(secrets, label="secret")
-    streams = {data.draw(st.sampled_from([STREAM, "public-*", "public-thing"]), label="route name"):
-               data.draw(route(generated["columns"]), label="route")}
+    streams = {
+        data.draw(
+            st.sampled_from([STREAM, "public-*", "public-thing"]), label="route name"
+        ): data.draw(route(generated["columns"]), label="route")
+    }
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        config = {"site_id": SITE_ID, "api_key": API_KEY, "track_api_url": workspace.url, "streams": streams,
-                  "reject_file": str(tmp / "rejects.jsonl"), "report_file": str(tmp / "report.json"),
-                  "dry_run_file": str(tmp / "dry.jsonl"), "ledger_path": str(tmp / "ledger.sqlite"),
-                  "max_retries": 0, "request_timeout": 5, "mapping_workers": data.draw(st.sampled_from([0, 2]))}
+        config = {
+            "site_id": SITE_ID,
+            "api_key": API_KEY,
+            "track_api_url": workspace.url,
+            "streams": streams,
+            "reject_file": str(tmp / "rejects.jsonl"),
+            "report_file": str(tmp / "report.json"),
+            "dry_run_file": str(tmp / "dry.jsonl"),
+            "ledger_path": str(tmp / "ledger.sqlite"),
+            "max_retries": 0,
+            "request_timeout": 5,
+            "mapping_workers": data.draw(st.sampled_from([0, 2])),
+        }
         choices = setting_values(secret, workspace.url)
-        for name in data.draw(st.lists(st.sampled_from(sorted(choices)), max_size=3, unique=True), label="changed settings"):
+        for name in data.draw(
+            st.lists(st.sampled_from(sorted(choices)), max_size=3, unique=True),
+            label="changed settings",
+        ):
             config[name] = data.draw(choices[name], label=name)
         messages = generated["messages"]
-        if config["api_key"] == API_KEY and data.draw(st.integers(0, 4)) == 0:  # the key pasted into a record
-            messages = [*messages, {"type": "RECORD", "stream": STREAM, "record": {"id": "x", "note": f"key {API_KEY}"}}]
+        if (
+            config["api_key"] == API_KEY and data.draw(st.integers(0, 4)) == 0
+        ):  # the key pasted into a record
+            messages = [
+                *messages,
+                {
+                    "type": "RECORD",
+                    "stream": STREAM,
+                    "record": {"id": "x", "note": f"key {API_KEY}"},
+                },
+            ]
         run = run_target(config, messages, tmp, timeout=120)
         outputs = {"stdout": run.stdout, "stderr": run.stderr}
         for name in ("report.json", "rejects.jsonl", "dry.jsonl"):
             path = tmp / name
-            outputs[name] = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+            outputs[name] = (
+                path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+            )
         check(run, config, messages, secret, outputs, workspace)
 
 
-def check(run: Any, config: dict, messages: list[Any], secret: str, outputs: dict[str, str], workspace: Sandbox) -> None:
+def check(
+    run: Any,
+    config: dict,
+    messages: list[Any],
+    secret: str,
+    outputs: dict[str, str],
+    workspace: Sandbox,
+) -> None:
     assert run.returncode in DOCUMENTED_EXIT_CODES, run.stderr[-3000:]
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
     for where, text in outputs.items():
@@ -205,7 +324,9 @@ def check(run: Any, config: dict, messages: list[Any], secret: str, outputs: dic
         assert report is not None
         covered = _records_before(messages, emitted[-1])
         totals = report["totals"]
-        assert totals["sent"] + totals["rejected"] + totals["skipped"] >= covered, "a STATE before its records"
+        assert totals["sent"] + totals["rejected"] + totals["skipped"] >= covered, (
+            "a STATE before its records"
+        )
     if run.returncode != 0:
         return
     assert report is not None and report["status"] == "ok"
@@ -224,7 +345,9 @@ def check(run: Any, config: dict, messages: list[Any], secret: str, outputs: dic
         assert tally["skipped"] == sum(tally["skipped_by_reason"].values())
     assert len(run.rejects) == totals["rejected"]
     if not dry_run:
-        accepted = sum(r["ops"] - r["errors"] for r in workspace.requests() if r["status"] in (200, 207))
+        accepted = sum(
+            r["ops"] - r["errors"] for r in workspace.requests() if r["status"] in (200, 207)
+        )
         assert accepted >= totals["sent"]
 
 

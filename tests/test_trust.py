@@ -15,8 +15,13 @@ from tests.harness import API_KEY, TARGET, record, run_target, schema, state, ta
 P = "public-customers"
 ROUTES = {P: {"kind": "person", "identifier": {"field": "id", "type": "id"}}}
 SCHEMA = schema(P, {"id": {"type": "string"}, "name": {"type": "string"}, "at": {"type": "string"}})
-EVENT_ROUTE = {"kind": "event", "identifier": {"field": "id"}, "event_name": "seen", "event_id": ["id"],
-               "timestamp": "at"}
+EVENT_ROUTE = {
+    "kind": "event",
+    "identifier": {"field": "id"},
+    "event_name": "seen",
+    "event_id": ["id"],
+    "timestamp": "at",
+}
 
 
 def people(count: int, start: int = 0) -> list[dict]:
@@ -30,11 +35,19 @@ def one_error_line(stderr: str) -> str:
     return errors[0]
 
 
-@pytest.mark.parametrize("typo, suggestion", [
-    ("dryrun", "dry_run"), ("reject_fil", "reject_file"), ("api-key", "api_key"), ("Region", "region"),
-    ("max_request_per_second", "max_requests_per_second"),
-])
-def test_an_unknown_setting_stops_the_run_naming_the_closest_one(sandbox, tmp_path, typo, suggestion):
+@pytest.mark.parametrize(
+    "typo, suggestion",
+    [
+        ("dryrun", "dry_run"),
+        ("reject_fil", "reject_file"),
+        ("api-key", "api_key"),
+        ("Region", "region"),
+        ("max_request_per_second", "max_requests_per_second"),
+    ],
+)
+def test_an_unknown_setting_stops_the_run_naming_the_closest_one(
+    sandbox, tmp_path, typo, suggestion
+):
     config = {**target_config(sandbox.url, tmp_path, ROUTES), typo: "sk_typo_value_1234"}
     run = run_target(config, [SCHEMA, *people(3), state({"b": 1})], tmp_path)
     assert run.returncode == 2
@@ -45,8 +58,13 @@ def test_an_unknown_setting_stops_the_run_naming_the_closest_one(sandbox, tmp_pa
 
 
 def test_sdk_settings_are_accepted_and_the_ignored_ones_are_named(sandbox, tmp_path):
-    config = {**target_config(sandbox.url, tmp_path, ROUTES), "add_record_metadata": False,
-              "flattening_enabled": False, "load_method": "upsert", "batch_size_rows": 10}
+    config = {
+        **target_config(sandbox.url, tmp_path, ROUTES),
+        "add_record_metadata": False,
+        "flattening_enabled": False,
+        "load_method": "upsert",
+        "batch_size_rows": 10,
+    }
     run = run_target(config, [SCHEMA, *people(3), state({"b": 1})], tmp_path)
     assert run.returncode == 0, run.stderr
     assert len(sandbox.people()) == 3
@@ -54,20 +72,25 @@ def test_sdk_settings_are_accepted_and_the_ignored_ones_are_named(sandbox, tmp_p
     assert "setting `batch_size_rows` does nothing" in run.stderr
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "cannot read it (No such file or directory)"),
-    (b"{not json", "not JSON"),
-    (b"[1, 2]", "must be a JSON object of settings, not list"),
-    (b"\xff\xfe{}", "cannot read it (not UTF-8 text)"),
-    ("dir", "cannot read it (Is a directory)"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "cannot read it (No such file or directory)"),
+        (b"{not json", "not JSON"),
+        (b"[1, 2]", "must be a JSON object of settings, not list"),
+        (b"\xff\xfe{}", "cannot read it (not UTF-8 text)"),
+        ("dir", "cannot read it (Is a directory)"),
+    ],
+)
 def test_a_bad_config_file_is_one_line_and_exit_2(tmp_path, content, message):
     path = tmp_path / "config.json"
     if content == "dir":
         path.mkdir()
     elif content is not None:
         path.write_bytes(content)
-    proc = subprocess.run([TARGET, "--config", str(path)], input=b"", capture_output=True, timeout=60, cwd=tmp_path)
+    proc = subprocess.run(
+        [TARGET, "--config", str(path)], input=b"", capture_output=True, timeout=60, cwd=tmp_path
+    )
     assert proc.returncode == 2
     line = one_error_line(proc.stderr.decode())
     assert message in line and str(path) in line
@@ -77,15 +100,24 @@ def test_a_bad_config_file_is_one_line_and_exit_2(tmp_path, content, message):
 SECRET = "sk_live_0123456789abcdef"
 
 
-@pytest.mark.parametrize("change, error", [
-    ({"api_key": 123456789012}, "setting `api_key`: must be a string"),
-    ({"api_key": ["sk_live_0123456789abcdef"]}, "setting `api_key`: must be a string"),
-    ({"api_key": "ключ-0123456789"}, "setting `api_key` holds characters an HTTP header cannot carry"),
-    ({"track_api_url": f"htps://admin:{SECRET}@proxy.example.com"}, "is not an http(s) URL"),
-    ({"track_api_url": f"https://proxy.example.com/?token={SECRET}", "region": "mars"}, "setting `region`"),
-    ({"ledger_url": f"postgresql://etl:{SECRET}@127.0.0.1:1/ledger"}, "ledger"),
-    ({"ledger_url": 42424242}, "setting `ledger_url`: must be a string"),
-])
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        ({"api_key": 123456789012}, "setting `api_key`: must be a string"),
+        ({"api_key": ["sk_live_0123456789abcdef"]}, "setting `api_key`: must be a string"),
+        (
+            {"api_key": "ключ-0123456789"},
+            "setting `api_key` holds characters an HTTP header cannot carry",
+        ),
+        ({"track_api_url": f"htps://admin:{SECRET}@proxy.example.com"}, "is not an http(s) URL"),
+        (
+            {"track_api_url": f"https://proxy.example.com/?token={SECRET}", "region": "mars"},
+            "setting `region`",
+        ),
+        ({"ledger_url": f"postgresql://etl:{SECRET}@127.0.0.1:1/ledger"}, "ledger"),
+        ({"ledger_url": 42424242}, "setting `ledger_url`: must be a string"),
+    ],
+)
 def test_a_config_error_never_echoes_a_secret(sandbox, tmp_path, change, error):
     config = {**target_config(sandbox.url, tmp_path, ROUTES), **change}
     run = run_target(config, [SCHEMA, *people(2)], tmp_path)
@@ -108,7 +140,9 @@ def test_the_api_key_never_reaches_logs_rejects_or_report_even_inside_a_record(s
 
 
 @pytest.mark.parametrize("setting", ["reject_file", "report_file", "dry_run_file"])
-def test_an_output_file_that_cannot_be_written_is_a_config_error_before_anything_is_sent(sandbox, tmp_path, setting):
+def test_an_output_file_that_cannot_be_written_is_a_config_error_before_anything_is_sent(
+    sandbox, tmp_path, setting
+):
     (tmp_path / "a_dir").mkdir()
     config = {**target_config(sandbox.url, tmp_path, ROUTES), setting: str(tmp_path / "a_dir")}
     if setting == "dry_run_file":
@@ -138,9 +172,19 @@ def test_rejects_are_on_disk_when_the_state_that_covers_them_is_emitted(sandbox,
     still running (its stdin still open): the rejects before that STATE are all there."""
     config = {**target_config(sandbox.url, tmp_path, ROUTES), "checkpoint_interval_seconds": 0.2}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    proc = subprocess.Popen([TARGET, "--config", str(tmp_path / "config.json")], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=tmp_path)
-    lines = [SCHEMA, *people(3), *[record(P, {"id": "", "n": i}) for i in range(7)], state({"b": 1})]
+    proc = subprocess.Popen(
+        [TARGET, "--config", str(tmp_path / "config.json")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    lines = [
+        SCHEMA,
+        *people(3),
+        *[record(P, {"id": "", "n": i}) for i in range(7)],
+        state({"b": 1}),
+    ]
     assert proc.stdin and proc.stdout
 
     def send(messages: list[dict]) -> None:
@@ -155,7 +199,9 @@ def test_rejects_are_on_disk_when_the_state_that_covers_them_is_emitted(sandbox,
     proc.stdin.close()
     proc.wait(timeout=60)
     assert json.loads(first_state) == {"b": 1}
-    assert len(on_disk) == 7 and all(json.loads(x)["reason"] == "missing_identifier" for x in on_disk)
+    assert len(on_disk) == 7 and all(
+        json.loads(x)["reason"] == "missing_identifier" for x in on_disk
+    )
     assert proc.returncode == 0
 
 
@@ -164,8 +210,16 @@ def test_max_reject_ratio_is_checked_before_the_last_state(sandbox, tmp_path):
     is checked after delivery, so the final STATE is not emitted."""
     config = {**target_config(sandbox.url, tmp_path, ROUTES), "max_reject_ratio": 0.1}
     rows = [*people(20), record(P, {"id": "C_bad", "name": "x" * 5}), state({"b": 1})]
-    sandbox.inject(status=207, body={"errors": [{"batch_index": i, "reason": "invalid", "field": "name", "message": "no"}
-                                                for i in range(5)]}, path="/api/v2/batch")
+    sandbox.inject(
+        status=207,
+        body={
+            "errors": [
+                {"batch_index": i, "reason": "invalid", "field": "name", "message": "no"}
+                for i in range(5)
+            ]
+        },
+        path="/api/v2/batch",
+    )
     run = run_target(config, [SCHEMA, *rows], tmp_path)
     assert run.returncode == 6, run.stderr
     assert "max_reject_ratio" in one_error_line(run.stderr)
@@ -178,8 +232,14 @@ def test_a_closed_stdout_is_one_clear_line(sandbox, tmp_path):
     data = "".join(json.dumps(m) + "\n" for m in [SCHEMA, *people(3), state({"b": 1})]).encode()
     read, write = os.pipe()
     os.close(read)  # nobody reads STATE
-    proc = subprocess.run([TARGET, "--config", str(tmp_path / "config.json")], input=data, stdout=write,
-                          stderr=subprocess.PIPE, cwd=tmp_path, timeout=60)
+    proc = subprocess.run(
+        [TARGET, "--config", str(tmp_path / "config.json")],
+        input=data,
+        stdout=write,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        timeout=60,
+    )
     os.close(write)
     assert proc.returncode == 1
     assert "stdout is closed" in one_error_line(proc.stderr.decode())
@@ -189,8 +249,14 @@ def test_meltano_reads_the_record_count_received(sandbox, tmp_path):
     config = target_config(sandbox.url, tmp_path, ROUTES)
     run = run_target(config, [SCHEMA, *people(1234), state({"b": 1})], tmp_path)
     assert run.returncode == 0, run.stderr
-    counts = [json.loads(line.split("METRIC: ", 1)[1]) for line in run.stderr.splitlines() if "METRIC: " in line]
-    total = sum(m["value"] for m in counts if m["metric"] == "record_count" and m["tags"]["stream"] == P)
+    counts = [
+        json.loads(line.split("METRIC: ", 1)[1])
+        for line in run.stderr.splitlines()
+        if "METRIC: " in line
+    ]
+    total = sum(
+        m["value"] for m in counts if m["metric"] == "record_count" and m["tags"]["stream"] == P
+    )
     assert total == 1234
 
 
@@ -204,24 +270,47 @@ def test_about_lists_only_the_settings_that_apply():
 
 
 def test_a_typo_in_an_environment_variable_stops_the_run(sandbox, tmp_path):
-    env = {"TARGET_CUSTOMERIO_SITE_ID": "test-site", "TARGET_CUSTOMERIO_API_KEY": API_KEY,
-           "TARGET_CUSTOMERIO_TRACK_API_URL": sandbox.url, "TARGET_CUSTOMERIO_STREAMS": json.dumps(ROUTES),
-           "TARGET_CUSTOMERIO_DRYRUN": "true"}
-    proc = subprocess.run([TARGET, "--config", "ENV"], input=b"", capture_output=True, timeout=60, cwd=tmp_path,
-                          env={**os.environ, **env})
+    env = {
+        "TARGET_CUSTOMERIO_SITE_ID": "test-site",
+        "TARGET_CUSTOMERIO_API_KEY": API_KEY,
+        "TARGET_CUSTOMERIO_TRACK_API_URL": sandbox.url,
+        "TARGET_CUSTOMERIO_STREAMS": json.dumps(ROUTES),
+        "TARGET_CUSTOMERIO_DRYRUN": "true",
+    }
+    proc = subprocess.run(
+        [TARGET, "--config", "ENV"],
+        input=b"",
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, **env},
+    )
     assert proc.returncode == 2
-    assert "TARGET_CUSTOMERIO_DRYRUN names no setting (did you mean TARGET_CUSTOMERIO_DRY_RUN?)" in one_error_line(proc.stderr.decode())
+    assert (
+        "TARGET_CUSTOMERIO_DRYRUN names no setting (did you mean TARGET_CUSTOMERIO_DRY_RUN?)"
+        in one_error_line(proc.stderr.decode())
+    )
     assert API_KEY not in proc.stderr.decode()
 
 
 def test_a_secret_setting_from_the_environment_is_masked(sandbox, tmp_path):
     """The api_key arrives through the environment; Customer.io refuses it, and the error line
     (which names the URL) never shows it."""
-    env = {"TARGET_CUSTOMERIO_SITE_ID": "test-site", "TARGET_CUSTOMERIO_API_KEY": "sk_env_refused_key_777",
-           "TARGET_CUSTOMERIO_TRACK_API_URL": sandbox.url, "TARGET_CUSTOMERIO_STREAMS": json.dumps(ROUTES)}
+    env = {
+        "TARGET_CUSTOMERIO_SITE_ID": "test-site",
+        "TARGET_CUSTOMERIO_API_KEY": "sk_env_refused_key_777",
+        "TARGET_CUSTOMERIO_TRACK_API_URL": sandbox.url,
+        "TARGET_CUSTOMERIO_STREAMS": json.dumps(ROUTES),
+    }
     data = "".join(json.dumps(m) + "\n" for m in [SCHEMA, *people(2)]).encode()
-    proc = subprocess.run([TARGET, "--config", "ENV"], input=data, capture_output=True, timeout=60, cwd=tmp_path,
-                          env={**os.environ, **env})
+    proc = subprocess.run(
+        [TARGET, "--config", "ENV"],
+        input=data,
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, **env},
+    )
     assert proc.returncode == 3
     assert "sk_env_refused_key_777" not in proc.stderr.decode()
 
@@ -232,33 +321,61 @@ def test_every_output_is_masked(tmp_path):
     from target_customerio.redaction import Redactor
 
     r = Redactor()
-    r.learn_config({"api_key": 987654321, "ledger_url": "host=db user=etl password=pg_secret_1 dbname=x",
-                    "track_api_url": "https://proxy.example.com/?signature=sig_value_22&x=1"})
-    text = ("key 987654321, dsn host=db password=pg_secret_1, sig_value_22, "
-            "ftp://u:unknown_pw@h, {'api_key': 'never_seen_before'}")
+    r.learn_config(
+        {
+            "api_key": 987654321,
+            "ledger_url": "host=db user=etl password=pg_secret_1 dbname=x",
+            "track_api_url": "https://proxy.example.com/?signature=sig_value_22&x=1",
+        }
+    )
+    text = (
+        "key 987654321, dsn host=db password=pg_secret_1, sig_value_22, "
+        "ftp://u:unknown_pw@h, {'api_key': 'never_seen_before'}"
+    )
     masked = r.redact(text)
     for secret in ("987654321", "pg_secret_1", "sig_value_22", "unknown_pw", "never_seen_before"):
         assert secret not in masked, masked
 
 
-@pytest.mark.parametrize("route, message", [
-    ({"kind": "person", "identifer": {"field": "id"}}, "unknown option `identifer` (did you mean `identifier`?)"),
-    ({"kind": "person", "identifier": {"feild": "id"}}, "needs {field"),
-    ({"kind": "person", "identifier": {"field": "id", "typ": "id"}}, "identifier: unknown key `typ` (did you mean `type`?)"),
-    ({"kind": "person", "identifier": {"field": "id"}, "attributes": {"exlude": ["name"]}},
-     "attributes: unknown key `exlude` (did you mean `exclude`?)"),
-    ({"kind": "person", "identifier": {"field": "id"}, "timestamp": "at"},
-     "timestamp: does not apply to a person route (it is an option of event routes)"),
-    ({"kind": "person", "identifier": {"field": 7}}, "identifier.field: the name of a column"),
-    ({"kind": "person", "identifier": {"field": "id"}, "attributes": {"include": "name,id"}}, None),
-    ({"kind": "person", "identifier": {"field": "id"}, "attributes": ["name"]}, "attributes: an object"),
-    ({**EVENT_ROUTE, "max_age": 5}, "max_age: must be text, not int"),
-    ({**EVENT_ROUTE, "event_name": 5}, "event_name: the name of the event, as text"),
-    ({**EVENT_ROUTE, "event_id": [5]}, "event_id[0]: the name of a column"),
-    ({**EVENT_ROUTE, "source_timezone": ["UTC"]}, "source_timezone: must be text, not list"),
-    ({**EVENT_ROUTE, "contract": {"type": "object"}}, "contract: must be text, not dict"),
-])
-def test_a_mistyped_route_option_stops_the_run_naming_the_closest_one(sandbox, tmp_path, route, message):
+@pytest.mark.parametrize(
+    "route, message",
+    [
+        (
+            {"kind": "person", "identifer": {"field": "id"}},
+            "unknown option `identifer` (did you mean `identifier`?)",
+        ),
+        ({"kind": "person", "identifier": {"feild": "id"}}, "needs {field"),
+        (
+            {"kind": "person", "identifier": {"field": "id", "typ": "id"}},
+            "identifier: unknown key `typ` (did you mean `type`?)",
+        ),
+        (
+            {"kind": "person", "identifier": {"field": "id"}, "attributes": {"exlude": ["name"]}},
+            "attributes: unknown key `exlude` (did you mean `exclude`?)",
+        ),
+        (
+            {"kind": "person", "identifier": {"field": "id"}, "timestamp": "at"},
+            "timestamp: does not apply to a person route (it is an option of event routes)",
+        ),
+        ({"kind": "person", "identifier": {"field": 7}}, "identifier.field: the name of a column"),
+        (
+            {"kind": "person", "identifier": {"field": "id"}, "attributes": {"include": "name,id"}},
+            None,
+        ),
+        (
+            {"kind": "person", "identifier": {"field": "id"}, "attributes": ["name"]},
+            "attributes: an object",
+        ),
+        ({**EVENT_ROUTE, "max_age": 5}, "max_age: must be text, not int"),
+        ({**EVENT_ROUTE, "event_name": 5}, "event_name: the name of the event, as text"),
+        ({**EVENT_ROUTE, "event_id": [5]}, "event_id[0]: the name of a column"),
+        ({**EVENT_ROUTE, "source_timezone": ["UTC"]}, "source_timezone: must be text, not list"),
+        ({**EVENT_ROUTE, "contract": {"type": "object"}}, "contract: must be text, not dict"),
+    ],
+)
+def test_a_mistyped_route_option_stops_the_run_naming_the_closest_one(
+    sandbox, tmp_path, route, message
+):
     config = target_config(sandbox.url, tmp_path, {P: route})
     run = run_target(config, [SCHEMA, *people(3), state({"b": 1})], tmp_path)
     assert run.returncode == 2, run.stderr
@@ -270,30 +387,61 @@ def test_a_mistyped_route_option_stops_the_run_naming_the_closest_one(sandbox, t
 # ---- found by an adversarial pass: each case stands for the mechanism that now holds ----------
 
 
-@pytest.mark.parametrize("line, message", [
-    ({"type": "BATCH", "stream": P, "encoding": {"format": "jsonl"}, "manifest": ["file:///etc/passwd"]},
-     "BATCH messages are not supported"),
-    ({"type": "RECORD", "stream": P, "record": None}, "a RECORD message needs `record` (an object)"),
-    ({"type": "RECORD", "stream": P, "record": [1]}, "a RECORD message needs `record` (an object)"),
-    ({"type": "SCHEMA", "stream": "s2", "schema": {"properties": []}, "key_properties": []},
-     "the SCHEMA's `properties` must be an object"),
-    ({"type": "ACTIVATE_VERSION", "stream": "nowhere", "version": 1}, "which has no SCHEMA"),
-    ({"type": "STATE"}, "a STATE message needs `value`"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (
+            {
+                "type": "BATCH",
+                "stream": P,
+                "encoding": {"format": "jsonl"},
+                "manifest": ["file:///etc/passwd"],
+            },
+            "BATCH messages are not supported",
+        ),
+        (
+            {"type": "RECORD", "stream": P, "record": None},
+            "a RECORD message needs `record` (an object)",
+        ),
+        (
+            {"type": "RECORD", "stream": P, "record": [1]},
+            "a RECORD message needs `record` (an object)",
+        ),
+        (
+            {"type": "SCHEMA", "stream": "s2", "schema": {"properties": []}, "key_properties": []},
+            "the SCHEMA's `properties` must be an object",
+        ),
+        ({"type": "ACTIVATE_VERSION", "stream": "nowhere", "version": 1}, "which has no SCHEMA"),
+        ({"type": "STATE"}, "a STATE message needs `value`"),
+    ],
+)
 def test_a_malformed_message_is_one_line_and_exit_5(sandbox, tmp_path, line, message):
-    run = run_target(target_config(sandbox.url, tmp_path, ROUTES), [SCHEMA, *people(2), line, state({"b": 1})], tmp_path)
+    run = run_target(
+        target_config(sandbox.url, tmp_path, ROUTES),
+        [SCHEMA, *people(2), line, state({"b": 1})],
+        tmp_path,
+    )
     assert run.returncode == 5, run.stderr
     assert message in one_error_line(run.stderr)
     assert run.states == []
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"report_file": "{tmp}/rejects.jsonl"}, "settings `reject_file` and `report_file` name the same file"),
-    ({"reject_file": "/dev/stdout"}, "is standard output, which carries only STATE"),
-    ({"ledger_path": "{tmp}/report.json"}, "name the same file"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"report_file": "{tmp}/rejects.jsonl"},
+            "settings `reject_file` and `report_file` name the same file",
+        ),
+        ({"reject_file": "/dev/stdout"}, "is standard output, which carries only STATE"),
+        ({"ledger_path": "{tmp}/report.json"}, "name the same file"),
+    ],
+)
 def test_output_files_must_be_distinct_and_not_stdout(sandbox, tmp_path, change, message):
-    config = {**target_config(sandbox.url, tmp_path, ROUTES), **{k: v.format(tmp=tmp_path) for k, v in change.items()}}
+    config = {
+        **target_config(sandbox.url, tmp_path, ROUTES),
+        **{k: v.format(tmp=tmp_path) for k, v in change.items()},
+    }
     run = run_target(config, [SCHEMA, *people(2), state({"b": 1})], tmp_path)
     assert run.returncode == 2
     assert message in one_error_line(run.stderr)
@@ -304,32 +452,64 @@ def test_a_server_echoing_the_authorization_header_is_masked(sandbox, tmp_path):
     import base64
 
     basic = base64.b64encode(f"test-site:{API_KEY}".encode()).decode()
-    sandbox.inject(404, body={"meta": {"error": f"Authorization: Basic {basic} (we saw {basic})"}}, path="/api/v2/batch")
-    run = run_target(target_config(sandbox.url, tmp_path, ROUTES), [SCHEMA, *people(2), state({"b": 1})], tmp_path)
+    sandbox.inject(
+        404,
+        body={"meta": {"error": f"Authorization: Basic {basic} (we saw {basic})"}},
+        path="/api/v2/batch",
+    )
+    run = run_target(
+        target_config(sandbox.url, tmp_path, ROUTES),
+        [SCHEMA, *people(2), state({"b": 1})],
+        tmp_path,
+    )
     assert run.returncode == 4
     assert basic not in run.stderr and API_KEY not in run.stderr
     assert basic not in (tmp_path / "report.json").read_text()
 
 
-def _env_run(tmp_path, env: dict[str, str], messages: list[dict] | None = None) -> subprocess.CompletedProcess:
+def _env_run(
+    tmp_path, env: dict[str, str], messages: list[dict] | None = None
+) -> subprocess.CompletedProcess:
     data = "".join(json.dumps(m) + "\n" for m in (messages or [SCHEMA, *people(2)])).encode()
-    return subprocess.run([TARGET, "--config", "ENV"], input=data, capture_output=True, timeout=60, cwd=tmp_path,
-                          env={**{k: v for k, v in os.environ.items() if not k.startswith("TARGET_CUSTOMERIO_")}, **env})
+    return subprocess.run(
+        [TARGET, "--config", "ENV"],
+        input=data,
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("TARGET_CUSTOMERIO_")},
+            **env,
+        },
+    )
 
 
 def _base_env(sandbox) -> dict[str, str]:
-    return {"TARGET_CUSTOMERIO_SITE_ID": "test-site", "TARGET_CUSTOMERIO_API_KEY": API_KEY,
-            "TARGET_CUSTOMERIO_TRACK_API_URL": sandbox.url, "TARGET_CUSTOMERIO_STREAMS": json.dumps(ROUTES)}
+    return {
+        "TARGET_CUSTOMERIO_SITE_ID": "test-site",
+        "TARGET_CUSTOMERIO_API_KEY": API_KEY,
+        "TARGET_CUSTOMERIO_TRACK_API_URL": sandbox.url,
+        "TARGET_CUSTOMERIO_STREAMS": json.dumps(ROUTES),
+    }
 
 
 def test_environment_settings_are_read_strictly_by_their_type(sandbox, tmp_path):
-    ok = _env_run(tmp_path, {**_base_env(sandbox), "TARGET_CUSTOMERIO_REQUEST_TIMEOUT": "10",
-                             "TARGET_CUSTOMERIO_MAX_REJECT_RATIO": "0.5", "TARGET_CUSTOMERIO_FULL_RESEND": "yes"})
+    ok = _env_run(
+        tmp_path,
+        {
+            **_base_env(sandbox),
+            "TARGET_CUSTOMERIO_REQUEST_TIMEOUT": "10",
+            "TARGET_CUSTOMERIO_MAX_REJECT_RATIO": "0.5",
+            "TARGET_CUSTOMERIO_FULL_RESEND": "yes",
+        },
+    )
     assert ok.returncode == 0, ok.stderr.decode()
     assert len(sandbox.people()) == 2
     maybe = _env_run(tmp_path, {**_base_env(sandbox), "TARGET_CUSTOMERIO_DRY_RUN": "maybe"})
     assert maybe.returncode == 2
-    assert "TARGET_CUSTOMERIO_DRY_RUN: 'maybe' is not true or false" in one_error_line(maybe.stderr.decode())
+    assert "TARGET_CUSTOMERIO_DRY_RUN: 'maybe' is not true or false" in one_error_line(
+        maybe.stderr.decode()
+    )
 
 
 def test_a_typo_in_a_dotenv_file_stops_the_run(sandbox, tmp_path):
@@ -342,7 +522,9 @@ def test_a_typo_in_a_dotenv_file_stops_the_run(sandbox, tmp_path):
 def test_a_config_fifo_is_refused_at_once(tmp_path):
     fifo = tmp_path / "config.fifo"
     os.mkfifo(fifo)
-    proc = subprocess.run([TARGET, "--config", str(fifo)], input=b"", capture_output=True, timeout=30, cwd=tmp_path)
+    proc = subprocess.run(
+        [TARGET, "--config", str(fifo)], input=b"", capture_output=True, timeout=30, cwd=tmp_path
+    )
     assert proc.returncode == 2
     assert "not a regular file" in one_error_line(proc.stderr.decode())
 
@@ -352,10 +534,18 @@ def test_stdout_on_a_full_device_is_one_line(sandbox, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     data = "".join(json.dumps(m) + "\n" for m in [SCHEMA, *people(3), state({"b": 1})]).encode()
     with open("/dev/full", "wb") as full:
-        proc = subprocess.run([TARGET, "--config", str(tmp_path / "config.json")], input=data, stdout=full,
-                              stderr=subprocess.PIPE, cwd=tmp_path, timeout=60)
+        proc = subprocess.run(
+            [TARGET, "--config", str(tmp_path / "config.json")],
+            input=data,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            cwd=tmp_path,
+            timeout=60,
+        )
     assert proc.returncode == 1
-    assert "stdout is closed or cannot be written (No space left on device)" in one_error_line(proc.stderr.decode())
+    assert "stdout is closed or cannot be written (No space left on device)" in one_error_line(
+        proc.stderr.decode()
+    )
 
 
 def test_a_failing_stream_map_expression_is_a_config_error(sandbox, tmp_path):
@@ -369,8 +559,13 @@ def test_a_signal_during_a_held_start_up_check_stops_the_run_at_once(sandbox, tm
     sandbox.inject(200, times=10, mode="trickle_headers", delay=1, path="/api/v1/accounts")
     config = {**target_config(sandbox.url, tmp_path, ROUTES), "request_timeout": 60}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    proc = subprocess.Popen([TARGET, "--config", str(tmp_path / "config.json")], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [TARGET, "--config", str(tmp_path / "config.json")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
     assert proc.stdin
     proc.stdin.write("".join(json.dumps(m) + "\n" for m in [SCHEMA, *people(2)]).encode())
     proc.stdin.flush()
