@@ -98,7 +98,8 @@ values = st.recursive(
     ),
     max_leaves=6,
 )
-junk = st.one_of(values, secrets, st.dictionaries(st.text(max_size=8), values, max_size=3))
+# Wrong values for any setting. Not secrets: a non-secret setting's value may be quoted back.
+junk = st.one_of(values, st.dictionaries(st.text(max_size=8), values, max_size=3))
 
 
 @st.composite
@@ -202,7 +203,8 @@ def setting_values(secret: str, sandbox_url: str) -> dict[str, Any]:
     """A value for each setting that is wrong in a way users get wrong, with secrets inside."""
     return {
         "site_id": st.one_of(st.just(SITE_ID), junk),
-        "api_key": st.one_of(st.just(API_KEY), st.just(secret), junk),
+        "api_key": st.one_of(st.just(API_KEY), st.just(secret), junk, st.just([secret]),
+                             st.just({"key": secret}), st.just(f" {secret}\n")),
         "region": st.sampled_from(["us", "eu", "US", "mars"]),
         "track_api_url": st.sampled_from(
             [
