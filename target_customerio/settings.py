@@ -48,8 +48,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "streams": {
             "type": ["object", "string"],
             "description": "Stream name (exact, or a glob such as *-customers) -> route: kind "
-                           "(person, event, merge, object, segment, reconcile), identifier, "
-                           "event_name, event_id, timestamp, attributes, contract, max_age. "
+                           "(person, event, merge, object), identifier, event_name, event_id, "
+                           "timestamp, attributes, contract, max_age. "
                            "An object, or the same as a JSON string. Unset: no stream has a "
                            "route (see unmapped_streams).",
         },
@@ -148,8 +148,9 @@ SDK_SETTINGS = ("add_record_metadata", "stream_maps", "stream_map_config", "fake
 # project that sets them keeps running, with a warning that they do nothing.
 SDK_SETTINGS_IGNORED = ("load_method", "batch_size_rows", "validate_records",
                         "process_activate_version_messages", "batch_config")
-# Environment variables with the settings' prefix that are not settings.
-_NOT_SETTINGS_ENV = ("LOGLEVEL", "LOG_LEVEL", "PURE_PYTHON", "INTERPRETED")
+# Environment variables with the settings' prefix that are not settings (the last three are
+# build and test switches: hatch_build.py, tests/conftest.py).
+_NOT_SETTINGS_ENV = ("LOGLEVEL", "LOG_LEVEL", "PURE_PYTHON", "INTERPRETED", "COMPILE")
 ENV_PREFIX = "TARGET_CUSTOMERIO_"
 
 
