@@ -13,10 +13,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# Installed editable, with the mapping modules compiled in place (mypyc, see hatch_build.py):
-# reinstalled whenever a source changes, since a compiled module is imported before its source.
+# Installed editable, with the mapping modules compiled in place (mypyc, see hatch_build.py;
+# TARGET_CUSTOMERIO_COMPILE=1 asks for it, a plain `pip install .` is pure Python): reinstalled
+# whenever a source changes, since a compiled module is imported before its source.
 $(VENV)/.installed: $(BIN)/python pyproject.toml hatch_build.py $(wildcard target_customerio/*.py)
-	$(BIN)/pip install -q -e '.[test]'
+	TARGET_CUSTOMERIO_COMPILE=1 $(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
 setup: $(VENV)/.installed
@@ -34,9 +35,10 @@ $(MELTANO):
 	$(MELTANO_VENV)/bin/pip install -q 'meltano==4.4.1'
 
 # `meltano install`: the plugins' venvs under .meltano/, from PyPI only (plugins/ holds the lock
-# files, so Meltano Hub is never asked). target-customerio is installed editable (-e .).
+# files, so Meltano Hub is never asked). target-customerio is installed editable (-e .),
+# compiled as .venv's is (both import the modules compiled in place beside the sources).
 .meltano/.installed: $(MELTANO) meltano.yml $(wildcard plugins/*/*.lock) pyproject.toml
-	$(MELTANO) install
+	TARGET_CUSTOMERIO_COMPILE=1 $(MELTANO) install
 	@touch $@
 
 meltano-install: .meltano/.installed

@@ -19,31 +19,123 @@ from target_customerio.routes import Routes
 
 REGION_URLS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
 
+# Every setting's description says what it does and, where it has no default value, what
+# happens when it is unset: --about, the Meltano Hub definition (hub/) and `meltano config`
+# show them. Secrets carry `secret` and `writeOnly` (redaction.SENSITIVE_SETTINGS).
 CONFIG_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "site_id": {"type": "string", "description": "Track API site ID."},
-        "api_key": {"type": "string", "secret": True, "writeOnly": True, "description": "Track API key (secret, never logged)."},
-        "region": {"type": "string", "enum": ["us", "eu"], "default": "us", "description": "Workspace region."},
-        "track_api_url": {"type": "string", "description": "Override the Track API base URL (sandbox, proxy). http:// only for loopback hosts."},
-        "streams": {"type": ["object", "string"], "description": "Stream name or glob → route (kind, identifier, ...)."},
-        "unmapped_streams": {"type": "string", "enum": ["error", "skip"], "default": "error", "description": "What to do with a stream that has no route."},
-        "max_requests_per_second": {"type": "number", "minimum": 0.01, "maximum": 100000, "default": 100, "description": "Client-side rate limit."},
-        "reject_file": {"type": "string", "description": "JSONL dead-letter file for every record not sent."},
-        "report_file": {"type": "string", "description": "JSON run report."},
-        "dry_run": {"type": "boolean", "default": False, "description": "Map and validate, send nothing, emit no STATE."},
-        "dry_run_file": {"type": "string", "default": "customerio-dry-run.jsonl", "description": "Where dry_run writes the would-be operations."},
-        "on_contract_violation": {"type": "string", "enum": ["reject", "fail"], "default": "reject", "description": "Default for routes: reject the record, or fail the run."},
-        "request_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600, "default": 30, "description": "Seconds to wait for Customer.io to answer one request."},
-        "max_retries": {"type": "integer", "minimum": 0, "default": 7, "description": "Retries of one request on 429, 5xx and network errors."},
-        "checkpoint_interval_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400, "default": 60, "description": "Longest time between STATE checkpoints on a long run."},
-        "change_detection": {"type": "boolean", "default": True, "description": "Skip rows whose operation equals what the ledger says was last delivered."},
-        "ledger_path": {"type": "string", "default": ".customerio-ledger.sqlite", "description": "SQLite ledger of what was delivered (per workspace)."},
-        "ledger_url": {"type": "string", "secret": True, "writeOnly": True, "description": "Postgres DSN: keep the ledger in a table instead (ephemeral runners)."},
-        "full_resend": {"type": "boolean", "default": False, "description": "Ignore the ledger for this run and send everything (the ledger is still updated)."},
-        "max_reject_ratio": {"type": "number", "minimum": 0, "maximum": 1, "description": "Fail the run when a stream's rejected/received ratio passes this (checked from 100 records on, and before each STATE)."},
-        "delivery_workers": {"type": "integer", "minimum": 1, "maximum": 32, "default": 4, "description": "Requests in flight at once."},
-        "mapping_workers": {"type": "integer", "minimum": 0, "maximum": 16, "description": "Processes that decode and map records (default: the CPU count, at most 4; 0: map in the reading thread)."},
+        "site_id": {
+            "type": "string",
+            "description": "Track API site ID (Customer.io > Settings > API Credentials). "
+                           "Required unless dry_run.",
+        },
+        "api_key": {
+            "type": "string", "secret": True, "writeOnly": True,
+            "description": "Track API key, sent with site_id as HTTP Basic auth. Secret: never "
+                           "logged. Required unless dry_run.",
+        },
+        "region": {
+            "type": "string", "enum": ["us", "eu"], "default": "us",
+            "description": "Workspace region: us (https://track.customer.io) or eu "
+                           "(https://track-eu.customer.io).",
+        },
+        "track_api_url": {
+            "type": "string",
+            "description": "Overrides the region's Track API base URL (sandbox, proxy); plain "
+                           "http:// only for loopback hosts. Unset: the region's URL.",
+        },
+        "streams": {
+            "type": ["object", "string"],
+            "description": "Stream name (exact, or a glob such as *-customers) -> route: kind "
+                           "(person, event, merge, object), identifier, event_name, event_id, "
+                           "timestamp, attributes, contract, max_age. "
+                           "An object, or the same as a JSON string. Unset: no stream has a "
+                           "route (see unmapped_streams).",
+        },
+        "unmapped_streams": {
+            "type": "string", "enum": ["error", "skip"], "default": "error",
+            "description": "A stream with no route: error fails the run naming it and the "
+                           "configured ones; skip counts its records as skipped.",
+        },
+        "max_requests_per_second": {
+            "type": "number", "minimum": 0.01, "maximum": 100000, "default": 100,
+            "description": "Client-side rate limit on Track API requests.",
+        },
+        "reject_file": {
+            "type": "string",
+            "description": "JSONL dead-letter file: every record not sent, with its stream, "
+                           "reason, field and the record. Unset: rejects are only counted.",
+        },
+        "report_file": {
+            "type": "string",
+            "description": "JSON run report: per stream received, sent, rejected, skipped (with "
+                           "why) and retried. Unset: the summary is only logged.",
+        },
+        "dry_run": {
+            "type": "boolean", "default": False,
+            "description": "Map and validate everything, send nothing, emit no STATE; the "
+                           "would-be operations go to dry_run_file.",
+        },
+        "dry_run_file": {
+            "type": "string", "default": "customerio-dry-run.jsonl",
+            "description": "Where dry_run writes the would-be operations (JSONL).",
+        },
+        "on_contract_violation": {
+            "type": "string", "enum": ["reject", "fail"], "default": "reject",
+            "description": "Default for routes: a record that breaks its contract is rejected "
+                           "(dead-lettered) or fails the run.",
+        },
+        "request_timeout": {
+            "type": "number", "exclusiveMinimum": 0, "maximum": 3600, "default": 30,
+            "description": "Longest one try of a request may take, whole: connecting, the "
+                           "answer's headers and its body.",
+        },
+        "max_retries": {
+            "type": "integer", "minimum": 0, "default": 7,
+            "description": "Retries of one request on 429, 5xx and network errors (backoff with "
+                           "jitter, Retry-After honoured).",
+        },
+        "checkpoint_interval_seconds": {
+            "type": "number", "exclusiveMinimum": 0, "maximum": 86400, "default": 60,
+            "description": "Longest time between STATE checkpoints on a long run.",
+        },
+        "change_detection": {
+            "type": "boolean", "default": True,
+            "description": "Skip rows whose operation equals what the ledger says was last "
+                           "delivered.",
+        },
+        "ledger_path": {
+            "type": "string", "default": ".customerio-ledger.sqlite",
+            "description": "SQLite ledger of what was delivered, per workspace. Losing it "
+                           "costs one full re-send.",
+        },
+        "ledger_url": {
+            "type": "string", "secret": True, "writeOnly": True,
+            "description": "Postgres URL: keep the ledger in a table there instead of "
+                           "ledger_path (ephemeral runners). Secret. Needs "
+                           "target-customerio[postgres]. Unset: the SQLite ledger.",
+        },
+        "full_resend": {
+            "type": "boolean", "default": False,
+            "description": "Ignore the ledger for this run and send everything (the ledger is "
+                           "still updated).",
+        },
+        "max_reject_ratio": {
+            "type": "number", "minimum": 0, "maximum": 1,
+            "description": "Fail the run when a stream's rejected/received ratio passes this "
+                           "(0..1; checked from 100 records on, and before each STATE). "
+                           "Unset: no limit.",
+        },
+        "delivery_workers": {
+            "type": "integer", "minimum": 1, "maximum": 32, "default": 4,
+            "description": "Requests in flight at once.",
+        },
+        "mapping_workers": {
+            "type": "integer", "minimum": 0, "maximum": 16,
+            "description": "Processes that decode, map and validate records; 0 maps in the "
+                           "reading thread. Unset: the CPU count, at most 4.",
+        },
     },
 }
 
@@ -57,8 +149,9 @@ SDK_SETTINGS = ("add_record_metadata", "stream_maps", "stream_map_config", "fake
 # project that sets them keeps running, with a warning that they do nothing.
 SDK_SETTINGS_IGNORED = ("load_method", "batch_size_rows", "validate_records",
                         "process_activate_version_messages", "batch_config")
-# Environment variables with the settings' prefix that are not settings.
-_NOT_SETTINGS_ENV = ("LOGLEVEL", "LOG_LEVEL", "PURE_PYTHON", "INTERPRETED")
+# Environment variables with the settings' prefix that are not settings (the last three are
+# build and test switches: hatch_build.py, tests/conftest.py).
+_NOT_SETTINGS_ENV = ("LOGLEVEL", "LOG_LEVEL", "PURE_PYTHON", "INTERPRETED", "COMPILE")
 ENV_PREFIX = "TARGET_CUSTOMERIO_"
 
 

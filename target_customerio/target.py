@@ -93,6 +93,24 @@ def _one_malloc_arena() -> None:
 _M_ARENA_MAX = -8
 
 
+def _about_text(info: t.Any) -> str:
+    """The SDK's text form of --about, each setting with its default, secrecy and description."""
+    lines = [f"Name: {info.name}", f"Description: {info.description}",
+             f"Version: {info.version}", f"SDK Version: {info.sdk_version}",
+             "Supported Python Versions:", *(f"  - {v}" for v in info.supported_python_versions or []),
+             "Capabilities:", *(f"  - {c}" for c in info.capabilities), "Settings:"]
+    for name, schema in info.settings.get("properties", {}).items():
+        lines += [f"  - Name: {name}", f"    Type: {schema.get('type')}"]
+        if "default" in schema:
+            lines.append(f"    Default: {json.dumps(schema['default'])}")
+        if schema.get("secret"):
+            lines.append("    Secret: yes (never logged)")
+        lines.append(f"    Environment Variable: {info.env_var_prefix}{name.upper()}")
+        if schema.get("description"):
+            lines.append(f"    Description: {schema['description']}")
+    return "\n".join(lines)
+
+
 class TargetCustomerIO(Target):
     """Singer target for Customer.io person updates and events."""
 
@@ -110,6 +128,15 @@ class TargetCustomerIO(Target):
         super().append_builtin_config(config_jsonschema)
         for name in SDK_SETTINGS_IGNORED:
             config_jsonschema["properties"].pop(name, None)
+
+    @classmethod
+    def print_about(cls, output_format: str | None = None) -> None:
+        """`--about` as text says what each setting does and its default, as json and markdown do
+        (the SDK's text form names only the type and the environment variable)."""
+        if output_format not in (None, "text"):
+            super().print_about(output_format)
+            return
+        print(_about_text(cls._get_about_info()))  # noqa: T201 - --about prints, no sync runs
 
     def __init__(self, *, config: t.Any = None, parse_env_config: bool = False, validate_config: bool = True, message_reader: t.Any = None) -> None:
         redaction.install()
