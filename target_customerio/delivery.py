@@ -40,12 +40,12 @@ _MAX_RETRY_AFTER_SECONDS = 300.0
 # without an answer (a retry wait after a signal ends it at once).
 _STOP_GRACE_SECONDS = 2.0
 _POLL_SECONDS = 0.25
-# Requests refused whole (400/413) in a row on one worker, with nothing accepted in between,
-# that fail the run. Halving isolates one bad operation in a request of n with at most
-# log2(n) + 1 refusals in a row (each split's other half is accepted): 15 for the ~16,000
-# smallest operations that fit in 500 KB. Twenty is more than a few bad operations explain;
-# it is a workspace that refuses everything, which halving would walk through at the rate limit.
-_MAX_REFUSED_IN_A_ROW = 20
+# Operations refused whole (400/413) one by one, in a row on one worker with nothing accepted in
+# between, that fail the run. Halving reaches a bad operation alone and rejects it; a run of bad
+# rows side by side (one upstream defect) is a run of such refusals. Fifty in a row is no longer
+# a few bad rows but a workspace that refuses everything, which halving would walk through at
+# the rate limit (two requests an operation); the run fails instead.
+_MAX_REFUSED_ALONE = 50
 
 
 def triples(flat: array) -> Iterator[tuple[int, int, int]]:
@@ -91,6 +91,13 @@ class Segment(NamedTuple):
     def records(self) -> int:
         """How many records end here: each record is counted where its last operation is."""
         return len(set(self.item_of)) - self.continues
+
+    def ending_keys(self) -> set[tuple[int, int]]:
+        """The records (see `record_keys`) whose last operation is here."""
+        chunk, items = id(self.items), set(self.item_of)
+        if self.continues:
+            items.discard(self.item_of[len(self.item_of) - 1])
+        return {(chunk, item) for item in items}
 
     def record_keys(self) -> list[tuple[int, int]]:
         """Each operation's record, as (id of the chunk, index in it)."""
@@ -176,6 +183,9 @@ class Batch:
     def records(self) -> int:
         """The records whose last operation is in this request (what `sent` counts)."""
         return sum(segment.records for segment in self.segments)
+
+    def ending_keys(self) -> set[tuple[int, int]]:
+        return set().union(*(segment.ending_keys() for segment in self.segments))
 
     def halves(self) -> tuple[Batch, Batch]:
         """The first half of the operations and the rest, each keeping its records."""
@@ -477,7 +487,10 @@ class Delivery:
         self._client, self._report, self._ledger = client, report, ledger
         self._queues: list[queue.Queue[Batch]] = [queue.Queue(maxsize=depth) for _ in range(workers)]
         self.error: TargetError | None = None
-        self._refused = [0] * workers  # per worker: refused whole since its last acceptance
+        self._refused = [0] * workers  # per worker: operations refused alone since an acceptance
+        # Per worker: records rejected whose last operations are still to come in a later
+        # request (a record is counted once, rejected, not also sent when they are accepted).
+        self._carried: list[set[tuple[int, int]]] = [set() for _ in range(workers)]
         # Batches queued or in flight, and when one last came back: after a signal the run
         # waits only while Customer.io keeps answering.
         self._idle = threading.Condition()
@@ -564,40 +577,58 @@ class Delivery:
             return  # the run has failed: nothing more is sent, and no STATE will be
         body = batch.body()
         answer, tries = self._client.post_batch(body)
+        self._answered_at = time.monotonic()  # halving's answers count: Customer.io is answering
         count = len(batch)
         self._report.request(batch.stream, len(body), tries, count)
         if answer.status in (200, 207):
             self._refused[worker] = 0
         if answer.status == 200:
             self._ledger.record(batch.ledger_entries())
-            self._report.delivered(batch.stream, batch.records)
+            self._report.delivered(batch.stream, self._sent(batch, set(), worker))
         elif answer.status == 207:
-            self._record_item_errors(batch, answer.json().get("errors") or [])
+            self._record_item_errors(batch, answer.json().get("errors"), worker)
         else:
             self._refused_whole(batch, answer, worker)
+
+    def _sent(self, batch: Batch, rejected: set[tuple[int, int]], worker: int) -> int:
+        """How many records this request completes that were not rejected, here or before."""
+        carried = self._carried[worker]
+        if not rejected and not carried:
+            return batch.records  # the usual case
+        ending = batch.ending_keys()
+        sent = len(ending - rejected - carried)
+        carried -= ending
+        carried |= {key for key in rejected if key not in ending}  # their rest comes later
+        return sent
 
     def _refused_whole(self, batch: Batch, answer: Answer, worker: int) -> None:
         """400/413: halve the request to isolate the bad operations and reject only them, unless
         this worker has had so many refusals in a row that they cannot be a few bad operations
-        (see _MAX_REFUSED_IN_A_ROW): then the workspace refuses everything, and the run fails."""
+        (see _MAX_REFUSED_ALONE): then the workspace refuses everything, and the run fails."""
         message = _error_message(answer.json()) or f"HTTP {answer.status}"
-        self._refused[worker] += 1
-        if self._refused[worker] >= _MAX_REFUSED_IN_A_ROW:
-            raise DeliveryError(
-                f"Customer.io refused {self._refused[worker]} requests in a row whole "
-                f"(HTTP {answer.status}: {message[:200]}) and accepted none in between: it "
-                "refuses every request, not a few bad operations; nothing after the last STATE "
-                "was confirmed")
         if len(batch) > 1:
             for half in batch.halves():
                 self._deliver(half, worker)
-        else:
-            record = batch.ops[0].record
-            self._report.reject(batch.stream, "rejected_by_customerio", None, message, record)
+            return
+        self._refused[worker] += 1
+        if self._refused[worker] >= _MAX_REFUSED_ALONE:
+            raise DeliveryError(
+                f"Customer.io refused {self._refused[worker]} operations in a row, each alone "
+                f"(HTTP {answer.status}: {message[:200]}), and accepted none in between: it "
+                "refuses every request, not a few bad rows; nothing after the last STATE was "
+                "confirmed")
+        [key] = batch.segments[0].record_keys()
+        if key not in self._carried[worker]:  # its other operations were not refused already
+            self._report.reject(batch.stream, "rejected_by_customerio", None, message, batch.ops[0].record)
+        self._report.delivered(batch.stream, self._sent(batch, {key}, worker))
 
-    def _record_item_errors(self, batch: Batch, errors: list[dict[str, Any]]) -> None:
+    def _record_item_errors(self, batch: Batch, errors: Any, worker: int) -> None:
         """207: the refused operations' records are rejected (once each, with the first
-        reason), the rest delivered."""
+        reason), the rest delivered. A 207 that names no operation it refused cannot be
+        accounted for: the run fails rather than count them all as sent."""
+        if not isinstance(errors, list):
+            raise DeliveryError("Customer.io answered 207 without a list of `errors`; nothing after "
+                                "the last STATE was confirmed")
         ops = batch.ops
         keys = [key for segment in batch.segments for key in segment.record_keys()]
         rejected: set[int] = set()
@@ -609,13 +640,16 @@ class Delivery:
             if not isinstance(index, int) or not 0 <= index < len(ops) or index in rejected:
                 continue
             rejected.add(index)
-            if keys[index] in rejected_records:
+            if keys[index] in rejected_records or keys[index] in self._carried[worker]:
                 continue
             rejected_records.add(keys[index])
             message = f"{error.get('reason', 'rejected')}: {error.get('message', '')}".strip(": ")
             self._report.reject(batch.stream, "rejected_by_customerio", error.get("field"), message, ops[index].record)
+        if not rejected:
+            raise DeliveryError("Customer.io answered 207 but named no operation of the request it "
+                                "refused; nothing after the last STATE was confirmed")
         self._ledger.record(batch.ledger_entries(rejected))
-        self._report.delivered(batch.stream, max(0, batch.records - len(rejected_records)))
+        self._report.delivered(batch.stream, self._sent(batch, rejected_records, worker))
 
 
 def _error_message(data: dict[str, Any]) -> str:

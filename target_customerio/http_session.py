@@ -2,10 +2,11 @@
 
 requests' timeouts bound each socket operation, not the request: a server that sends its
 answer one byte at a time, each just inside the timeout, holds a try for as long as it likes.
-Two mechanisms bound it as a whole. While the request is sent and its status line and headers
-are read, a watchdog thread shuts the connection's socket down when the deadline passes (the
-blocked read ends at once, and the try fails as a read timeout). The body is then read one
-network read at a time, each with the time that is left as its socket timeout (`read_body`).
+Two mechanisms bound it as a whole. While the connection is made (TLS included), the request
+sent and its status line and headers read, a watchdog thread shuts the connection's socket
+down when the deadline passes (the blocked read ends at once, and the try fails as a timeout).
+The body is then read one network read at a time, each with the time that is left as its
+socket timeout (`read_body`).
 
 Plain Python on purpose (not compiled with the record path): it subclasses urllib3's classes.
 """
@@ -94,13 +95,22 @@ WATCHDOG = _Watchdog()
 
 
 class _Deadlined:
-    """A urllib3 connection whose request and response headers end by the try's deadline."""
+    """A urllib3 connection whose connecting (the TLS handshake too), request and response
+    headers end by the try's deadline. (A DNS lookup happens before there is a socket to shut:
+    only the resolver's own timeout bounds it.)"""
 
     _watch: _Watch | None = None
 
+    def connect(self) -> None:
+        self._start_watch()
+        try:
+            super().connect()  # type: ignore[misc]
+        except BaseException:
+            self._end_watch()
+            raise
+
     def request(self, *args: Any, **kwargs: Any) -> None:
-        deadline = getattr(_try, "deadline", None)
-        self._watch = None if deadline is None else WATCHDOG.arm(deadline, self)  # type: ignore[arg-type]
+        self._start_watch()
         try:
             super().request(*args, **kwargs)  # type: ignore[misc]
         except BaseException:
@@ -116,6 +126,13 @@ class _Deadlined:
             raise
         finally:
             self._end_watch()
+
+    def _start_watch(self) -> None:
+        """Watched from the first of connect and request (a kept-alive connection only
+        requests) until the headers are read."""
+        deadline = getattr(_try, "deadline", None)
+        if self._watch is None and deadline is not None:
+            self._watch = WATCHDOG.arm(deadline, self)  # type: ignore[arg-type]
 
     def _end_watch(self) -> None:
         if self._watch is not None:

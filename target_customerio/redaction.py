@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import re
 import sys
@@ -40,7 +41,9 @@ _PAIR = re.compile(
     r"(?P<sep>\s*=\s*['\"]?|['\"]\s*:\s*['\"])(?P<value>[^\s&'\",;}]+)",
     re.I,
 )
-_MIN_SECRET = 8  # shorter values are too common to mask everywhere ("true", "2024")
+# Shorter values are too common to mask everywhere: a sensitive setting's value of fewer than 4
+# characters, or one found only by a secret-looking name (`hash_secret: 2024`) of fewer than 8.
+_MIN_SENSITIVE, _MIN_SECRET = 4, 8
 
 
 class Redactor:
@@ -51,9 +54,10 @@ class Redactor:
         self._pattern: re.Pattern[str] | None = None
         self._lock = threading.Lock()
 
-    def learn(self, value: Any) -> None:
-        """Remember a secret value: a string, or every string and number inside any value."""
-        found = {s for s in _strings(value) if len(s) >= _MIN_SECRET}
+    def learn(self, value: Any, minimum: int = _MIN_SENSITIVE) -> None:
+        """Remember a secret value: a string, or every string and number inside any value, in
+        each form it can be printed in (as is, and escaped inside a JSON string)."""
+        found = {form for text in _strings(value) if len(text) >= minimum for form in _forms(text)}
         if found - self._secrets:
             with self._lock:
                 self._secrets |= found
@@ -69,8 +73,10 @@ class Redactor:
         if isinstance(site_id, str) and isinstance(api_key, str):
             self.learn(base64.b64encode(f"{site_id}:{api_key}".encode("utf-8", "replace")).decode())
         for name, value in config.items():
-            if name in SENSITIVE_SETTINGS or _SECRET_NAME.search(str(name)):
+            if name in SENSITIVE_SETTINGS:
                 self.learn(value)
+            elif _SECRET_NAME.search(str(name)):
+                self.learn(value, _MIN_SECRET)
             for text in _strings(value):
                 self._learn_url(text)
             if isinstance(value, dict):
@@ -88,7 +94,7 @@ class Redactor:
             self.learn(password)
         for key, value in _query_pairs(text):
             if _SECRET_NAME.search(key):
-                self.learn(value)
+                self.learn(value, _MIN_SECRET)
 
     def redact(self, text: str) -> str:
         """The text with every known secret and every secret-shaped part masked."""
@@ -128,6 +134,12 @@ def _strings(value: Any) -> Iterable[str]:
             yield from _strings(item)
     else:
         yield str(value)
+
+
+def _forms(text: str) -> set[str]:
+    """A secret as printed, and as JSON writes it inside a string (the reject, report and
+    dry-run files are masked after encoding): `"` and `\\` escaped, non-ASCII as is or `\\u`."""
+    return {text, json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]} - {""}
 
 
 def _query_pairs(text: str) -> list[tuple[str, str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,9 +217,12 @@ def _from_env(var: str, text: str, spec: dict[str, Any], secret: bool) -> Any:
         raise ConfigError(f"environment variable {var}: {shown} is not true or false")
     if "integer" in kinds or "number" in kinds:
         try:
-            return int(text) if "integer" in kinds else float(text)
+            number = int(text) if "integer" in kinds else float(text)
         except ValueError:
-            raise ConfigError(f"environment variable {var}: {shown} is not a number") from None
+            number = math.nan
+        if not math.isfinite(number):
+            raise ConfigError(f"environment variable {var}: {shown} is not a number")
+        return number
     if ("object" in kinds or "array" in kinds) and "string" not in kinds:
         try:
             return json.loads(text)

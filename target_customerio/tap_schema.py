@@ -99,11 +99,6 @@ def columns(schema: dict[str, Any]) -> dict[str, Column] | None:
     return {name: _column(prop, schema) for name, prop in properties.items()}
 
 
-def date_columns(schema: dict[str, Any]) -> frozenset[str]:
-    """Columns the stream's schema declares as date-time or date."""
-    return frozenset(name for name, column in (columns(schema) or {}).items() if column.dates)
-
-
 def _column(prop: Any, root: dict[str, Any]) -> Column:
     accepts = _accepts(prop, root, ()) | {"null"}
     fast = {t for kind in accepts for t in _PYTHON_TYPES[kind]}

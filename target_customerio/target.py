@@ -268,6 +268,12 @@ class TargetCustomerIO(Target):
                               "file)") from exc
 
     def process_endofpipe(self) -> None:
+        """The last drain and STATE. A signal meanwhile only asks to stop afterwards: a drain cut
+        between taking a batch and queueing it would lose the batch, and the STATE after it
+        would cover what was never sent."""
+        self._guarded(self._last_drain, None)
+
+    def _last_drain(self, _: None) -> None:
         super().process_endofpipe()
         self._settle()
 
@@ -312,7 +318,11 @@ class TargetCustomerIO(Target):
         now = time.monotonic()
         if now >= self._next_age_check:
             self._next_age_check = now + self._age_check_every
-            self._handle_max_record_age()
+            self._guarded(self._drain_if_due, None)
+
+    def _drain_if_due(self, _: None) -> None:
+        """The SDK's checkpoint, whole (see process_endofpipe)."""
+        self._handle_max_record_age()
 
     def _process_schema_message(self, message_dict: dict) -> None:
         self._guarded(super()._process_schema_message, message_dict)
@@ -321,12 +331,13 @@ class TargetCustomerIO(Target):
         self._guarded(super()._process_state_message, message_dict)
 
     def _guarded(self, handle: t.Callable[[t.Any], None], message: t.Any) -> None:
-        self._busy = True
+        """Handle a message (or drain) whole: a signal meanwhile stops the run after it."""
+        outer, self._busy = self._busy, True
         try:
             handle(message)
         finally:
-            self._busy = False
-        if self._terminating:
+            self._busy = outer
+        if self._terminating and not outer:
             raise Terminated("stopped by signal after delivering what was received")
 
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
@@ -405,6 +416,7 @@ class TargetCustomerIO(Target):
     def _stop(cls, target: TargetCustomerIO | None, error: TargetError, *, drain: bool = False) -> t.NoReturn:
         if drain and target is not None:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: the drain goes on
             try:
                 target.drain_all(is_endofpipe=True)
             except TargetError as exc:

@@ -20,9 +20,13 @@ real target process against the sandbox, and checks:
 
 from __future__ import annotations
 
+import json
 import os
 import string
+import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from target_customerio.sandbox import Sandbox
-from tests.harness import API_KEY, SITE_ID, run_target
+from tests.harness import API_KEY, SITE_ID, TARGET, collect
 
 EXAMPLES = int(os.environ.get("TARGET_CUSTOMERIO_PROPERTY_EXAMPLES", "60"))
 DOCUMENTED_EXIT_CODES = {0, 2, 3, 4, 5, 6}  # 1 is a bug here (no disk or stdout fault is made)
@@ -203,8 +207,14 @@ def setting_values(secret: str, sandbox_url: str) -> dict[str, Any]:
     """A value for each setting that is wrong in a way users get wrong, with secrets inside."""
     return {
         "site_id": st.one_of(st.just(SITE_ID), junk),
-        "api_key": st.one_of(st.just(API_KEY), st.just(secret), junk, st.just([secret]),
-                             st.just({"key": secret}), st.just(f" {secret}\n")),
+        "api_key": st.one_of(
+            st.just(API_KEY),
+            st.just(secret),
+            junk,
+            st.just([secret]),
+            st.just({"key": secret}),
+            st.just(f" {secret}\n"),
+        ),
         "region": st.sampled_from(["us", "eu", "US", "mars"]),
         "track_api_url": st.sampled_from(
             [
@@ -294,7 +304,7 @@ def test_the_target_keeps_its_promises_on_any_stream_and_config(workspace, data)
                     "record": {"id": "x", "note": f"key {API_KEY}"},
                 },
             ]
-        run = run_target(config, messages, tmp, timeout=120)
+        run, seen = run_watched(config, messages, tmp, workspace)
         outputs = {"stdout": run.stdout, "stderr": run.stderr}
         for name in ("report.json", "rejects.jsonl", "dry.jsonl"):
             path = tmp / name
@@ -302,6 +312,65 @@ def test_the_target_keeps_its_promises_on_any_stream_and_config(workspace, data)
                 path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
             )
         check(run, config, messages, secret, outputs, workspace)
+        check_states_when_emitted(run, messages, seen)
+
+
+def run_watched(
+    config: dict, messages: list[Any], tmp: Path, workspace: Sandbox
+) -> tuple[Any, list[tuple[int, int]]]:
+    """Run the target, and at the moment each STATE line appears on its stdout, look at what
+    Customer.io has accepted and what the reject file holds: (operations accepted, rejects)."""
+    (tmp / "config.json").write_text(json.dumps(config))
+    lines = "".join((m if isinstance(m, str) else json.dumps(m)) + "\n" for m in messages)
+    proc = subprocess.Popen(
+        [TARGET, "--config", str(tmp / "config.json")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp,
+    )
+    stderr: list[bytes] = []
+    threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True).start()
+
+    def feed() -> None:
+        try:
+            proc.stdin.write(lines.encode(errors="surrogateescape"))
+            proc.stdin.close()
+        except OSError:
+            pass  # the target stopped early (a config error): it reads no more
+
+    threading.Thread(target=feed, daemon=True).start()
+    stdout, seen = [], []
+    for line in proc.stdout:
+        seen.append((_accepted(workspace), _lines(tmp / "rejects.jsonl")))
+        stdout.append(line)
+    proc.wait(timeout=120)
+    deadline = time.monotonic() + 10
+    while not stderr and time.monotonic() < deadline:
+        time.sleep(0.01)
+    text = b"".join(stdout).decode()
+    return collect(proc.returncode, text, b"".join(stderr).decode(errors="replace"), config), seen
+
+
+def _accepted(workspace: Sandbox) -> int:
+    return sum(r["ops"] - r["errors"] for r in workspace.requests() if r["status"] in (200, 207))
+
+
+def _lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.is_file() else 0
+
+
+def check_states_when_emitted(run: Any, messages: list[Any], seen: list[tuple[int, int]]) -> None:
+    """When a STATE appeared, the records before it were accepted, rejected (on disk) or
+    skipped: a record counts at least one accepted operation, or one reject line, unless the
+    run skipped it (which the final report bounds)."""
+    skipped = run.report["totals"]["skipped"] if run.report else 0
+    for value, (accepted, rejects) in zip(run.states, seen, strict=True):
+        before = _records_before(messages, value)
+        assert accepted + rejects + skipped >= before, (
+            f"STATE {value} emitted with {accepted} operations accepted and {rejects} rejects on "
+            f"disk, for {before} records ({skipped} skipped in all)"
+        )
 
 
 def check(

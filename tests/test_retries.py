@@ -137,28 +137,42 @@ def test_sigterm_in_a_long_backoff_ends_the_run_at_once_keeping_the_state_writte
 
 
 def test_a_workspace_that_refuses_every_request_fails_fast(sandbox, tmp_path):
-    """A 400 to everything: halving would walk all 300 records one by one; it stops early."""
+    """A 400 to everything: halving would walk all 3,000 records one by one, two requests each;
+    it stops after 50 operations refused alone in a row."""
     refusal = {"meta": {"error": "workspace is suspended"}}
     sandbox.inject(400, times=100_000, path=BATCH, body=refusal)
     config = target_config(sandbox.url, tmp_path, ROUTES, delivery_workers=1)
-    run = run_target(config, stream(300), tmp_path, timeout=60)
+    run = run_target(config, stream(3000), tmp_path, timeout=120)
     assert run.returncode == 4, run.stderr
     errors = [line for line in run.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1
-    assert "refused 20 requests in a row whole (HTTP 400: workspace is suspended)" in errors[0]
-    assert len(requests_to(sandbox, BATCH)) < 30
+    assert "refused 50 operations in a row, each alone (HTTP 400: workspace is suspended)" in errors[0]
+    assert len(requests_to(sandbox, BATCH)) < 150
     assert run.stdout == "" and sandbox.people() == []
 
 
 def test_one_bad_operation_among_many_is_still_isolated_alone(sandbox, tmp_path):
-    """A request of 300 refused whole, then the halves down to the one op: 10 refusals in a row,
-    fewer than the rule's 20, so the other 299 land and the run succeeds."""
+    """A request of 300 refused whole, then the halves down to the one op: the other 299 land
+    and the run succeeds."""
     sandbox.inject(400, times=9, path=BATCH, body={"meta": {"error": "malformed operation"}})
     config = target_config(sandbox.url, tmp_path, ROUTES, delivery_workers=1)
     run = run_target(config, stream(300), tmp_path)
     assert run.returncode == 0, run.stderr
     assert [r["record"]["customer_id"] for r in run.rejects] == ["C0000"]
     assert len(sandbox.people()) == 299 and run.states == [{"s": 1}]
+
+
+def test_a_cluster_of_bad_rows_is_rejected_row_by_row_not_failed(sandbox, tmp_path):
+    """The first 60 requests refused whole: halving reaches some 25 rows alone in a row (bad
+    rows side by side, from one upstream defect). They are rejected, the rest delivered."""
+    sandbox.inject(400, times=60, path=BATCH, body={"meta": {"error": "malformed operation"}})
+    config = target_config(sandbox.url, tmp_path, ROUTES, delivery_workers=1)
+    run = run_target(config, stream(300), tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert 10 < len(run.rejects) < 50
+    assert len(sandbox.people()) == 300 - len(run.rejects)
+    totals = run.report["totals"]
+    assert (totals["sent"], totals["rejected"]) == (300 - len(run.rejects), len(run.rejects))
 
 
 # ---- the policy ------------------------------------------------------------------------------
