@@ -575,3 +575,22 @@ def test_a_signal_during_a_held_start_up_check_stops_the_run_at_once(sandbox, tm
     out, err = proc.communicate(timeout=15)  # not the 60 s the held check could take
     assert proc.returncode == 143, err.decode()
     assert out == b"" and "Traceback" not in err.decode()
+
+
+def test_a_secret_is_masked_as_json_escapes_it(tmp_path):
+    key = 'sk_"quoted"\\and\\slashed'
+    config = {
+        "dry_run": True,
+        "api_key": key,
+        "streams": ROUTES,
+        "ledger_path": str(tmp_path / "l.sqlite"),
+        "reject_file": str(tmp_path / "rejects.jsonl"),
+        "dry_run_file": str(tmp_path / "dry.jsonl"),
+    }
+    rows = [record(P, {"id": None, "note": key}), record(P, {"id": "C1", "note": key})]
+    run = run_target(config, [SCHEMA, *rows], tmp_path)
+    assert run.returncode == 0, run.stderr
+    escaped = json.dumps(key)[1:-1]
+    for name in ("rejects.jsonl", "dry.jsonl"):
+        text = (tmp_path / name).read_text()
+        assert escaped not in text and key not in text and "****" in text, name
