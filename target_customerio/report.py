@@ -75,6 +75,7 @@ class RunReport:
         self._event_names: dict[str, set[str]] = defaultdict(set)
         self._started = dt.datetime.now(dt.timezone.utc)
         self.requests = 0
+        self.taken_from_sdk = 0  # records the SDK's handling handed to a sink (stream maps, ...)
         self.retried_requests = 0
         self.bytes = 0
 

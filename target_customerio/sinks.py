@@ -101,6 +101,7 @@ class CustomerIOSink(Sink):
         """A record through the SDK's handling (stream maps, flattening or record metadata on),
         which has counted it for the `record_count` metric already."""
         self._sdk_counted += 1
+        self._report.taken_from_sdk += 1
         self.receive(record)
 
     def _send_chunk(self) -> None:
@@ -204,6 +205,7 @@ class UnmappedSink(Sink):
 
     def process_record(self, record: dict, context: dict) -> None:
         """Through the SDK's handling, which counted it for `record_count`."""
+        self._report.taken_from_sdk += 1
         self._skip()
 
     def receive(self, item: Item) -> None:

@@ -301,8 +301,13 @@ class TargetCustomerIO(Target):
     def _sdk_record(self, message_dict: dict) -> None:
         """The SDK's handling of a record: its stream maps are the user's expressions, so one
         that fails on a record (a missing key, a division by zero) is a configuration error."""
+        taken = self.report.taken_from_sdk
         try:
             super()._process_record_message(message_dict)
+            if self.report.taken_from_sdk == taken:  # a stream map filtered it out: counted
+                stream = str(message_dict.get("stream"))
+                self.report.stream(stream).received += 1
+                self.report.skip(stream, "stream_maps")
         except (TargetError, MapExpressionError, StreamMapConfigError, RecordsWithoutSchemaException):
             raise
         except Exception as exc:

@@ -594,3 +594,12 @@ def test_a_secret_is_masked_as_json_escapes_it(tmp_path):
     for name in ("rejects.jsonl", "dry.jsonl"):
         text = (tmp_path / name).read_text()
         assert escaped not in text and key not in text and "****" in text, name
+
+
+def test_records_a_stream_map_filters_out_are_counted_as_skipped(sandbox, tmp_path):
+    config = {**target_config(sandbox.url, tmp_path, ROUTES), "stream_maps": {P: {"__filter__": "id != 'C1'"}}}
+    run = run_target(config, [SCHEMA, *people(3), state({"b": 1})], tmp_path)
+    assert run.returncode == 0, run.stderr
+    tally = run.report["streams"][P]
+    assert (tally["received"], tally["sent"], tally["skipped_by_reason"]) == (3, 2, {"stream_maps": 1})
+    assert {p["id"] for p in sandbox.people()} == {"C0", "C2"}
