@@ -154,6 +154,9 @@ SDK_SETTINGS_IGNORED = ("load_method", "batch_size_rows", "validate_records",
 # build and test switches: hatch_build.py, tests/conftest.py).
 _NOT_SETTINGS_ENV = ("LOGLEVEL", "LOG_LEVEL", "PURE_PYTHON", "INTERPRETED", "COMPILE")
 ENV_PREFIX = "TARGET_CUSTOMERIO_"
+# Meltano also exports each key of an object setting as a variable of its own
+# (TARGET_CUSTOMERIO_STREAMS_PUBLIC_CUSTOMERS_KIND): those are not typos.
+_OBJECT_SETTINGS_ENV = ("STREAMS_", "STREAM_MAPS_", "STREAM_MAP_CONFIG_", "FAKER_CONFIG_")
 
 
 def known_settings() -> list[str]:
@@ -232,12 +235,15 @@ def _from_env(var: str, text: str, spec: dict[str, Any], secret: bool) -> Any:
 
 
 def check_env(environ: dict[str, str]) -> None:
-    """With `--config ENV`: a TARGET_CUSTOMERIO_ variable that names no setting is a typo."""
+    """A TARGET_CUSTOMERIO_ variable that names no setting is a typo, whether the settings come
+    from the environment (`--config ENV`) or from a file (Meltano passes one, and would ignore
+    a misspelled variable: `TARGET_CUSTOMERIO_DRYRUN=true` would send for real)."""
     known = [name.upper() for name in known_settings()]
     for var in environ:
         if var.startswith(ENV_PREFIX):
             name = var[len(ENV_PREFIX):]
-            if name not in known and name not in _NOT_SETTINGS_ENV:
+            nested = name.startswith(_OBJECT_SETTINGS_ENV)  # Meltano exports object settings flat
+            if name not in known and name not in _NOT_SETTINGS_ENV and not nested and not name.startswith("_"):
                 close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
                 hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
                 raise ConfigError(f"environment variable {var} names no setting{hint}")

@@ -35,7 +35,7 @@ from target_customerio.reading import SingerLineReader
 from target_customerio import redaction
 from target_customerio.report import RunReport
 from target_customerio.settings import (
-    CONFIG_SCHEMA, SDK_SETTINGS_IGNORED, check_config, env_config, load_settings,
+    CONFIG_SCHEMA, SDK_SETTINGS_IGNORED, check_config, check_env, env_config, load_settings,
 )
 from target_customerio.sinks import CustomerIOSink, UnmappedSink
 
@@ -146,6 +146,8 @@ class TargetCustomerIO(Target):
             schema = self.config_jsonschema
             self.append_builtin_config(schema)
             config = {**(config if isinstance(config, dict) else {}), **env_config(dict(os.environ), schema)}
+        else:
+            check_env(dict(os.environ))
         warnings = self._check_config(config, validate_config)
         super().__init__(config=config, parse_env_config=False, validate_config=validate_config, message_reader=message_reader)
         logging.getLogger("urllib3").setLevel(logging.ERROR)  # a try cut at its deadline is ours to report

@@ -15,7 +15,7 @@ real target process against the sandbox, and checks:
 * stdout holds only STATE, in the order the tap sent them; no STATE is emitted whose records
   are not all accounted for; a run that ends well emits the tap's last STATE, a dry run none.
 
-`TARGET_CUSTOMERIO_PROPERTY_EXAMPLES` sets how many examples run (default 60, a minute or two).
+`PROPERTY_TEST_EXAMPLES` sets how many examples run (default 60, a minute or two).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from target_customerio.sandbox import Sandbox
 from tests.harness import API_KEY, SITE_ID, TARGET, collect
 
-EXAMPLES = int(os.environ.get("TARGET_CUSTOMERIO_PROPERTY_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("PROPERTY_TEST_EXAMPLES", "60"))
 DOCUMENTED_EXIT_CODES = {0, 2, 3, 4, 5, 6}  # 1 is a bug here (no disk or stdout fault is made)
 STREAM = "public-things"
 COLUMNS = [

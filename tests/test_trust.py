@@ -603,3 +603,13 @@ def test_records_a_stream_map_filters_out_are_counted_as_skipped(sandbox, tmp_pa
     tally = run.report["streams"][P]
     assert (tally["received"], tally["sent"], tally["skipped_by_reason"]) == (3, 2, {"stream_maps": 1})
     assert {p["id"] for p in sandbox.people()} == {"C0", "C2"}
+
+
+def test_a_misspelled_variable_stops_a_run_configured_by_file_too(sandbox, tmp_path):
+    """Under Meltano the settings come in a file, and Meltano ignores a variable it does not
+    know: `TARGET_CUSTOMERIO_DRYRUN=true` would send for real."""
+    config = target_config(sandbox.url, tmp_path, ROUTES)
+    run = run_target(config, [SCHEMA, *people(2)], tmp_path, env={"TARGET_CUSTOMERIO_DRYRUN": "true"})
+    assert run.returncode == 2
+    assert "TARGET_CUSTOMERIO_DRYRUN names no setting (did you mean" in one_error_line(run.stderr)
+    assert sandbox.requests() == []
