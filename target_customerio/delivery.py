@@ -28,7 +28,7 @@ from target_customerio import http_session
 from target_customerio.errors import CredentialsError, DeliveryError, TargetError, Terminated
 from target_customerio.ledger import Ledger
 from target_customerio.mapping import Operation
-from target_customerio.redaction import REDACTOR
+from target_customerio.redaction import REDACTOR, shown
 from target_customerio.report import RunReport, open_output
 
 MAX_REQUEST_BYTES = 500_000
@@ -285,6 +285,14 @@ class Answer(NamedTuple):
     headers: Mapping[str, str]
     body: bytes
 
+    @property
+    def is_json_object(self) -> bool:
+        """What the Track API answers with (`{}` at least): a page from anything else is not."""
+        try:
+            return isinstance(json.loads(self.body), dict)
+        except ValueError:
+            return False
+
     def json(self) -> dict[str, Any]:
         """The body as a JSON object, {} when it is not one."""
         try:
@@ -310,7 +318,23 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
             seconds = parsedate_to_datetime(value).timestamp() - time.time()
         except (TypeError, ValueError, IndexError):
             return None
-    return min(max(seconds, 0.0), _MAX_RETRY_AFTER_SECONDS)
+    if not seconds > 0:  # NaN, negative, a date gone by: the jittered backoff instead
+        return None
+    return min(seconds, _MAX_RETRY_AFTER_SECONDS)
+
+
+def _check_answer(answer: Answer, url: str) -> None:
+    """An answer that is not the Track API's stops the run (exit 4) rather than count as
+    accepted. A redirect is never followed: requests would turn the POST into a GET that a
+    200 answers (the batch lost, the STATE moved), or send the batch to another host."""
+    if 300 <= answer.status < 400:
+        where = shown(str(answer.headers.get("Location") or "nowhere"), 120)
+        raise DeliveryError(f"{url} answered HTTP {answer.status}, a redirect to {where}: redirects "
+                            "are never followed; set track_api_url to the address that answers")
+    if answer.status in (200, 207) and not answer.is_json_object:
+        raise DeliveryError(f"{url} answered HTTP {answer.status} but not with JSON "
+                            f"({shown(answer.text, 80)!r}): that is not the Track API (a proxy or "
+                            "captive portal?); nothing after the last STATE was confirmed")
 
 
 def _should_retry(state: RetryCallState) -> bool:
@@ -399,6 +423,7 @@ class TrackClient:
         if status in (401, 403):
             raise CredentialsError(f"Customer.io refused site_id/api_key (HTTP {status}) at "
                                    f"{self.base_url}: check both settings")
+        _check_answer(answer, url)
         if status != 200:
             raise DeliveryError(f"Customer.io answered HTTP {status} to the credential check at "
                                 f"{url} after {tries} tries")
@@ -419,8 +444,9 @@ class TrackClient:
         if status in (401, 403):
             raise CredentialsError(
                 f"Customer.io refused site_id/api_key (HTTP {status}): check both settings")
+        _check_answer(answer, url)
         if status not in (200, 207, 400, 413):
-            raise DeliveryError(f"Customer.io answered HTTP {status} at {url}: {answer.text[:200]}")
+            raise DeliveryError(f"Customer.io answered HTTP {status} at {url}: {shown(answer.text)}")
         return answer, tries
 
     def _gave_up(self, tries: int, last: str) -> DeliveryError:
@@ -451,7 +477,8 @@ class TrackClient:
         # requests passes a urllib3 Timeout through (its stubs only name floats)
         with http_session.deadline(deadline):  # the request and its headers
             response = self._session().request(
-                method, url, data=body, timeout=timeout, stream=True)  # type: ignore[arg-type]
+                method, url, data=body, timeout=timeout, stream=True,  # type: ignore[arg-type]
+                allow_redirects=False)  # see _check_answer
         try:
             data = http_session.read_body(response, deadline)
         except BaseException:
@@ -614,7 +641,7 @@ class Delivery:
         if self._refused[worker] >= _MAX_REFUSED_ALONE:
             raise DeliveryError(
                 f"Customer.io refused {self._refused[worker]} operations in a row, each alone "
-                f"(HTTP {answer.status}: {message[:200]}), and accepted none in between: it "
+                f"(HTTP {answer.status}: {shown(message)}), and accepted none in between: it "
                 "refuses every request, not a few bad rows; nothing after the last STATE was "
                 "confirmed")
         [key] = batch.segments[0].record_keys()
@@ -637,7 +664,7 @@ class Delivery:
             if not isinstance(error, dict):
                 continue  # not an item error Customer.io writes: it names no operation
             index = error.get("batch_index")
-            if not isinstance(index, int) or not 0 <= index < len(ops) or index in rejected:
+            if type(index) is not int or not 0 <= index < len(ops) or index in rejected:
                 continue
             rejected.add(index)
             if keys[index] in rejected_records or keys[index] in self._carried[worker]:
@@ -676,7 +703,7 @@ class DryRun:
     def submit(self, shard: int, batch: Batch) -> None:
         try:
             for op in batch.ops:
-                self._out.write(REDACTOR.redact_bytes(op.body) + b"\n")
+                self._out.write(REDACTOR.redact_json(op.body) + b"\n")
         except OSError as exc:
             raise TargetError(f"cannot write dry_run_file {self._path}: {exc.strerror or exc}") from None
         self._report.delivered(batch.stream, batch.records)

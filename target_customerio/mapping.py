@@ -130,7 +130,8 @@ class Mapper:
         self._names_short = True  # no attribute name can fail Customer.io's name limit
         self._names_unique = True  # no two columns are sent under one name
         self._date_names: list[tuple[str, str]] = []  # date columns that are sent, and their names
-        self._columns: frozenset[str] = frozenset()  # every column seen so far
+        self._columns: set[str] = set()  # every column seen so far
+        self._sent_names: set[str] = set()  # the attribute names columns are sent under
         self._dropped: list[str] = []  # the columns not sent
         self._copyable = True  # every column sent is sent under its own name
         self._event_names: dict[str, str] = {}
@@ -217,14 +218,14 @@ class Mapper:
     def _learn(self, column: str) -> str | None:
         """The attribute name of a column seen for the first time."""
         name = self._names[column] = self.route.attribute_name(column)
-        self._columns = self._columns | {column}
+        self._columns.add(column)
         if name is None:
             self._dropped.append(column)
         else:
             self._copyable = self._copyable and name == column
             self._names_short = self._names_short and _short_name(name)
-            sent = [n for n in self._names.values() if n is not None]
-            self._names_unique = len(sent) == len(set(sent))
+            self._names_unique = self._names_unique and name not in self._sent_names
+            self._sent_names.add(name)
             if column in self._dates:
                 self._date_names.append((column, name))
             if column in self._declared:

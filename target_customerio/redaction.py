@@ -110,10 +110,35 @@ class Redactor:
         return text
 
     def redact_bytes(self, data: bytes) -> bytes:
-        """`redact` for encoded output (reject and dry-run lines): untouched when clean."""
+        """`redact` for encoded text: untouched when clean."""
         text = data.decode("utf-8", "surrogateescape")
         masked = self.redact(text)
         return data if masked == text else masked.encode("utf-8", "surrogateescape")
+
+    def redact_json(self, data: bytes, indent: int | None = None) -> bytes:
+        """`redact` for a JSON document or line (reject, report and dry-run files), keeping it
+        JSON: when something is masked, the document is masked value by value (a string in
+        part, a number or literal that is a secret as a whole, as the string "****")."""
+        if self.redact_bytes(data) == data:
+            return data  # the usual case: nothing to mask
+        try:
+            value = json.loads(data.decode("utf-8", "surrogateescape"))
+        except ValueError:
+            return self.redact_bytes(data)
+        text = json.dumps(self._masked(value), ensure_ascii=False, indent=indent)
+        return text.encode("utf-8", "surrogateescape") + (b"\n" if data.endswith(b"\n") else b"")
+
+    def _masked(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {self.redact(k): self._masked(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._masked(v) for v in value]
+        pattern = self._pattern
+        if pattern is not None and pattern.fullmatch(json.dumps(value)):
+            return MASK
+        return value
 
 
 def _strings(value: Any) -> Iterable[str]:
@@ -138,8 +163,15 @@ def _strings(value: Any) -> Iterable[str]:
 
 def _forms(text: str) -> set[str]:
     """A secret as printed, and as JSON writes it inside a string (the reject, report and
-    dry-run files are masked after encoding): `"` and `\\` escaped, non-ASCII as is or `\\u`."""
-    return {text, json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]} - {""}
+    dry-run files are masked after encoding): `"` and `\\` escaped, non-ASCII as is or `\\u`;
+    and as Python's repr quotes it in a message."""
+    forms = {
+        text,
+        json.dumps(text)[1:-1],
+        json.dumps(text, ensure_ascii=False)[1:-1],
+        repr(text)[1:-1],
+    }
+    return forms - {""}
 
 
 def _query_pairs(text: str) -> list[tuple[str, str]]:
@@ -151,6 +183,13 @@ def _query_pairs(text: str) -> list[tuple[str, str]]:
 
 REDACTOR = Redactor()
 redact = REDACTOR.redact
+
+
+def shown(text: str, limit: int = 200) -> str:
+    """Outside text (a server's answer, a driver's error) quoted in a message: masked first,
+    then cut, so that a cut never leaves part of a secret that no longer matches."""
+    masked = redact(text)
+    return masked if len(masked) <= limit else masked[:limit] + "..."
 
 
 class RedactingFilter(logging.Filter):

@@ -68,6 +68,8 @@ class RunReport:
         # error before anything is sent, not a traceback after.
         if self._reject_path is not None:
             self._reject_out = open_output(self._reject_path, "reject_file", "ab")
+            if _ends_mid_line(self._reject_path):  # a run stopped mid-write (a full disk)
+                self._write_reject(b"\n")
         if self._report_path is not None:
             check_output(self._report_path, "report_file")
         self._dry_run = dry_run
@@ -96,7 +98,7 @@ class RunReport:
             line = orjson.dumps(entry, default=_json_default, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
         except orjson.JSONEncodeError:  # lone surrogates, huge ints: keep the record, escaped
             line = (json.dumps(entry, default=str, ensure_ascii=True) + "\n").encode()
-        line = REDACTOR.redact_bytes(line)
+        line = REDACTOR.redact_json(line)
         with self._lock:
             tally = self._streams.setdefault(stream, StreamTally())
             tally.rejected[reason] += 1
@@ -214,12 +216,23 @@ class RunReport:
             "streams": {name: tally.as_dict() for name, tally in sorted(self._streams.items())},
             "near_duplicate_event_names": self.near_duplicate_event_names(),
         }
-        data = REDACTOR.redact_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        data = REDACTOR.redact_json(orjson.dumps(report, option=orjson.OPT_INDENT_2), indent=2)
         assert self._report_path is not None
         try:
             self._report_path.write_bytes(data)
         except OSError as exc:
             raise TargetError(f"cannot write report_file {self._report_path}: {exc.strerror or exc}") from None
+
+
+def _ends_mid_line(path: Path) -> bool:
+    try:
+        with path.open("rb") as existing:
+            if existing.seek(0, os.SEEK_END) == 0:
+                return False
+            existing.seek(-1, os.SEEK_END)
+            return existing.read(1) != b"\n"
+    except OSError:  # not seekable (a FIFO, a device): nothing to mend
+        return False
 
 
 def check_output(path: Path, setting: str) -> None:

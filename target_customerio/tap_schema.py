@@ -100,6 +100,13 @@ def columns(schema: dict[str, Any]) -> dict[str, Column] | None:
 
 
 def _column(prop: Any, root: dict[str, Any]) -> Column:
+    try:
+        return _declared_column(prop, root)
+    except RecursionError:  # a $ref chain or nesting past the stack: it constrains nothing
+        return _declared_column(True, root)
+
+
+def _declared_column(prop: Any, root: dict[str, Any]) -> Column:
     accepts = _accepts(prop, root, ()) | {"null"}
     fast = {t for kind in accepts for t in _PYTHON_TYPES[kind]}
     if {"integral", "fraction"} <= accepts:

@@ -27,7 +27,7 @@ from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.sinks import Sink
 
 from target_customerio.delivery import Delivery, DryRun, TrackClient
-from target_customerio.errors import ConfigError, InputError, TargetError, Terminated
+from target_customerio.errors import ConfigError, InputError, TargetError, Terminated, did_you_mean
 from target_customerio.ledger import open_ledger
 from target_customerio.mapping import compiled
 from target_customerio.mapping_worker import Item, ProcessMapping, make_mapping
@@ -222,10 +222,15 @@ class TargetCustomerIO(Target):
     def get_sink_class(self, stream_name: str) -> type[Sink]:
         if self.settings.routes.match(stream_name) is not None:
             return CustomerIOSink
+        close = did_you_mean(stream_name, self.settings.routes.names)
         if self.settings.unmapped_streams == "skip":
+            if close:  # most likely a typo in the route's name, not a stream to skip
+                self.logger.warning("stream %r has no route, its records are skipped%s", stream_name,
+                                    close.replace("did you mean", "did you mean the route"))
             return UnmappedSink
         routes = ", ".join(self.settings.routes.names)
-        raise ConfigError(f"stream {stream_name!r} has no route in `streams` (routes: {routes}); add one or set unmapped_streams: skip")
+        raise ConfigError(f"stream {stream_name!r} has no route in `streams`{close} (routes: {routes}); "
+                          "add one or set unmapped_streams: skip")
 
     def add_sink(self, stream_name: str, schema: dict, key_properties: t.Sequence[str] | None = None) -> Sink:
         sink = super().add_sink(stream_name, schema, key_properties)

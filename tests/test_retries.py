@@ -236,7 +236,7 @@ def test_a_try_is_bounded_as_a_whole_by_the_timeout(sandbox, client):
 
 
 @pytest.mark.parametrize("header, seconds", [
-    ("3", 3.0), (" 1.5 ", 1.5), ("-2", 0.0), ("99999", 300.0), ("soon", None), ("", None),
+    ("3", 3.0), (" 1.5 ", 1.5), ("-2", None), ("nan", None), ("0", None), ("99999", 300.0), ("soon", None), ("", None),
 ])
 def test_retry_after_values(header, seconds):
     assert retry_after({"Retry-After": header} if header else {}) == seconds

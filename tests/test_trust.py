@@ -597,11 +597,18 @@ def test_a_secret_is_masked_as_json_escapes_it(tmp_path):
 
 
 def test_records_a_stream_map_filters_out_are_counted_as_skipped(sandbox, tmp_path):
-    config = {**target_config(sandbox.url, tmp_path, ROUTES), "stream_maps": {P: {"__filter__": "id != 'C1'"}}}
+    config = {
+        **target_config(sandbox.url, tmp_path, ROUTES),
+        "stream_maps": {P: {"__filter__": "id != 'C1'"}},
+    }
     run = run_target(config, [SCHEMA, *people(3), state({"b": 1})], tmp_path)
     assert run.returncode == 0, run.stderr
     tally = run.report["streams"][P]
-    assert (tally["received"], tally["sent"], tally["skipped_by_reason"]) == (3, 2, {"stream_maps": 1})
+    assert (tally["received"], tally["sent"], tally["skipped_by_reason"]) == (
+        3,
+        2,
+        {"stream_maps": 1},
+    )
     assert {p["id"] for p in sandbox.people()} == {"C0", "C2"}
 
 
@@ -609,7 +616,150 @@ def test_a_misspelled_variable_stops_a_run_configured_by_file_too(sandbox, tmp_p
     """Under Meltano the settings come in a file, and Meltano ignores a variable it does not
     know: `TARGET_CUSTOMERIO_DRYRUN=true` would send for real."""
     config = target_config(sandbox.url, tmp_path, ROUTES)
-    run = run_target(config, [SCHEMA, *people(2)], tmp_path, env={"TARGET_CUSTOMERIO_DRYRUN": "true"})
+    run = run_target(
+        config, [SCHEMA, *people(2)], tmp_path, env={"TARGET_CUSTOMERIO_DRYRUN": "true"}
+    )
     assert run.returncode == 2
     assert "TARGET_CUSTOMERIO_DRYRUN names no setting (did you mean" in one_error_line(run.stderr)
     assert sandbox.requests() == []
+
+
+# ---- the second adversarial pass ---------------------------------------------------------------
+
+
+class _Answering:
+    """A server on 127.0.0.1 that answers every request with one fixed response."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        import http.server
+        import threading
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                outer.seen.append((self.command, self.path))
+                self.send_response(status)
+                for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.seen: list[tuple[str, str]] = []
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.mark.parametrize(
+    "status, headers, body, message",
+    [
+        (
+            302,
+            {"Location": "http://127.0.0.2:1/collect"},
+            b"",
+            "a redirect to http://127.0.0.2:1/collect",
+        ),
+        (
+            307,
+            {"Location": "https://elsewhere.example.com/batch"},
+            b"",
+            "redirects are never followed",
+        ),
+        (200, {"Content-Type": "text/html"}, b"<html>ok</html>", "but not with JSON"),
+    ],
+)
+def test_an_answer_that_is_not_the_track_api_moves_no_state(
+    tmp_path, status, headers, body, message
+):
+    """A redirect (which requests would follow as a GET a 200 answers) or a 200 page from a
+    proxy must not count as accepted: no STATE, no ledger entry, exit 4."""
+    server = _Answering(status, headers, body)
+    try:
+        config = target_config(server.url, tmp_path, ROUTES)
+        run = run_target(config, [SCHEMA, *people(3), state({"b": 1})], tmp_path)
+    finally:
+        server.close()
+    assert run.returncode == 4, run.stderr
+    assert message in one_error_line(run.stderr)
+    assert run.states == []
+    assert all(method in ("GET", "POST") for method, _ in server.seen) and len(server.seen) == 1
+
+
+@pytest.mark.parametrize("key", ["sk'quoted\\back-99", "null", "1234"])
+def test_a_secret_is_masked_in_any_form_and_the_files_stay_json(tmp_path, key):
+    """As repr quotes it in a message, and as a JSON literal or number: masked, and the report,
+    reject and dry-run files still parse."""
+    stream = f"s-{key}"
+    routes = {stream: {"kind": "person", "identifier": {"field": "id"}}}
+    config = {
+        "dry_run": True,
+        "api_key": key,
+        "streams": routes,
+        "ledger_path": str(tmp_path / "l.sqlite"),
+        "reject_file": str(tmp_path / "rejects.jsonl"),
+        "report_file": str(tmp_path / "report.json"),
+        "dry_run_file": str(tmp_path / "dry.jsonl"),
+    }
+    messages = [
+        schema(stream, {"id": {"type": "string"}, "n": {"type": "integer"}, "note": {}}),
+        record(stream, {"id": "C1", "n": 1234, "note": None}),
+        record(stream, {"id": None, "n": 5, "note": f"a {key} b"}),
+        record("other", {"id": "x"}),
+    ]
+    run = run_target(config, messages, tmp_path)
+    assert run.returncode == 5, run.stderr  # the record of a stream with no SCHEMA
+    assert repr(stream) not in run.stderr and key not in run.stderr.replace("INFO", "")
+    json.loads((tmp_path / "report.json").read_text())
+    for name in ("rejects.jsonl", "dry.jsonl"):
+        for line in (tmp_path / name).read_text().split("\n"):
+            if line:
+                json.loads(line)
+
+
+def test_a_reject_file_left_mid_line_starts_the_next_reject_on_a_line_of_its_own(sandbox, tmp_path):
+    rejects = tmp_path / "rejects.jsonl"
+    rejects.write_bytes(b'{"stream": "cut sh')
+    (tmp_path / "config.json").write_text(json.dumps(target_config(sandbox.url, tmp_path, ROUTES)))
+    data = "".join(json.dumps(m) + "\n" for m in [SCHEMA, record(P, {"id": None})]).encode()
+    proc = subprocess.run(
+        [TARGET, "--config", str(tmp_path / "config.json")],
+        input=data,
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    lines = rejects.read_text().split("\n")
+    assert (
+        lines[0] == '{"stream": "cut sh' and json.loads(lines[1])["reason"] == "missing_identifier"
+    )
+
+
+def test_a_ref_chain_too_deep_to_follow_constrains_nothing(sandbox, tmp_path):
+    defs = {f"d{i}": {"$ref": f"#/$defs/d{i + 1}"} for i in range(3000)}
+    defs["d3000"] = {"type": "integer"}
+    message = {
+        "type": "SCHEMA",
+        "stream": P,
+        "key_properties": [],
+        "schema": {
+            "$defs": defs,
+            "properties": {"id": {"type": "string"}, "x": {"$ref": "#/$defs/d0"}},
+        },
+    }
+    config = {**target_config(sandbox.url, tmp_path, ROUTES), "mapping_workers": 0}
+    run = run_target(config, [message, record(P, {"id": "C1", "x": "text"})], tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert sandbox.people()[0]["attributes"]["x"] == "text"
