@@ -66,3 +66,11 @@ def collect(returncode: int, stdout: str, stderr: str, config: dict[str, Any]) -
     report = json.loads(report_path.read_text()) if report_path and report_path.is_file() and report_path.stat().st_size else None
     rejects = [json.loads(x) for x in reject_path.read_text(encoding="utf-8").split("\n") if x] if reject_path and reject_path.is_file() else []
     return Run(returncode, stdout, stderr, report, rejects)
+
+
+def start_target(config: dict[str, Any], tmp: Path, *, stderr: Any = subprocess.PIPE) -> subprocess.Popen:
+    """The target process with its config written, stdin and stdout piped, not yet fed."""
+    config_path = tmp / "config.json"
+    config_path.write_text(json.dumps(config))
+    return subprocess.Popen([TARGET, "--config", str(config_path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=stderr, cwd=tmp)

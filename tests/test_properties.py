@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import string
-import subprocess
 import tempfile
 import threading
 import time
@@ -35,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from target_customerio.sandbox import Sandbox
-from tests.harness import API_KEY, SITE_ID, TARGET, collect
+from tests.harness import API_KEY, SITE_ID, collect, start_target
 
 EXAMPLES = int(os.environ.get("PROPERTY_TEST_EXAMPLES", "60"))
 DOCUMENTED_EXIT_CODES = {0, 2, 3, 4, 5, 6}  # 1 is a bug here (no disk or stdout fault is made)
@@ -320,15 +319,8 @@ def run_watched(
 ) -> tuple[Any, list[tuple[int, int]]]:
     """Run the target, and at the moment each STATE line appears on its stdout, look at what
     Customer.io has accepted and what the reject file holds: (operations accepted, rejects)."""
-    (tmp / "config.json").write_text(json.dumps(config))
     lines = "".join((m if isinstance(m, str) else json.dumps(m)) + "\n" for m in messages)
-    proc = subprocess.Popen(
-        [TARGET, "--config", str(tmp / "config.json")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=tmp,
-    )
+    proc = start_target(config, tmp)
     stderr: list[bytes] = []
     threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True).start()
 

@@ -10,7 +10,16 @@ import time
 
 import pytest
 
-from tests.harness import API_KEY, TARGET, record, run_target, schema, state, target_config
+from tests.harness import (
+    API_KEY,
+    TARGET,
+    record,
+    run_target,
+    schema,
+    start_target,
+    state,
+    target_config,
+)
 
 P = "public-customers"
 ROUTES = {P: {"kind": "person", "identifier": {"field": "id", "type": "id"}}}
@@ -171,14 +180,7 @@ def test_rejects_are_on_disk_when_the_state_that_covers_them_is_emitted(sandbox,
     """Read the reject file the moment the first STATE arrives on stdout, while the target is
     still running (its stdin still open): the rejects before that STATE are all there."""
     config = {**target_config(sandbox.url, tmp_path, ROUTES), "checkpoint_interval_seconds": 0.2}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    proc = subprocess.Popen(
-        [TARGET, "--config", str(tmp_path / "config.json")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        cwd=tmp_path,
-    )
+    proc = start_target(config, tmp_path, stderr=subprocess.DEVNULL)
     lines = [
         SCHEMA,
         *people(3),
@@ -226,23 +228,36 @@ def test_max_reject_ratio_is_checked_before_the_last_state(sandbox, tmp_path):
     assert run.states == []
 
 
-def test_a_closed_stdout_is_one_clear_line(sandbox, tmp_path):
+def _run_with_stdout(sandbox, tmp_path, stdout: int) -> subprocess.CompletedProcess:
     config = target_config(sandbox.url, tmp_path, ROUTES)
     (tmp_path / "config.json").write_text(json.dumps(config))
     data = "".join(json.dumps(m) + "\n" for m in [SCHEMA, *people(3), state({"b": 1})]).encode()
-    read, write = os.pipe()
-    os.close(read)  # nobody reads STATE
-    proc = subprocess.run(
+    return subprocess.run(
         [TARGET, "--config", str(tmp_path / "config.json")],
         input=data,
-        stdout=write,
+        stdout=stdout,
         stderr=subprocess.PIPE,
         cwd=tmp_path,
         timeout=60,
+        check=False,
     )
+
+
+def test_a_closed_stdout_is_one_clear_line(sandbox, tmp_path):
+    read, write = os.pipe()
+    os.close(read)  # nobody reads STATE
+    proc = _run_with_stdout(sandbox, tmp_path, write)
     os.close(write)
     assert proc.returncode == 1
     assert "stdout is closed" in one_error_line(proc.stderr.decode())
+
+
+def test_stdout_on_a_full_device_is_one_line(sandbox, tmp_path):
+    with open("/dev/full", "wb") as full:
+        proc = _run_with_stdout(sandbox, tmp_path, full.fileno())
+    assert proc.returncode == 1
+    message = "stdout is closed or cannot be written (No space left on device)"
+    assert message in one_error_line(proc.stderr.decode())
 
 
 def test_meltano_reads_the_record_count_received(sandbox, tmp_path):
@@ -529,25 +544,6 @@ def test_a_config_fifo_is_refused_at_once(tmp_path):
     assert "not a regular file" in one_error_line(proc.stderr.decode())
 
 
-def test_stdout_on_a_full_device_is_one_line(sandbox, tmp_path):
-    config = target_config(sandbox.url, tmp_path, ROUTES)
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    data = "".join(json.dumps(m) + "\n" for m in [SCHEMA, *people(3), state({"b": 1})]).encode()
-    with open("/dev/full", "wb") as full:
-        proc = subprocess.run(
-            [TARGET, "--config", str(tmp_path / "config.json")],
-            input=data,
-            stdout=full,
-            stderr=subprocess.PIPE,
-            cwd=tmp_path,
-            timeout=60,
-        )
-    assert proc.returncode == 1
-    assert "stdout is closed or cannot be written (No space left on device)" in one_error_line(
-        proc.stderr.decode()
-    )
-
-
 def test_a_failing_stream_map_expression_is_a_config_error(sandbox, tmp_path):
     config = {**target_config(sandbox.url, tmp_path, ROUTES), "stream_maps": {P: {"ratio": "1/0"}}}
     run = run_target(config, [SCHEMA, *people(2), state({"b": 1})], tmp_path)
@@ -558,14 +554,7 @@ def test_a_failing_stream_map_expression_is_a_config_error(sandbox, tmp_path):
 def test_a_signal_during_a_held_start_up_check_stops_the_run_at_once(sandbox, tmp_path):
     sandbox.inject(200, times=10, mode="trickle_headers", delay=1, path="/api/v1/accounts")
     config = {**target_config(sandbox.url, tmp_path, ROUTES), "request_timeout": 60}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    proc = subprocess.Popen(
-        [TARGET, "--config", str(tmp_path / "config.json")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=tmp_path,
-    )
+    proc = start_target(config, tmp_path)
     assert proc.stdin
     proc.stdin.write("".join(json.dumps(m) + "\n" for m in [SCHEMA, *people(2)]).encode())
     proc.stdin.flush()
@@ -577,16 +566,25 @@ def test_a_signal_during_a_held_start_up_check_stops_the_run_at_once(sandbox, tm
     assert out == b"" and "Traceback" not in err.decode()
 
 
+def dry_run_config(tmp_path, api_key: str, routes: dict) -> dict:
+    """A dry run (no workspace) with every output file in tmp_path."""
+    names = {
+        "reject_file": "rejects.jsonl",
+        "report_file": "report.json",
+        "dry_run_file": "dry.jsonl",
+        "ledger_path": "l.sqlite",
+    }
+    return {
+        "dry_run": True,
+        "api_key": api_key,
+        "streams": routes,
+        **{setting: str(tmp_path / name) for setting, name in names.items()},
+    }
+
+
 def test_a_secret_is_masked_as_json_escapes_it(tmp_path):
     key = 'sk_"quoted"\\and\\slashed'
-    config = {
-        "dry_run": True,
-        "api_key": key,
-        "streams": ROUTES,
-        "ledger_path": str(tmp_path / "l.sqlite"),
-        "reject_file": str(tmp_path / "rejects.jsonl"),
-        "dry_run_file": str(tmp_path / "dry.jsonl"),
-    }
+    config = dry_run_config(tmp_path, key, ROUTES)
     rows = [record(P, {"id": None, "note": key}), record(P, {"id": "C1", "note": key})]
     run = run_target(config, [SCHEMA, *rows], tmp_path)
     assert run.returncode == 0, run.stderr
@@ -702,15 +700,7 @@ def test_a_secret_is_masked_in_any_form_and_the_files_stay_json(tmp_path, key):
     reject and dry-run files still parse."""
     stream = f"s-{key}"
     routes = {stream: {"kind": "person", "identifier": {"field": "id"}}}
-    config = {
-        "dry_run": True,
-        "api_key": key,
-        "streams": routes,
-        "ledger_path": str(tmp_path / "l.sqlite"),
-        "reject_file": str(tmp_path / "rejects.jsonl"),
-        "report_file": str(tmp_path / "report.json"),
-        "dry_run_file": str(tmp_path / "dry.jsonl"),
-    }
+    config = dry_run_config(tmp_path, key, routes)
     messages = [
         schema(stream, {"id": {"type": "string"}, "n": {"type": "integer"}, "note": {}}),
         record(stream, {"id": "C1", "n": 1234, "note": None}),
