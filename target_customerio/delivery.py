@@ -450,8 +450,10 @@ class TrackClient:
         return answer, tries
 
     def _gave_up(self, tries: int, last: str) -> DeliveryError:
-        return DeliveryError(f"Customer.io did not accept a batch after {tries} tries (last: "
-                             f"{last}); nothing after the last STATE was confirmed")
+        error = DeliveryError(f"Customer.io did not accept a batch after {tries} tries (last: "
+                              f"{last}); nothing after the last STATE was confirmed")
+        error.tries = tries  # the report counts them: a failed run's requests were made too
+        return error
 
     def _request(self, method: str, url: str, body: bytes | None, what: str) -> tuple[Answer, int]:
         """The request under the retry policy: its last answer (any status) and the tries used;
@@ -603,7 +605,11 @@ class Delivery:
         if self.error is not None:
             return  # the run has failed: nothing more is sent, and no STATE will be
         body = batch.body()
-        answer, tries = self._client.post_batch(body)
+        try:
+            answer, tries = self._client.post_batch(body)
+        except DeliveryError as exc:
+            self._report.request(batch.stream, len(body), exc.tries, len(batch))
+            raise
         self._answered_at = time.monotonic()  # halving's answers count: Customer.io is answering
         count = len(batch)
         self._report.request(batch.stream, len(body), tries, count)

@@ -31,6 +31,7 @@ class DeliveryError(TargetError):
     """Customer.io could not be reached or refused a request after all retries."""
 
     exit_code = 4
+    tries = 0  # the tries a batch that was given up on took (0: not a batch's)
 
 
 class InputError(TargetError):

@@ -244,3 +244,11 @@ def test_retry_after_values(header, seconds):
 
 def test_retry_after_as_an_http_date():
     assert 8 <= retry_after({"Retry-After": formatdate(time.time() + 10, usegmt=True)}) <= 10
+
+
+def test_a_run_that_gives_up_reports_the_tries_it_made(sandbox, tmp_path):
+    sandbox.inject(503, times=10, path=BATCH)
+    config = target_config(sandbox.url, tmp_path, ROUTES, max_retries=2, delivery_workers=1)
+    run = run_target(config, stream(3), tmp_path, timeout=60)
+    assert run.returncode == 4, run.stderr
+    assert run.report["totals"]["requests"] == 3 and run.report["totals"]["retried_requests"] == 2
