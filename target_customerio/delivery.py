@@ -172,10 +172,6 @@ class Batch:
     stream: str
     segments: list[Segment] = field(default_factory=list)
 
-    @classmethod
-    def of(cls, stream: str, ops: list[Operation]) -> Batch:
-        return cls(stream, [Segment.of(ops)])
-
     def __len__(self) -> int:
         return sum(segment.size for segment in self.segments)
 

@@ -34,7 +34,7 @@ _try = threading.local()  # the deadline of the try this thread is making, if an
 class _Watch:
     """One connection to shut down at `deadline`, unless the try ends first."""
 
-    __slots__ = ("deadline", "connection", "fired")
+    __slots__ = ("connection", "deadline", "fired")
 
     def __init__(self, deadline: float, connection: HTTPConnection) -> None:
         self.deadline, self.connection, self.fired = deadline, connection, False

@@ -18,6 +18,7 @@ import orjson
 from xxhash import xxh3_64_intdigest
 
 from target_customerio.errors import ConfigError, TargetError
+from target_customerio.redaction import shown
 from target_customerio.settings import Settings
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS delivered (key INTEGER PRIMARY KEY, fingerprint INTEGER NOT NULL, at INTEGER NOT NULL)"
@@ -58,7 +59,7 @@ def open_ledger(settings: Settings) -> Ledger:
         return SqliteLedger(settings.ledger_path, full_resend=settings.full_resend)
     except Exception as exc:  # noqa: BLE001 - any reason the ledger cannot open is a config error
         where = "ledger_url" if settings.ledger_url else f"ledger_path {settings.ledger_path!r}"
-        reason = (str(exc).splitlines() or [""])[0][:200]
+        reason = shown((str(exc).splitlines() or [""])[0])
         if settings.ledger_url and "dsn" in reason.lower():  # the driver quotes the DSN, secret and all
             reason = "not a valid Postgres URL or DSN"
         raise ConfigError(f"cannot open the ledger ({where}): {type(exc).__name__}: {reason}") from None
@@ -118,7 +119,8 @@ class _HeldWrites:
                     raise failed
                 self._write_held()
             except Exception as exc:  # noqa: BLE001 - the run stops before its next STATE, with the reason
-                raise TargetError(f"cannot write the ledger: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+                reason = shown((str(exc).splitlines() or [""])[0])
+                raise TargetError(f"cannot write the ledger: {type(exc).__name__}: {reason}") from None
 
     def _write_when_due(self) -> None:
         while True:

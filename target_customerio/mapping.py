@@ -11,6 +11,7 @@ from typing import Any, Callable, Container, NamedTuple
 import orjson
 
 from target_customerio.ledger import hash64, scope_seed
+from target_customerio.redaction import shown
 from target_customerio.routes import Route
 from target_customerio.tap_schema import Column, columns, value_class
 from target_customerio.values import SCALARS, BadValue, plain, plain_number, snake_case, text_to_unix, to_unix
@@ -342,7 +343,7 @@ class Mapper:
             name = self._event_names[raw] = snake_case(raw)
             self._on_event_name(raw, name)
         if not name or len(name.encode()) > MAX_EVENT_NAME_BYTES:
-            raise Rejected("invalid_event_name", column, f"event name {raw[:120]!r} is empty or longer than {MAX_EVENT_NAME_BYTES} bytes")
+            raise Rejected("invalid_event_name", column, f"event name {shown(repr(raw), 120)} is empty or longer than {MAX_EVENT_NAME_BYTES} bytes")
         return name
 
 
@@ -427,7 +428,7 @@ def _check_person_limits(attributes: dict[str, Any]) -> None:
         raise Rejected("too_many_attributes", None, f"{len(attributes)} attributes; Customer.io takes at most {MAX_ATTRIBUTES}")
     for name, value in attributes.items():
         if len(name) * 4 > MAX_ATTRIBUTE_NAME_BYTES and len(name.encode()) > MAX_ATTRIBUTE_NAME_BYTES:
-            raise Rejected("attribute_name_too_long", name[:60], f"attribute name longer than {MAX_ATTRIBUTE_NAME_BYTES} bytes")
+            raise Rejected("attribute_name_too_long", shown(name, 60), f"attribute name longer than {MAX_ATTRIBUTE_NAME_BYTES} bytes")
         if _value_bytes(value) > MAX_ATTRIBUTE_VALUE_BYTES:
             raise Rejected("attribute_value_too_large", name, f"value of {name} is over {MAX_ATTRIBUTE_VALUE_BYTES} bytes")
 

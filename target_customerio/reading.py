@@ -21,7 +21,9 @@ import msgspec
 from singer_sdk.contrib.msgspec import MsgSpecReader
 
 from target_customerio.errors import InputError
-from target_customerio.values import json_number  # compiled: called for every number with a fraction
+from target_customerio.values import (
+    json_number,  # compiled: called for every number with a fraction
+)
 
 _decode = msgspec.json.Decoder(float_hook=json_number).decode
 

@@ -17,7 +17,8 @@ import logging
 import re
 import sys
 import threading
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 MASK = "****"
@@ -27,19 +28,19 @@ SENSITIVE_SETTINGS = frozenset({"api_key", "ledger_url", "app_api_key"})
 _SECRET_NAME = re.compile(
     r"(pass(word|wd)?|secret|token|api[-_]?key|apikey|access[-_]?key|auth|credential"
     r"|signature|sig|private|(^|[-_])key$)",
-    re.I,
+    re.IGNORECASE,
 )
 # `scheme://user:password@host`: the userinfo, whatever the scheme (a mistyped `htps://` too).
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/@\s'\"]+)@")
 # `Authorization: Basic ...` (a server echoing the request's headers back).
 _AUTH_HEADER = re.compile(
-    r"(?P<name>authorization['\"]?\s*[:=]\s*['\"]?(?:basic|bearer|token)?\s*)[^\s'\",;}]+", re.I
+    r"(?P<name>authorization['\"]?\s*[:=]\s*['\"]?(?:basic|bearer|token)?\s*)[^\s'\",;}]+", re.IGNORECASE
 )
 # `password=...`, `api_key: ...`, `?token=...`: a secret-looking name and its value.
 _PAIR = re.compile(
     r"(?P<name>\b[\w-]*(?:pass(?:word|wd)?|secret|token|api[-_]?key|apikey|access[-_]?key|signature)[\w-]*)"
     r"(?P<sep>\s*=\s*['\"]?|['\"]\s*:\s*['\"])(?P<value>[^\s&'\",;}]+)",
-    re.I,
+    re.IGNORECASE,
 )
 # Shorter values are too common to mask everywhere: a sensitive setting's value of fewer than 4
 # characters, or one found only by a secret-looking name (`hash_secret: 2024`) of fewer than 8.

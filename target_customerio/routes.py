@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema_rs
 
 from target_customerio.errors import ConfigError, did_you_mean
+from target_customerio.redaction import shown
 from target_customerio.values import parse_duration, snake_case, timezone
 
 KINDS = ("person", "event", "merge", "object")
@@ -187,8 +188,8 @@ def _suggestion(column: str, declared: list[str]) -> str:
     close = difflib.get_close_matches(column, declared, n=1)
     if close:
         return f" (did you mean {close[0]!r}?)"
-    shown = ", ".join(declared[:12]) + (", …" if len(declared) > 12 else "")
-    return f" (its columns: {shown})"
+    listed = ", ".join(declared[:12]) + (", …" if len(declared) > 12 else "")
+    return f" (its columns: {listed})"
 
 
 class Routes:
@@ -277,8 +278,8 @@ def check_keys(where: str, spec: dict[str, Any], known: Any, what: str) -> None:
     """A key that is not known is a typo: a ConfigError naming it and the closest known one."""
     for key in spec:
         if key not in known:
-            shown = str(key)[:60]
-            raise ConfigError(f"{where}: unknown {what} `{shown}`{did_you_mean(shown, known)}; "
+            shown_key = shown(str(key), 60)
+            raise ConfigError(f"{where}: unknown {what} `{shown_key}`{did_you_mean(shown_key, known)}; "
                               f"known: {', '.join(sorted(known))}")
 
 

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import jsonschema_rs
 
 from target_customerio.errors import ConfigError, did_you_mean
-from target_customerio.redaction import SENSITIVE_SETTINGS
+from target_customerio.redaction import SENSITIVE_SETTINGS, shown
 from target_customerio.routes import Routes
 
 REGION_URLS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
@@ -170,8 +170,8 @@ def check_config(config: dict[str, Any]) -> list[str]:
     known = known_settings()
     for name in config:
         if name not in known:
-            shown = name if len(name) <= 60 else name[:60] + "..."
-            raise ConfigError(f"unknown setting `{shown}`{did_you_mean(shown, known)}; "
+            shown_name = shown(name, 60)
+            raise ConfigError(f"unknown setting `{shown_name}`{did_you_mean(shown_name, known)}; "
                               f"settings: {', '.join(CONFIG_SCHEMA['properties'])}")
     for error in _VALIDATOR.iter_errors(config):  # the SDK checks its own settings
         path = [str(p) for p in error.instance_path]
@@ -213,18 +213,18 @@ def env_config(environ: dict[str, str], schema: dict[str, Any]) -> dict[str, Any
 def _from_env(var: str, text: str, spec: dict[str, Any], secret: bool) -> Any:
     kinds = spec.get("type", "string")
     kinds = [kinds] if isinstance(kinds, str) else list(kinds)
-    shown = "(secret)" if secret else repr(text[:60])
+    quoted = "(secret)" if secret else repr(shown(text, 60))
     if "boolean" in kinds:
         if text.strip().lower() in _TRUE + _FALSE:
             return text.strip().lower() in _TRUE
-        raise ConfigError(f"environment variable {var}: {shown} is not true or false")
+        raise ConfigError(f"environment variable {var}: {quoted} is not true or false")
     if "integer" in kinds or "number" in kinds:
         try:
             number = int(text) if "integer" in kinds else float(text)
         except ValueError:
             number = math.nan
         if not math.isfinite(number):
-            raise ConfigError(f"environment variable {var}: {shown} is not a number")
+            raise ConfigError(f"environment variable {var}: {quoted} is not a number")
         return number
     if ("object" in kinds or "array" in kinds) and "string" not in kinds:
         try:
@@ -252,7 +252,7 @@ def check_env(environ: dict[str, str]) -> None:
 def _problem(name: str, message: str) -> str:
     """The validator's message, or for a sensitive setting one that does not quote the value."""
     if name not in SENSITIVE_SETTINGS:
-        return message if len(message) <= 200 else message[:200] + "..."
+        return shown(message)
     expected = CONFIG_SCHEMA["properties"].get(name, {}).get("type", "valid")
     return f"must be a {expected} (the value is secret, so it is not shown)"
 

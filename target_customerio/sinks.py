@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import typing as t
-from collections import Counter
 from functools import cached_property, partial
 
 from singer_sdk.sinks import Sink
@@ -67,7 +66,7 @@ class CustomerIOSink(Sink):
 
     def get_validator(self) -> None:
         """The SDK's per-record validation is off: contracts check what is actually sent."""
-        return None
+        return
 
     # On the SDK's path (stream maps, flattening, record metadata) the SDK calls the next three
     # for every record: the same outcome, with less work.

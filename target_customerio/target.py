@@ -17,8 +17,12 @@ from types import FrameType
 
 from singer_sdk import Target
 from singer_sdk.exceptions import (
-    ConfigValidationError, ConformedNameClashException, MapExpressionError, MissingKeyPropertiesError,
-    RecordsWithoutSchemaException, StreamMapConfigError,
+    ConfigValidationError,
+    ConformedNameClashException,
+    MapExpressionError,
+    MissingKeyPropertiesError,
+    RecordsWithoutSchemaException,
+    StreamMapConfigError,
 )
 from singer_sdk.helpers.capabilities import PluginCapabilities
 from singer_sdk.mapper import SameRecordTransform
@@ -26,16 +30,22 @@ from singer_sdk.plugin_base import _ConfigInput
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.sinks import Sink
 
+from target_customerio import redaction
 from target_customerio.delivery import Delivery, DryRun, TrackClient
 from target_customerio.errors import ConfigError, InputError, TargetError, Terminated, did_you_mean
 from target_customerio.ledger import open_ledger
 from target_customerio.mapping import compiled
 from target_customerio.mapping_worker import Item, ProcessMapping, make_mapping
 from target_customerio.reading import SingerLineReader
-from target_customerio import redaction
+from target_customerio.redaction import shown
 from target_customerio.report import RunReport
 from target_customerio.settings import (
-    CONFIG_SCHEMA, SDK_SETTINGS_IGNORED, check_config, check_env, env_config, load_settings,
+    CONFIG_SCHEMA,
+    SDK_SETTINGS_IGNORED,
+    check_config,
+    check_env,
+    env_config,
+    load_settings,
 )
 from target_customerio.sinks import CustomerIOSink, UnmappedSink
 
@@ -119,7 +129,7 @@ class TargetCustomerIO(Target):
     default_sink_class = CustomerIOSink
     message_reader_class = SingerLineReader
     # Not `validate-records`: the SDK's record validation is replaced by contracts (sinks.py).
-    capabilities = [PluginCapabilities.ABOUT, PluginCapabilities.STREAM_MAPS,
+    capabilities: t.ClassVar[list] = [PluginCapabilities.ABOUT, PluginCapabilities.STREAM_MAPS,
                     PluginCapabilities.FLATTENING, PluginCapabilities.STRUCTURED_LOGGING]
 
     @classmethod
@@ -136,12 +146,12 @@ class TargetCustomerIO(Target):
         if output_format not in (None, "text"):
             super().print_about(output_format)
             return
-        print(_about_text(cls._get_about_info()))  # noqa: T201 - --about prints, no sync runs
+        print(_about_text(cls._get_about_info()))
 
     def __init__(self, *, config: t.Any = None, parse_env_config: bool = False, validate_config: bool = True, message_reader: t.Any = None) -> None:
         redaction.install()
         # Checked before the SDK sees them (its messages quote values): a typo or a wrong type
-        # stops here, with a message that never holds a secret; again with the environment's.
+        # stops here, with a message that never holds a secret.
         if parse_env_config:  # read here, strictly typed, rather than by the SDK (settings.env_config)
             schema = self.config_jsonschema
             self.append_builtin_config(schema)
@@ -322,7 +332,7 @@ class TargetCustomerIO(Target):
                 raise
             stream = message_dict.get("stream")
             raise ConfigError(f"stream_maps: the map of stream {stream!r} failed on a record: "
-                              f"{type(exc).__name__}: {str(exc)[:200]}") from None
+                              f"{type(exc).__name__}: {shown(str(exc))}") from None
 
     def _checkpoint_if_due(self) -> None:
         """Drain and write STATE every checkpoint_interval_seconds. The SDK's check reads the

@@ -6,16 +6,22 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 TARGET = str(Path(sys.executable).with_name("target-customerio"))
 SITE_ID, API_KEY = "test-site", "sk_test_5ecret_never_logged"
 
 
 def schema(stream: str, properties: dict[str, Any], key: list[str] | None = None) -> dict:
-    return {"type": "SCHEMA", "stream": stream, "schema": {"type": "object", "properties": properties}, "key_properties": key or []}
+    return {
+        "type": "SCHEMA",
+        "stream": stream,
+        "schema": {"type": "object", "properties": properties},
+        "key_properties": key or [],
+    }
 
 
 def record(stream: str, row: dict[str, Any]) -> dict:
@@ -40,37 +46,74 @@ class Run:
         return [json.loads(line) for line in self.stdout.split("\n") if line.strip()]
 
 
-def target_config(sandbox_url: str, tmp: Path, streams: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def target_config(
+    sandbox_url: str, tmp: Path, streams: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
     return {
-        "site_id": SITE_ID, "api_key": API_KEY, "track_api_url": sandbox_url, "streams": streams,
-        "reject_file": str(tmp / "rejects.jsonl"), "report_file": str(tmp / "report.json"), **extra,
+        "site_id": SITE_ID,
+        "api_key": API_KEY,
+        "track_api_url": sandbox_url,
+        "streams": streams,
+        "reject_file": str(tmp / "rejects.jsonl"),
+        "report_file": str(tmp / "report.json"),
+        **extra,
     }
 
 
-def run_target(config: dict[str, Any], messages: Iterable[dict | str], tmp: Path, *, timeout: float = 120, env: dict[str, str] | None = None) -> Run:
+def run_target(
+    config: dict[str, Any],
+    messages: Iterable[dict | str],
+    tmp: Path,
+    *,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+) -> Run:
     """Pipe messages (dicts, or raw lines) through the target process and collect what it leaves."""
     config_path = tmp / "config.json"
     config_path.write_text(json.dumps(config))
     lines = "".join((m if isinstance(m, str) else json.dumps(m)) + "\n" for m in messages)
     data = lines.encode(errors="surrogateescape")  # lets a test pass raw bytes such as bad UTF-8
     proc = subprocess.run(
-        [TARGET, "--config", str(config_path)], input=data, capture_output=True, timeout=timeout, cwd=tmp, env={**os.environ, **(env or {})},
+        [TARGET, "--config", str(config_path)],
+        input=data,
+        capture_output=True,
+        timeout=timeout,
+        cwd=tmp,
+        env={**os.environ, **(env or {})},
+        check=False,
     )
-    return collect(proc.returncode, proc.stdout.decode(), proc.stderr.decode(errors="replace"), config)
+    return collect(
+        proc.returncode, proc.stdout.decode(), proc.stderr.decode(errors="replace"), config
+    )
 
 
 # JSONL is split on "\n" only: a record may hold U+0085 or U+2028, where str.splitlines splits too.
 def collect(returncode: int, stdout: str, stderr: str, config: dict[str, Any]) -> Run:
     report_path = Path(config["report_file"]) if config.get("report_file") else None
     reject_path = Path(config["reject_file"]) if config.get("reject_file") else None
-    report = json.loads(report_path.read_text()) if report_path and report_path.is_file() and report_path.stat().st_size else None
-    rejects = [json.loads(x) for x in reject_path.read_text(encoding="utf-8").split("\n") if x] if reject_path and reject_path.is_file() else []
+    report = (
+        json.loads(report_path.read_text())
+        if report_path and report_path.is_file() and report_path.stat().st_size
+        else None
+    )
+    rejects = (
+        [json.loads(x) for x in reject_path.read_text(encoding="utf-8").split("\n") if x]
+        if reject_path and reject_path.is_file()
+        else []
+    )
     return Run(returncode, stdout, stderr, report, rejects)
 
 
-def start_target(config: dict[str, Any], tmp: Path, *, stderr: Any = subprocess.PIPE) -> subprocess.Popen:
+def start_target(
+    config: dict[str, Any], tmp: Path, *, stderr: Any = subprocess.PIPE
+) -> subprocess.Popen:
     """The target process with its config written, stdin and stdout piped, not yet fed."""
     config_path = tmp / "config.json"
     config_path.write_text(json.dumps(config))
-    return subprocess.Popen([TARGET, "--config", str(config_path)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=stderr, cwd=tmp)
+    return subprocess.Popen(
+        [TARGET, "--config", str(config_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        cwd=tmp,
+    )
