@@ -81,6 +81,18 @@ def test_sdk_settings_are_accepted_and_the_ignored_ones_are_named(sandbox, tmp_p
     assert "setting `batch_size_rows` does nothing" in run.stderr
 
 
+def run_with_config_file(path, tmp_path) -> subprocess.CompletedProcess:
+    """The target on no input, configured by the file at `path` (whatever it is)."""
+    return subprocess.run(
+        [TARGET, "--config", str(path)],
+        input=b"",
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -97,14 +109,7 @@ def test_a_bad_config_file_is_one_line_and_exit_2(tmp_path, content, message):
         path.mkdir()
     elif content is not None:
         path.write_bytes(content)
-    proc = subprocess.run(
-        [TARGET, "--config", str(path)],
-        input=b"",
-        capture_output=True,
-        timeout=60,
-        cwd=tmp_path,
-        check=False,
-    )
+    proc = run_with_config_file(path, tmp_path)
     assert proc.returncode == 2
     line = one_error_line(proc.stderr.decode())
     assert message in line and str(path) in line
@@ -292,22 +297,8 @@ def test_about_lists_only_the_settings_that_apply():
 
 
 def test_a_typo_in_an_environment_variable_stops_the_run(sandbox, tmp_path):
-    env = {
-        "TARGET_CUSTOMERIO_SITE_ID": "test-site",
-        "TARGET_CUSTOMERIO_API_KEY": API_KEY,
-        "TARGET_CUSTOMERIO_TRACK_API_URL": sandbox.url,
-        "TARGET_CUSTOMERIO_STREAMS": json.dumps(ROUTES),
-        "TARGET_CUSTOMERIO_DRYRUN": "true",
-    }
-    proc = subprocess.run(
-        [TARGET, "--config", "ENV"],
-        input=b"",
-        capture_output=True,
-        timeout=60,
-        cwd=tmp_path,
-        env={**os.environ, **env},
-        check=False,
-    )
+    env = {**_base_env(sandbox), "TARGET_CUSTOMERIO_DRYRUN": "true"}
+    proc = _env_run(tmp_path, env)
     assert proc.returncode == 2
     assert (
         "TARGET_CUSTOMERIO_DRYRUN names no setting (did you mean TARGET_CUSTOMERIO_DRY_RUN?)"
@@ -319,21 +310,8 @@ def test_a_typo_in_an_environment_variable_stops_the_run(sandbox, tmp_path):
 def test_a_secret_setting_from_the_environment_is_masked(sandbox, tmp_path):
     """The api_key arrives through the environment; Customer.io refuses it, and the error line
     (which names the URL) never shows it."""
-    env = {
-        "TARGET_CUSTOMERIO_SITE_ID": "test-site",
-        "TARGET_CUSTOMERIO_API_KEY": "sk_env_refused_key_777",
-        "TARGET_CUSTOMERIO_TRACK_API_URL": sandbox.url,
-        "TARGET_CUSTOMERIO_STREAMS": json.dumps(ROUTES),
-    }
-    data = "".join(json.dumps(m) + "\n" for m in [SCHEMA, *people(2)]).encode()
-    proc = subprocess.run(
-        [TARGET, "--config", "ENV"],
-        input=data,
-        capture_output=True,
-        timeout=60,
-        cwd=tmp_path,
-        env={**os.environ, **env},
-        check=False,
+    proc = _env_run(
+        tmp_path, {**_base_env(sandbox), "TARGET_CUSTOMERIO_API_KEY": "sk_env_refused_key_777"}
     )
     assert proc.returncode == 3
     assert "sk_env_refused_key_777" not in proc.stderr.decode()
@@ -547,14 +525,7 @@ def test_a_typo_in_a_dotenv_file_stops_the_run(sandbox, tmp_path):
 def test_a_config_fifo_is_refused_at_once(tmp_path):
     fifo = tmp_path / "config.fifo"
     os.mkfifo(fifo)
-    proc = subprocess.run(
-        [TARGET, "--config", str(fifo)],
-        input=b"",
-        capture_output=True,
-        timeout=30,
-        cwd=tmp_path,
-        check=False,
-    )
+    proc = run_with_config_file(fifo, tmp_path)
     assert proc.returncode == 2
     assert "not a regular file" in one_error_line(proc.stderr.decode())
 
