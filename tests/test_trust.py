@@ -220,7 +220,12 @@ def test_rejects_are_on_disk_when_the_state_that_covers_them_is_emitted(sandbox,
 def test_max_reject_ratio_is_checked_before_the_last_state(sandbox, tmp_path):
     """The rejects come from Customer.io (207) only when the last batch is delivered: the ratio
     is checked after delivery, so the final STATE is not emitted."""
-    config = {**target_config(sandbox.url, tmp_path, ROUTES), "max_reject_ratio": 0.1}
+    # One delivery worker: all 21 operations in the one request the 207 answers.
+    config = {
+        **target_config(sandbox.url, tmp_path, ROUTES),
+        "max_reject_ratio": 0.1,
+        "delivery_workers": 1,
+    }
     rows = [*people(20), record(P, {"id": "C_bad", "name": "x" * 5}), state({"b": 1})]
     sandbox.inject(
         status=207,
