@@ -56,3 +56,7 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     """` (did you mean `x`?)` for the known name closest to a mistyped one, else nothing."""
     close = difflib.get_close_matches(str(name).lower(), list(known), n=1, cutoff=0.6)
     return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+class SdkMismatch(ImportError):
+    """The installed singer-sdk lacks a member this target relies on (sdk.py checks them)."""

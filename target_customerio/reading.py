@@ -3,7 +3,7 @@
 A RECORD line of a stream the target maps directly goes to that stream's sink whole and
 undecoded: the reader only matches the start of the line, as taps write it, against the last
 such stream's (`{"type":"RECORD","stream":"<name>","record":{`). It is decoded where it is
-mapped (see mapping_worker.py). Every other message is decoded whole and handed to the SDK's
+mapped (see stream_mapping.py). Every other message is decoded whole and handed to the SDK's
 handlers.
 """
 
@@ -18,9 +18,9 @@ from collections import Counter
 from decimal import Decimal
 
 import msgspec
-from singer_sdk.contrib.msgspec import MsgSpecReader
 
 from target_customerio.errors import InputError
+from target_customerio.sdk import SdkReader
 from target_customerio.values import (
     json_number,  # compiled: called for every number with a fraction
 )
@@ -96,7 +96,7 @@ def _byte_lines(lines: t.IO[t.Any]) -> t.Iterable[bytes]:
     return lines
 
 
-class SingerLineReader(MsgSpecReader):
+class SingerLineReader(SdkReader):
     """msgspec reader over raw bytes: fast, and a bad line is one clear error, not a traceback.
 
     `record_taker(stream)`, when set, gives the function that takes a stream's RECORD lines
@@ -136,7 +136,7 @@ class SingerLineReader(MsgSpecReader):
             callback = callbacks.get(kind)  # type: ignore[arg-type]
             if callback is None:
                 self.assert_line_requires(message, requires={"type"})
-                self._process_unknown_message(message)
+                self.unknown_message(message)
             callback(message)  # type: ignore[misc]
             counts[kind] += 1  # type: ignore[index]
         return Counter(counts)
@@ -179,5 +179,5 @@ class SingerLineReader(MsgSpecReader):
             raise InputError(f"input line {self.line_number} is not a JSON object")
         return message
 
-    def _process_unknown_message(self, message_dict: dict) -> None:
+    def unknown_message(self, message_dict: dict) -> None:
         raise InputError(f"input line {self.line_number}: unknown message type {message_dict.get('type')!r}")

@@ -1,53 +1,67 @@
 """Sinks: where records arrive. They are mapped and checked against the ledger in chunks
-(mapping_worker.py), then accounted for and packed, in the order they came."""
+(stream_mapping.py, in mapping processes), then accounted for and packed, in the order they came."""
 
 from __future__ import annotations
 
 import typing as t
+from dataclasses import dataclass
 from functools import cached_property, partial
 
-from singer_sdk.sinks import Sink
-
-from target_customerio.delivery import Packer
 from target_customerio.errors import ContractError
-from target_customerio.mapping import Rejected
-from target_customerio.mapping_worker import CHUNK, Item, Mapped, StreamSpec
+from target_customerio.mapping_processes import CHUNK, ProcessMapping
+from target_customerio.operations.operation import Rejected
+from target_customerio.report import RunReport
 from target_customerio.routes import Route, check_columns
+from target_customerio.sdk import SdkSink
+from target_customerio.stream_mapping import InlineMapping, Item, Mapped, StreamSpec
+from target_customerio.wire import Batch, Packer
 
 # Rejects that `on_contract_violation: fail` turns into a failed run: the route's contract, and
 # the tap's SCHEMA, which is a contract too (the default one).
 CONTRACT_REASONS = ("contract_violation", "schema_violation")
 
-if t.TYPE_CHECKING:
-    from target_customerio.target import TargetCustomerIO
+
+@dataclass
+class SinkNeeds:
+    """What a stream's sink is given by the target (`TargetCustomerIO.sink_needs`)."""
+
+    route: Route | None  # None: the stream has no route (`unmapped_streams: skip`)
+    report: RunReport
+    mapping: InlineMapping | ProcessMapping
+    submit: t.Callable[[int, Batch], None]  # hands a full batch to delivery, on its shard
+    shards: int
+    started_at: float
+    ledger_scope: str | None
+    max_reject_ratio: float | None
 
 
-class CustomerIOSink(Sink):
+class CustomerIOSink(SdkSink):
     """Sends records to be mapped, packs their operations; full batches go to delivery at once.
 
     Batches are cut by request size, not by the SDK's row count, so `process_batch` has
     nothing left to do; the target flushes partial chunks and batches before it writes STATE.
     """
 
-    def __init__(self, target: TargetCustomerIO, stream_name: str, schema: dict, key_properties: t.Sequence[str] | None) -> None:
+    KEPT_METADATA = ("_sdc_deleted_at",)  # the delete marker a route may act on
+
+    def __init__(self, target: t.Any, stream_name: str, schema: dict, key_properties: t.Sequence[str] | None) -> None:
         super().__init__(target, stream_name, schema, key_properties)
-        route = target.settings.routes.match(stream_name)
+        needs: SinkNeeds = target.sink_needs(stream_name)
+        route = needs.route
         assert route is not None  # the target only builds this sink for routed streams
         self._check_route_columns(route)
-        self._report = target.report
-        self._tally = target.report.stream(stream_name)
-        self._mapping = target.mapping
-        spec = StreamSpec(stream_name, schema, list(key_properties or []), target.started_at,
-                          target.ledger_scope(stream_name), target.delivery.shards)
+        self._report = needs.report
+        self._tally = needs.report.stream(stream_name)
+        self._mapping = needs.mapping
+        spec = StreamSpec(stream_name, schema, list(key_properties or []), needs.started_at,
+                          needs.ledger_scope, needs.shards)
         self._mapping_key = self._mapping.open(spec)
         self._chunk: list[Item] = []
         self._sdk_counted = 0  # records of the chunk that came through the SDK's handling
         self._fail_on_violation = route.on_contract_violation == "fail"
         self._seen_events: set[int] = set()  # dedupe keys of the events sent in this run: small at 1M events
-        self._max_reject_ratio = target.settings.max_reject_ratio
-        delivery = target.delivery
-        self._packers = [Packer(stream_name, partial(delivery.submit, shard)) for shard in range(delivery.shards)]
-        target.check_credentials()
+        self._max_reject_ratio = needs.max_reject_ratio
+        self._packers = [Packer(stream_name, partial(needs.submit, shard)) for shard in range(needs.shards)]
 
     def _check_route_columns(self, route: Route) -> None:
         """Every column the route names is declared by the stream's SCHEMA (else ConfigError,
@@ -71,8 +85,8 @@ class CustomerIOSink(Sink):
     # On the SDK's path (stream maps, flattening, record metadata) the SDK calls the next three
     # for every record: the same outcome, with less work.
 
-    def _validate_and_parse(self, record: dict) -> dict:
-        """No SDK validation (see above) and no SDK date parsing: the mapper parses dates and
+    def prepare_record(self, record: dict) -> dict:
+        """No SDK validation (see above) and no SDK date parsing: mapping parses dates and
         rejects a bad one instead of crashing the run."""
         return record
 
@@ -80,13 +94,6 @@ class CustomerIOSink(Sink):
     def include_sdc_metadata_properties(self) -> bool:
         """The SDK reads the setting through a new config proxy for every record."""
         return self.config.get("add_record_metadata", False)  # type: ignore[no-any-return]
-
-    def _remove_sdc_metadata_from_record(self, record: dict) -> None:
-        """Drop the SDK's metadata columns but keep the delete marker the route may act on."""
-        deleted_at = record.get("_sdc_deleted_at")
-        super()._remove_sdc_metadata_from_record(record)
-        if deleted_at:
-            record["_sdc_deleted_at"] = deleted_at
 
     def receive(self, item: Item) -> None:
         """A record straight from the reader (the target's direct path: no stream maps): its
@@ -188,19 +195,20 @@ def _properties(schema: t.Any) -> dict:
     return properties if isinstance(properties, dict) else {}
 
 
-class UnmappedSink(Sink):
+class UnmappedSink(SdkSink):
     """A stream with no route under `unmapped_streams: skip`: counted, never sent."""
 
-    def __init__(self, target: TargetCustomerIO, stream_name: str, schema: dict, key_properties: t.Sequence[str] | None) -> None:
+    def __init__(self, target: t.Any, stream_name: str, schema: dict, key_properties: t.Sequence[str] | None) -> None:
         super().__init__(target, stream_name, schema, key_properties)
-        self._report = target.report
+        self._report = target.sink_needs(stream_name).report
         self._report.stream(stream_name)
 
     def get_validator(self) -> None:
         return None
 
-    def _parse_timestamps_in_record(self, record: dict, schema: dict, treatment: t.Any) -> None:
-        """Never sent, so never parsed."""
+    def prepare_record(self, record: dict) -> dict:
+        """Never sent, so never validated nor parsed."""
+        return record
 
     def process_record(self, record: dict, context: dict) -> None:
         """Through the SDK's handling, which counted it for `record_count`."""

@@ -15,7 +15,6 @@ from functools import partial
 from pathlib import Path
 from types import FrameType
 
-from singer_sdk import Target
 from singer_sdk.exceptions import (
     ConfigValidationError,
     ConformedNameClashException,
@@ -26,16 +25,14 @@ from singer_sdk.exceptions import (
 )
 from singer_sdk.helpers.capabilities import PluginCapabilities
 from singer_sdk.mapper import SameRecordTransform
-from singer_sdk.plugin_base import _ConfigInput
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.sinks import Sink
 
 from target_customerio import redaction
-from target_customerio.delivery import Delivery, DryRun, TrackClient
+from target_customerio.delivery import Delivery, DryRun
 from target_customerio.errors import ConfigError, InputError, TargetError, Terminated, did_you_mean
 from target_customerio.ledger import open_ledger
-from target_customerio.mapping import compiled
-from target_customerio.mapping_worker import Item, ProcessMapping, make_mapping
+from target_customerio.mapping_processes import ProcessMapping, make_mapping
 from target_customerio.reading import SingerLineReader
 from target_customerio.redaction import shown
 from target_customerio.report import RunReport
@@ -47,7 +44,10 @@ from target_customerio.settings import (
     env_config,
     load_settings,
 )
-from target_customerio.sinks import CustomerIOSink, UnmappedSink
+from target_customerio.sdk import ConfigInput, SdkTarget
+from target_customerio.sinks import CustomerIOSink, SinkNeeds, UnmappedSink
+from target_customerio.stream_mapping import Item, compiled
+from target_customerio.track_api import TrackClient
 
 
 def _silence_stdout() -> None:
@@ -121,7 +121,7 @@ def _about_text(info: t.Any) -> str:
     return "\n".join(lines)
 
 
-class TargetCustomerIO(Target):
+class TargetCustomerIO(SdkTarget):
     """Singer target for Customer.io person updates and events."""
 
     name = "target-customerio"
@@ -146,7 +146,7 @@ class TargetCustomerIO(Target):
         if output_format not in (None, "text"):
             super().print_about(output_format)
             return
-        print(_about_text(cls._get_about_info()))
+        print(_about_text(cls.about_info()))
 
     def __init__(self, *, config: t.Any = None, parse_env_config: bool = False, validate_config: bool = True, message_reader: t.Any = None) -> None:
         redaction.install()
@@ -171,7 +171,7 @@ class TargetCustomerIO(Target):
                          f"{self.settings.mapping_workers} worker process(es)" if isinstance(self.mapping, ProcessMapping) else "in the reading thread")
         self.message_reader.record_taker = self._record_taker
         # The SDK writes STATE only when all sinks drain; drain often enough that checkpoints keep up.
-        self._MAX_RECORD_AGE_IN_MINUTES = self.settings.checkpoint_interval_seconds / 60
+        self.set_checkpoint_interval(self.settings.checkpoint_interval_seconds)
         self.started_at = time.time()
         self.report = RunReport(
             reject_file=self.settings.reject_file,
@@ -181,7 +181,6 @@ class TargetCustomerIO(Target):
         )
         self.ledger = open_ledger(self.settings)
         self.delivery: Delivery | DryRun = self._make_delivery()
-        self._credentials_checked = self.settings.dry_run
         self._direct: dict[str, CustomerIOSink | UnmappedSink] = {}  # streams whose records skip the SDK's handling
         self._age_check_every = min(1.0, self.settings.checkpoint_interval_seconds / 4)
         self._next_age_check = 0.0
@@ -217,15 +216,26 @@ class TargetCustomerIO(Target):
         return f"{self.settings.base_url}\x1f{self.settings.site_id}\x1f{stream}"
 
     def check_credentials(self) -> None:
-        """Verify credentials and region once, before the first record is sent."""
-        if not self._credentials_checked:
-            assert isinstance(self.delivery, Delivery)
+        """Verify credentials and region at start-up, before anything is read (not on a dry run)."""
+        if isinstance(self.delivery, Delivery):
             self._checking = True  # nothing is half-done meanwhile: a signal stops it at once
             try:
                 self.delivery.check_credentials(self.settings.region)
             finally:
                 self._checking = False
-            self._credentials_checked = True
+
+    def sink_needs(self, stream: str) -> SinkNeeds:
+        """What a stream's sink works with."""
+        return SinkNeeds(
+            route=self.settings.routes.match(stream),
+            report=self.report,
+            mapping=self.mapping,
+            submit=self.delivery.submit,
+            shards=self.delivery.shards,
+            started_at=self.started_at,
+            ledger_scope=self.ledger_scope(stream),
+            max_reject_ratio=self.settings.max_reject_ratio,
+        )
 
     # Routing
 
@@ -242,28 +252,30 @@ class TargetCustomerIO(Target):
         raise ConfigError(f"stream {stream_name!r} has no route in `streams`{close} (routes: {routes}); "
                           "add one or set unmapped_streams: skip")
 
-    def add_sink(self, stream_name: str, schema: dict, key_properties: t.Sequence[str] | None = None) -> Sink:
-        sink = super().add_sink(stream_name, schema, key_properties)
-        self._direct.pop(stream_name, None)
-        maps = self.mapper.stream_maps.get(stream_name, [])
-        plain_stream = len(maps) == 1 and type(maps[0]) is SameRecordTransform and not maps[0].flattening_enabled
-        if plain_stream and not self.mapper.stream_maps_dict and not sink.include_sdc_metadata_properties:
-            self._direct[stream_name] = sink  # type: ignore[assignment]
+    def get_sink(self, stream_name: str, *, record: dict | None = None, schema: dict | None = None, key_properties: t.Sequence[str] | None = None) -> Sink:
+        previous = self.active_sink(stream_name)
+        sink = super().get_sink(stream_name, record=record, schema=schema, key_properties=key_properties)
+        if sink is not previous:
+            if previous is not None:
+                previous.flush()  # the schema changed: the old sink's partial batches go out now
+            self._route_directly(stream_name, sink)
         return sink
 
-    def get_sink(self, stream_name: str, *, record: dict | None = None, schema: dict | None = None, key_properties: t.Sequence[str] | None = None) -> Sink:
-        previous = self._sinks_active.get(stream_name)
-        sink = super().get_sink(stream_name, record=record, schema=schema, key_properties=key_properties)
-        if previous is not None and sink is not previous:
-            previous.flush()  # the schema changed: the old sink's partial batches go out now
-        return sink
+    def _route_directly(self, stream: str, sink: Sink) -> None:
+        """Whether the stream's RECORD lines may skip the SDK's handling (see _record_taker):
+        only when no stream map, flattening or record metadata would change them."""
+        self._direct.pop(stream, None)
+        maps = self.mapper.stream_maps.get(stream, [])
+        plain_stream = len(maps) == 1 and type(maps[0]) is SameRecordTransform and not maps[0].flattening_enabled
+        if plain_stream and not self.mapper.stream_maps_dict and not sink.include_sdc_metadata_properties:
+            self._direct[stream] = sink  # type: ignore[assignment]
 
     # STATE: only once everything before it is in Customer.io
 
     def _settle(self) -> None:
         """Everything received so far is delivered (or rejected), its ledger entries written,
         its rejects on disk, and no stream over max_reject_ratio: what a STATE promises."""
-        sinks = [*self._sinks_to_clear, *self._sinks_active.values()]
+        sinks = self.all_sinks()
         for sink in sinks:
             sink.flush()
         self.delivery.wait()
@@ -271,12 +283,12 @@ class TargetCustomerIO(Target):
             sink.check_reject_ratio()
         self.report.flush()
 
-    def _write_state_message(self, state: dict) -> None:
+    def emit_state(self, state: dict) -> None:
         self._settle()
         if self.settings.dry_run:
             return  # nothing was sent, so no bookmark may move
         try:
-            super()._write_state_message(state)
+            self.sdk_write_state(state)
         except (OSError, ValueError, AttributeError) as exc:  # a broken pipe, a full disk, closed, none
             _silence_stdout()
             reason = getattr(exc, "strerror", None) or ("no stdout" if isinstance(exc, AttributeError) else "closed")
@@ -307,7 +319,7 @@ class TargetCustomerIO(Target):
         self._guarded(sink.receive, item)
         self._checkpoint_if_due()
 
-    def _process_record_message(self, message_dict: dict) -> None:
+    def handle_record(self, message_dict: dict) -> None:
         sink = self._direct.get(message_dict.get("stream"))  # type: ignore[arg-type]
         record = message_dict.get("record")
         if sink is None or type(record) is not dict:
@@ -320,7 +332,7 @@ class TargetCustomerIO(Target):
         that fails on a record (a missing key, a division by zero) is a configuration error."""
         taken = self.report.taken_from_sdk
         try:
-            super()._process_record_message(message_dict)
+            self.sdk_handle_record(message_dict)
             if self.report.taken_from_sdk == taken:  # a stream map filtered it out: counted
                 stream = str(message_dict.get("stream"))
                 self.report.stream(stream).received += 1
@@ -344,13 +356,13 @@ class TargetCustomerIO(Target):
 
     def _drain_if_due(self, _: None) -> None:
         """The SDK's checkpoint, whole (see process_endofpipe)."""
-        self._handle_max_record_age()
+        self.drain_if_due()
 
-    def _process_schema_message(self, message_dict: dict) -> None:
-        self._guarded(super()._process_schema_message, message_dict)
+    def handle_schema(self, message: dict) -> None:
+        self._guarded(self.sdk_handle_schema, message)
 
-    def _process_state_message(self, message_dict: dict) -> None:
-        self._guarded(super()._process_state_message, message_dict)
+    def handle_state(self, message: dict) -> None:
+        self._guarded(self.sdk_handle_state, message)
 
     def _guarded(self, handle: t.Callable[[t.Any], None], message: t.Any) -> None:
         """Handle a message (or drain) whole: a signal meanwhile stops the run after it."""
@@ -362,7 +374,7 @@ class TargetCustomerIO(Target):
         if self._terminating and not outer:
             raise Terminated("stopped by signal after delivering what was received")
 
-    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._terminating = True
         delivery = getattr(self, "delivery", None)  # None: a signal while starting up
         if delivery is not None:
@@ -392,7 +404,7 @@ class TargetCustomerIO(Target):
     # CLI
 
     @classmethod
-    def cb_config(cls, ctx: t.Any, param: t.Any, value: tuple[str, ...]) -> _ConfigInput:
+    def cb_config(cls, ctx: t.Any, param: t.Any, value: tuple[str, ...]) -> t.Any:
         """`--config` files (or ENV): a file that is missing, unreadable, not JSON or not an
         object is one line and exit 2, like any other configuration error."""
         redaction.install()
@@ -406,17 +418,18 @@ class TargetCustomerIO(Target):
                 config |= _read_config_file(path)
         except ConfigError as exc:
             cls._stop(None, exc)
-        return _ConfigInput(config=config, parse_env=parse_env)
+        return ConfigInput(config=config, parse_env=parse_env)
 
     @classmethod
-    def invoke(cls, *, about: bool = False, about_format: str | None = None, config: _ConfigInput | None = None, file_input: t.IO[str] | None = None) -> None:  # type: ignore[override]
+    def invoke(cls, *, about: bool = False, about_format: str | None = None, config: t.Any = None, file_input: t.IO[str] | None = None) -> None:  # type: ignore[override]
         """Run the target; a fatal error is one line on stderr and a meaningful exit code."""
         if about:
             super().invoke(about=about, about_format=about_format, config=config, file_input=file_input)
-        config = config or _ConfigInput()
+        config = config or ConfigInput()
         target = None
         try:
             target = cls(config=config.config, validate_config=True, parse_env_config=config.parse_env)
+            target.check_credentials()
             target.listen(file_input)
         except Terminated as exc:
             cls._stop(target, exc, drain=True)

@@ -21,16 +21,13 @@ from ulid import ULID
 
 from target_customerio.errors import TargetError
 from target_customerio.ledger import _WRITE_BATCH, SqliteLedger, hash64, scope_seed
-from target_customerio.mapping import (
-    MAX_ATTRIBUTE_VALUE_BYTES,
-    Mapper,
-    Rejected,
-    _check_person_limits,
-    ulid_text,
-)
+from target_customerio.operations.event_ids import ulid_text
+from target_customerio.operations.operation import Rejected
+from target_customerio.operations.payload import MAX_ATTRIBUTE_VALUE_BYTES, Payload, check_person_limits
 from target_customerio.routes import Routes
 from target_customerio.sandbox import Sandbox
 from target_customerio.reading import decode_record
+from tests.operations.helpers import Kind
 from target_customerio.values import UTC, BadValue, plain, plain_number, to_unix, unix_seconds
 
 SCHEMA = {"properties": {
@@ -40,8 +37,12 @@ SCHEMA = {"properties": {
 PERSON = {"kind": "person", "identifier": {"field": "customer_id", "type": "id"}}
 
 
-def mapper(spec: dict = PERSON, ledger_scope: str | None = None) -> Mapper:
-    return Mapper(Routes({"s": spec}, Path("."), "reject").match("s"), SCHEMA, now=1_795_000_000, ledger_scope=ledger_scope)
+def mapper(spec: dict = PERSON, ledger_scope: str | None = None) -> Kind:
+    return Kind(spec, SCHEMA, now=1_795_000_000, ledger_scope=ledger_scope)
+
+
+def payload(spec: dict) -> Payload:
+    return Payload(Routes({"s": spec}, Path("."), "reject").match("s"), SCHEMA)
 
 
 def reference_plain(value, tz=UTC):
@@ -153,10 +154,12 @@ RECORDS = [
     {**PERSON, "attributes": {"rename": {"renamed": "email"}}},  # two columns sent as one name
 ])
 def test_payload_fast_path_equals_the_in_order_path(spec):
-    fast, reference = mapper(spec), mapper(spec)
+    fast, reference = payload(spec), payload(spec)
     for record in RECORDS * 2:  # the second pass runs with every column already known
-        expected = outcome(lambda: reference._payload_in_order(dict(record)))
-        assert outcome(lambda: fast.payload(dict(record))) == expected
+        expected = outcome(lambda: reference._in_order(dict(record)))
+        assert outcome(lambda: fast.of(dict(record))) == expected
+    fast, reference = mapper(spec), mapper(spec)
+    for record in RECORDS * 2:
         assert outcome(lambda: fast.map(dict(record)).body) == outcome(lambda: reference.map(dict(record)).body)
 
 
@@ -184,10 +187,12 @@ def test_native_payload_sends_reader_values_as_the_in_order_path_does(spec):
     assert all(native for _, native in decoded)
     records = [record for record, _ in decoded]
     assert records[0]["ltv"] == 250 and type(records[0]["ltv"]) is int and records[0]["prefs"]["n"] == 2
+    fast, reference = payload(spec), payload(spec)
+    for record in records * 2:
+        expected = outcome(lambda: reference._in_order(dict(record)))
+        assert outcome(lambda: fast.of(dict(record), native=True)) == expected
     fast, reference = mapper(spec), mapper(spec)
     for record in records * 2:
-        expected = outcome(lambda: reference._payload_in_order(dict(record)))
-        assert outcome(lambda: fast.payload(dict(record), native=True)) == expected
         assert outcome(lambda: fast.map(dict(record), native=True).body) == outcome(lambda: reference.map(dict(record)).body)
 
 
@@ -203,7 +208,7 @@ def test_native_payload_sends_reader_values_as_the_in_order_path_does(spec):
 ])
 def test_person_limits_shortcut_rejects_exactly_what_the_full_check_rejects(attributes):
     record = {"customer_id": "C1", **attributes}
-    expected = outcome(lambda: _check_person_limits(dict(attributes)))
+    expected = outcome(lambda: check_person_limits(dict(attributes)))
     result = outcome(lambda: mapper().map(record))
     if expected[0] == "ok":
         assert result[0] == "ok"

@@ -24,9 +24,10 @@ from zoneinfo import ZoneInfo
 import pytest
 import requests
 
-from target_customerio.lifecycle import delete_operation, is_delete
-from target_customerio.mapping import Mapper, Skipped, event_ulid
-from target_customerio.routes import Routes
+from target_customerio.operations.delete import is_delete
+from target_customerio.operations.event_ids import event_ulid
+from target_customerio.operations.operation import Skipped
+from tests.operations.helpers import Kind
 from tests.harness import API_KEY, SITE_ID, Run, run_target, target_config
 from tests.test_mssql_tap import (
     FULL_TABLE,
@@ -355,8 +356,7 @@ def test_cdc_schema_quirks_are_accepted(cdc):
     assert props["email"]["inclusion"] == "available"
     assert props["last_order_date"]["additionalProperties"] == {"sql_data_type": "datetime2"}
     # ... and the target ran on exactly this stream in the test above; here the mapper directly:
-    route = Routes({CUSTOMERS: CUSTOMER_ROUTE}, Path("."), "reject").match(CUSTOMERS)
-    mapper = Mapper(route, schema["schema"])
+    mapper = Kind(CUSTOMER_ROUTE, schema["schema"])
     row = records(cdc[1].messages, CUSTOMERS)[0]
     body = json.loads(mapper.map(row).body)
     assert body["identifiers"] == {"id": "2"} and not [k for k in body["attributes"] if k.startswith("_sdc")]
@@ -366,13 +366,12 @@ def test_cdc_schema_quirks_are_accepted(cdc):
 @pytest.mark.parametrize("marker", [{"_sdc_operation_type": "D"}, {"_sdc_deleted_at": "2025-11-22T07:30:00+00:00"}])
 def test_a_deleted_row_is_skipped_not_sent(kind, marker):
     stream = CUSTOMERS if kind == "person" else ORDER_EVENTS
-    route = Routes({stream: CUSTOMER_ROUTE if kind == "person" else EVENT_ROUTE}, Path("."), "reject").match(stream)
-    mapper = Mapper(route, {"properties": {"occurred_at": {"format": "date-time"}}})
+    mapper = Kind(CUSTOMER_ROUTE if kind == "person" else EVENT_ROUTE, {"properties": {"occurred_at": {"format": "date-time"}}})
     row = {"customer_id": 4, "event_id": "order:1", "event_name": "Order Placed",
            "occurred_at": "2025-11-20 09:15:02.1234567", "email": "m@example.com"}
     for op in ("I", "U"):
         assert mapper.map({**row, "event_id": f"order:{op}", "_sdc_operation_type": op}).body
     assert is_delete({**row, **marker}) and not is_delete({**row, "_sdc_operation_type": "U"})
     with pytest.raises(Skipped) as skipped:
-        delete_operation(mapper, {**row, **marker})  # the route's on_delete is `ignore`
+        mapper.build({**row, **marker})  # the route's on_delete is `ignore`
     assert skipped.value.reason == "deleted"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import orjson
 
-from target_customerio.delivery import MAX_REQUEST_BYTES, Batch, Packer, Segment
-from target_customerio.mapping import Operation
+from target_customerio.operations.operation import Operation
+from target_customerio.wire import MAX_REQUEST_BYTES, Batch, Packer, Segment
 
 
 def ops(count: int, size: int) -> list[Operation]:
-    return [Operation(orjson.dumps({"type": "person", "pad": "x" * (size - 30), "n": i}), str(i), {"n": i}, (i, -i) if i % 3 else None)
+    return [Operation(orjson.dumps({"type": "person", "pad": "x" * (size - 30), "n": i}), str(i), (i, -i) if i % 3 else None, None, {"n": i})
             for i in range(count)]
 
 
@@ -51,7 +51,7 @@ def test_segments_are_cut_between_operations_and_keep_their_records_and_ledger_e
 def test_a_record_with_two_operations_is_counted_once_wherever_requests_are_cut():
     """A merge row is an identify and a merge: one record. Cut between requests or halved
     after a refusal, its operations are still counted as one record sent."""
-    from target_customerio.delivery import SegmentBuilder
+    from target_customerio.wire import SegmentBuilder
 
     for limit in (600, 1_000, 2_500, MAX_REQUEST_BYTES):
         builder = SegmentBuilder()

@@ -18,7 +18,8 @@ import pytest
 import requests
 from tenacity import RetryCallState, Retrying
 
-from target_customerio.delivery import Answer, TrackClient, backoff, retry_after
+from target_customerio.api_client import Answer, backoff, retry_after
+from target_customerio.track_api import TrackClient
 from target_customerio.errors import CredentialsError, DeliveryError
 from tests.harness import (
     API_KEY,

@@ -16,8 +16,8 @@ PERSON = {"kind": "person", "identifier": {"field": "id", "type": "id"}}
 
 def test_exact_route_wins_over_glob():
     routes = Routes({"*-customers": PERSON, "dbo-customers": {**PERSON, "identifier": {"field": "email", "type": "email"}}}, Path("."), "reject")
-    assert routes.match("dbo-customers").identifier_type == "email"
-    assert routes.match("public-customers").identifier_type == "id"
+    assert routes.match("dbo-customers").options.identifier.type == "email"
+    assert routes.match("public-customers").options.identifier.type == "id"
     assert routes.match("public-orders") is None
 
 

@@ -3,7 +3,7 @@ its declared types are the default contract (`schema_violation`), and a date-tim
 through `$ref`, `$defs`, `definitions` or `allOf` is sent as unix seconds.
 
 Process tests run the real target against the local Track API; the property test at the end
-holds the Mapper to jsonschema's verdict on the column's declared type."""
+holds the person builder to jsonschema's verdict on the column's declared type."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from target_customerio.mapping import Mapper, Rejected
+from target_customerio.operations.operation import Rejected
 from target_customerio.routes import Routes
+from tests.operations.helpers import Kind
 from tests.harness import record, run_target, schema, state, target_config
 
 RECENT = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)).replace(microsecond=0)
@@ -368,7 +369,7 @@ def test_a_date_time_declared_through_refs_and_all_of_is_sent_as_unix_seconds(sa
     )  # $defs/text does not exist: no format, no constraint
 
 
-# ---- the type check against jsonschema, at the Mapper --------------------------------------
+# ---- the type check against jsonschema, at the builder --------------------------------------
 
 TYPE_NAMES = ["null", "boolean", "string", "object", "array", "integer", "number"]
 _leaf = st.one_of(
@@ -453,8 +454,7 @@ def test_the_mapper_accepts_exactly_what_jsonschema_accepts_for_the_declared_typ
     oracle = jsonschema_rs.Draft202012Validator(_one_of_as_any_of(stream_schema))
     expected = value is None or oracle.is_valid({"c": _oracle_value(value)})
 
-    route = Routes({"s": PERSON}, Path("."), "reject").match("s")
-    mapper = Mapper(route, stream_schema, now=0)
+    mapper = Kind(PERSON, stream_schema, now=0)
     mapper.map(
         {"customer_id": "warm", "c": None}, native
     )  # the columns are learned: the next takes the fast path

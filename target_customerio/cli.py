@@ -1,0 +1,16 @@
+"""The `target-customerio` command: the target's CLI, after the check of the installed singer-sdk."""
+
+from __future__ import annotations
+
+import sys
+
+from target_customerio.errors import SdkMismatch
+
+
+def main() -> None:
+    try:
+        from target_customerio.target import TargetCustomerIO
+    except SdkMismatch as exc:  # one line, not a traceback: the install is wrong, not the code
+        sys.stderr.write(f"target-customerio: {exc}\n")
+        sys.exit(1)
+    TargetCustomerIO.cli()

@@ -1,0 +1,169 @@
+"""Mapping one stream's records, a chunk at a time: decoded, built into operations by the
+route's kind (operations/), looked up in the ledger, and packed per delivery shard.
+
+This is the work a mapping process does (mapping_processes.py carries chunks to it and
+answers back); with `mapping_workers: 0` it runs in the reader's thread (`InlineMapping`).
+"""
+
+from __future__ import annotations
+
+import typing as t
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+
+from singer_sdk.exceptions import MissingKeyPropertiesError
+
+from target_customerio.ledger import Ledger, NoLedger, open_ledger
+from target_customerio.operations import KINDS
+from target_customerio.operations.operation import Context, Rejected, Skipped
+from target_customerio.reading import decode_record
+from target_customerio.settings import Settings
+from target_customerio.wire import Segment, SegmentBuilder
+
+# A mapping process skips an event repeated among the last 20,000 it sent (the rows of one
+# order come together); the sink, which keeps every event of the run, drops any other repeat.
+RECENT_EVENTS = 20_000
+
+Item = t.Union[bytes, dict]  # a RECORD line, whole (the direct path), or a record the SDK decoded
+_Send = tuple[bytes, str, t.Optional[tuple[int, int]]]  # an operation to send: body, shard key, ledger entry
+
+
+def compiled() -> bool:
+    """Whether the record path runs compiled (mypyc, in the released wheels), not interpreted."""
+    return not __file__.endswith(".py")
+
+
+@dataclass
+class Mapped:
+    """The answer for one chunk: its operations, encoded and packed per delivery shard in
+    record order, and what became of the records that sent nothing."""
+
+    segments: dict[int, Segment]
+    rejects: list[tuple[int, str, str | None, str, str | None]]  # (index in the chunk, reason, field, message, rule)
+    skipped: dict[str, int]  # reason -> records
+    event_items: list[int]  # the records (indexes in the chunk) that sent an event, and
+    event_keys: list[int]  # their events' dedupe keys: the sink checks them across processes
+    event_names: list[tuple[str, str]]  # names first seen: source spelling, name sent
+
+
+@dataclass
+class StreamSpec:
+    """What mapping one stream needs, besides the settings shared with the target."""
+
+    stream: str
+    schema: dict
+    key_properties: list[str]
+    started_at: float
+    ledger_scope: str | None
+    shards: int  # delivery shards: a person's operations always go to the same one
+
+
+class StreamMapping:
+    """Maps the records of one stream."""
+
+    def __init__(self, settings: Settings, spec: StreamSpec, event_names: list[tuple[str, str]], ledger: Ledger) -> None:
+        route = settings.routes.match(spec.stream)
+        assert route is not None  # the target only maps routed streams
+        self._recent: OrderedDict[int, None] = OrderedDict()  # dedupe keys of the last events sent here
+        context = Context(spec.started_at, spec.ledger_scope, self._recent,
+                          lambda raw, name: event_names.append((raw, name)))
+        self._builder = KINDS[route.kind].builder(route, spec.schema, context)
+        self._stream = spec.stream
+        self._key_properties = spec.key_properties
+        self._shards = spec.shards
+        self._ledger = None if isinstance(ledger, NoLedger) else ledger
+        self._event_names = event_names
+
+    def map_chunk(self, items: list[Item]) -> Mapped:
+        rejects: list[tuple[int, str, str | None, str, str | None]] = []
+        skipped: Counter[str] = Counter()
+        mapped: list[tuple[int, int | None, list[_Send]]] = []  # (index in the chunk, event dedupe key, operations)
+        build = self._builder.build
+        for index, item in enumerate(items):
+            record, native = decode_record(item, self._stream) if isinstance(item, bytes) else (item, False)
+            for key in self._key_properties:
+                if key not in record:
+                    raise MissingKeyPropertiesError(f"{self._stream}: a record has no key property {key!r} (key_properties: {self._key_properties})")
+            try:
+                ops = build(record, native).operations
+            except Skipped as skip:
+                skipped[skip.reason] += 1
+                continue
+            except Rejected as rej:
+                rejects.append((index, rej.reason, rej.field, rej.message, rej.rule))
+                continue
+            seen = ops[0].seen
+            if seen is not None:  # an event: sent once a run, whatever its rows (the builder skips the repeats)
+                self._recent[seen] = None
+                if len(self._recent) > RECENT_EVENTS:
+                    self._recent.popitem(last=False)
+            # Only what is sent is kept, not the record: freed now, its memory is reused while
+            # still in cache.
+            mapped.append((index, seen, [(op.body, op.shard_key, op.ledger) for op in ops]))
+        unchanged = self._unchanged(mapped)
+        shards = self._shards
+        parts = [SegmentBuilder() for _ in range(shards)]
+        event_items: list[int] = []
+        event_keys: list[int] = []
+        for at, (index, seen, sends) in enumerate(mapped):
+            if at in unchanged:
+                skipped["unchanged"] += 1
+                continue
+            if seen is not None:
+                event_items.append(index)
+                event_keys.append(seen)
+            for body, shard_key, ledger in sends:
+                parts[hash(shard_key) % shards].add(body, index, ledger)
+        segments = {shard: part.segment() for shard, part in enumerate(parts) if part.bodies}
+        names, self._event_names[:] = list(self._event_names), []
+        return Mapped(segments, rejects, dict(skipped), event_items, event_keys, names)
+
+    def _unchanged(self, mapped: list[tuple[int, int | None, list[_Send]]]) -> set[int]:
+        """Change detection: the records (positions in `mapped`) whose every tracked operation
+        is exactly what was last delivered (one ledger query for the whole chunk)."""
+        if self._ledger is None:
+            return set()
+        keys = [ledger[0] for _, _, sends in mapped for _, _, ledger in sends if ledger is not None]
+        delivered = self._ledger.fingerprints(keys) if keys else None
+        if not delivered:
+            return set()
+        unchanged = set()
+        for at, (_, _, sends) in enumerate(mapped):
+            tracked = [ledger for _, _, ledger in sends if ledger is not None]
+            if tracked and all(delivered.get(key) == fingerprint for key, fingerprint in tracked):
+                unchanged.add(at)
+        return unchanged
+
+
+OnMapped = t.Callable[[list[Item], Mapped], None]
+
+
+class InlineMapping:
+    """Maps in the calling thread: a mapping process's own work, and the target's where there
+    is no mapping process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._streams: dict[int, StreamMapping] = {}
+        self._event_names: list[tuple[str, str]] = []
+        self._ledger: Ledger | None = None  # for lookups: a connection of its own, opened on first use
+
+    def open(self, spec: StreamSpec) -> int:
+        if self._ledger is None:
+            self._ledger = open_ledger(self._settings)
+        key = len(self._streams)
+        self._streams[key] = StreamMapping(self._settings, spec, self._event_names, self._ledger)
+        return key
+
+    def submit(self, key: int, items: list[Item], on_mapped: OnMapped) -> None:
+        on_mapped(items, self.map(key, items))
+
+    def map(self, key: int, items: list[Item]) -> Mapped:
+        return self._streams[key].map_chunk(items)
+
+    def drain(self) -> None:
+        return None
+
+    def close(self) -> None:
+        if self._ledger is not None:
+            self._ledger.close()
