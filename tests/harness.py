@@ -117,3 +117,8 @@ def start_target(
         stderr=stderr,
         cwd=tmp,
     )
+
+
+def writes(sandbox: Any) -> list[dict[str, Any]]:
+    """The requests that changed the workspace: all but the start-up credential check (a GET)."""
+    return [request for request in sandbox.requests() if request["method"] != "GET"]

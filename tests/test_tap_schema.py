@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from target_customerio.operations.operation import Rejected
 from target_customerio.routes import Routes
 from tests.operations.helpers import Kind
-from tests.harness import record, run_target, schema, state, target_config
+from tests.harness import record, run_target, schema, state, target_config, writes
 
 RECENT = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)).replace(microsecond=0)
 RECENT_TEXT = RECENT.isoformat()
@@ -179,7 +179,7 @@ def test_a_route_naming_a_column_the_schema_lacks_stops_before_anything_is_sent(
     )
     assert run.returncode == 2, run.stderr
     assert message in run.stderr and "Traceback" not in run.stderr
-    assert run.states == [] and sandbox.requests() == [] and sandbox.people() == []
+    assert run.states == [] and writes(sandbox) == [] and sandbox.people() == []
 
 
 def test_every_wrong_column_is_named_at_once_under_the_glob_that_routed_the_stream(

@@ -19,6 +19,7 @@ from tests.harness import (
     start_target,
     state,
     target_config,
+    writes,
 )
 
 P = "public-customers"
