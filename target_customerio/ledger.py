@@ -28,8 +28,9 @@ _SIGNED = 1 << 63
 
 
 def hash64(data: bytes, seed: int = 0) -> int:
-    """A signed 64-bit hash (fits SQLite INTEGER and Postgres BIGINT): XXH3, 0.2 us for a
-    500-byte operation. Not cryptographic; a ledger only needs accidental collisions to be rare."""
+    """A signed 64-bit hash (fits SQLite INTEGER and Postgres BIGINT): XXH3, the fastest well
+    distributed one at hand. Not cryptographic; a ledger only needs accidental collisions to be
+    rare."""
     return xxh3_64_intdigest(data, seed) - _SIGNED
 
 

@@ -92,7 +92,7 @@ def _read_config_file(path: str) -> dict[str, t.Any]:
 def _one_malloc_arena() -> None:
     """glibc gives each thread a malloc arena of its own: the delivery threads' 500 KB request
     bodies and the ledger's writes then fragment several arenas, and the process grows with the
-    stream (120 MB -> 220 MB over a million records). One arena keeps it flat; Python allocates
+    stream (docs/performance.md has the figures). One arena keeps it flat; Python allocates
     under the GIL anyway. (The MALLOC_ARENA_MAX environment variable, set from inside.)"""
     try:
         ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, 1)
@@ -311,7 +311,7 @@ class TargetCustomerIO(SdkTarget):
     def _record_taker(self, stream: str) -> t.Callable[[bytes], None] | None:
         """The reader's direct path: the RECORD lines of a stream with no stream maps go to its
         sink whole and undecoded. The SDK's handling (decode, copy, map, metadata, counters)
-        would do nothing to them, at 45k instructions a record. None: the SDK must handle them."""
+        would do nothing to them but cost time on every record. None: the SDK must handle them."""
         sink = self._direct.get(stream)
         return None if sink is None else partial(self._take_record, sink)
 

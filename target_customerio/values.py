@@ -45,8 +45,8 @@ def text_to_unix(text: str, tz: dt.tzinfo = UTC) -> int:
 
 def unix_seconds(moment: dt.datetime) -> int:
     """An aware datetime's unix seconds, rounded down: the whole days and seconds of its distance
-    from the epoch. (`timestamp()` goes through big-integer microseconds and a float: 3x the
-    instructions, and four dates a record.)"""
+    from the epoch, in exact integer arithmetic (`timestamp()` goes through big-integer
+    microseconds and a float, for every date of every record)."""
     since = moment - EPOCH
     return since.days * 86_400 + since.seconds
 

@@ -177,4 +177,4 @@ def _ignore(raw: str, name: str) -> None:
 
 
 KEYS = ("identifier", "event_name", "event_name_field", "event_id", "timestamp", "max_age", "mirror_to_attribute")
-KIND = Kind("event", KEYS, options, EventBuilder)
+KIND: Kind = Kind("event", KEYS, options, EventBuilder)

@@ -56,4 +56,4 @@ class MergeBuilder(Builder):
         return Built(ops, (kind, value))
 
 
-KIND = Kind("merge", ("primary", "secondary"), options, MergeBuilder)
+KIND: Kind = Kind("merge", ("primary", "secondary"), options, MergeBuilder)

@@ -69,4 +69,4 @@ class ObjectBuilder(Builder):
         return Built([self._finisher.finish(encode(op), object_id, about)], ("object_id", object_id))
 
 
-KIND = Kind("object", ("object_type_id", "object_id", "relationships"), options, ObjectBuilder)
+KIND: Kind = Kind("object", ("object_type_id", "object_id", "relationships"), options, ObjectBuilder)

@@ -69,4 +69,4 @@ class PersonBuilder(Builder):
         return body if body is not None else encode(op)
 
 
-KIND = Kind("person", ("identifier",), options, PersonBuilder, delete.ON_DELETE)
+KIND: Kind = Kind("person", ("identifier",), options, PersonBuilder, delete.ON_DELETE)
