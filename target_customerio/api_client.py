@@ -105,17 +105,17 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     return min(seconds, _MAX_RETRY_AFTER_SECONDS)
 
 
-def check_answer(answer: Answer, url: str) -> None:
-    """An answer that is not the Track API's stops the run (exit 4) rather than count as
+def check_answer(answer: Answer, url: str, api: str = "Track API", setting: str = "track_api_url") -> None:
+    """An answer that is not the API's stops the run (exit 4) rather than count as
     accepted. A redirect is never followed: requests would turn the POST into a GET that a
     200 answers (the batch lost, the STATE moved), or send the batch to another host."""
     if 300 <= answer.status < 400:
         where = shown(str(answer.headers.get("Location") or "nowhere"), 120)
         raise DeliveryError(f"{url} answered HTTP {answer.status}, a redirect to {where}: redirects "
-                            "are never followed; set track_api_url to the address that answers")
+                            f"are never followed; set {setting} to the address that answers")
     if answer.status in (200, 207) and not answer.is_json_object:
         raise DeliveryError(f"{url} answered HTTP {answer.status} but not with JSON "
-                            f"({shown(answer.text, 80)!r}): that is not the Track API (a proxy or "
+                            f"({shown(answer.text, 80)!r}): that is not the {api} (a proxy or "
                             "captive portal?); nothing after the last STATE was confirmed")
 
 

@@ -46,6 +46,12 @@ class ContractError(TargetError):
     exit_code = 6
 
 
+class DriftError(TargetError):
+    """Customer.io disagrees with the database: a segment count outside its tolerance."""
+
+    exit_code = 7
+
+
 class Terminated(TargetError):
     """SIGTERM or SIGINT: drained what could be drained, then stopped."""
 

@@ -78,6 +78,7 @@ class RunReport:
         self._started = dt.datetime.now(dt.timezone.utc)
         self.requests = 0
         self.taken_from_sdk = 0  # records the SDK's handling handed to a sink (stream maps, ...)
+        self.reconciliation: list[dict[str, Any]] | None = None  # reconcile checks, once run
         self.retried_requests = 0
         self.bytes = 0
 
@@ -216,6 +217,8 @@ class RunReport:
             "streams": {name: tally.as_dict() for name, tally in sorted(self._streams.items())},
             "near_duplicate_event_names": self.near_duplicate_event_names(),
         }
+        if self.reconciliation is not None:
+            report["reconciliation"] = self.reconciliation
         data = REDACTOR.redact_json(orjson.dumps(report, option=orjson.OPT_INDENT_2), indent=2)
         assert self._report_path is not None
         try:

@@ -124,6 +124,9 @@ class Routes:
     def names(self) -> list[str]:
         return list(self._routes)
 
+    def all(self) -> list[Route]:
+        return list(self._routes.values())
+
     def match(self, stream: str) -> Route | None:
         """The exact route for a stream, else the first glob that matches it."""
         if stream in self._routes:
@@ -153,9 +156,10 @@ def _parse_route(name: str, spec: Any, base_dir: Path, default_violation: str) -
     kind = spec.get("kind")
     if kind not in KINDS:
         raise ConfigError(f"{where}.kind: {kind!r} is not one of {', '.join(KINDS)}")
+    applies = (*(KINDS[kind].common or COMMON_KEYS), *KINDS[kind].keys)
     for key in spec:
-        if key not in COMMON_KEYS and key not in KINDS[kind].keys:
-            kinds = [k for k, of in KINDS.items() if key in of.keys]
+        if key not in applies:
+            kinds = [k for k, of in KINDS.items() if key in of.keys or key in (of.common or COMMON_KEYS)]
             raise ConfigError(f"{where}.{key}: does not apply to a {kind} route (it is an option "
                               f"of {' and '.join(kinds)} routes)")
     attributes = spec.get("attributes") or {}

@@ -19,6 +19,7 @@ from target_customerio.redaction import SENSITIVE_SETTINGS, shown
 from target_customerio.routes import Routes
 
 REGION_URLS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
+APP_REGION_URLS = {"us": "https://api.customer.io", "eu": "https://api-eu.customer.io"}
 
 # Every setting's description says what it does and, where it has no default value, what
 # happens when it is unset: --about, the Meltano Hub definition (hub/) and `meltano config`
@@ -46,10 +47,21 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "description": "Overrides the region's Track API base URL (sandbox, proxy); plain "
                            "http:// only for loopback hosts. Unset: the region's URL.",
         },
+        "app_api_key": {
+            "type": "string", "secret": True, "writeOnly": True,
+            "description": "App API key (bearer), for reconcile routes: segment counts are read "
+                           "from the App API. Secret: never logged. Required when a route is "
+                           "kind: reconcile (unless dry_run).",
+        },
+        "app_api_url": {
+            "type": "string",
+            "description": "Overrides the region's App API base URL (https://api.customer.io, EU "
+                           "https://api-eu.customer.io); plain http:// only for loopback hosts.",
+        },
         "streams": {
             "type": ["object", "string"],
             "description": "Stream name (exact, or a glob such as *-customers) -> route: kind "
-                           "(person, event, merge, object), identifier, event_name, event_id, "
+                           "(person, event, merge, object, reconcile), identifier, event_name, event_id, "
                            "timestamp, attributes, contract, max_age. "
                            "An object, or the same as a JSON string. Unset: no stream has a "
                            "route (see unmapped_streams).",
@@ -177,7 +189,7 @@ def check_config(config: dict[str, Any]) -> list[str]:
         path = [str(p) for p in error.instance_path]
         name = path[0] if path else ""
         raise ConfigError(f"setting `{'.'.join(path)}`: {_problem(name, error.message)}")
-    for name in ("site_id", "api_key"):
+    for name in ("site_id", "api_key", "app_api_key"):
         value = config.get(name)
         if isinstance(value, str) and not (value.isascii() and value.isprintable()):
             raise ConfigError(f"setting `{name}` holds characters an HTTP header cannot carry "
@@ -264,6 +276,7 @@ class Settings:
     site_id: str
     base_url: str
     region: str | None  # the region to verify against, None when track_api_url overrides it
+    app_base_url: str  # the App API's (reconcile routes)
     routes: Routes
     unmapped_streams: str
     max_requests_per_second: float
@@ -289,21 +302,29 @@ class Settings:
 def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
     """Check every setting; raise ConfigError naming the first bad one."""
     dry_run = bool(config.get("dry_run", False))
-    for name in ("site_id", "api_key"):
-        if not dry_run and not str(config.get(name) or "").strip():
-            raise ConfigError(f"setting `{name}` is required (TARGET_CUSTOMERIO_{name.upper()})")
-    region = config.get("region") or "us"
-    if region not in REGION_URLS:
-        raise ConfigError(f"setting `region`: {region!r} is not us or eu")
-    override = config.get("track_api_url")
-    if override:
-        _check_url(override)
     streams = config.get("streams")
     if isinstance(streams, str):
         try:
             streams = json.loads(streams)
         except (json.JSONDecodeError, RecursionError):
             raise ConfigError("setting `streams` is a string but not JSON") from None
+    kinds = {route.get("kind") if isinstance(route, dict) else None for route in streams.values()} if isinstance(streams, dict) else set()
+    needed = [] if dry_run else ["site_id", "api_key"] if kinds != {"reconcile"} else []
+    if "reconcile" in kinds and not dry_run:
+        needed.append("app_api_key")  # reconcile routes read segment counts from the App API
+    for name in needed:
+        if not str(config.get(name) or "").strip():
+            why = " by kind: reconcile routes" if name == "app_api_key" else ""
+            raise ConfigError(f"setting `{name}` is required{why} (TARGET_CUSTOMERIO_{name.upper()})")
+    region = config.get("region") or "us"
+    if region not in REGION_URLS:
+        raise ConfigError(f"setting `region`: {region!r} is not us or eu")
+    override = config.get("track_api_url")
+    if override:
+        _check_url(override)
+    app_override = config.get("app_api_url")
+    if app_override:
+        _check_url(app_override, "app_api_url", "app_api_key")
     unmapped = config.get("unmapped_streams", "error")
     if unmapped not in ("error", "skip"):
         raise ConfigError(f"setting `unmapped_streams`: {unmapped!r} is not error or skip")
@@ -315,6 +336,7 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
         site_id=str(config.get("site_id") or ""),
         base_url=(override or REGION_URLS[region]).rstrip("/"),
         region=config.get("region") if override else region,  # verify a proxy's region only when set
+        app_base_url=(app_override or APP_REGION_URLS[region]).rstrip("/"),
         routes=Routes(streams, base_dir, violation),
         unmapped_streams=unmapped,
         max_requests_per_second=_positive(config, "max_requests_per_second", 100),
@@ -385,21 +407,21 @@ def _positive(config: dict[str, Any], name: str, default: float) -> float:
     return number
 
 
-def _check_url(url: str) -> None:
+def _check_url(url: str, setting: str = "track_api_url", credentials: str = "site_id and api_key") -> None:
     try:
         parsed = urlparse(url.strip())
         parsed.port  # noqa: B018 - raises ValueError on a port that is not a number
     except ValueError:
-        raise ConfigError(f"setting `track_api_url`: {url!r} is not an http(s) URL") from None
+        raise ConfigError(f"setting `{setting}`: {url!r} is not an http(s) URL") from None
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ConfigError(f"setting `track_api_url`: {url!r} is not an http(s) URL")
+        raise ConfigError(f"setting `{setting}`: {url!r} is not an http(s) URL")
     if parsed.username or parsed.password:
-        raise ConfigError("setting `track_api_url` must not contain credentials; use site_id and api_key")
+        raise ConfigError(f"setting `{setting}` must not contain credentials; use {credentials}")
     if parsed.query or parsed.fragment or parsed.params:
-        raise ConfigError("setting `track_api_url`: a base URL, without ?query or #fragment "
+        raise ConfigError(f"setting `{setting}`: a base URL, without ?query or #fragment "
                           "(request paths are added to it)")
     if parsed.scheme == "http" and not _is_loopback(parsed.hostname):
-        raise ConfigError(f"setting `track_api_url`: plain http:// is only allowed for loopback hosts, not {parsed.hostname}")
+        raise ConfigError(f"setting `{setting}`: plain http:// is only allowed for loopback hosts, not {parsed.hostname}")
 
 
 def _is_loopback(host: str) -> bool:

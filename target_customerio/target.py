@@ -29,11 +29,14 @@ from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.sinks import Sink
 
 from target_customerio import redaction
+from target_customerio.app_api import AppClient
 from target_customerio.delivery import Delivery, DryRun
 from target_customerio.errors import ConfigError, InputError, TargetError, Terminated, did_you_mean
 from target_customerio.ledger import open_ledger
 from target_customerio.mapping_processes import ProcessMapping, make_mapping
+from target_customerio.operations import KINDS
 from target_customerio.reading import SingerLineReader
+from target_customerio.reconcile import Reconciler
 from target_customerio.redaction import shown
 from target_customerio.report import RunReport
 from target_customerio.settings import (
@@ -181,6 +184,7 @@ class TargetCustomerIO(SdkTarget):
         )
         self.ledger = open_ledger(self.settings)
         self.delivery: Delivery | DryRun = self._make_delivery()
+        self.reconciler = Reconciler(self.report, self.logger)
         self._direct: dict[str, CustomerIOSink | UnmappedSink] = {}  # streams whose records skip the SDK's handling
         self._age_check_every = min(1.0, self.settings.checkpoint_interval_seconds / 4)
         self._next_age_check = 0.0
@@ -217,7 +221,8 @@ class TargetCustomerIO(SdkTarget):
 
     def check_credentials(self) -> None:
         """Verify credentials and region at start-up, before anything is read (not on a dry run)."""
-        if isinstance(self.delivery, Delivery):
+        kinds = {route.kind for route in self.settings.routes.all()}
+        if isinstance(self.delivery, Delivery) and kinds != {"reconcile"}:
             self._checking = True  # nothing is half-done meanwhile: a signal stops it at once
             try:
                 self.delivery.check_credentials(self.settings.region)
@@ -225,13 +230,18 @@ class TargetCustomerIO(SdkTarget):
                 self._checking = False
 
     def sink_needs(self, stream: str) -> SinkNeeds:
-        """What a stream's sink works with."""
+        """What a stream's sink works with: a reconcile route's checks go to the reconciler,
+        every other route's operations to the Track API."""
+        route = self.settings.routes.match(stream)
+        deliver: Delivery | DryRun | Reconciler = self.delivery
+        if route is not None and KINDS[route.kind].checks:
+            deliver = self.reconciler
         return SinkNeeds(
-            route=self.settings.routes.match(stream),
+            route=route,
             report=self.report,
             mapping=self.mapping,
-            submit=self.delivery.submit,
-            shards=self.delivery.shards,
+            submit=deliver.submit,
+            shards=deliver.shards,
             started_at=self.started_at,
             ledger_scope=self.ledger_scope(stream),
             max_reject_ratio=self.settings.max_reject_ratio,
@@ -305,6 +315,25 @@ class TargetCustomerIO(SdkTarget):
     def _last_drain(self, _: None) -> None:
         super().process_endofpipe()
         self._settle()
+        self._reconcile()
+
+    def _reconcile(self) -> None:
+        """The reconcile checks, after everything else is delivered and the last STATE written."""
+        checks = self.reconciler.checks
+        if not checks:
+            return
+        if self.settings.dry_run:
+            self.logger.info("dry run: %d reconcile check(s) not run", len(checks))
+            return
+        s = self.settings
+        client = AppClient(s.app_base_url, str(self.config.get("app_api_key", "")), timeout=s.request_timeout,
+                           max_retries=s.max_retries, logger=self.logger)
+        self._checking = True  # reads only: a signal stops them at once
+        try:
+            self.reconciler.run(client)
+        finally:
+            self._checking = False
+        self.logger.info("reconcile: %d segment check(s) within tolerance", len(checks))
 
     # Termination: stop between messages, never inside one
 

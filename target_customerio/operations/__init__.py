@@ -1,6 +1,6 @@
 """The Customer.io operation kinds, one module each, over shared helpers.
 
-A kind module (person, event, merge, objects) declares its route options, reads and checks
+A kind module (person, event, merge, objects, reconcile) declares its route options, reads and checks
 them, and builds each record's operations (`Builder.build` -> `Built`: the operations with
 their identifier and time). The helpers every kind shares: identifiers.py, payload.py
 (attributes and event data), timestamps.py, event_ids.py and operation.py (what a builder
@@ -11,7 +11,7 @@ Adding a Customer.io operation is one new module here, listed in KINDS, and its 
 
 from __future__ import annotations
 
-from target_customerio.operations import event, merge, objects, person
+from target_customerio.operations import event, merge, objects, person, reconcile
 from target_customerio.operations.operation import Kind
 
-KINDS: dict[str, Kind] = {kind.name: kind for kind in (person.KIND, event.KIND, merge.KIND, objects.KIND)}
+KINDS: dict[str, Kind] = {kind.name: kind for kind in (person.KIND, event.KIND, merge.KIND, objects.KIND, reconcile.KIND)}

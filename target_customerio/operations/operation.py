@@ -119,3 +119,7 @@ class Kind(NamedTuple):
     options: Callable[[str, dict[str, Any]], Any]  # (where, route) -> its options; ConfigError
     builder: Callable[[Any, dict[str, Any], Context], Builder]  # (route, SCHEMA, context)
     on_delete: tuple[str, ...] = ("ignore",)  # what `on_delete` may ask of it
+    # Its operations are checks read from the App API after the run's delivery (reconcile.py),
+    # not writes to the Track API.
+    checks: bool = False
+    common: tuple[str, ...] | None = None  # the options every route takes that apply; None: all
