@@ -20,11 +20,12 @@ MS_THRESHOLD = 10**11  # unix seconds stay below this until the year 5138
 _DATE_NAME = re.compile(r"(_at|_ts)$|(^|_)(date|datetime|timestamp|birthday|dob)(_|$)")
 _DATE_NAME_CAMEL = re.compile(r"[a-z](At|Date|Timestamp)$")
 _DATE_VALUE = re.compile(
-    r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|[+-]\d{2}(:?\d{2})?)?", re.I
+    r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|[+-]\d{2}(:?\d{2})?)?",
+    re.IGNORECASE,
 )
 _NUMBER_TEXT = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?")
 # Names whose numeric-looking text is legitimately text (codes keep leading zeros, ids are opaque).
-_TEXTUAL_NAME = re.compile(r"(^|_)(id|zip|postal|postcode|phone|code|sku|number)s?$", re.I)
+_TEXTUAL_NAME = re.compile(r"(^|_)(id|zip|postal|postcode|phone|code|sku|number)s?$", re.IGNORECASE)
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1f2328;
@@ -73,9 +74,13 @@ def attribute_issue(name: str, value: Any) -> str | None:
             return "number as string"
         if value.lower() in ("true", "false"):
             return "boolean as string"
-    elif date_name and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value > MS_THRESHOLD:
-            return "date in milliseconds"
+    elif (
+        date_name
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and value > MS_THRESHOLD
+    ):
+        return "date in milliseconds"
     return None
 
 

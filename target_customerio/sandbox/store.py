@@ -1,7 +1,7 @@
 """SQLite storage for the sandbox: people, events, objects, the request log and counters.
 
 One connection guarded by one lock: handler threads serialise here, which is plenty for a local
-sandbox and keeps every batch atomic. Operations arrive already validated (see server.py); this
+sandbox and keeps every batch atomic. Operations arrive already validated (see validation.py); this
 module only applies Customer.io's semantics to them.
 """
 

@@ -1,0 +1,157 @@
+"""The public object: `Sandbox`, a local Customer.io workspace to start, point a target at, inspect.
+
+It owns the store, the fault queue and the rate limit, and starts the HTTP server (server.py) in
+a thread. The tests, the benchmark and the demo use it through this interface only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import threading
+from typing import TYPE_CHECKING
+
+from target_customerio.sandbox import track_v1, track_v2
+from target_customerio.sandbox.faults import Fault, Faults
+from target_customerio.sandbox.rate_limit import TokenBucket
+from target_customerio.sandbox.server import Server
+from target_customerio.sandbox.store import Store
+from target_customerio.sandbox.track_v1 import REGION_URLS
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from 3.11; annotations only
+
+
+class Sandbox:
+    """A local Track API. `with Sandbox() as sb: ...` or `sb.start()` / `sb.stop()`."""
+
+    def __init__(
+        self,
+        site_id: str = "site",
+        api_key: str = "secret",
+        db_path: str = ":memory:",
+        region: str = "us",
+        port: int = 0,
+        rate_limit: float | None = None,
+        store: bool = True,
+        host: str = "127.0.0.1",
+        validate: bool = True,
+    ) -> None:
+        """`store=False` keeps nothing but counters and the request log (benchmarks); with
+        `validate=False` as well, a well-formed batch is accepted without checking its operations
+        (nor decoding them: only the JSON's structure is read), as fast as this server can
+        (auth, size limit, rate limit and faults still apply)."""
+        if region not in REGION_URLS:
+            raise ValueError(f"region must be one of {sorted(REGION_URLS)}")
+        self.site_id, self.api_key, self.region = site_id, api_key, region
+        self.host, self.port = host, port
+        self.store = Store(db_path, persist=store)
+        self.validate = validate or store  # stored data is always validated first
+        self.faults = Faults()
+        self.bucket = TokenBucket(rate_limit) if rate_limit else None
+        self._auth = "Basic " + base64.b64encode(f"{site_id}:{api_key}".encode()).decode()
+        self._server: Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle ----
+
+    def start(self) -> Self:
+        if self._server is not None:
+            return self
+        self._server = Server((self.host, self.port), self)
+        self.port = self._server.server_address[1]  # a restart keeps the same port
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"cio-sandbox-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving; the data stays readable through people(), events() etc."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # ---- Track API behaviour ----
+
+    def authorized(self, header: str | None) -> bool:
+        # Constant-time: the sandbox is a stand-in, but it should not teach timing leaks.
+        return header is not None and hmac.compare_digest(header.encode(), self._auth.encode())
+
+    def region_info(self) -> dict:
+        return track_v1.region_info(self.region)
+
+    def batch(self, body: bytes) -> None:
+        """POST /api/v2/batch: raises the Response (200, 207, 400 or 413)."""
+        track_v2.batch(self.store, body, self.validate)
+
+    def entity(self, body: bytes) -> None:
+        """POST /api/v2/entity: one v2 operation."""
+        track_v2.entity(self.store, body)
+
+    def v1_op(self, op: dict) -> None:
+        """A v1 call expressed as a v2 op; an invalid one is a 400 (v1 has no 32 KB op limit)."""
+        track_v1.apply(self.store, op)
+
+    # ---- inspection and control ----
+
+    def people(self) -> list[dict]:
+        return self.store.people()
+
+    def person(
+        self, id: str | None = None, email: str | None = None, cio_id: str | None = None
+    ) -> dict | None:
+        return self.store.person(id=id, email=email, cio_id=cio_id)
+
+    def events(self) -> list[dict]:
+        return self.store.events()
+
+    def objects(self) -> list[dict]:
+        return self.store.objects()
+
+    def requests(self) -> list[dict]:
+        return self.store.requests()
+
+    def counters(self) -> dict:
+        counts = {"duplicate_events_dropped": 0, "rate_limited": 0}
+        counts.update(self.store.counters_snapshot())
+        return counts
+
+    def inject(
+        self,
+        status: int = 500,
+        times: int = 1,
+        retry_after: float | None = None,
+        body: dict | None = None,
+        mode: str = "respond",
+        delay: float = 5.0,
+        path: str | None = None,
+    ) -> None:
+        """Queue a fault for the next `times` API requests to `path` (any, if None; see
+        faults.FAULT_MODES)."""
+        self.faults.add(Fault(int(status), int(times), retry_after, body, mode, float(delay), path))
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    def reset(self) -> None:
+        self.store.reset()
+        self.faults.clear()
