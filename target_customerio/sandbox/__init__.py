@@ -2,7 +2,8 @@
 
 Modules, one job each: sandbox (the public `Sandbox`), server (HTTP, dispatch), track_v1 and
 track_v2 (the Track API routes), validation (operation checks and limits), faults, rate_limit,
-responses, inspection (`/_sandbox/`), store (SQLite), page (the QA page), cli (the console script).
+responses, inspection (`/_sandbox/`), store (SQLite) and operations (Customer.io's semantics),
+conditions (the segment condition language), segments, page (the QA page), cli (the console script).
 """
 
 from target_customerio.sandbox.cli import main

@@ -9,7 +9,8 @@ import signal
 import sys
 import threading
 
-from target_customerio.sandbox.sandbox import Sandbox
+from target_customerio.sandbox.sandbox import APP_RATE_LIMIT, Sandbox
+from target_customerio.sandbox.segments import SegmentError
 from target_customerio.sandbox.track_v1 import REGION_URLS
 
 
@@ -42,17 +43,39 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--rate-limit", type=float, default=None, help="requests per second")
     parser.add_argument("--region", choices=sorted(REGION_URLS), default="us")
+    parser.add_argument(
+        "--app-api-key",
+        default=os.environ.get("TARGET_CUSTOMERIO_APP_API_KEY", "sandbox-app-key"),
+        help="the App API bearer key (/v1/segments/...)",
+    )
+    parser.add_argument(
+        "--app-rate-limit",
+        type=float,
+        default=APP_RATE_LIMIT,
+        help=f"App API requests per second (default {APP_RATE_LIMIT:g}; 0 for none)",
+    )
+    parser.add_argument("--segments", metavar="FILE", help="JSON file of segments to define")
+    parser.add_argument(
+        "--reject-file", metavar="FILE", help="a target's reject_file, shown on the QA page"
+    )
     args = parser.parse_args(argv)
 
-    sandbox = Sandbox(
-        site_id=args.site_id,
-        api_key=args.api_key,
-        db_path=args.db,
-        region=args.region,
-        port=args.port,
-        rate_limit=args.rate_limit,
-        host=args.host,
-    )
+    try:
+        sandbox = Sandbox(
+            site_id=args.site_id,
+            api_key=args.api_key,
+            db_path=args.db,
+            region=args.region,
+            port=args.port,
+            rate_limit=args.rate_limit,
+            host=args.host,
+            app_api_key=args.app_api_key,
+            app_rate_limit=args.app_rate_limit or None,
+            segments_file=args.segments,
+            reject_file=args.reject_file,
+        )
+    except SegmentError as exc:
+        parser.exit(2, f"target-customerio-sandbox: --segments: {exc}\n")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -62,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(1, f"cannot listen on {args.host}:{args.port}: {exc}\n")
     with sandbox:
         print(
-            f"Customer.io sandbox: {sandbox.url}  (site_id {args.site_id!r}, db {args.db})",
+            f"Customer.io sandbox: {sandbox.url}  (site_id {args.site_id!r}, db {args.db},"
+            f" {len(sandbox.segment_store.all())} segment(s))",
             file=sys.stderr,
             flush=True,
         )

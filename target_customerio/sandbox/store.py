@@ -1,4 +1,4 @@
-"""SQLite storage for the sandbox: people, events, objects, the request log and counters.
+"""SQLite storage for the sandbox: people, events, objects, segments, the request log, counters.
 
 One connection guarded by one lock: handler threads serialise here, which is plenty for a local
 sandbox and keeps every batch atomic. How each operation changes the data (Customer.io's
@@ -47,6 +47,22 @@ CREATE TABLE IF NOT EXISTS objects (
     updated INTEGER NOT NULL,
     PRIMARY KEY (object_type_id, object_id)
 );
+CREATE TABLE IF NOT EXISTS segments (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    condition TEXT,
+    created REAL NOT NULL,
+    expected INTEGER,
+    expected_at REAL
+);
+CREATE TABLE IF NOT EXISTS segment_members (
+    segment_id INTEGER NOT NULL,
+    cio_id TEXT NOT NULL,
+    added REAL NOT NULL,
+    PRIMARY KEY (segment_id, cio_id)
+);
+CREATE INDEX IF NOT EXISTS segment_members_cio_id ON segment_members (cio_id);
 CREATE TABLE IF NOT EXISTS requests (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     method TEXT, path TEXT, status INTEGER, bytes INTEGER, ops INTEGER, errors INTEGER, at REAL
@@ -118,21 +134,25 @@ class Store:
             return dict(self.counters)
 
     def reset(self) -> None:
+        """Empty the data; segment definitions stay (they are the workspace's set-up, like the
+        --segments file), their manual members and recorded expected counts go."""
         with self.lock:
             self.db.executescript(
                 "DELETE FROM people; DELETE FROM events; DELETE FROM objects; DELETE FROM requests;"
+                " DELETE FROM segment_members;"
+                " UPDATE segments SET expected = NULL, expected_at = NULL;"
             )
             self.counters.clear()
             self.seen_event_ids.clear()
 
     # ---- reads ----------------------------------------------------------------------------
 
-    def _rows(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+    def rows(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         with self.lock:
             return self.db.execute(sql, params).fetchall()
 
     def people(self) -> list[dict]:
-        return [_person(row) for row in self._rows("SELECT * FROM people ORDER BY seq")]
+        return [person_from_row(row) for row in self.rows("SELECT * FROM people ORDER BY seq")]
 
     def person(
         self, id: str | None = None, email: str | None = None, cio_id: str | None = None
@@ -140,8 +160,8 @@ class Store:
         for kind, value in (("cio_id", cio_id), ("id", id), ("email", email)):
             if value is not None:
                 value = value.lower() if kind == "email" else str(value)
-                rows = self._rows(f"SELECT * FROM people WHERE {kind} = ?", (value,))
-                return _person(rows[0]) if rows else None
+                rows = self.rows(f"SELECT * FROM people WHERE {kind} = ?", (value,))
+                return person_from_row(rows[0]) if rows else None
         return None
 
     def events(self, cio_id: str | None = None) -> list[dict]:
@@ -150,18 +170,18 @@ class Store:
             " LEFT JOIN people p ON p.cio_id = e.cio_id"
         )
         rows = (
-            self._rows(sql + " WHERE e.cio_id = ? ORDER BY e.seq", (cio_id,))
+            self.rows(sql + " WHERE e.cio_id = ? ORDER BY e.seq", (cio_id,))
             if cio_id is not None
-            else self._rows(sql + " ORDER BY e.seq")
+            else self.rows(sql + " ORDER BY e.seq")
         )
         return [_event(row) for row in rows]
 
     def event_counts(self) -> dict[str, int]:
-        rows = self._rows("SELECT cio_id, COUNT(*) AS n FROM events GROUP BY cio_id")
+        rows = self.rows("SELECT cio_id, COUNT(*) AS n FROM events GROUP BY cio_id")
         return {row["cio_id"]: row["n"] for row in rows}
 
     def objects(self) -> list[dict]:
-        rows = self._rows("SELECT * FROM objects ORDER BY object_type_id, object_id")
+        rows = self.rows("SELECT * FROM objects ORDER BY object_type_id, object_id")
         return [
             {
                 "object_type_id": row["object_type_id"],
@@ -174,13 +194,13 @@ class Store:
         ]
 
     def requests(self) -> list[dict]:
-        rows = self._rows(
+        rows = self.rows(
             "SELECT method, path, status, bytes, ops, errors, at FROM requests ORDER BY seq"
         )
         return [dict(row) for row in rows]
 
 
-def _person(row: sqlite3.Row) -> dict:
+def person_from_row(row: sqlite3.Row) -> dict:
     return {
         "id": row["id"],
         "email": row["email"],
