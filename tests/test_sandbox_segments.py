@@ -412,3 +412,82 @@ def test_console_script_loads_segments_and_refuses_a_bad_file(tmp_path):
     path.write_text(json.dumps([{"name": "bad", "condition": "vip ="}]))
     bad = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "--segments" in bad.stderr and "segment 1" in bad.stderr
+
+
+# ---- manual segments (Track API v1) ---------------------------------------------------------
+
+
+def members_url(sb, segment_id, action: str = "add") -> str:
+    return f"{sb.url}/api/v1/segments/{segment_id}/{action}_customers"
+
+
+def test_manual_segment_add_and_remove_customers(sb, http):
+    send(http, sb, identify({"id": "1"}, email="one@example.com"), identify({"id": "2"}),
+         identify({"email": "three@example.com"}))
+    winback = sb.add_segment("Winback list", kind="manual")
+    r = http.post(members_url(sb, winback), json={"ids": ["1", "2", "nobody", 2]})
+    assert (r.status_code, r.json()) == (200, {})  # unknown ids are accepted and ignored
+    assert sb.segment_count(winback) == 2
+    r = http.post(members_url(sb, winback), params={"id_type": "email"},
+                  json={"ids": ["THREE@example.com"]})
+    assert r.status_code == 200 and sb.segment_count(winback) == 3
+    cio = sb.person(id="2")["cio_id"]
+    r = http.post(members_url(sb, winback, "remove"), params={"id_type": "cio_id"},
+                  json={"ids": [cio]})
+    assert r.status_code == 200
+    assert sorted(p["id"] or p["email"] for p in sb.segment_members(winback)) == [
+        "1", "three@example.com"]
+    assert sb.requests()[-1]["ops"] == 1 and sb.requests()[-1]["status"] == 200
+    # The Python interface does the same.
+    assert sb.remove_from_segment(winback, ["1"]) == 1 and sb.add_to_segment(winback, ["1"]) == 1
+    # Deleted and suppressed people leave every segment; a merge keeps the primary's place.
+    send(http, sb, {"type": "person", "action": "delete", "identifiers": {"id": "1"}})
+    assert [p["email"] for p in sb.segment_members(winback)] == ["three@example.com"]
+    send(http, sb, {"type": "person", "action": "suppress",
+                    "identifiers": {"email": "three@example.com"}})
+    assert sb.segment_count(winback) == 0
+    sb.add_to_segment(winback, ["2"])
+    send(http, sb, identify({"id": "4"}))
+    send(http, sb, {"type": "person", "action": "merge", "primary": {"id": "4"},
+                    "secondary": {"id": "2"}})
+    assert [p["id"] for p in sb.segment_members(winback)] == ["4"]
+
+
+def test_manual_segment_requests_are_checked(sb, http):
+    manual = sb.add_segment("List", kind="manual")
+    dynamic = sb.add_segment("Dyn", "vip = true")
+    cases = [
+        (members_url(sb, manual), {"ids": [str(i) for i in range(1001)]}, {}, 400, "at most 1000"),
+        (members_url(sb, manual), {"id": ["1"]}, {}, 400, '{"ids": [...]}'),
+        (members_url(sb, manual), {"ids": [None]}, {}, 400, "non-empty strings"),
+        (members_url(sb, manual), {"ids": ["1"]}, {"id_type": "phone"}, 400, "id_type"),
+        (members_url(sb, dynamic), {"ids": ["1"]}, {}, 400, "is dynamic, not manual"),
+        (members_url(sb, 999), {"ids": ["1"]}, {}, 404, "segment 999 not found"),
+    ]
+    for url, body, params, status, message in cases:
+        r = http.post(url, json=body, params=params)
+        assert r.status_code == status and message in r.json()["meta"]["error"], (url, r.text)
+    assert http.post(members_url(sb, manual), json={"ids": ["x"] * 1000}).status_code == 200
+    assert requests.post(members_url(sb, manual), json={"ids": []}).status_code == 401
+    assert requests.post(members_url(sb, manual), json={"ids": []},
+                         auth=("site", "wrong")).status_code == 401
+
+
+def test_manual_memberships_persist_and_reset_empties_them(tmp_path):
+    db = str(tmp_path / "sb.sqlite")
+    with Sandbox(db_path=db) as sandbox, requests.Session() as http:
+        http.auth = AUTH
+        send(http, sandbox, identify({"id": "1"}))
+        manual = sandbox.add_segment("List", kind="manual")
+        http.post(members_url(sandbox, manual), json={"ids": ["1"]})
+    again = Sandbox(db_path=db)
+    assert again.segment_count(manual) == 1
+    again.reset()
+    assert again.segment_count(manual) == 0 and again.segment(manual)["kind"] == "manual"
+
+
+def test_faults_apply_to_the_segment_routes(sb, http):
+    manual = sb.add_segment("List", kind="manual")
+    sb.inject(503, path="/api/v1/segments/")
+    assert http.post(members_url(sb, manual), json={"ids": []}).status_code == 503
+    assert http.post(members_url(sb, manual), json={"ids": []}).status_code == 200

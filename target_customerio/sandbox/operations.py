@@ -177,22 +177,38 @@ def _delete(store: Store, identifier: tuple[str, str]) -> None:
     person = _find(store, identifier)
     if person is None:
         return
-    store.db.execute("DELETE FROM events WHERE cio_id = ?", (person["cio_id"],))
+    _forget(store, person["cio_id"])
     store.db.execute("DELETE FROM people WHERE cio_id = ?", (person["cio_id"],))
     store.counters["people_deleted"] += 1
 
 
 def _suppress(store: Store, identifier: tuple[str, str], suppressed: bool) -> None:
-    person = _find_or_create(store, identifier) if suppressed else _find(store, identifier)
-    if person is not None:
-        store.db.execute(
-            "UPDATE people SET suppressed = ? WHERE cio_id = ?",
-            (int(suppressed), person["cio_id"]),
-        )
+    """Suppress deletes the person's data but keeps its identifiers as a tombstone, so that
+    later identifies and events for them are ignored; unsuppress removes the tombstone (the data
+    is not restored: the next identify starts a new profile)."""
+    if not suppressed:
+        person = _find(store, identifier)
+        if person is not None and person["suppressed"]:
+            store.db.execute("DELETE FROM people WHERE cio_id = ?", (person["cio_id"],))
+            store.counters["people_unsuppressed"] += 1
+        return
+    person = _find_or_create(store, identifier)
+    _forget(store, person["cio_id"])
+    store.db.execute(
+        "UPDATE people SET suppressed = 1, attributes = '{}' WHERE cio_id = ?", (person["cio_id"],)
+    )
+    store.counters["people_suppressed"] += 1
+
+
+def _forget(store: Store, cio_id: str) -> None:
+    """What a deleted or suppressed person leaves behind: its events and segment memberships."""
+    store.db.execute("DELETE FROM events WHERE cio_id = ?", (cio_id,))
+    store.db.execute("DELETE FROM segment_members WHERE cio_id = ?", (cio_id,))
 
 
 def _merge(store: Store, primary: tuple[str, str], secondary: tuple[str, str]) -> None:
-    """Secondary folds into primary: primary's attributes win, events move, secondary goes."""
+    """Secondary folds into primary: primary's attributes win, events and manual segment
+    memberships move, secondary goes."""
     source = _find(store, secondary)
     if source is None:
         return
@@ -201,9 +217,10 @@ def _merge(store: Store, primary: tuple[str, str], secondary: tuple[str, str]) -
         return
     attributes = {**json.loads(source["attributes"]), **json.loads(target["attributes"])}
     store.db.execute("DELETE FROM people WHERE cio_id = ?", (source["cio_id"],))
-    store.db.execute(
-        "UPDATE events SET cio_id = ? WHERE cio_id = ?", (target["cio_id"], source["cio_id"])
-    )
+    moved = (target["cio_id"], source["cio_id"])
+    store.db.execute("UPDATE events SET cio_id = ? WHERE cio_id = ?", moved)
+    store.db.execute("UPDATE OR IGNORE segment_members SET cio_id = ? WHERE cio_id = ?", moved)
+    store.db.execute("DELETE FROM segment_members WHERE cio_id = ?", (source["cio_id"],))
     store.db.execute(
         "UPDATE people SET attributes = ?, id = ?, email = ?, updated = ? WHERE cio_id = ?",
         (

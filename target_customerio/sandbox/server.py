@@ -1,8 +1,9 @@
 """The HTTP server and request handler: read the body, apply faults, auth and rate limit, dispatch.
 
-Paths: `/api/...` is the Track API (track_v1.py, track_v2.py), `/_sandbox/...` the inspection
-API (inspection.py), any other GET a QA page (page.py). Every API request is counted and logged,
-whatever it is answered, so the tests can see what the target really sent.
+Paths: `/api/...` is the Track API (track_v1.py, track_v2.py), `/v1/...` the App API
+(app_api.py), `/_sandbox/...` the inspection API (inspection.py), any other GET a QA page
+(page.py). Every API request is counted and logged, whatever it is answered, so the tests can
+see what the target really sent.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from target_customerio.sandbox import faults, inspection, page, track_v1, track_v2
+from target_customerio.sandbox import app_api, faults, inspection, page, track_v1, track_v2
 from target_customerio.sandbox.responses import UNAUTHORIZED, Response, error
 from target_customerio.sandbox.validation import MAX_REQUEST_BYTES
 
@@ -133,8 +134,8 @@ class Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         path = parts.path
         try:
-            if path.startswith("/api/"):
-                self._api(method, path)
+            if path.startswith(("/api/", "/v1/")):
+                self._api(method, path, parse_qs(parts.query))
             elif path.startswith("/_sandbox/"):
                 inspection.route(sandbox, method, path, parse_qs(parts.query), self.read_body)
             elif method == "GET":
@@ -151,7 +152,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # ---- API ----
 
-    def _api(self, method: str, path: str) -> None:
+    def _api(self, method: str, path: str, query: dict) -> None:
         """One API request: faults first (they stand for the network and the server), then
         auth, rate limit and the route; logged with what it was answered."""
         store = self.server.sandbox.store
@@ -160,7 +161,7 @@ class Handler(BaseHTTPRequestHandler):
         except Response as r:
             store.log_request(method, path, r.status, 0, 0)
             raise
-        store.count("requests")
+        store.count("app_requests" if path.startswith("/v1/") else "requests")
 
         def log(status: int, ops: int, errors: int) -> None:
             store.log_request(method, path, status, len(body), ops, errors)
@@ -172,24 +173,29 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(fault.delay)
             elif fault.mode in ("respond", "drop", "trickle", "trickle_headers"):
                 return faults.answer(self, fault, log)
-        status, payload, ops, errors = self._process(method, path, body)
+        status, payload, ops, errors = self._process(method, path, query, body)
         if fault is not None and fault.mode in ("process_then", "process_then_drop"):
             return faults.answer(self, fault, log, ops, errors)
         log(status, ops, errors)
         self.send_json(status, payload)
 
-    def _process(self, method: str, path: str, body: bytes) -> tuple[int, Any, int, int]:
+    def _process(
+        self, method: str, path: str, query: dict, body: bytes
+    ) -> tuple[int, Any, int, int]:
         """Auth, rate limit, route: (status, JSON body, ops, item errors)."""
         sandbox = self.server.sandbox
+        authorization = self.headers.get("Authorization")
         try:
-            if not sandbox.authorized(self.headers.get("Authorization")):
+            if path.startswith("/v1/"):
+                app_api.handle(sandbox, method, path, query, authorization)  # raises
+            if not sandbox.authorized(authorization):
                 sandbox.store.count("unauthorized")
                 raise Response(401, UNAUTHORIZED)
             if sandbox.bucket is not None and not sandbox.bucket.allow():
                 sandbox.store.count("rate_limited")
                 raise error(429, "Too many requests")
             track = track_v2 if path.startswith("/api/v2/") else track_v1
-            if not track.route(sandbox, method, path, body):
+            if not track.route(sandbox, method, path, query, body):
                 raise error(404, f"no route for {method} {path}")
             return 200, {}, 0, 0
         except Response as r:

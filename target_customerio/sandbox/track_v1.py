@@ -1,4 +1,5 @@
-"""Track API v1: customers (identify, delete, events, suppress), merge_customers and the region.
+"""Track API v1: customers (identify, delete, events, suppress), merge_customers, the region, and
+manual segments' add_customers / remove_customers.
 
 Each v1 call is expressed as the v2 operation it stands for and validated by the same rules
 (validation.py), so both versions store the same data; v1 answers errors with a 400
@@ -11,18 +12,20 @@ import re
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from target_customerio.sandbox.responses import Response, json_object
+from target_customerio.sandbox.responses import Response, error, json_object
+from target_customerio.sandbox.segments import SegmentError
 from target_customerio.sandbox.store import Store
-from target_customerio.sandbox.validation import OpError, validate_op
+from target_customerio.sandbox.validation import MAX_SEGMENT_IDS, OpError, validate_op
 
 if TYPE_CHECKING:
     from target_customerio.sandbox.sandbox import Sandbox
 
 REGION_URLS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
 _CUSTOMERS = re.compile(r"/api/v1/customers/([^/]+)(/events|/suppress|/unsuppress)?")
+_SEGMENT_MEMBERS = re.compile(r"/api/v1/segments/([1-9][0-9]{0,17})/(add|remove)_customers")
 
 
-def route(sandbox: Sandbox, method: str, path: str, body: bytes) -> bool:
+def route(sandbox: Sandbox, method: str, path: str, query: dict, body: bytes) -> bool:
     """Handle a v1 call (returning means 200 `{}`); False when no v1 route matches."""
     if path == "/api/v1/accounts/region" and method == "GET":
         raise Response(200, region_info(sandbox.region))
@@ -30,6 +33,10 @@ def route(sandbox: Sandbox, method: str, path: str, body: bytes) -> bool:
         data = json_object(body)
         apply(sandbox.store, {"type": "person", "action": "merge", **data})
         return True
+    match = _SEGMENT_MEMBERS.fullmatch(path)
+    if match and method == "POST":
+        add = match.group(2) == "add"
+        raise segment_members(sandbox, int(match.group(1)), add, query, body)
     match = _CUSTOMERS.fullmatch(path)
     if match:
         op = _customers_op(method, identifiers(match.group(1)), match.group(2), body)
@@ -56,6 +63,29 @@ def apply(store: Store, op: dict) -> None:
         errors = [exc.item]
     if errors:
         raise Response(400, {"meta": {"error": errors[0]["message"]}}, 0, 1)
+
+
+def segment_members(
+    sandbox: Sandbox, segment_id: int, add: bool, query: dict, body: bytes
+) -> Response:
+    """POST /api/v1/segments/{id}/add_customers (or remove_customers) `{"ids": [...]}`, with
+    `?id_type=id|email|cio_id`: at most 1000 ids; ids of unknown people are ignored."""
+    ids = json_object(body).get("ids")
+    if not isinstance(ids, list):
+        raise error(400, 'body must be {"ids": [...]}')
+    if len(ids) > MAX_SEGMENT_IDS:
+        raise error(400, f"at most {MAX_SEGMENT_IDS} ids a request, got {len(ids)}")
+    for value in ids:
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+            raise error(400, f"ids must be non-empty strings, got {value!r}")
+    id_type = query.get("id_type", ["id"])[0]
+    try:
+        sandbox.segment_store.change_members(segment_id, ids, id_type, add)
+    except KeyError:
+        raise error(404, f"segment {segment_id} not found") from None
+    except SegmentError as exc:
+        raise error(400, str(exc)) from None
+    return Response(200, {}, len(ids))
 
 
 def identifiers(segment: str) -> dict:

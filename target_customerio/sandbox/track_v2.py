@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from target_customerio.sandbox.sandbox import Sandbox
 
 
-def route(sandbox: Sandbox, method: str, path: str, body: bytes) -> bool:
+def route(sandbox: Sandbox, method: str, path: str, query: dict, body: bytes) -> bool:
     """Handle a v2 call (returning means 200 `{}`); False when no v2 route matches."""
     if path == "/api/v2/batch" and method == "POST":
         batch(sandbox.store, body, sandbox.validate)

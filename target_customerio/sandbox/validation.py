@@ -18,6 +18,7 @@ MAX_ATTRIBUTE_NAME_BYTES = 150
 MAX_ATTRIBUTE_VALUE_BYTES = 1000
 MAX_EVENT_NAME_BYTES = 100
 MAX_EVENT_DATA_BYTES = 100 * 1024
+MAX_SEGMENT_IDS = 1000  # ids in one add_customers / remove_customers request
 
 PERSON_ACTIONS = ("identify", "event", "delete", "suppress", "unsuppress", "merge")
 OBJECT_ACTIONS = ("identify", "delete")
