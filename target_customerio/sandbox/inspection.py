@@ -33,6 +33,7 @@ def route(
             "counters": sandbox.counters,
             "faults": sandbox.faults.pending,
             "person": lambda: sandbox.person(**first),
+            "rejects": sandbox.rejects,
         }
         if name in getters:
             raise Response(200, getters[name]())

@@ -11,7 +11,7 @@ import hmac
 import threading
 from typing import TYPE_CHECKING
 
-from target_customerio.sandbox import track_v1, track_v2
+from target_customerio.sandbox import rejects, track_v1, track_v2
 from target_customerio.sandbox.faults import Fault, Faults
 from target_customerio.sandbox.rate_limit import TokenBucket
 from target_customerio.sandbox.segments import Segments
@@ -156,6 +156,12 @@ class Sandbox:
         counts = {"duplicate_events_dropped": 0, "rate_limited": 0}
         counts.update(self.store.counters_snapshot())
         return counts
+
+    def rejects(self) -> dict:
+        """The newest run of the reject file given as `reject_file` (rejects.newest_run)."""
+        if not self.reject_file:
+            return {"path": None, "exists": False, "lines": [], "truncated": False}
+        return rejects.newest_run(self.reject_file)
 
     def inject(
         self,

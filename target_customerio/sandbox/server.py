@@ -15,7 +15,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from target_customerio.sandbox import app_api, faults, inspection, page, track_v1, track_v2
 from target_customerio.sandbox.responses import UNAUTHORIZED, Response, error
@@ -204,15 +204,5 @@ class Handler(BaseHTTPRequestHandler):
     # ---- pages ----
 
     def _page(self, path: str) -> None:
-        store = self.server.sandbox.store
-        if path == "/":
-            html = page.render_index(store, self.server.sandbox.counters())
-        elif path.startswith("/people/"):
-            html = page.render_person(store, unquote(path[len("/people/") :]))
-        else:
-            html = None
-        if html is None:
-            html, status = page.render_not_found(path), 404
-        else:
-            status = 200
+        status, html = page.render(self.server.sandbox, path)
         self.send(status, html.encode(), "text/html; charset=utf-8")
