@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 class Sandbox:
-    """A local Track API. `with Sandbox() as sb: ...` or `sb.start()` / `sb.stop()`."""
+    """A local Track API and App API. `with Sandbox() as sb: ...` or `sb.start()` / `sb.stop()`."""
 
     def __init__(
         self,
