@@ -1,30 +1,36 @@
 """Server-rendered QA pages: what would land in Customer.io, and what a retention team would regret.
 
-Flags: duplicate profiles, dates that are not unix seconds, numbers and booleans sent as strings,
-event timestamps in milliseconds.
+`/` shows the segments with their live counts (and the count a reconcile run expected), the
+people with their flags (checks.py), and the newest run of the target's reject file; `/people/ID`
+one profile; `/segments/ID` one segment's members. Every table sorts (click a heading) and
+filters (the search box) with the little script below: no external assets, the page works
+offline. The state is kept in the URL's fragment (`#q.people=bob&sort.people=-2`), so a view
+can be shared, and reloaded by a headless browser in the tests.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime, timezone
 from html import escape
-from typing import Any
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
+
+from target_customerio.sandbox import rejects
+from target_customerio.sandbox.checks import (
+    attribute_issues,
+    duplicates,
+    event_issues,
+    json_type,
+)
+
+if TYPE_CHECKING:
+    from target_customerio.sandbox.sandbox import Sandbox
 
 MAX_PEOPLE = 1000
 MAX_EVENTS = 500
-MS_THRESHOLD = 10**11  # unix seconds stay below this until the year 5138
-
-_DATE_NAME = re.compile(r"(_at|_ts)$|(^|_)(date|datetime|timestamp|birthday|dob)(_|$)")
-_DATE_NAME_CAMEL = re.compile(r"[a-z](At|Date|Timestamp)$")
-_DATE_VALUE = re.compile(
-    r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|[+-]\d{2}(:?\d{2})?)?", re.I
-)
-_NUMBER_TEXT = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?")
-# Names whose numeric-looking text is legitimately text (codes keep leading zeros, ids are opaque).
-_TEXTUAL_NAME = re.compile(r"(^|_)(id|zip|postal|postcode|phone|code|sku|number)s?$", re.I)
+MAX_REJECTS = 1000
+MAX_RECORD_CHARS = 300
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1f2328;
@@ -36,97 +42,72 @@ table{border-collapse:collapse;width:100%;background:#fff;border:1px solid #d0d7
 margin:8px 0 20px}
 th,td{text-align:left;padding:6px 10px;border-bottom:1px solid #eaeef2;vertical-align:top}
 th{background:#f0f2f5;font-weight:600}td.num{text-align:right}
+table.data th{cursor:pointer;user-select:none}
+table.data th[data-dir=asc]:after{content:" \\25B2"}
+table.data th[data-dir=desc]:after{content:" \\25BC"}
+input.search{font:inherit;padding:4px 8px;border:1px solid #d0d7de;border-radius:6px;width:260px}
 code,pre{font:12px/1.4 ui-monospace,Menlo,Consolas,monospace}pre{margin:0;white-space:pre-wrap}
 .flag{display:inline-block;border-radius:10px;padding:1px 8px;margin:1px 2px;font-size:12px;
 background:#fff4d4;color:#7a4d00;border:1px solid #f0d48a}
 .flag.bad{background:#ffe3e3;color:#8a1c1c;border-color:#f3b1b1}
+.flag.ok{background:#dafbe1;color:#116329;border-color:#a6e0b5}
 a.flag{text-decoration:none}.flag.muted{background:#eef1f4;color:#57606a;border-color:#d0d7de}
 .stats span{display:inline-block;margin-right:18px}.stats b{font-size:16px}
 .muted{color:#57606a}a{color:#5a32c8}
 """
 
-
-# ---- checks ---------------------------------------------------------------------------------
-
-
-def json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
-
-
-def attribute_issue(name: str, value: Any) -> str | None:
-    """Why this attribute would mislead segments or templates, or None."""
-    date_name = bool(_DATE_NAME.search(name.lower()) or _DATE_NAME_CAMEL.search(name))
-    if isinstance(value, str):
-        if _DATE_VALUE.fullmatch(value.strip()) or (date_name and value):
-            return "date as string"
-        if _NUMBER_TEXT.fullmatch(value) and not _TEXTUAL_NAME.search(name):
-            return "number as string"
-        if value.lower() in ("true", "false"):
-            return "boolean as string"
-    elif date_name and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value > MS_THRESHOLD:
-            return "date in milliseconds"
-    return None
-
-
-def attribute_issues(attributes: dict) -> dict[str, str]:
-    issues = {}
-    for name, value in attributes.items():
-        issue = attribute_issue(name, value)
-        if issue:
-            issues[name] = issue
-    return issues
+# Sort on a heading's click (numbers as numbers, via data-sort when the text is not the value),
+# filter rows on the search box; both remembered in the URL fragment, per table id.
+_JS = """
+(function(){
+var state={};location.hash.slice(1).split('&').forEach(function(p){
+  var i=p.indexOf('=');
+  if(i>0)state[decodeURIComponent(p.slice(0,i))]=decodeURIComponent(p.slice(i+1));});
+function save(){var parts=[];for(var k in state)if(state[k]!=='')
+  parts.push(encodeURIComponent(k)+'='+encodeURIComponent(state[k]));
+  history.replaceState(null,'',parts.length?'#'+parts.join('&'):location.pathname);}
+function key(td){if(!td)return'';var v=td.hasAttribute('data-sort')?td.getAttribute('data-sort'):
+  td.textContent.trim();var n=Number(v);return v!==''&&isFinite(n)?n:v.toLowerCase();}
+function cmp(x,y){if(typeof x!==typeof y){x=String(x);y=String(y);}return x<y?-1:x>y?1:0;}
+document.querySelectorAll('table.data').forEach(function(t){
+  var body=t.tBodies[0],heads=t.tHead.rows[0].cells,id=t.id;
+  var box=document.createElement('input');box.type='search';box.className='search';
+  box.placeholder='Search '+(t.getAttribute('data-label')||'rows');t.parentNode.insertBefore(box,t);
+  function filter(){var q=box.value.toLowerCase();state['q.'+id]=box.value;
+    Array.prototype.forEach.call(body.rows,function(r){if(r.classList.contains('empty'))return;
+      r.style.display=r.textContent.toLowerCase().indexOf(q)<0?'none':'';});}
+  function sort(col,asc){
+    Array.prototype.forEach.call(heads,function(h){h.removeAttribute('data-dir');});
+    heads[col].setAttribute('data-dir',asc?'asc':'desc');state['sort.'+id]=(asc?'':'-')+(col+1);
+    var rows=Array.prototype.slice.call(body.rows)
+      .filter(function(r){return!r.classList.contains('empty');});
+    rows.sort(function(a,b){return cmp(key(a.cells[col]),key(b.cells[col]))*(asc?1:-1);});
+    rows.forEach(function(r){body.appendChild(r);});}
+  box.addEventListener('input',function(){filter();save();});
+  Array.prototype.forEach.call(heads,function(h,col){h.title='sort';h.addEventListener('click',
+    function(){sort(col,h.getAttribute('data-dir')!=='asc');save();});});
+  if(state['q.'+id]){box.value=state['q.'+id];filter();}
+  var s=parseInt(state['sort.'+id]||'',10);if(s&&Math.abs(s)<=heads.length)sort(Math.abs(s)-1,s>0);
+});
+})();
+"""
 
 
-def duplicates(people: list[dict]) -> dict[str, set[str]]:
-    """cio_id → cio_ids of other profiles that look like the same human.
-
-    Same email case-insensitively (identifier or `email` attribute), or one's id equal to the
-    other's email: the classic result of identifying by id in one sync and by email in another.
-    """
-    by_email: dict[str, set[str]] = {}
-    for p in people:
-        for email in _emails(p):
-            by_email.setdefault(email, set()).add(p["cio_id"])
-    found: dict[str, set[str]] = {}
-    for p in people:
-        keys = set(_emails(p))
-        if p["id"]:
-            keys.add(p["id"].lower())
-        for key in keys:
-            for other in by_email.get(key, ()):
-                if other != p["cio_id"]:
-                    found.setdefault(p["cio_id"], set()).add(other)
-                    found.setdefault(other, set()).add(p["cio_id"])
-    return found
+def render(sandbox: Sandbox, path: str) -> tuple[int, str]:
+    """The page for a path: (status, HTML)."""
+    html: str | None = None
+    if path == "/":
+        html = render_index(sandbox)
+    elif path.startswith("/people/"):
+        html = render_person(sandbox, unquote(path[len("/people/") :]))
+    elif path.startswith("/segments/") and path[len("/segments/") :].isdigit():
+        html = render_segment(sandbox, int(path[len("/segments/") :]))
+    if html is None:
+        return 404, render_not_found(path)
+    return 200, html
 
 
-def _emails(person: dict) -> list[str]:
-    values = [person.get("email"), person["attributes"].get("email")]
-    return sorted({v.lower() for v in values if isinstance(v, str) and v})
-
-
-def event_issues(event: dict) -> list[str]:
-    issues = []
-    timestamp = event.get("timestamp")
-    if isinstance(timestamp, int) and timestamp > MS_THRESHOLD:
-        issues.append("timestamp in milliseconds")
-    for name, issue in attribute_issues(event.get("attributes") or {}).items():
-        issues.append(f"{issue}: {name}")
-    return issues
-
-
-# ---- rendering ------------------------------------------------------------------------------
+# ---- pieces ---------------------------------------------------------------------------------
 
 
 def _layout(title: str, body: str) -> str:
@@ -134,7 +115,17 @@ def _layout(title: str, body: str) -> str:
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>"
         "<header><h1><a href='/'>Customer.io sandbox</a> <small>local Track API · QA</small>"
-        f"</h1></header><main>{body}</main></body></html>"
+        f"</h1></header><main>{body}</main><script>{_JS}</script></body></html>"
+    )
+
+
+def _table(table_id: str, label: str, headings: list[str], rows: list[str], empty: str) -> str:
+    """A sortable, searchable table (class data); `empty` is the row shown when there is none."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in headings)
+    filler = f"<tr class=empty><td colspan={len(headings)} class=muted>{escape(empty)}</td></tr>"
+    return (
+        f"<table class=data id={table_id} data-label='{escape(label)}'><thead><tr>{head}</tr>"
+        f"</thead><tbody>{''.join(rows) or filler}</tbody></table>"
     )
 
 
@@ -147,8 +138,20 @@ def _person_link(cio_id: str, text: str | None = None) -> str:
     return f"<a href='/people/{escape(quote(cio_id, safe=''))}'>{escape(text or cio_id)}</a>"
 
 
+def _segment_link(segment: dict) -> str:
+    return f"<a href='/segments/{segment['id']}'>{escape(segment['name'])}</a>"
+
+
 def _or_dash(value: Any) -> str:
     return escape(str(value)) if value not in (None, "") else "<span class=muted>—</span>"
+
+
+def _num(value: int) -> str:
+    return f"<td class=num data-sort={int(value)}>{int(value)}</td>"
+
+
+def _condition(condition: str | None) -> str:
+    return f"<code>{escape(condition)}</code>" if condition else "<span class=muted>—</span>"
 
 
 def _utc(timestamp: Any) -> str:
@@ -175,19 +178,33 @@ def person_flags(person: dict, dupes: dict[str, set[str]]) -> list[str]:
     return flags
 
 
-def render_index(store: Any, counters: dict) -> str:
+def reconcile_flag(segment: dict) -> str:
+    """The live count against the count a reconcile run expected (record_reconcile)."""
+    expected = segment.get("expected")
+    if expected is None:
+        return "<span class=muted>—</span>"
+    drift = segment["count"] - expected
+    if drift == 0:
+        return _flag("matches", "ok")
+    return _flag(f"drift {drift:+d}", "bad", "live count minus the count the database expects")
+
+
+# ---- the index ------------------------------------------------------------------------------
+
+
+def render_index(sandbox: Sandbox) -> str:
+    store, counters = sandbox.store, sandbox.counters()
     people = store.people()
     counts = store.event_counts()
     dupes = duplicates(people)
-    rows = []
-    for p in people[:MAX_PEOPLE]:
-        rows.append(
-            "<tr>"
-            f"<td>{_person_link(p['cio_id'])}</td><td>{_or_dash(p['id'])}</td>"
-            f"<td>{_or_dash(p['email'])}</td><td class=num>{len(p['attributes'])}</td>"
-            f"<td class=num>{counts.get(p['cio_id'], 0)}</td>"
-            f"<td>{''.join(person_flags(p, dupes))}</td></tr>"
-        )
+    rows = [
+        "<tr>"
+        f"<td>{_person_link(p['cio_id'])}</td><td>{_or_dash(p['id'])}</td>"
+        f"<td>{_or_dash(p['email'])}</td>{_num(len(p['attributes']))}"
+        f"{_num(counts.get(p['cio_id'], 0))}"
+        f"<td>{''.join(person_flags(p, dupes))}</td></tr>"
+        for p in people[:MAX_PEOPLE]
+    ]
     flagged = sum(1 for p in people if person_flags(p, dupes))
     more = (
         f"<p class=muted>Showing the first {MAX_PEOPLE} of {len(people)}.</p>"
@@ -204,28 +221,93 @@ def render_index(store: Any, counters: dict) -> str:
         "</span>"
         f"<span><b>{counters.get('rate_limited', 0)}</b> rate-limited</span></p>"
     )
-    table = (
-        "<table><thead><tr><th>cio_id</th><th>id</th><th>email</th><th>attributes</th>"
-        "<th>events</th><th>flags</th></tr></thead><tbody>"
-        + ("".join(rows) or "<tr><td colspan=6 class=muted>No people yet.</td></tr>")
-        + "</tbody></table>"
+    table = _table(
+        "people",
+        "people",
+        ["cio_id", "id", "email", "attributes", "events", "flags"],
+        rows,
+        "No people yet.",
     )
-    return _layout("People · Customer.io sandbox", f"<h2>People</h2>{stats}{table}{more}")
+    body = (
+        f"{stats}<h2>Segments</h2>{_segments_table(sandbox.segments())}<h2>People</h2>{table}{more}"
+    )
+    if sandbox.reject_file:
+        body += _rejects_section(sandbox.reject_file)
+    return _layout("People · Customer.io sandbox", body)
 
 
-def render_person(store: Any, cio_id: str) -> str | None:
+def _segments_table(segments: list[dict]) -> str:
+    rows = [
+        f"<tr><td class=num data-sort={s['id']}>{s['id']}</td><td>{_segment_link(s)}</td>"
+        f"<td>{escape(s['kind'])}</td>"
+        f"<td>{_condition(s['condition'])}</td>"
+        f"{_num(s['count'])}"
+        f"<td class=num>{_or_dash(s['expected'])}</td><td>{reconcile_flag(s)}</td></tr>"
+        for s in segments
+    ]
+    return _table(
+        "segments",
+        "segments",
+        ["id", "name", "type", "condition", "count", "expected", "reconcile"],
+        rows,
+        "No segments: POST /_sandbox/segments, or start with --segments FILE.",
+    )
+
+
+def _rejects_section(path: str) -> str:
+    run = rejects.newest_run(path)
+    if not run["exists"]:
+        return f"<h2>Rejected records</h2><p class=muted>No reject file at {escape(path)}.</p>"
+    lines = run["lines"]
+    rows = [
+        f"<tr><td>{_or_dash(e.get('stream'))}</td><td>{_or_dash(e.get('reason'))}</td>"
+        f"<td>{_or_dash(e.get('field'))}</td><td>{_or_dash(e.get('message'))}</td>"
+        f"<td><code>{escape(_short(e.get('record')))}</code></td>"
+        f"<td>{_or_dash(e.get('rejected_at'))}</td></tr>"
+        for e in lines[-MAX_REJECTS:]
+    ]
+    shown = (f"; showing the last {MAX_REJECTS}" if len(lines) > MAX_REJECTS else "") + (
+        "; the file's start was not read" if run["truncated"] else ""
+    )
+    return (
+        f"<h2>Rejected records <small class=muted>newest run</small></h2>"
+        f"<p class=muted><code>{escape(path)}</code>: {len(lines)} line(s){shown}.</p>"
+        + _table(
+            "rejects",
+            "rejects",
+            ["stream", "reason", "field", "message", "record", "rejected at"],
+            rows,
+            "No rejected records.",
+        )
+    )
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= MAX_RECORD_CHARS else text[:MAX_RECORD_CHARS] + "…"
+
+
+# ---- one person, one segment ----------------------------------------------------------------
+
+
+def render_person(sandbox: Sandbox, cio_id: str) -> str | None:
+    store = sandbox.store
     person = store.person(cio_id=cio_id)
     if person is None:
         return None
     dupes = duplicates(store.people())
+    by_id = {s["id"]: s for s in sandbox.segment_store.all()}
+    member_of = [by_id[i] for i in sandbox.segment_store.of_person(person["cio_id"])]
+    updated = _utc(person["updated"]) if person["updated"] else "—"
     identifiers = (
         "<table><tbody>"
         f"<tr><th>cio_id</th><td><code>{escape(person['cio_id'])}</code></td></tr>"
         f"<tr><th>id</th><td>{_or_dash(person['id'])}</td></tr>"
         f"<tr><th>email</th><td>{_or_dash(person['email'])}</td></tr>"
-        f"<tr><th>updated</th><td>{_utc(person['updated']) if person['updated'] else '—'}</td></tr>"
+        f"<tr><th>updated</th><td>{updated}</td></tr>"
         f"<tr><th>flags</th><td>{''.join(person_flags(person, dupes)) or '—'}</td></tr>"
-        "</tbody></table>"
+        f"<tr><th>segments</th><td>{', '.join(_segment_link(s) for s in member_of) or '—'}"
+        "</td></tr></tbody></table>"
     )
     title = person["email"] or person["id"] or person["cio_id"]
     body = (
@@ -236,6 +318,38 @@ def render_person(store: Any, cio_id: str) -> str | None:
     return _layout(f"{title} · Customer.io sandbox", body)
 
 
+def render_segment(sandbox: Sandbox, segment_id: int) -> str | None:
+    segment = sandbox.segment(segment_id)
+    if segment is None:
+        return None
+    members = sandbox.segment_members(segment_id)
+    condition = segment["condition"]
+    summary = (
+        "<table><tbody>"
+        f"<tr><th>id</th><td>{segment['id']}</td></tr>"
+        f"<tr><th>type</th><td>{escape(segment['kind'])}</td></tr>"
+        f"<tr><th>condition</th><td>{_condition(condition)}</td></tr>"
+        f"<tr><th>live count</th><td>{segment['count']}</td></tr>"
+        f"<tr><th>expected</th><td>{_or_dash(segment['expected'])} {reconcile_flag(segment)}"
+        "</td></tr></tbody></table>"
+    )
+    rows = [
+        f"<tr><td>{_person_link(p['cio_id'])}</td><td>{_or_dash(p['id'])}</td>"
+        f"<td>{_or_dash(p['email'])}</td>{_num(len(p['attributes']))}</tr>"
+        for p in members[:MAX_PEOPLE]
+    ]
+    table = _table(
+        "members", "members", ["cio_id", "id", "email", "attributes"], rows, "No members."
+    )
+    more = (
+        f"<p class=muted>Showing the first {MAX_PEOPLE} of {len(members)}.</p>"
+        if len(members) > MAX_PEOPLE
+        else ""
+    )
+    body = f"<h2>{escape(segment['name'])}</h2>{summary}<h3>Members</h3>{table}{more}"
+    return _layout(f"{segment['name']} · Customer.io sandbox", body)
+
+
 def _attributes_table(person: dict) -> str:
     issues = attribute_issues(person["attributes"])
     rows = [
@@ -244,11 +358,8 @@ def _attributes_table(person: dict) -> str:
         f"<td>{_flag(issues[name]) if name in issues else ''}</td></tr>"
         for name, value in sorted(person["attributes"].items())
     ]
-    return (
-        "<table><thead><tr><th>name</th><th>type</th><th>value</th><th>flag</th></tr></thead>"
-        "<tbody>"
-        + ("".join(rows) or "<tr><td colspan=4 class=muted>No attributes.</td></tr>")
-        + "</tbody></table>"
+    return _table(
+        "attributes", "attributes", ["name", "type", "value", "flag"], rows, "No attributes."
     )
 
 
@@ -256,7 +367,8 @@ def _events_table(events: list[dict]) -> str:
     events = sorted(events, key=lambda e: (e["timestamp"] or 0, e["received_at"]), reverse=True)
     rows = [
         f"<tr><td><b>{escape(e['name'])}</b></td><td><code>{escape(e['id'])}</code></td>"
-        f"<td>{_utc(e['timestamp'])}<br><span class=muted>{escape(str(e['timestamp']))}</span></td>"
+        f"<td data-sort={int(e['timestamp'] or 0)}>{_utc(e['timestamp'])}<br>"
+        f"<span class=muted>{escape(str(e['timestamp']))}</span></td>"
         f"<td><pre>{escape(json.dumps(e['attributes'], indent=1, ensure_ascii=False))}</pre></td>"
         f"<td>{''.join(_flag(i) for i in event_issues(e))}</td></tr>"
         for e in events[:MAX_EVENTS]
@@ -264,12 +376,10 @@ def _events_table(events: list[dict]) -> str:
     more = ""
     if len(events) > MAX_EVENTS:
         more = f"<p class=muted>Showing {MAX_EVENTS} of {len(events)}.</p>"
-    return (
-        "<table><thead><tr><th>event</th><th>id (ULID)</th><th>timestamp</th><th>data</th>"
-        "<th>flags</th></tr></thead><tbody>"
-        + ("".join(rows) or "<tr><td colspan=5 class=muted>No events.</td></tr>")
-        + f"</tbody></table>{more}"
+    table = _table(
+        "events", "events", ["event", "id (ULID)", "timestamp", "data", "flags"], rows, "No events."
     )
+    return table + more
 
 
 def render_not_found(path: str) -> str:

@@ -1,0 +1,90 @@
+"""The inspection and control API under `/_sandbox/`: what the tests assert on and steer with.
+
+No auth and no faults here: a test must be able to look at the sandbox while it misbehaves.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from target_customerio.sandbox.responses import Response, error, json_object
+from target_customerio.sandbox.segments import SegmentError, definition
+
+if TYPE_CHECKING:
+    from target_customerio.sandbox.sandbox import Sandbox
+
+
+def route(
+    sandbox: Sandbox, method: str, path: str, query: dict, read_body: Callable[[], bytes]
+) -> None:
+    """Answer one `/_sandbox/...` request (always by raising its Response)."""
+    name = path[len("/_sandbox/") :].strip("/")
+    if name == "segments" or name.startswith("segments/"):
+        return _segments(sandbox, method, name.split("/")[1:], read_body)
+    if method == "GET":
+        first = {k: v[0] for k, v in query.items() if k in ("id", "email", "cio_id")}
+        getters = {
+            "people": sandbox.people,
+            "events": sandbox.events,
+            "requests": sandbox.requests,
+            "objects": sandbox.objects,
+            "counters": sandbox.counters,
+            "faults": sandbox.faults.pending,
+            "person": lambda: sandbox.person(**first),
+            "rejects": sandbox.rejects,
+        }
+        if name in getters:
+            raise Response(200, getters[name]())
+    body = read_body()
+    if method == "POST" and name == "faults":
+        try:
+            sandbox.inject(**json_object(body))
+        except (TypeError, ValueError) as exc:
+            raise error(400, str(exc)) from None
+        raise Response(200, sandbox.faults.pending())
+    if method == "DELETE" and name == "faults":
+        sandbox.clear_faults()
+        raise Response(200, [])
+    if method == "POST" and name == "reset":
+        sandbox.reset()
+        raise Response(200, {})
+    raise error(404, f"no inspection route for {method} {path}")
+
+
+def _segments(sandbox: Sandbox, method: str, parts: list[str], read_body: Callable) -> None:
+    """`/_sandbox/segments` (GET list, POST define), `/_sandbox/segments/{id}` (GET with its
+    members, DELETE) and `/_sandbox/segments/{id}/reconcile` (POST {"expected": N})."""
+    body = read_body()  # always: a body left unread would be taken for the next request
+    if not parts:
+        if method == "GET":
+            raise Response(200, sandbox.segments())
+        if method == "POST":
+            try:
+                segment_id = sandbox.segment_store.add(**definition(json_object(body)))["id"]
+            except SegmentError as exc:
+                raise error(400, str(exc)) from None
+            raise Response(200, sandbox.segment(segment_id))
+    if not re.fullmatch(r"[1-9][0-9]{0,17}", parts[0]) or len(parts) > 2:
+        raise error(404, f"no inspection route for {method} /_sandbox/segments/{'/'.join(parts)}")
+    segment_id = int(parts[0])
+    segment = sandbox.segment(segment_id)
+    if segment is None:
+        raise error(404, f"no segment {segment_id}")
+    if len(parts) == 1 and method == "GET":
+        members = [
+            {k: p[k] for k in ("id", "email", "cio_id")}
+            for p in sandbox.segment_members(segment_id)
+        ]
+        raise Response(200, {**segment, "members": members})
+    if len(parts) == 1 and method == "DELETE":
+        sandbox.delete_segment(segment_id)
+        raise Response(200, {})
+    if parts[1:] == ["reconcile"] and method == "POST":
+        try:
+            sandbox.record_reconcile(segment_id, json_object(body).get("expected"))
+        except SegmentError as exc:
+            raise error(400, str(exc)) from None
+        raise Response(200, sandbox.segment(segment_id))
+    raise error(404, f"no inspection route for {method} /_sandbox/segments/{'/'.join(parts)}")
