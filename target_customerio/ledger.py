@@ -22,6 +22,9 @@ from target_customerio.redaction import shown
 from target_customerio.settings import Settings
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS delivered (key INTEGER PRIMARY KEY, fingerprint INTEGER NOT NULL, at INTEGER NOT NULL)"
+# Each completed run's counts per stream: the history `max_volume_change` compares with.
+_RUNS = "CREATE TABLE IF NOT EXISTS runs (scope TEXT NOT NULL, at INTEGER NOT NULL, counts TEXT NOT NULL)"
+RUN_HISTORY = 7  # completed runs a run's volume is compared with
 
 
 _SIGNED = 1 << 63
@@ -48,6 +51,8 @@ class Ledger(Protocol):
     def record(self, entries: Iterable[tuple[int, int]]) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
+    def runs(self, scope: str) -> list[dict[str, int]]: ...
+    def record_run(self, scope: str, counts: dict[str, int]) -> None: ...
 
 
 def open_ledger(settings: Settings) -> Ledger:
@@ -79,6 +84,12 @@ class NoLedger:
         return None
 
     def close(self) -> None:
+        return None
+
+    def runs(self, scope: str) -> list[dict[str, int]]:
+        return []
+
+    def record_run(self, scope: str, counts: dict[str, int]) -> None:
         return None
 
 
@@ -163,6 +174,7 @@ class SqliteLedger(_HeldWrites):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
+        self._db.execute(_RUNS)
         self._full_resend = full_resend
 
     def fingerprints(self, keys: Collection[int]) -> dict[int, int]:
@@ -178,6 +190,16 @@ class SqliteLedger(_HeldWrites):
 
     def _write(self, rows: str, at: int) -> None:
         self._db.execute(_UPSERT_JSON, (at, rows))
+
+    def runs(self, scope: str) -> list[dict[str, int]]:
+        """The last completed runs' counts for a stream, oldest first."""
+        rows = self._db.execute("SELECT at, counts FROM runs WHERE scope = ? ORDER BY at DESC, rowid DESC LIMIT ?",
+                                (scope, RUN_HISTORY)).fetchall()
+        return [{"at": at, **orjson.loads(counts)} for at, counts in reversed(rows)]
+
+    def record_run(self, scope: str, counts: dict[str, int]) -> None:
+        self._db.execute("INSERT INTO runs (scope, at, counts) VALUES (?, ?, ?)",
+                         (scope, int(time.time()), orjson.dumps(counts).decode()))
 
     def close(self) -> None:
         super().close()
@@ -207,6 +229,8 @@ class PostgresLedger(_HeldWrites):
         self._full_resend = full_resend
         with self._pg.cursor() as cur:
             cur.execute(f"CREATE TABLE IF NOT EXISTS {table} (key BIGINT PRIMARY KEY, fingerprint BIGINT NOT NULL, at BIGINT NOT NULL)")
+            cur.execute(f"CREATE TABLE IF NOT EXISTS {table}_runs (id BIGSERIAL PRIMARY KEY, scope TEXT NOT NULL, "
+                        "at BIGINT NOT NULL, counts TEXT NOT NULL)")
 
     def fingerprints(self, keys: Collection[int]) -> dict[int, int]:
         if self._full_resend or not keys:
@@ -214,6 +238,18 @@ class PostgresLedger(_HeldWrites):
         with self._pg.cursor() as cur:
             cur.execute(f"SELECT key, fingerprint FROM {self._table} WHERE key = ANY(%s)", (list(keys),))
             return dict(cur.fetchall())
+
+    def runs(self, scope: str) -> list[dict[str, int]]:
+        with self._pg.cursor() as cur:
+            cur.execute(f"SELECT at, counts FROM {self._table}_runs WHERE scope = %s ORDER BY at DESC, id DESC LIMIT %s",
+                        (scope, RUN_HISTORY))
+            rows = cur.fetchall()
+        return [{"at": at, **orjson.loads(counts)} for at, counts in reversed(rows)]
+
+    def record_run(self, scope: str, counts: dict[str, int]) -> None:
+        with self._pg.cursor() as cur:
+            cur.execute(f"INSERT INTO {self._table}_runs (scope, at, counts) VALUES (%s, %s, %s)",
+                        (scope, int(time.time()), orjson.dumps(counts).decode()))
 
     def _write(self, rows: str, at: int) -> None:
         with self._pg.cursor() as cur:

@@ -34,6 +34,10 @@ class StreamTally:
     requests: int = 0
     bytes: int = 0
 
+    def counts(self) -> dict[str, int]:
+        return {"received": self.received, "sent": self.sent, "rejected": sum(self.rejected.values()),
+                "skipped": sum(self.skipped.values())}
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "received": self.received,
@@ -79,8 +83,13 @@ class RunReport:
         self.requests = 0
         self.taken_from_sdk = 0  # records the SDK's handling handed to a sink (stream maps, ...)
         self.reconciliation: list[dict[str, Any]] | None = None  # reconcile checks, once run
+        self.volume: dict[str, dict[str, Any]] | None = None  # max_volume_change checks
         self.retried_requests = 0
         self.bytes = 0
+
+    def stream_names(self) -> list[str]:
+        with self._lock:
+            return list(self._streams)
 
     def stream(self, name: str) -> StreamTally:
         with self._lock:
@@ -219,6 +228,8 @@ class RunReport:
         }
         if self.reconciliation is not None:
             report["reconciliation"] = self.reconciliation
+        if self.volume is not None:
+            report["volume"] = self.volume
         data = REDACTOR.redact_json(orjson.dumps(report, option=orjson.OPT_INDENT_2), indent=2)
         assert self._report_path is not None
         try:

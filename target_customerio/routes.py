@@ -55,6 +55,7 @@ class Route:
     source_timezone: dt.tzinfo = dt.timezone.utc
     on_contract_violation: str = "reject"
     on_delete: str = "ignore"
+    max_volume_change: float | None = None  # a share: received may move this far from the median
     identity_columns: frozenset[str] = frozenset()  # from `options`, never sent as attributes
 
     def attribute_name(self, column: str) -> str | None:
@@ -187,6 +188,9 @@ def _parse_route(name: str, spec: Any, base_dir: Path, default_violation: str) -
     except ValueError as exc:
         raise ConfigError(f"{where}.source_timezone: {exc}") from None
     options = KINDS[kind].options(where, spec)
+    volume = spec.get("max_volume_change")
+    if volume is not None and (isinstance(volume, bool) or not isinstance(volume, (int, float)) or not volume > 0):
+        raise ConfigError(f"{where}.max_volume_change: a share greater than 0 (0.5: half as many or 1.5 times as many records)")
     return Route(
         pattern=name,
         kind=kind,
@@ -198,6 +202,7 @@ def _parse_route(name: str, spec: Any, base_dir: Path, default_violation: str) -
         source_timezone=tz,
         on_contract_violation=violation,
         on_delete=on_delete,
+        max_volume_change=float(volume) if volume is not None else None,
         identity_columns=frozenset(c for c in options.identity_columns() if c),
     )
 
@@ -238,4 +243,5 @@ def identifier_option(where: str, value: Any, default_type: str = "id") -> Ident
 
 # The options every route takes; each kind adds its own (operations.KINDS). An option of
 # another kind is an error too (`timestamp` on a person route does nothing: a mistake).
-COMMON_KEYS = ("kind", "attributes", "contract", "on_contract_violation", "source_timezone", "on_delete")
+COMMON_KEYS = ("kind", "attributes", "contract", "on_contract_violation", "source_timezone", "on_delete",
+               "max_volume_change")

@@ -28,10 +28,10 @@ from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.sinks import Sink
 
-from target_customerio import redaction
+from target_customerio import redaction, volume
 from target_customerio.app_api import AppClient
 from target_customerio.delivery import Delivery, DryRun
-from target_customerio.errors import ConfigError, InputError, TargetError, Terminated, did_you_mean
+from target_customerio.errors import ConfigError, DriftError, InputError, TargetError, Terminated, did_you_mean
 from target_customerio.ledger import open_ledger
 from target_customerio.mapping_processes import ProcessMapping, make_mapping
 from target_customerio.operations import KINDS
@@ -315,7 +315,37 @@ class TargetCustomerIO(SdkTarget):
     def _last_drain(self, _: None) -> None:
         super().process_endofpipe()
         self._settle()
+        if self.settings.dry_run:
+            self._reconcile()  # lists what it would check
+            return
+        volume = self._check_volume()
         self._reconcile()
+        if volume:
+            raise DriftError("; ".join(f"{stream}: {problem}" for stream, problem in volume.items()))
+
+    def _check_volume(self) -> dict[str, str]:
+        """This run's counts into the ledger's history, and each `max_volume_change` checked
+        against it (after the last STATE: the run's data is delivered either way)."""
+        streams: dict[str, tuple[str, float | None]] = {}
+        for stream in self.report.stream_names():
+            route = self.settings.routes.match(stream)
+            scope = self.ledger_scope(stream)
+            if route is None or KINDS[route.kind].checks:
+                continue
+            if scope is None:
+                if route.max_volume_change is not None:
+                    self.logger.warning("stream %s: max_volume_change needs change_detection (the ledger "
+                                        "keeps the history it compares with); not checked", stream)
+                continue
+            streams[stream] = (scope, route.max_volume_change)
+        counts = {stream: self.report.stream(stream).counts() for stream in streams}
+        checked = volume.record_and_check(self.ledger, streams, counts)
+        if checked:
+            self.report.volume = checked
+        problems = {stream: str(check["reason"]) for stream, check in checked.items() if not check["ok"]}
+        for stream, problem in problems.items():
+            self.logger.error("volume: %s: %s", stream, problem)
+        return problems
 
     def _reconcile(self) -> None:
         """The reconcile checks, after everything else is delivered and the last STATE written."""
