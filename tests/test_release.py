@@ -111,7 +111,7 @@ def test_each_hub_setting_matches_its_schema():
 
 def test_every_secret_is_sensitive_everywhere():
     sensitive = {name for name, setting in hub_settings().items() if setting["sensitive"]}
-    assert sensitive == set(SENSITIVE_SETTINGS) & set(hub_settings()) == {"api_key", "ledger_url"}
+    assert sensitive == set(SENSITIVE_SETTINGS) & set(hub_settings()) == {"api_key", "ledger_url", "app_api_key"}
     secret = {name for name, p in about()["settings"]["properties"].items() if p.get("secret")}
     assert secret == sensitive
 
