@@ -431,3 +431,21 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def about_text(info: t.Any) -> str:
+    """The SDK's text form of --about, each setting with its default, secrecy and description."""
+    lines = [f"Name: {info.name}", f"Description: {info.description}",
+             f"Version: {info.version}", f"SDK Version: {info.sdk_version}",
+             "Supported Python Versions:", *(f"  - {v}" for v in info.supported_python_versions or []),
+             "Capabilities:", *(f"  - {c}" for c in info.capabilities), "Settings:"]
+    for name, schema in info.settings.get("properties", {}).items():
+        lines += [f"  - Name: {name}", f"    Type: {schema.get('type')}"]
+        if "default" in schema:
+            lines.append(f"    Default: {json.dumps(schema['default'])}")
+        if schema.get("secret"):
+            lines.append("    Secret: yes (never logged)")
+        lines.append(f"    Environment Variable: {info.env_var_prefix}{name.upper()}")
+        if schema.get("description"):
+            lines.append(f"    Description: {schema['description']}")
+    return "\n".join(lines)

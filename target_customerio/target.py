@@ -30,6 +30,7 @@ from singer_sdk.sinks import Sink
 
 from target_customerio import redaction, volume
 from target_customerio.app_api import AppClient
+from target_customerio.config_file import read_config_file
 from target_customerio.delivery import Delivery, DryRun
 from target_customerio.errors import ConfigError, DriftError, InputError, TargetError, Terminated, did_you_mean
 from target_customerio.ledger import open_ledger
@@ -42,6 +43,7 @@ from target_customerio.report import RunReport
 from target_customerio.settings import (
     CONFIG_SCHEMA,
     SDK_SETTINGS_IGNORED,
+    about_text,
     check_config,
     check_env,
     env_config,
@@ -63,35 +65,6 @@ def _silence_stdout() -> None:
         pass
 
 
-_MAX_CONFIG_BYTES = 16 << 20
-
-
-def _read_config_file(path: str) -> dict[str, t.Any]:
-    file = Path(path)
-    try:
-        if file.exists() and not file.is_dir() and not file.is_file():  # a FIFO or a device
-            raise ConfigError(f"--config {path}: not a regular file")
-        if file.is_file() and file.stat().st_size > _MAX_CONFIG_BYTES:
-            raise ConfigError(f"--config {path}: larger than {_MAX_CONFIG_BYTES >> 20} MB, not a config file")
-    except OSError as exc:
-        raise ConfigError(f"--config {path}: cannot read it ({exc.strerror})") from None
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(f"--config {path}: cannot read it ({reason})") from None
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--config {path}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
-    except RecursionError:
-        raise ConfigError(f"--config {path}: nested too deeply") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"--config {path}: must be a JSON object of settings, not {type(config).__name__}")
-    redaction.REDACTOR.learn_config(config)
-    return config
-
-
 def _one_malloc_arena() -> None:
     """glibc gives each thread a malloc arena of its own: the delivery threads' 500 KB request
     bodies and the ledger's writes then fragment several arenas, and the process grows with the
@@ -104,24 +77,6 @@ def _one_malloc_arena() -> None:
 
 
 _M_ARENA_MAX = -8
-
-
-def _about_text(info: t.Any) -> str:
-    """The SDK's text form of --about, each setting with its default, secrecy and description."""
-    lines = [f"Name: {info.name}", f"Description: {info.description}",
-             f"Version: {info.version}", f"SDK Version: {info.sdk_version}",
-             "Supported Python Versions:", *(f"  - {v}" for v in info.supported_python_versions or []),
-             "Capabilities:", *(f"  - {c}" for c in info.capabilities), "Settings:"]
-    for name, schema in info.settings.get("properties", {}).items():
-        lines += [f"  - Name: {name}", f"    Type: {schema.get('type')}"]
-        if "default" in schema:
-            lines.append(f"    Default: {json.dumps(schema['default'])}")
-        if schema.get("secret"):
-            lines.append("    Secret: yes (never logged)")
-        lines.append(f"    Environment Variable: {info.env_var_prefix}{name.upper()}")
-        if schema.get("description"):
-            lines.append(f"    Description: {schema['description']}")
-    return "\n".join(lines)
 
 
 class TargetCustomerIO(SdkTarget):
@@ -149,7 +104,7 @@ class TargetCustomerIO(SdkTarget):
         if output_format not in (None, "text"):
             super().print_about(output_format)
             return
-        print(_about_text(cls.about_info()))
+        print(about_text(cls.about_info()))
 
     def __init__(self, *, config: t.Any = None, parse_env_config: bool = False, validate_config: bool = True, message_reader: t.Any = None) -> None:
         redaction.install()
@@ -474,7 +429,7 @@ class TargetCustomerIO(SdkTarget):
                 if path == "ENV":
                     parse_env = True
                     continue
-                config |= _read_config_file(path)
+                config |= read_config_file(path)
         except ConfigError as exc:
             cls._stop(None, exc)
         return ConfigInput(config=config, parse_env=parse_env)
