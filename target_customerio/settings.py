@@ -50,8 +50,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "app_api_key": {
             "type": "string", "secret": True, "writeOnly": True,
             "description": "App API key (bearer), for reconcile routes: segment counts are read "
-                           "from the App API. Secret: never logged. Required when a route is "
-                           "kind: reconcile (unless dry_run).",
+                           "from the App API. Secret: never logged. Required when a reconcile "
+                           "route's stream arrives (unless dry_run).",
         },
         "app_api_url": {
             "type": "string",
@@ -310,12 +310,9 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
             raise ConfigError("setting `streams` is a string but not JSON") from None
     kinds = {route.get("kind") if isinstance(route, dict) else None for route in streams.values()} if isinstance(streams, dict) else set()
     needed = [] if dry_run else ["site_id", "api_key"] if kinds != {"reconcile"} else []
-    if "reconcile" in kinds and not dry_run:
-        needed.append("app_api_key")  # reconcile routes read segment counts from the App API
     for name in needed:
         if not str(config.get(name) or "").strip():
-            why = " by kind: reconcile routes" if name == "app_api_key" else ""
-            raise ConfigError(f"setting `{name}` is required{why} (TARGET_CUSTOMERIO_{name.upper()})")
+            raise ConfigError(f"setting `{name}` is required (TARGET_CUSTOMERIO_{name.upper()})")
     region = config.get("region") or "us"
     if region not in REGION_URLS:
         raise ConfigError(f"setting `region`: {region!r} is not us or eu")

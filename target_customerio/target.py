@@ -191,6 +191,11 @@ class TargetCustomerIO(SdkTarget):
         deliver: Delivery | DryRun | Reconciler = self.delivery
         if route is not None and KINDS[route.kind].checks:
             deliver = self.reconciler
+            if not self.settings.dry_run and not str(self.config.get("app_api_key") or "").strip():
+                # Checked when the stream comes, not at start: one loader config serves every
+                # job, and only the job that reads the checks view needs the key.
+                raise ConfigError(f"setting `app_api_key` is required by the reconcile route "
+                                  f"`{route.pattern}` (stream {stream}; TARGET_CUSTOMERIO_APP_API_KEY)")
         return SinkNeeds(
             route=route,
             report=self.report,

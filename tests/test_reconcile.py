@@ -98,12 +98,15 @@ def test_a_checks_only_run_needs_no_track_credentials_and_writes_nothing(workspa
     assert len(run.report["reconciliation"]) == 1
 
 
-def test_without_app_api_key_the_run_stops_before_anything_naming_it(workspace, tmp_path):
+def test_without_app_api_key_a_checks_stream_stops_the_run_naming_it(workspace, tmp_path):
+    """Only the job that reads the checks view needs the key: the same config syncs people."""
     cfg = config(workspace, tmp_path, {PEOPLE: PERSON_ROUTE, CHECKS: CHECK_ROUTE})
     del cfg["app_api_key"]
     run = run_target(cfg, [*people(2), state({"b": 6})], tmp_path)
-    assert run.returncode == 2 and "app_api_key" in run.stderr
-    assert workspace.requests() == [] and run.states == []
+    assert run.returncode == 0, run.stderr
+    run = run_target(cfg, [*checks({"segment_id": 1, "expected": 0}), state({"b": 7})], tmp_path)
+    assert run.returncode == 2 and "setting `app_api_key` is required by the reconcile route" in run.stderr
+    assert run.states == [] and not [r for r in workspace.requests() if r["path"].startswith("/v1/")]
 
 
 def test_a_refused_app_api_key_is_exit_3_naming_it(workspace, tmp_path):
