@@ -162,9 +162,9 @@ SDK_SETTINGS = ("add_record_metadata", "stream_maps", "stream_map_config", "fake
 # project that sets them keeps running, with a warning that they do nothing.
 SDK_SETTINGS_IGNORED = ("load_method", "batch_size_rows", "validate_records",
                         "process_activate_version_messages", "batch_config")
-# Environment variables with the settings' prefix that are not settings (the last three are
-# build and test switches: hatch_build.py, tests/conftest.py).
-_NOT_SETTINGS_ENV = ("LOGLEVEL", "LOG_LEVEL", "PURE_PYTHON", "INTERPRETED", "COMPILE")
+# Environment variables with the settings' prefix that are not settings (COMPILE is the build's
+# switch: hatch_build.py).
+_NOT_SETTINGS_ENV = ("LOGLEVEL", "LOG_LEVEL", "COMPILE")
 ENV_PREFIX = "TARGET_CUSTOMERIO_"
 # Meltano also exports each key of an object setting as a variable of its own
 # (TARGET_CUSTOMERIO_STREAMS_PUBLIC_CUSTOMERS_KIND): those are not typos.

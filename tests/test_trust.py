@@ -389,7 +389,7 @@ def test_a_mistyped_route_option_stops_the_run_naming_the_closest_one(
     assert run.returncode == 2, run.stderr
     line = one_error_line(run.stderr)
     assert message is None or message in line, line
-    assert sandbox.requests() == [] and run.states == []
+    assert writes(sandbox) == [] and run.states == []
 
 
 # ---- found by an adversarial pass: each case stands for the mechanism that now holds ----------

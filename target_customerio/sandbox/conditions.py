@@ -138,8 +138,8 @@ class Performed:
 
     def matches(self, subject: Subject) -> bool:
         times = subject.events.get(self.event, ())
-        if self.days is None:
-            return bool(times)
+        if self.days is None:  # performed at all: by now (an event stamped in the future has not)
+            return any(t <= subject.now for t in times)
         return any(_in_window(t, self.days, subject.now) for t in times)
 
     def __str__(self) -> str:
