@@ -55,7 +55,9 @@ RETRY_STATUSES = frozenset({429, *range(500, 600)})
 # cut short are all "no answer": the request may or may not have landed, and re-sending is safe
 # (events carry deterministic ids; identifies are idempotent).
 RETRY_EXCEPTIONS = (
-    requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
 )
 _full_jitter = wait_random_exponential(multiplier=_RETRY_BASE_SECONDS, max=_RETRY_CAP_SECONDS)
 
@@ -105,18 +107,24 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     return min(seconds, _MAX_RETRY_AFTER_SECONDS)
 
 
-def check_answer(answer: Answer, url: str, api: str = "Track API", setting: str = "track_api_url") -> None:
+def check_answer(
+    answer: Answer, url: str, api: str = "Track API", setting: str = "track_api_url"
+) -> None:
     """An answer that is not the API's stops the run (exit 4) rather than count as
     accepted. A redirect is never followed: requests would turn the POST into a GET that a
     200 answers (the batch lost, the STATE moved), or send the batch to another host."""
     if 300 <= answer.status < 400:
         where = shown(str(answer.headers.get("Location") or "nowhere"), 120)
-        raise DeliveryError(f"{url} answered HTTP {answer.status}, a redirect to {where}: redirects "
-                            f"are never followed; set {setting} to the address that answers")
+        raise DeliveryError(
+            f"{url} answered HTTP {answer.status}, a redirect to {where}: redirects "
+            f"are never followed; set {setting} to the address that answers"
+        )
     if answer.status in (200, 207) and not answer.is_json_object:
-        raise DeliveryError(f"{url} answered HTTP {answer.status} but not with JSON "
-                            f"({shown(answer.text, 80)!r}): that is not the {api} (a proxy or "
-                            "captive portal?); nothing after the last STATE was confirmed")
+        raise DeliveryError(
+            f"{url} answered HTTP {answer.status} but not with JSON "
+            f"({shown(answer.text, 80)!r}): that is not the {api} (a proxy or "
+            "captive portal?); nothing after the last STATE was confirmed"
+        )
 
 
 def _should_retry(state: RetryCallState) -> bool:
@@ -186,7 +194,9 @@ class ApiClient:
         if session is None:
             session = self._local.session = http_session.session()
             self._authorize(session)
-            session.headers.update({"Content-Type": "application/json", "User-Agent": "target-customerio"})
+            session.headers.update(
+                {"Content-Type": "application/json", "User-Agent": "target-customerio"}
+            )
         return session
 
     def request(self, method: str, url: str, body: bytes | None, what: str) -> tuple[Answer, int]:
@@ -213,8 +223,13 @@ class ApiClient:
         # requests passes a urllib3 Timeout through (its stubs only name floats)
         with http_session.deadline(deadline):  # the request and its headers
             response = self._session().request(
-                method, url, data=body, timeout=timeout, stream=True,  # type: ignore[arg-type]
-                allow_redirects=False)  # see check_answer
+                method,
+                url,
+                data=body,
+                timeout=timeout,
+                stream=True,  # type: ignore[arg-type]
+                allow_redirects=False,
+            )  # see check_answer
         try:
             data = http_session.read_body(response, deadline)
         except BaseException:
@@ -234,10 +249,18 @@ class ApiClient:
         else:
             stopped = self.stopping.wait(seconds)
         if stopped:
-            raise Terminated("stopped by signal while waiting to retry a request; "
-                             "nothing after the last STATE was confirmed")
+            raise Terminated(
+                "stopped by signal while waiting to retry a request; "
+                "nothing after the last STATE was confirmed"
+            )
 
     def _log_retry(self, what: str, state: RetryCallState) -> None:
         wait = state.next_action.sleep if state.next_action is not None else 0.0
-        self._logger.warning("%s failed (%s), retry %d/%d in %.1fs", what, problem(state),
-                             state.attempt_number, self._max_tries - 1, wait)
+        self._logger.warning(
+            "%s failed (%s), retry %d/%d in %.1fs",
+            what,
+            problem(state),
+            state.attempt_number,
+            self._max_tries - 1,
+            wait,
+        )

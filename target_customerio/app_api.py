@@ -15,9 +15,19 @@ MAX_REQUESTS_PER_SECOND = 10  # the App API's documented limit
 
 
 class AppClient(ApiClient):
-    def __init__(self, base_url: str, app_api_key: str, *, timeout: float, max_retries: int,
-                 logger: logging.Logger, per_second: float = MAX_REQUESTS_PER_SECOND) -> None:
-        super().__init__(base_url, per_second=per_second, timeout=timeout, max_retries=max_retries, logger=logger)
+    def __init__(
+        self,
+        base_url: str,
+        app_api_key: str,
+        *,
+        timeout: float,
+        max_retries: int,
+        logger: logging.Logger,
+        per_second: float = MAX_REQUESTS_PER_SECOND,
+    ) -> None:
+        super().__init__(
+            base_url, per_second=per_second, timeout=timeout, max_retries=max_retries, logger=logger
+        )
         self._bearer = f"Bearer {app_api_key}"
 
     def _authorize(self, session: requests.Session) -> None:
@@ -38,7 +48,9 @@ class AppClient(ApiClient):
             return None
         count = data.get("count")
         if type(count) is not int or count < 0:
-            raise DeliveryError(f"the App API answered a segment count that is not a count: {shown(str(count), 40)}")
+            raise DeliveryError(
+                f"the App API answered a segment count that is not a count: {shown(str(count), 40)}"
+            )
         return count
 
     def _get(self, path: str, what: str) -> dict[str, Any] | None:
@@ -46,16 +58,24 @@ class AppClient(ApiClient):
         try:
             answer, tries = self.request("GET", url, None, f"App API {what}")
         except RETRY_EXCEPTIONS as exc:
-            raise DeliveryError(f"cannot reach the App API at {self.base_url} ({self._max_tries} tries, "
-                                f"last: {type(exc).__name__})") from None
+            raise DeliveryError(
+                f"cannot reach the App API at {self.base_url} ({self._max_tries} tries, "
+                f"last: {type(exc).__name__})"
+            ) from None
         if answer.status in (401, 403):
-            raise CredentialsError(f"the App API refused app_api_key (HTTP {answer.status}): check the setting "
-                                   "(Customer.io > Settings > API Credentials > App API Keys)")
+            raise CredentialsError(
+                f"the App API refused app_api_key (HTTP {answer.status}): check the setting "
+                "(Customer.io > Settings > API Credentials > App API Keys)"
+            )
         if answer.status == 404:
             return None
         if answer.status in RETRY_STATUSES:
-            raise DeliveryError(f"the App API answered HTTP {answer.status} to {url} after {tries} tries")
+            raise DeliveryError(
+                f"the App API answered HTTP {answer.status} to {url} after {tries} tries"
+            )
         check_answer(answer, url, "App API", "app_api_url")
         if answer.status != 200:
-            raise DeliveryError(f"the App API answered HTTP {answer.status} at {url}: {shown(answer.text)}")
+            raise DeliveryError(
+                f"the App API answered HTTP {answer.status} at {url}: {shown(answer.text)}"
+            )
         return answer.json()

@@ -1,4 +1,4 @@
-"""The `target-customerio` command: the target's CLI, after the check of the installed singer-sdk."""
+"""The `target-customerio` command: the target's CLI, once the installed singer-sdk is checked."""
 
 from __future__ import annotations
 

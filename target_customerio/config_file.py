@@ -19,7 +19,9 @@ def read_config_file(path: str) -> dict[str, t.Any]:
         if file.exists() and not file.is_dir() and not file.is_file():  # a FIFO or a device
             raise ConfigError(f"--config {path}: not a regular file")
         if file.is_file() and file.stat().st_size > _MAX_CONFIG_BYTES:
-            raise ConfigError(f"--config {path}: larger than {_MAX_CONFIG_BYTES >> 20} MB, not a config file")
+            raise ConfigError(
+                f"--config {path}: larger than {_MAX_CONFIG_BYTES >> 20} MB, not a config file"
+            )
     except OSError as exc:
         raise ConfigError(f"--config {path}: cannot read it ({exc.strerror})") from None
     try:
@@ -30,10 +32,14 @@ def read_config_file(path: str) -> dict[str, t.Any]:
     try:
         config = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"--config {path}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        raise ConfigError(
+            f"--config {path}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
     except RecursionError:
         raise ConfigError(f"--config {path}: nested too deeply") from None
     if not isinstance(config, dict):
-        raise ConfigError(f"--config {path}: must be a JSON object of settings, not {type(config).__name__}")
+        raise ConfigError(
+            f"--config {path}: must be a JSON object of settings, not {type(config).__name__}"
+        )
     redaction.REDACTOR.learn_config(config)
     return config

@@ -52,10 +52,12 @@ class Contract:
 def load_contract(ref: str, base_dir: Path) -> Contract:
     """`builtin:order_placed` (shipped with the package) or a path to a JSON Schema file."""
     if ref.startswith(BUILTIN_PREFIX):
-        name = ref[len(BUILTIN_PREFIX):]
+        name = ref[len(BUILTIN_PREFIX) :]
         resource = resources.files("target_customerio") / "contracts" / f"{name}.schema.json"
         if not resource.is_file():
-            raise ConfigError(f"no built-in contract {name!r}; shipped: {', '.join(builtin_contracts())}")
+            raise ConfigError(
+                f"no built-in contract {name!r}; shipped: {', '.join(builtin_contracts())}"
+            )
         text = resource.read_text()
     else:
         path = Path(ref) if Path(ref).is_absolute() else base_dir / ref
@@ -73,4 +75,8 @@ def load_contract(ref: str, base_dir: Path) -> Contract:
 def builtin_contracts() -> list[str]:
     """Names usable as `builtin:<name>`."""
     folder = resources.files("target_customerio") / "contracts"
-    return sorted(p.name.removesuffix(".schema.json") for p in folder.iterdir() if p.name.endswith(".schema.json"))
+    return sorted(
+        p.name.removesuffix(".schema.json")
+        for p in folder.iterdir()
+        if p.name.endswith(".schema.json")
+    )

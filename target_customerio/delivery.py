@@ -37,9 +37,19 @@ _POLL_SECONDS = 0.25
 class Delivery:
     """Worker threads, one queue each, that send batches and account for every operation."""
 
-    def __init__(self, client: TrackClient, report: RunReport, ledger: Ledger, *, workers: int = 4, depth: int = 2) -> None:
+    def __init__(
+        self,
+        client: TrackClient,
+        report: RunReport,
+        ledger: Ledger,
+        *,
+        workers: int = 4,
+        depth: int = 2,
+    ) -> None:
         self._client, self._report, self._ledger = client, report, ledger
-        self._queues: list[queue.Queue[Batch]] = [queue.Queue(maxsize=depth) for _ in range(workers)]
+        self._queues: list[queue.Queue[Batch]] = [
+            queue.Queue(maxsize=depth) for _ in range(workers)
+        ]
         self.error: TargetError | None = None
         self._refused = [0] * workers  # per worker: operations refused alone since an acceptance
         # Per worker: records rejected whose last operations are still to come in a later
@@ -51,8 +61,9 @@ class Delivery:
         self._pending = 0
         self._answered_at = time.monotonic()
         for index, q in enumerate(self._queues):
-            threading.Thread(target=self._work, args=(q, index), name=f"delivery-{index}",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._work, args=(q, index), name=f"delivery-{index}", daemon=True
+            ).start()
 
     @property
     def shards(self) -> int:
@@ -103,7 +114,8 @@ class Delivery:
         if self._client.stopping.is_set() and silent > _STOP_GRACE_SECONDS:
             self.error = self.error or Terminated(
                 f"stopped by signal; Customer.io had not answered for {_STOP_GRACE_SECONDS:g}s, "
-                "so nothing after the last STATE was confirmed")
+                "so nothing after the last STATE was confirmed"
+            )
             raise self.error
 
     def _done(self) -> None:
@@ -121,7 +133,9 @@ class Delivery:
             except TargetError as exc:
                 self.error = self.error or exc
             except Exception as exc:  # a bug must still stop the run, not hang it
-                self.error = self.error or DeliveryError(f"delivery failed unexpectedly: {type(exc).__name__}: {exc}")
+                self.error = self.error or DeliveryError(
+                    f"delivery failed unexpectedly: {type(exc).__name__}: {exc}"
+                )
             finally:
                 q.task_done()
                 self._done()
@@ -174,10 +188,13 @@ class Delivery:
                 f"Customer.io refused {self._refused[worker]} operations in a row, each alone "
                 f"(HTTP {answer.status}: {shown(message)}), and accepted none in between: it "
                 "refuses every request, not a few bad rows; nothing after the last STATE was "
-                "confirmed")
+                "confirmed"
+            )
         [key] = batch.segments[0].record_keys()
         if key not in self._carried[worker]:  # its other operations were not refused already
-            self._report.reject(batch.stream, "rejected_by_customerio", None, message, batch.ops[0].record)
+            self._report.reject(
+                batch.stream, "rejected_by_customerio", None, message, batch.ops[0].record
+            )
         self._report.delivered(batch.stream, self._sent(batch, {key}, worker))
 
     def _record_item_errors(self, batch: Batch, errors: Any, worker: int) -> None:
@@ -185,8 +202,10 @@ class Delivery:
         reason), the rest delivered. A 207 that names no operation it refused cannot be
         accounted for: the run fails rather than count them all as sent."""
         if not isinstance(errors, list):
-            raise DeliveryError("Customer.io answered 207 without a list of `errors`; nothing after "
-                                "the last STATE was confirmed")
+            raise DeliveryError(
+                "Customer.io answered 207 without a list of `errors`; nothing after "
+                "the last STATE was confirmed"
+            )
         ops = batch.ops
         keys = [key for segment in batch.segments for key in segment.record_keys()]
         rejected: set[int] = set()
@@ -202,10 +221,18 @@ class Delivery:
                 continue
             rejected_records.add(keys[index])
             message = f"{error.get('reason', 'rejected')}: {error.get('message', '')}".strip(": ")
-            self._report.reject(batch.stream, "rejected_by_customerio", error.get("field"), message, ops[index].record)
+            self._report.reject(
+                batch.stream,
+                "rejected_by_customerio",
+                error.get("field"),
+                message,
+                ops[index].record,
+            )
         if not rejected:
-            raise DeliveryError("Customer.io answered 207 but named no operation of the request it "
-                                "refused; nothing after the last STATE was confirmed")
+            raise DeliveryError(
+                "Customer.io answered 207 but named no operation of the request it "
+                "refused; nothing after the last STATE was confirmed"
+            )
         self._ledger.record(batch.ledger_entries(rejected))
         self._report.delivered(batch.stream, self._sent(batch, rejected_records, worker))
 
@@ -216,7 +243,9 @@ def _error_message(data: dict[str, Any]) -> str:
         return str(meta["error"])
     errors = data.get("errors")
     if isinstance(errors, list) and errors:
-        return "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors[:3])
+        return "; ".join(
+            str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors[:3]
+        )
     return ""
 
 
@@ -236,14 +265,18 @@ class DryRun:
             for op in batch.ops:
                 self._out.write(REDACTOR.redact_json(op.body) + b"\n")
         except OSError as exc:
-            raise TargetError(f"cannot write dry_run_file {self._path}: {exc.strerror or exc}") from None
+            raise TargetError(
+                f"cannot write dry_run_file {self._path}: {exc.strerror or exc}"
+            ) from None
         self._report.delivered(batch.stream, batch.records)
 
     def wait(self) -> None:
         try:
             self._out.flush()
         except OSError as exc:
-            raise TargetError(f"cannot write dry_run_file {self._path}: {exc.strerror or exc}") from None
+            raise TargetError(
+                f"cannot write dry_run_file {self._path}: {exc.strerror or exc}"
+            ) from None
 
     def raise_if_failed(self) -> None:
         return None

@@ -11,8 +11,9 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Collection, Iterable
 from pathlib import Path
-from typing import Collection, Iterable, Protocol
+from typing import Protocol
 
 import orjson
 from xxhash import xxh3_64_intdigest
@@ -21,9 +22,15 @@ from target_customerio.errors import ConfigError, TargetError
 from target_customerio.redaction import shown
 from target_customerio.settings import Settings
 
-_SCHEMA = "CREATE TABLE IF NOT EXISTS delivered (key INTEGER PRIMARY KEY, fingerprint INTEGER NOT NULL, at INTEGER NOT NULL)"
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS delivered "
+    "(key INTEGER PRIMARY KEY, fingerprint INTEGER NOT NULL, at INTEGER NOT NULL)"
+)
 # Each completed run's counts per stream: the history `max_volume_change` compares with.
-_RUNS = "CREATE TABLE IF NOT EXISTS runs (scope TEXT NOT NULL, at INTEGER NOT NULL, counts TEXT NOT NULL)"
+_RUNS = (
+    "CREATE TABLE IF NOT EXISTS runs "
+    "(scope TEXT NOT NULL, at INTEGER NOT NULL, counts TEXT NOT NULL)"
+)
 RUN_HISTORY = 7  # completed runs a run's volume is compared with
 
 
@@ -38,7 +45,8 @@ def hash64(data: bytes, seed: int = 0) -> int:
 
 
 def scope_seed(scope: str) -> int:
-    """The seed that makes ledger keys of one workspace and stream their own: key = hash64(dedupe, seed)."""
+    """The seed that makes ledger keys of one workspace and stream their own:
+    key = hash64(dedupe, seed)."""
     return xxh3_64_intdigest(scope.encode())
 
 
@@ -66,9 +74,13 @@ def open_ledger(settings: Settings) -> Ledger:
     except Exception as exc:  # noqa: BLE001 - any reason the ledger cannot open is a config error
         where = "ledger_url" if settings.ledger_url else f"ledger_path {settings.ledger_path!r}"
         reason = shown((str(exc).splitlines() or [""])[0])
-        if settings.ledger_url and "dsn" in reason.lower():  # the driver quotes the DSN, secret and all
+        if (
+            settings.ledger_url and "dsn" in reason.lower()
+        ):  # the driver quotes the DSN, secret and all
             reason = "not a valid Postgres URL or DSN"
-        raise ConfigError(f"cannot open the ledger ({where}): {type(exc).__name__}: {reason}") from None
+        raise ConfigError(
+            f"cannot open the ledger ({where}): {type(exc).__name__}: {reason}"
+        ) from None
 
 
 class NoLedger:
@@ -108,8 +120,12 @@ class _HeldWrites:
         self._writing = threading.Lock()  # one write at a time, on one connection
         self._held: list[tuple[int, int]] = []
         self._due = threading.Event()
-        self._writer: threading.Thread | None = None  # started by the first full batch (only the target writes)
-        self._failed: Exception | None = None  # a background write's error, raised by the next flush
+        self._writer: threading.Thread | None = (
+            None  # started by the first full batch (only the target writes)
+        )
+        self._failed: Exception | None = (
+            None  # a background write's error, raised by the next flush
+        )
         self._closing = False
 
     def record(self, entries: Iterable[tuple[int, int]]) -> None:
@@ -118,7 +134,9 @@ class _HeldWrites:
             if len(self._held) < _WRITE_BATCH:
                 return
             if self._writer is None:
-                self._writer = threading.Thread(target=self._write_when_due, name="ledger-writer", daemon=True)
+                self._writer = threading.Thread(
+                    target=self._write_when_due, name="ledger-writer", daemon=True
+                )
                 self._writer.start()
         self._due.set()
 
@@ -132,7 +150,9 @@ class _HeldWrites:
                 self._write_held()
             except Exception as exc:  # noqa: BLE001 - the run stops before its next STATE, with the reason
                 reason = shown((str(exc).splitlines() or [""])[0])
-                raise TargetError(f"cannot write the ledger: {type(exc).__name__}: {reason}") from None
+                raise TargetError(
+                    f"cannot write the ledger: {type(exc).__name__}: {reason}"
+                ) from None
 
     def _write_when_due(self) -> None:
         while True:
@@ -184,8 +204,14 @@ class SqliteLedger(_HeldWrites):
         keys = list(keys)
         found: dict[int, int] = {}
         for start in range(0, len(keys), _LOOKUP_CHUNK):
-            chunk = keys[start:start + _LOOKUP_CHUNK]
-            found.update(self._db.execute(f"SELECT key, fingerprint FROM delivered WHERE key IN ({','.join('?' * len(chunk))})", chunk))
+            chunk = keys[start : start + _LOOKUP_CHUNK]
+            found.update(
+                self._db.execute(
+                    "SELECT key, fingerprint FROM delivered "
+                    f"WHERE key IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+            )
         return found
 
     def _write(self, rows: str, at: int) -> None:
@@ -193,13 +219,17 @@ class SqliteLedger(_HeldWrites):
 
     def runs(self, scope: str) -> list[dict[str, int]]:
         """The last completed runs' counts for a stream, oldest first."""
-        rows = self._db.execute("SELECT at, counts FROM runs WHERE scope = ? ORDER BY at DESC, rowid DESC LIMIT ?",
-                                (scope, RUN_HISTORY)).fetchall()
+        rows = self._db.execute(
+            "SELECT at, counts FROM runs WHERE scope = ? ORDER BY at DESC, rowid DESC LIMIT ?",
+            (scope, RUN_HISTORY),
+        ).fetchall()
         return [{"at": at, **orjson.loads(counts)} for at, counts in reversed(rows)]
 
     def record_run(self, scope: str, counts: dict[str, int]) -> None:
-        self._db.execute("INSERT INTO runs (scope, at, counts) VALUES (?, ?, ?)",
-                         (scope, int(time.time()), orjson.dumps(counts).decode()))
+        self._db.execute(
+            "INSERT INTO runs (scope, at, counts) VALUES (?, ?, ?)",
+            (scope, int(time.time()), orjson.dumps(counts).decode()),
+        )
 
     def close(self) -> None:
         super().close()
@@ -207,20 +237,25 @@ class SqliteLedger(_HeldWrites):
 
 
 _UPSERT_JSON = (
-    "INSERT INTO delivered (key, fingerprint, at) SELECT value ->> 0, value ->> 1, ? FROM json_each(?) "
-    "ORDER BY value ->> 0, key ON CONFLICT(key) DO UPDATE SET fingerprint = excluded.fingerprint, at = excluded.at"
+    "INSERT INTO delivered (key, fingerprint, at) "
+    "SELECT value ->> 0, value ->> 1, ? FROM json_each(?) ORDER BY value ->> 0, key "
+    "ON CONFLICT(key) DO UPDATE SET fingerprint = excluded.fingerprint, at = excluded.at"
 )
 
 
 class PostgresLedger(_HeldWrites):
     """For ephemeral runners: the ledger in a Postgres table."""
 
-    def __init__(self, dsn: str, *, table: str = "target_customerio_ledger", full_resend: bool = False) -> None:
+    def __init__(
+        self, dsn: str, *, table: str = "target_customerio_ledger", full_resend: bool = False
+    ) -> None:
         super().__init__()
         try:
             import psycopg2  # noqa: PLC0415  (optional dependency: pip install target-customerio[postgres])
         except ImportError:
-            raise RuntimeError("ledger_url needs psycopg2: pip install 'target-customerio[postgres]'") from None
+            raise RuntimeError(
+                "ledger_url needs psycopg2: pip install 'target-customerio[postgres]'"
+            ) from None
         if not table.replace("_", "").isalnum():
             raise ValueError(f"ledger table name {table!r} must be letters, digits and _")
         self._table = table
@@ -228,36 +263,52 @@ class PostgresLedger(_HeldWrites):
         self._pg.autocommit = True
         self._full_resend = full_resend
         with self._pg.cursor() as cur:
-            cur.execute(f"CREATE TABLE IF NOT EXISTS {table} (key BIGINT PRIMARY KEY, fingerprint BIGINT NOT NULL, at BIGINT NOT NULL)")
-            cur.execute(f"CREATE TABLE IF NOT EXISTS {table}_runs (id BIGSERIAL PRIMARY KEY, scope TEXT NOT NULL, "
-                        "at BIGINT NOT NULL, counts TEXT NOT NULL)")
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} "
+                "(key BIGINT PRIMARY KEY, fingerprint BIGINT NOT NULL, at BIGINT NOT NULL)"
+            )
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {table}_runs "
+                "(id BIGSERIAL PRIMARY KEY, scope TEXT NOT NULL, "
+                "at BIGINT NOT NULL, counts TEXT NOT NULL)"
+            )
 
     def fingerprints(self, keys: Collection[int]) -> dict[int, int]:
         if self._full_resend or not keys:
             return {}
         with self._pg.cursor() as cur:
-            cur.execute(f"SELECT key, fingerprint FROM {self._table} WHERE key = ANY(%s)", (list(keys),))
+            cur.execute(
+                f"SELECT key, fingerprint FROM {self._table} WHERE key = ANY(%s)", (list(keys),)
+            )
             return dict(cur.fetchall())
 
     def runs(self, scope: str) -> list[dict[str, int]]:
         with self._pg.cursor() as cur:
-            cur.execute(f"SELECT at, counts FROM {self._table}_runs WHERE scope = %s ORDER BY at DESC, id DESC LIMIT %s",
-                        (scope, RUN_HISTORY))
+            cur.execute(
+                f"SELECT at, counts FROM {self._table}_runs WHERE scope = %s "
+                "ORDER BY at DESC, id DESC LIMIT %s",
+                (scope, RUN_HISTORY),
+            )
             rows = cur.fetchall()
         return [{"at": at, **orjson.loads(counts)} for at, counts in reversed(rows)]
 
     def record_run(self, scope: str, counts: dict[str, int]) -> None:
         with self._pg.cursor() as cur:
-            cur.execute(f"INSERT INTO {self._table}_runs (scope, at, counts) VALUES (%s, %s, %s)",
-                        (scope, int(time.time()), orjson.dumps(counts).decode()))
+            cur.execute(
+                f"INSERT INTO {self._table}_runs (scope, at, counts) VALUES (%s, %s, %s)",
+                (scope, int(time.time()), orjson.dumps(counts).decode()),
+            )
 
     def _write(self, rows: str, at: int) -> None:
         with self._pg.cursor() as cur:
             cur.execute(
                 f"INSERT INTO {self._table} (key, fingerprint, at) "
-                "SELECT DISTINCT ON (k) k, f, %s FROM (SELECT (r ->> 0)::bigint AS k, (r ->> 1)::bigint AS f, n "
-                "FROM json_array_elements(%s::json) WITH ORDINALITY AS e(r, n)) AS rows ORDER BY k, n DESC "
-                "ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, at = EXCLUDED.at",
+                "SELECT DISTINCT ON (k) k, f, %s FROM "
+                "(SELECT (r ->> 0)::bigint AS k, (r ->> 1)::bigint AS f, n "
+                "FROM json_array_elements(%s::json) WITH ORDINALITY AS e(r, n)) AS rows "
+                "ORDER BY k, n DESC "
+                "ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, "
+                "at = EXCLUDED.at",
                 (at, rows),
             )
 

@@ -33,7 +33,9 @@ from target_customerio.stream_mapping import InlineMapping, Item, OnMapped, Stre
 
 CHUNK = 500  # records a sink sends a process at once
 IN_FLIGHT = 3  # chunks sent to one process and not yet answered, at most (bounds memory)
-PIPE_BYTES = 1 << 20  # Linux's limit for an unprivileged process (fs/pipe-max-size): IN_FLIGHT typical chunks
+PIPE_BYTES = (
+    1 << 20
+)  # Linux's limit for an unprivileged process (fs/pipe-max-size): IN_FLIGHT typical chunks
 
 
 class _Worker:
@@ -44,8 +46,12 @@ class _Worker:
         self.from_worker, outbox = context.Pipe(duplex=False)
         _widen(self.to_worker)
         _widen(outbox)
-        self.process = context.Process(target=_serve, args=(inbox, outbox, (self.to_worker, self.from_worker), settings),
-                                       name=f"target-customerio-mapping-{index}", daemon=True)
+        self.process = context.Process(
+            target=_serve,
+            args=(inbox, outbox, (self.to_worker, self.from_worker), settings),
+            name=f"target-customerio-mapping-{index}",
+            daemon=True,
+        )
         self.process.start()
         inbox.close()
         outbox.close()
@@ -71,7 +77,9 @@ class ProcessMapping:
     def __init__(self, settings: Settings, workers: int) -> None:
         context = multiprocessing.get_context("fork")
         self._workers = [_Worker(context, settings, index) for index in range(workers)]
-        atexit.register(self.close)  # before multiprocessing's own exit hook, which would wait for them
+        atexit.register(
+            self.close
+        )  # before multiprocessing's own exit hook, which would wait for them
         self._waiting: deque[tuple[_Worker, list[Item], OnMapped]] = deque()
         self._turn = 0
         self._opened = 0
@@ -100,7 +108,8 @@ class ProcessMapping:
             self._answer_one()
 
     def close(self) -> None:
-        """The workers end when their pipes close; they ignore SIGTERM, so one that lingers is killed."""
+        """The workers end when their pipes close; they ignore SIGTERM, so one that lingers is
+        killed."""
         for worker in self._workers:
             worker.to_worker.close()
             worker.from_worker.close()
@@ -131,21 +140,31 @@ class ProcessMapping:
 
     def _died(self, worker: _Worker) -> t.NoReturn:
         worker.process.join(timeout=1)
-        raise TargetError(f"a mapping process stopped unexpectedly (exit code {worker.process.exitcode}); nothing after the last STATE was confirmed")
+        raise TargetError(
+            f"a mapping process stopped unexpectedly (exit code {worker.process.exitcode}); "
+            "nothing after the last STATE was confirmed"
+        )
 
 
 # What a worker's failure is raised as in the target (and so its exit code).
-_FAILURES: dict[str, type[Exception]] = {"input": InputError, "config": ConfigError, "key": MissingKeyPropertiesError}
+_FAILURES: dict[str, type[Exception]] = {
+    "input": InputError,
+    "config": ConfigError,
+    "key": MissingKeyPropertiesError,
+}
 
 
 def make_mapping(settings: Settings) -> InlineMapping | ProcessMapping:
-    """Worker processes (`mapping_workers`) where `fork` exists, else mapping in the reader's thread."""
+    """Worker processes (`mapping_workers`) where `fork` exists, else mapping in the reader's
+    thread."""
     if settings.mapping_workers > 0 and "fork" in multiprocessing.get_all_start_methods():
         return ProcessMapping(settings, settings.mapping_workers)
     return InlineMapping(settings)
 
 
-def _serve(inbox_conn: t.Any, outbox: t.Any, targets_ends: tuple[t.Any, ...], settings: Settings) -> None:
+def _serve(
+    inbox_conn: t.Any, outbox: t.Any, targets_ends: tuple[t.Any, ...], settings: Settings
+) -> None:
     """A worker: open streams and map chunks until the target closes the pipe."""
     for end in targets_ends:
         end.close()  # forked with them: kept open here, the inbox would never reach its end
@@ -171,7 +190,11 @@ def _serve(inbox_conn: t.Any, outbox: t.Any, targets_ends: tuple[t.Any, ...], se
             else:
                 reply = ("mapped", local.map(keys[message[1]], message[2]))
         except tuple(_FAILURES.values()) as exc:
-            reply = ("failed", next(kind for kind, error in _FAILURES.items() if isinstance(exc, error)), str(exc))
+            reply = (
+                "failed",
+                next(kind for kind, error in _FAILURES.items() if isinstance(exc, error)),
+                str(exc),
+            )
         except Exception as exc:  # noqa: BLE001 - a bug must stop the run with its reason, not hang it
             reply = ("failed", "bug", f"mapping failed unexpectedly: {type(exc).__name__}: {exc}")
         if reply is not None:

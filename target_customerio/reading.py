@@ -37,7 +37,9 @@ class _RecordLine(msgspec.Struct):
 _decode_record_line = msgspec.json.Decoder(_RecordLine, float_hook=json_number).decode
 # The start of a RECORD line as singer-sdk taps (compact) and singer-python taps (", ", ": ")
 # write it, up to the record's opening brace; the stream name in plain ASCII, unescaped.
-_RECORD_START = re.compile(rb'\{"type": ?"RECORD", ?"stream": ?"([\x20-\x21\x23-\x5b\x5d-\x7e]+)", ?"record": ?\{')
+_RECORD_START = re.compile(
+    rb'\{"type": ?"RECORD", ?"stream": ?"([\x20-\x21\x23-\x5b\x5d-\x7e]+)", ?"record": ?\{'
+)
 _STRICT_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 # What each message type must hold for the SDK's handlers (checked for every message but the
 # RECORD lines the reader passes on whole, whose start it has matched).
@@ -82,9 +84,13 @@ def decode_record(line: bytes, stream: str) -> tuple[dict, bool]:
             raise InputError(f"a {stream} record is nested too deeply to read") from None
         except ValueError as exc:
             raise InputError(f"a {stream} record is not valid JSON: {exc}") from None
-        message = _RecordLine(decoded.get("type", ""), decoded.get("stream", ""), decoded.get("record"))
+        message = _RecordLine(
+            decoded.get("type", ""), decoded.get("stream", ""), decoded.get("record")
+        )
     if message.type != "RECORD" or message.stream != stream or type(message.record) is not dict:
-        raise InputError(f"a {stream} RECORD line repeats its type, stream or record key with another value")
+        raise InputError(
+            f"a {stream} RECORD line repeats its type, stream or record key with another value"
+        )
     return message.record, native
 
 
@@ -113,7 +119,9 @@ class SingerLineReader(SdkReader):
     def default_input(self) -> t.IO[t.Any]:  # type: ignore[override]
         return sys.stdin.buffer
 
-    def process_lines(self, file_input: t.IO[t.Any] | None, callbacks: dict[str, t.Callable[[dict], None]]) -> Counter[str]:
+    def process_lines(
+        self, file_input: t.IO[t.Any] | None, callbacks: dict[str, t.Callable[[dict], None]]
+    ) -> Counter[str]:
         """The SDK's loop, without its per-line bookkeeping, and direct RECORD lines undecoded."""
         counts: dict[str, int] = dict.fromkeys(callbacks, 0)
         start, take = b"", None  # the start of the last direct stream's RECORD lines, and its taker
@@ -125,7 +133,10 @@ class SingerLineReader(SdkReader):
                 continue
             take = None  # any other message may change the streams' sinks
             match = _RECORD_START.match(line) if self.record_taker is not None else None
-            if match is not None and (taker := self.record_taker(match.group(1).decode())) is not None:  # type: ignore[misc]
+            if (
+                match is not None
+                and (taker := self.record_taker(match.group(1).decode())) is not None
+            ):  # type: ignore[misc]
                 start, take = match.group(0), taker
                 take(line)
                 counts["RECORD"] += 1
@@ -147,22 +158,30 @@ class SingerLineReader(SdkReader):
         kind = message.get("type")
         where = f"input line {self.line_number}"
         if kind == "BATCH":
-            raise InputError(f"{where}: BATCH messages are not supported (the tap's records must come "
-                             "as RECORD messages: turn off the tap's batch_config)")
+            raise InputError(
+                f"{where}: BATCH messages are not supported (the tap's records must come "
+                "as RECORD messages: turn off the tap's batch_config)"
+            )
         for key, kinds in _SHAPES.get(kind, ()):  # type: ignore[arg-type]
-            if not isinstance(message.get(key), kinds) or (kinds is int and isinstance(message[key], bool)):
+            if not isinstance(message.get(key), kinds) or (
+                kinds is int and isinstance(message[key], bool)
+            ):
                 raise InputError(f"{where}: a {kind} message needs `{key}` ({_NAMES[kinds]})")
         if kind == "SCHEMA":
             schema, keys = message["schema"], message.get("key_properties", [])
             if not isinstance(schema.get("properties", {}), dict):
                 raise InputError(f"{where}: the SCHEMA's `properties` must be an object")
-            if keys is not None and (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
+            if keys is not None and (
+                not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)
+            ):
                 raise InputError(f"{where}: `key_properties` must be a list of column names")
             self._schemas.add(message["stream"])
         elif kind == "STATE" and "value" not in message:
             raise InputError(f"{where}: a STATE message needs `value`")
         elif kind == "ACTIVATE_VERSION" and message["stream"] not in self._schemas:
-            raise InputError(f"{where}: ACTIVATE_VERSION for stream {message['stream']!r}, which has no SCHEMA")
+            raise InputError(
+                f"{where}: ACTIVATE_VERSION for stream {message['stream']!r}, which has no SCHEMA"
+            )
 
     def deserialize_json(self, line: str | bytes) -> dict:
         self.line_number += 1
@@ -172,12 +191,18 @@ class SingerLineReader(SdkReader):
         try:
             message, _ = _decode_any(line)
         except json.JSONDecodeError as exc:
-            raise InputError(f"input line {self.line_number} is not valid JSON: {exc.msg} at column {exc.colno}") from None
+            raise InputError(
+                f"input line {self.line_number} is not valid JSON: {exc.msg} at column {exc.colno}"
+            ) from None
         except RecursionError:
-            raise InputError(f"input line {self.line_number} is nested too deeply to read") from None
+            raise InputError(
+                f"input line {self.line_number} is nested too deeply to read"
+            ) from None
         if type(message) is not dict:
             raise InputError(f"input line {self.line_number} is not a JSON object")
         return message
 
     def unknown_message(self, message_dict: dict) -> None:
-        raise InputError(f"input line {self.line_number}: unknown message type {message_dict.get('type')!r}")
+        raise InputError(
+            f"input line {self.line_number}: unknown message type {message_dict.get('type')!r}"
+        )

@@ -45,7 +45,8 @@ class Check:
 
 
 class Reconciler:
-    """Collects the checks of reconcile streams (in the place of Track API delivery), and runs them."""
+    """Collects the checks of reconcile streams (where others have Track API delivery), and
+    runs them."""
 
     shards = 1
 
@@ -60,7 +61,11 @@ class Reconciler:
         for op in batch.ops:
             data = orjson.loads(op.body)
             tolerance = Tolerance(data["tolerance"], data["share"])
-            checks.append(Check(batch.stream, data["segment_id"], data["expected"], tolerance, data["on_drift"]))
+            checks.append(
+                Check(
+                    batch.stream, data["segment_id"], data["expected"], tolerance, data["on_drift"]
+                )
+            )
         with self._lock:
             self.checks += checks
         self._report.delivered(batch.stream, batch.records)
@@ -78,8 +83,10 @@ class Reconciler:
         fatal = [check for check in failed if check.on_drift == "fail"]
         if fatal:
             shown = ", ".join(str(check.segment_id) for check in fatal[:10])
-            raise DriftError(f"{len(fatal)} segment check(s) outside their tolerance (segments {shown}): "
-                             "Customer.io disagrees with the database; see the report's reconciliation")
+            raise DriftError(
+                f"{len(fatal)} segment check(s) outside their tolerance (segments {shown}): "
+                "Customer.io disagrees with the database; see the report's reconciliation"
+            )
         return self.checks
 
     def _run_one(self, client: AppClient, check: Check) -> None:
@@ -102,5 +109,8 @@ def _line(check: Check) -> str:
     name = f" ({check.name})" if check.name else ""
     if check.actual is None:
         return f"segment {check.segment_id}{name}: {check.reason}; expected {check.expected}"
-    return (f"segment {check.segment_id}{name}: Customer.io counts {check.actual}, the database expects "
-            f"{check.expected} (difference {check.difference:+d}, tolerance {check.tolerance})")
+    return (
+        f"segment {check.segment_id}{name}: Customer.io counts {check.actual}, "
+        "the database expects "
+        f"{check.expected} (difference {check.difference:+d}, tolerance {check.tolerance})"
+    )

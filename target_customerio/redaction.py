@@ -34,7 +34,8 @@ _SECRET_NAME = re.compile(
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/@\s'\"]+)@")
 # `Authorization: Basic ...` (a server echoing the request's headers back).
 _AUTH_HEADER = re.compile(
-    r"(?P<name>authorization['\"]?\s*[:=]\s*['\"]?(?:basic|bearer|token)?\s*)[^\s'\",;}]+", re.IGNORECASE
+    r"(?P<name>authorization['\"]?\s*[:=]\s*['\"]?(?:basic|bearer|token)?\s*)[^\s'\",;}]+",
+    re.IGNORECASE,
 )
 # `password=...`, `api_key: ...`, `?token=...`: a secret-looking name and its value.
 _PAIR = re.compile(

@@ -35,8 +35,12 @@ class StreamTally:
     bytes: int = 0
 
     def counts(self) -> dict[str, int]:
-        return {"received": self.received, "sent": self.sent, "rejected": sum(self.rejected.values()),
-                "skipped": sum(self.skipped.values())}
+        return {
+            "received": self.received,
+            "sent": self.sent,
+            "rejected": sum(self.rejected.values()),
+            "skipped": sum(self.skipped.values()),
+        }
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,7 +64,14 @@ def _json_default(value: Any) -> Any:
 class RunReport:
     """Thread-safe: delivery threads record outcomes while the reader counts records."""
 
-    def __init__(self, *, reject_file: str | None, report_file: str | None, dry_run: bool, logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        *,
+        reject_file: str | None,
+        report_file: str | None,
+        dry_run: bool,
+        logger: logging.Logger,
+    ) -> None:
         self._lock = threading.Lock()
         self._streams: dict[str, StreamTally] = {}
         self._reject_path = Path(reject_file) if reject_file else None
@@ -95,17 +106,34 @@ class RunReport:
         with self._lock:
             return self._streams.setdefault(name, StreamTally())
 
-    def reject(self, stream: str, reason: str, field: str | None, message: str, record: Any, rule: str | None = None) -> None:
+    def reject(
+        self,
+        stream: str,
+        reason: str,
+        field: str | None,
+        message: str,
+        record: Any,
+        rule: str | None = None,
+    ) -> None:
         """Count a record that is not sent and write it to the reject file. `record` may be its
-        RECORD line (the reader's direct path): it is decoded here, for the few that are rejected."""
+        RECORD line (the reader's direct path): it is decoded here, for the few that are
+        rejected."""
         if type(record) is bytes:
             record = decode_record(record, stream)[0]
         entry = {
-            "stream": stream, "reason": reason, "field": field, "message": message,
-            "record": record, "rejected_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "stream": stream,
+            "reason": reason,
+            "field": field,
+            "message": message,
+            "record": record,
+            "rejected_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         }
         try:
-            line = orjson.dumps(entry, default=_json_default, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
+            line = orjson.dumps(
+                entry,
+                default=_json_default,
+                option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS,
+            )
         except orjson.JSONEncodeError:  # lone surrogates, huge ints: keep the record, escaped
             line = (json.dumps(entry, default=str, ensure_ascii=True) + "\n").encode()
         line = REDACTOR.redact_json(line)
@@ -130,7 +158,9 @@ class RunReport:
             self._reject_out.write(line)
             self._reject_unsynced = True
         except OSError as exc:
-            self._write_error = TargetError(f"cannot write reject_file {self._reject_path}: {exc.strerror or exc}")
+            self._write_error = TargetError(
+                f"cannot write reject_file {self._reject_path}: {exc.strerror or exc}"
+            )
             raise self._write_error from None
 
     def flush(self) -> None:
@@ -145,7 +175,9 @@ class RunReport:
                 self._reject_out.flush()
                 os.fsync(self._reject_out.fileno())
             except OSError as exc:
-                self._write_error = TargetError(f"cannot write reject_file {self._reject_path}: {exc.strerror or exc}")
+                self._write_error = TargetError(
+                    f"cannot write reject_file {self._reject_path}: {exc.strerror or exc}"
+                )
                 raise self._write_error from None
             self._reject_unsynced = False
 
@@ -174,25 +206,32 @@ class RunReport:
             self._event_names[name].add(raw)
 
     def near_duplicate_event_names(self) -> dict[str, list[str]]:
-        """Names that differ at the source but normalise to one event (`Order Placed` vs `order_placed`)."""
+        """Names that differ at the source but normalise to one event (`Order Placed`,
+        `order_placed`)."""
         return {name: sorted(raws) for name, raws in self._event_names.items() if len(raws) > 1}
 
     def totals(self) -> dict[str, int]:
         out: Counter = Counter()
         for tally in self._streams.values():
-            out.update({
-                "received": tally.received, "sent": tally.sent,
-                "rejected": sum(tally.rejected.values()), "skipped": sum(tally.skipped.values()),
-            })
+            out.update(
+                {
+                    "received": tally.received,
+                    "sent": tally.sent,
+                    "rejected": sum(tally.rejected.values()),
+                    "skipped": sum(tally.skipped.values()),
+                }
+            )
         return {k: out[k] for k in ("received", "sent", "rejected", "skipped")}
 
     def summary(self, status: str) -> str:
         t = self.totals()
         sent = "would send" if self._dry_run else "sent"
         return (
-            f"target-customerio {status}: {len(self._streams)} stream(s), {t['received']} received, "
+            f"target-customerio {status}: {len(self._streams)} stream(s), "
+            f"{t['received']} received, "
             f"{t['sent']} {sent}, {t['rejected']} rejected, {t['skipped']} skipped; "
-            f"{self.requests} request(s), {self.bytes / 1e6:.1f} MB, {self.retried_requests} retried"
+            f"{self.requests} request(s), {self.bytes / 1e6:.1f} MB, "
+            f"{self.retried_requests} retried"
         )
 
     def close(self, status: str, error: str | None = None) -> None:
@@ -222,7 +261,12 @@ class RunReport:
             "dry_run": self._dry_run,
             "started_at": self._started.isoformat(),
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "totals": {**self.totals(), "requests": self.requests, "bytes": self.bytes, "retried_requests": self.retried_requests},
+            "totals": {
+                **self.totals(),
+                "requests": self.requests,
+                "bytes": self.bytes,
+                "retried_requests": self.retried_requests,
+            },
             "streams": {name: tally.as_dict() for name, tally in sorted(self._streams.items())},
             "near_duplicate_event_names": self.near_duplicate_event_names(),
         }
@@ -235,7 +279,9 @@ class RunReport:
         try:
             self._report_path.write_bytes(data)
         except OSError as exc:
-            raise TargetError(f"cannot write report_file {self._report_path}: {exc.strerror or exc}") from None
+            raise TargetError(
+                f"cannot write report_file {self._report_path}: {exc.strerror or exc}"
+            ) from None
 
 
 def _ends_mid_line(path: Path) -> bool:
@@ -263,4 +309,6 @@ def open_output(path: Path, setting: str, mode: str) -> IO[bytes]:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path.open(mode)  # type: ignore[return-value]
     except OSError as exc:
-        raise ConfigError(f"setting `{setting}`: cannot write {path} ({exc.strerror or exc})") from None
+        raise ConfigError(
+            f"setting `{setting}`: cannot write {path} ({exc.strerror or exc})"
+        ) from None

@@ -99,8 +99,10 @@ def check_columns(route: Route, stream: str, declared: list[str]) -> None:
     for column in declared:
         name = route.attribute_name(column)
         if name is not None and name in sent:
-            raise ConfigError(f"streams.{route.pattern}.attributes: columns {sent[name]!r} and {column!r} "
-                              f"of stream {stream} would both be sent as {name!r}; rename or exclude one")
+            raise ConfigError(
+                f"streams.{route.pattern}.attributes: columns {sent[name]!r} and {column!r} "
+                f"of stream {stream} would both be sent as {name!r}; rename or exclude one"
+            )
         if name is not None:
             sent[name] = column
 
@@ -119,7 +121,10 @@ class Routes:
     def __init__(self, config: Any, base_dir: Path, on_contract_violation: str) -> None:
         if not isinstance(config, dict) or not config:
             raise ConfigError("setting `streams` must map at least one stream name to a route")
-        self._routes = {name: _route(name, spec, base_dir, on_contract_violation) for name, spec in config.items()}
+        self._routes = {
+            name: _route(name, spec, base_dir, on_contract_violation)
+            for name, spec in config.items()
+        }
 
     @property
     def names(self) -> list[str]:
@@ -144,7 +149,9 @@ def _route(name: str, spec: Any, base_dir: Path, default_violation: str) -> Rout
     try:
         return _parse_route(name, spec, base_dir, default_violation)
     except TypeError as exc:
-        raise ConfigError(f"streams.{name}: an option holds a value of the wrong type ({exc})") from None
+        raise ConfigError(
+            f"streams.{name}: an option holds a value of the wrong type ({exc})"
+        ) from None
 
 
 def _parse_route(name: str, spec: Any, base_dir: Path, default_violation: str) -> Route:
@@ -152,17 +159,25 @@ def _parse_route(name: str, spec: Any, base_dir: Path, default_violation: str) -
 
     where = f"streams.{name}"
     if not isinstance(spec, dict):
-        raise ConfigError(f"{where}: a route must be an object with at least `kind` and `identifier`")
-    check_keys(where, spec, frozenset(COMMON_KEYS).union(*(k.keys for k in KINDS.values())), "option")
+        raise ConfigError(
+            f"{where}: a route must be an object with at least `kind` and `identifier`"
+        )
+    check_keys(
+        where, spec, frozenset(COMMON_KEYS).union(*(k.keys for k in KINDS.values())), "option"
+    )
     kind = spec.get("kind")
     if kind not in KINDS:
         raise ConfigError(f"{where}.kind: {kind!r} is not one of {', '.join(KINDS)}")
     applies = (*(KINDS[kind].common or COMMON_KEYS), *KINDS[kind].keys)
     for key in spec:
         if key not in applies:
-            kinds = [k for k, of in KINDS.items() if key in of.keys or key in (of.common or COMMON_KEYS)]
-            raise ConfigError(f"{where}.{key}: does not apply to a {kind} route (it is an option "
-                              f"of {' and '.join(kinds)} routes)")
+            kinds = [
+                k for k, of in KINDS.items() if key in of.keys or key in (of.common or COMMON_KEYS)
+            ]
+            raise ConfigError(
+                f"{where}.{key}: does not apply to a {kind} route (it is an option "
+                f"of {' and '.join(kinds)} routes)"
+            )
     attributes = spec.get("attributes") or {}
     if not isinstance(attributes, dict):
         raise ConfigError(f"{where}.attributes: an object with include, exclude and/or rename")
@@ -171,7 +186,9 @@ def _parse_route(name: str, spec: Any, base_dir: Path, default_violation: str) -
         if key in attributes:
             columns_option(f"{where}.attributes.{key}", attributes[key])
     rename = attributes.get("rename", {})
-    if not isinstance(rename, dict) or not all(isinstance(v, str) and v.strip() for v in rename.values()):
+    if not isinstance(rename, dict) or not all(
+        isinstance(v, str) and v.strip() for v in rename.values()
+    ):
         raise ConfigError(f"{where}.attributes.rename: an object of column: attribute name")
     violation = spec.get("on_contract_violation", default_violation)
     if violation not in ("reject", "fail"):
@@ -179,7 +196,10 @@ def _parse_route(name: str, spec: Any, base_dir: Path, default_violation: str) -
     on_delete = spec.get("on_delete", "ignore")
     if on_delete not in KINDS[kind].on_delete:
         allowed = KINDS[kind].on_delete
-        raise ConfigError(f"{where}.on_delete: {on_delete!r} is not one of {', '.join(allowed)} for a {kind} route")
+        raise ConfigError(
+            f"{where}.on_delete: {on_delete!r} is not one of {', '.join(allowed)} "
+            f"for a {kind} route"
+        )
     for key in ("contract", "source_timezone"):
         if spec.get(key) is not None and not isinstance(spec[key], str):
             raise ConfigError(f"{where}.{key}: must be text, not {type(spec[key]).__name__}")
@@ -189,13 +209,20 @@ def _parse_route(name: str, spec: Any, base_dir: Path, default_violation: str) -
         raise ConfigError(f"{where}.source_timezone: {exc}") from None
     options = KINDS[kind].options(where, spec)
     volume = spec.get("max_volume_change")
-    if volume is not None and (isinstance(volume, bool) or not isinstance(volume, (int, float)) or not volume > 0):
-        raise ConfigError(f"{where}.max_volume_change: a share greater than 0 (0.5: half as many or 1.5 times as many records)")
+    if volume is not None and (
+        isinstance(volume, bool) or not isinstance(volume, (int, float)) or not volume > 0
+    ):
+        raise ConfigError(
+            f"{where}.max_volume_change: a share greater than 0 "
+            "(0.5: from half as many records to 1.5 times as many)"
+        )
     return Route(
         pattern=name,
         kind=kind,
         options=options,
-        include=columns_option(f"{where}.attributes.include", attributes["include"]) if "include" in attributes else None,
+        include=columns_option(f"{where}.attributes.include", attributes["include"])
+        if "include" in attributes
+        else None,
         exclude=columns_option(f"{where}.attributes.exclude", attributes.get("exclude", [])),
         rename=dict(attributes.get("rename", {})),
         contract=load_contract(spec["contract"], base_dir) if spec.get("contract") else None,
@@ -212,8 +239,10 @@ def check_keys(where: str, spec: dict[str, Any], known: Any, what: str) -> None:
     for key in spec:
         if key not in known:
             shown_key = shown(str(key), 60)
-            raise ConfigError(f"{where}: unknown {what} `{shown_key}`{did_you_mean(shown_key, known)}; "
-                              f"known: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"{where}: unknown {what} `{shown_key}`{did_you_mean(shown_key, known)}; "
+                f"known: {', '.join(sorted(known))}"
+            )
 
 
 def column_option(where: str, value: Any) -> str:
@@ -243,5 +272,12 @@ def identifier_option(where: str, value: Any, default_type: str = "id") -> Ident
 
 # The options every route takes; each kind adds its own (operations.KINDS). An option of
 # another kind is an error too (`timestamp` on a person route does nothing: a mistake).
-COMMON_KEYS = ("kind", "attributes", "contract", "on_contract_violation", "source_timezone", "on_delete",
-               "max_volume_change")
+COMMON_KEYS = (
+    "kind",
+    "attributes",
+    "contract",
+    "on_contract_violation",
+    "source_timezone",
+    "on_delete",
+    "max_volume_change",
+)

@@ -40,17 +40,25 @@ PRIVATE_MEMBERS: tuple[tuple[type, str, tuple[str, ...] | None], ...] = (
     (MsgSpecReader, "_process_unknown_message", ("self", "message_dict")),
 )
 # Attributes the SDK's Target sets on itself (its sinks), read from its source.
-PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = ((Target, "_sinks_active"), (Target, "_sinks_to_clear"))
+PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
+    (Target, "_sinks_active"),
+    (Target, "_sinks_to_clear"),
+)
 ConfigInput = getattr(_plugin_base, "_ConfigInput", None)  # what `--config` gives `invoke`
 
 
-def check(members: t.Iterable[tuple[type, str, tuple[str, ...] | None]] = PRIVATE_MEMBERS,
-          attributes: t.Iterable[tuple[type, str]] = PRIVATE_ATTRIBUTES) -> None:
+def check(
+    members: t.Iterable[tuple[type, str, tuple[str, ...] | None]] = PRIVATE_MEMBERS,
+    attributes: t.Iterable[tuple[type, str]] = PRIVATE_ATTRIBUTES,
+) -> None:
     """Raise SdkMismatch, naming the first member missing or changed and the SDK's version."""
+
     def mismatch(what: str) -> SdkMismatch:
-        return SdkMismatch(f"target-customerio relies on singer-sdk's {what}, which singer-sdk "
-                           f"{SDK_VERSION} does not have: install the singer-sdk version this "
-                           "release requires (pip install target-customerio again)")
+        return SdkMismatch(
+            f"target-customerio relies on singer-sdk's {what}, which singer-sdk "
+            f"{SDK_VERSION} does not have: install the singer-sdk version this "
+            "release requires (pip install target-customerio again)"
+        )
 
     if ConfigInput is None:
         raise mismatch("plugin_base._ConfigInput")
@@ -59,7 +67,9 @@ def check(members: t.Iterable[tuple[type, str, tuple[str, ...] | None]] = PRIVAT
         if member is None:
             raise mismatch(f"{cls.__name__}.{name}")
         if parameters is not None:
-            function = member.__func__ if isinstance(member, (classmethod, staticmethod)) else member
+            function = (
+                member.__func__ if isinstance(member, (classmethod, staticmethod)) else member
+            )
             if tuple(inspect.signature(function).parameters) != parameters:
                 raise mismatch(f"{cls.__name__}.{name}({', '.join(parameters)})")
     for cls, name in attributes:

@@ -30,138 +30,185 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "site_id": {
             "type": "string",
             "description": "Track API site ID (Customer.io > Settings > API Credentials). "
-                           "Required unless dry_run.",
+            "Required unless dry_run.",
         },
         "api_key": {
-            "type": "string", "secret": True, "writeOnly": True,
+            "type": "string",
+            "secret": True,
+            "writeOnly": True,
             "description": "Track API key, sent with site_id as HTTP Basic auth. Secret: never "
-                           "logged. Required unless dry_run.",
+            "logged. Required unless dry_run.",
         },
         "region": {
-            "type": "string", "enum": ["us", "eu"], "default": "us",
+            "type": "string",
+            "enum": ["us", "eu"],
+            "default": "us",
             "description": "Workspace region: us (https://track.customer.io) or eu "
-                           "(https://track-eu.customer.io).",
+            "(https://track-eu.customer.io).",
         },
         "track_api_url": {
             "type": "string",
             "description": "Overrides the region's Track API base URL (sandbox, proxy); plain "
-                           "http:// only for loopback hosts. Unset: the region's URL.",
+            "http:// only for loopback hosts. Unset: the region's URL.",
         },
         "app_api_key": {
-            "type": "string", "secret": True, "writeOnly": True,
+            "type": "string",
+            "secret": True,
+            "writeOnly": True,
             "description": "App API key (bearer), for reconcile routes: segment counts are read "
-                           "from the App API. Secret: never logged. Required when a reconcile "
-                           "route's stream arrives (unless dry_run).",
+            "from the App API. Secret: never logged. Required when a reconcile "
+            "route's stream arrives (unless dry_run).",
         },
         "app_api_url": {
             "type": "string",
             "description": "Overrides the region's App API base URL (https://api.customer.io, EU "
-                           "https://api-eu.customer.io); plain http:// only for loopback hosts.",
+            "https://api-eu.customer.io); plain http:// only for loopback hosts.",
         },
         "streams": {
             "type": ["object", "string"],
             "description": "Stream name (exact, or a glob such as *-customers) -> route: kind "
-                           "(person, event, merge, object, reconcile), identifier, event_name, event_id, "
-                           "timestamp, attributes, contract, max_age. "
-                           "An object, or the same as a JSON string. Unset: no stream has a "
-                           "route (see unmapped_streams).",
+            "(person, event, merge, object, reconcile), identifier, event_name, event_id, "
+            "timestamp, attributes, contract, max_age. "
+            "An object, or the same as a JSON string. Unset: no stream has a "
+            "route (see unmapped_streams).",
         },
         "unmapped_streams": {
-            "type": "string", "enum": ["error", "skip"], "default": "error",
+            "type": "string",
+            "enum": ["error", "skip"],
+            "default": "error",
             "description": "A stream with no route: error fails the run naming it and the "
-                           "configured ones; skip counts its records as skipped.",
+            "configured ones; skip counts its records as skipped.",
         },
         "max_requests_per_second": {
-            "type": "number", "minimum": 0.01, "maximum": 100000, "default": 100,
+            "type": "number",
+            "minimum": 0.01,
+            "maximum": 100000,
+            "default": 100,
             "description": "Client-side rate limit on Track API requests.",
         },
         "reject_file": {
             "type": "string",
             "description": "JSONL dead-letter file: every record not sent, with its stream, "
-                           "reason, field and the record. Unset: rejects are only counted.",
+            "reason, field and the record. Unset: rejects are only counted.",
         },
         "report_file": {
             "type": "string",
             "description": "JSON run report: per stream received, sent, rejected, skipped (with "
-                           "why) and retried. Unset: the summary is only logged.",
+            "why) and retried. Unset: the summary is only logged.",
         },
         "dry_run": {
-            "type": "boolean", "default": False,
+            "type": "boolean",
+            "default": False,
             "description": "Map and validate everything, send nothing, emit no STATE; the "
-                           "would-be operations go to dry_run_file.",
+            "would-be operations go to dry_run_file.",
         },
         "dry_run_file": {
-            "type": "string", "default": "customerio-dry-run.jsonl",
+            "type": "string",
+            "default": "customerio-dry-run.jsonl",
             "description": "Where dry_run writes the would-be operations (JSONL).",
         },
         "on_contract_violation": {
-            "type": "string", "enum": ["reject", "fail"], "default": "reject",
+            "type": "string",
+            "enum": ["reject", "fail"],
+            "default": "reject",
             "description": "Default for routes: a record that breaks its contract is rejected "
-                           "(dead-lettered) or fails the run.",
+            "(dead-lettered) or fails the run.",
         },
         "request_timeout": {
-            "type": "number", "exclusiveMinimum": 0, "maximum": 3600, "default": 30,
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 3600,
+            "default": 30,
             "description": "Longest one try of a request may take, whole: connecting, the "
-                           "answer's headers and its body.",
+            "answer's headers and its body.",
         },
         "max_retries": {
-            "type": "integer", "minimum": 0, "default": 7,
+            "type": "integer",
+            "minimum": 0,
+            "default": 7,
             "description": "Retries of one request on 429, 5xx and network errors (backoff with "
-                           "jitter, Retry-After honoured).",
+            "jitter, Retry-After honoured).",
         },
         "checkpoint_interval_seconds": {
-            "type": "number", "exclusiveMinimum": 0, "maximum": 86400, "default": 60,
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 86400,
+            "default": 60,
             "description": "Longest time between STATE checkpoints on a long run.",
         },
         "change_detection": {
-            "type": "boolean", "default": True,
+            "type": "boolean",
+            "default": True,
             "description": "Skip rows whose operation equals what the ledger says was last "
-                           "delivered.",
+            "delivered.",
         },
         "ledger_path": {
-            "type": "string", "default": ".customerio-ledger.sqlite",
+            "type": "string",
+            "default": ".customerio-ledger.sqlite",
             "description": "SQLite ledger of what was delivered, per workspace. Losing it "
-                           "costs one full re-send.",
+            "costs one full re-send.",
         },
         "ledger_url": {
-            "type": "string", "secret": True, "writeOnly": True,
+            "type": "string",
+            "secret": True,
+            "writeOnly": True,
             "description": "Postgres URL: keep the ledger in a table there instead of "
-                           "ledger_path (ephemeral runners). Secret. Needs "
-                           "target-customerio[postgres]. Unset: the SQLite ledger.",
+            "ledger_path (ephemeral runners). Secret. Needs "
+            "target-customerio[postgres]. Unset: the SQLite ledger.",
         },
         "full_resend": {
-            "type": "boolean", "default": False,
+            "type": "boolean",
+            "default": False,
             "description": "Ignore the ledger for this run and send everything (the ledger is "
-                           "still updated).",
+            "still updated).",
         },
         "max_reject_ratio": {
-            "type": "number", "minimum": 0, "maximum": 1,
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
             "description": "Fail the run when a stream's rejected/received ratio passes this "
-                           "(0..1; checked from 100 records on, and before each STATE). "
-                           "Unset: no limit.",
+            "(0..1; checked from 100 records on, and before each STATE). "
+            "Unset: no limit.",
         },
         "delivery_workers": {
-            "type": "integer", "minimum": 1, "maximum": 32, "default": 4,
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 32,
+            "default": 4,
             "description": "Requests in flight at once.",
         },
         "mapping_workers": {
-            "type": "integer", "minimum": 0, "maximum": 16,
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 16,
             "description": "Processes that decode, map and validate records; 0 maps in the "
-                           "reading thread. Unset: the CPU count, at most 4.",
+            "reading thread. Unset: the CPU count, at most 4.",
         },
     },
 }
 
 
 # singer-sdk's own settings. These apply: the SDK does their work before a record reaches a sink.
-SDK_SETTINGS = ("add_record_metadata", "stream_maps", "stream_map_config", "faker_config",
-                "flattening_enabled", "flattening_max_depth", "flattening_max_key_length",
-                "flattening_separator")
+SDK_SETTINGS = (
+    "add_record_metadata",
+    "stream_maps",
+    "stream_map_config",
+    "faker_config",
+    "flattening_enabled",
+    "flattening_max_depth",
+    "flattening_max_key_length",
+    "flattening_separator",
+)
 # The SDK defines these too, for targets that load tables or validate with its validator; this
 # target does neither (requests are cut by size, contracts do the checking). Accepted, so a
 # project that sets them keeps running, with a warning that they do nothing.
-SDK_SETTINGS_IGNORED = ("load_method", "batch_size_rows", "validate_records",
-                        "process_activate_version_messages", "batch_config")
+SDK_SETTINGS_IGNORED = (
+    "load_method",
+    "batch_size_rows",
+    "validate_records",
+    "process_activate_version_messages",
+    "batch_config",
+)
 # Environment variables with the settings' prefix that are not settings (COMPILE is the build's
 # switch: hatch_build.py).
 _NOT_SETTINGS_ENV = ("LOGLEVEL", "LOG_LEVEL", "COMPILE")
@@ -183,8 +230,10 @@ def check_config(config: dict[str, Any]) -> list[str]:
     for name in config:
         if name not in known:
             shown_name = shown(name, 60)
-            raise ConfigError(f"unknown setting `{shown_name}`{did_you_mean(shown_name, known)}; "
-                              f"settings: {', '.join(CONFIG_SCHEMA['properties'])}")
+            raise ConfigError(
+                f"unknown setting `{shown_name}`{did_you_mean(shown_name, known)}; "
+                f"settings: {', '.join(CONFIG_SCHEMA['properties'])}"
+            )
     for error in _VALIDATOR.iter_errors(config):  # the SDK checks its own settings
         path = [str(p) for p in error.instance_path]
         name = path[0] if path else ""
@@ -192,10 +241,16 @@ def check_config(config: dict[str, Any]) -> list[str]:
     for name in ("site_id", "api_key", "app_api_key"):
         value = config.get(name)
         if isinstance(value, str) and not (value.isascii() and value.isprintable()):
-            raise ConfigError(f"setting `{name}` holds characters an HTTP header cannot carry "
-                              "(it must be printable ASCII: copy it again from Customer.io)")
-    return [f"setting `{name}` does nothing in target-customerio (requests are cut by size and "
-            "contracts check the records); remove it" for name in SDK_SETTINGS_IGNORED if config.get(name) is not None]
+            raise ConfigError(
+                f"setting `{name}` holds characters an HTTP header cannot carry "
+                "(it must be printable ASCII: copy it again from Customer.io)"
+            )
+    return [
+        f"setting `{name}` does nothing in target-customerio (requests are cut by size and "
+        "contracts check the records); remove it"
+        for name in SDK_SETTINGS_IGNORED
+        if config.get(name) is not None
+    ]
 
 
 _VALIDATOR = jsonschema_rs.Draft7Validator(CONFIG_SCHEMA)
@@ -253,9 +308,14 @@ def check_env(environ: dict[str, str]) -> None:
     known = [name.upper() for name in known_settings()]
     for var in environ:
         if var.startswith(ENV_PREFIX):
-            name = var[len(ENV_PREFIX):]
+            name = var[len(ENV_PREFIX) :]
             nested = name.startswith(_OBJECT_SETTINGS_ENV)  # Meltano exports object settings flat
-            if name not in known and name not in _NOT_SETTINGS_ENV and not nested and not name.startswith("_"):
+            if (
+                name not in known
+                and name not in _NOT_SETTINGS_ENV
+                and not nested
+                and not name.startswith("_")
+            ):
                 close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
                 hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
                 raise ConfigError(f"environment variable {var} names no setting{hint}")
@@ -308,7 +368,11 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
             streams = json.loads(streams)
         except (json.JSONDecodeError, RecursionError):
             raise ConfigError("setting `streams` is a string but not JSON") from None
-    kinds = {route.get("kind") if isinstance(route, dict) else None for route in streams.values()} if isinstance(streams, dict) else set()
+    kinds = (
+        {route.get("kind") if isinstance(route, dict) else None for route in streams.values()}
+        if isinstance(streams, dict)
+        else set()
+    )
     needed = [] if dry_run else ["site_id", "api_key"] if kinds != {"reconcile"} else []
     for name in needed:
         if not str(config.get(name) or "").strip():
@@ -332,7 +396,9 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
     return Settings(
         site_id=str(config.get("site_id") or ""),
         base_url=(override or REGION_URLS[region]).rstrip("/"),
-        region=config.get("region") if override else region,  # verify a proxy's region only when set
+        region=config.get("region")
+        if override
+        else region,  # verify a proxy's region only when set
         app_base_url=(app_override or APP_REGION_URLS[region]).rstrip("/"),
         routes=Routes(streams, base_dir, violation),
         unmapped_streams=unmapped,
@@ -344,7 +410,9 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
         request_timeout=_positive(config, "request_timeout", 30),
         max_retries=int(config.get("max_retries", 7)),
         delivery_workers=int(config.get("delivery_workers", 4)),
-        mapping_workers=int(config["mapping_workers"]) if config.get("mapping_workers") is not None else min(4, os.cpu_count() or 1),
+        mapping_workers=int(config["mapping_workers"])
+        if config.get("mapping_workers") is not None
+        else min(4, os.cpu_count() or 1),
         checkpoint_interval_seconds=_positive(config, "checkpoint_interval_seconds", 60),
         change_detection=bool(config.get("change_detection", True)),
         ledger_path=config.get("ledger_path") or ".customerio-ledger.sqlite",
@@ -361,14 +429,22 @@ def _distinct_outputs(config: dict[str, Any], dry_run: bool) -> None:
     seen: dict[str, str] = {}
     for name in names:
         value = config.get(name) or (".customerio-ledger.sqlite" if name == "ledger_path" else None)
-        if not value or (name == "ledger_path" and (config.get("ledger_url") or config.get("change_detection") is False)):
+        if not value or (
+            name == "ledger_path"
+            and (config.get("ledger_url") or config.get("change_detection") is False)
+        ):
             continue
         path = os.path.realpath(value)
         if path in seen:
-            raise ConfigError(f"settings `{seen[path]}` and `{name}` name the same file ({value}); each needs its own")
+            raise ConfigError(
+                f"settings `{seen[path]}` and `{name}` name the same file ({value}); "
+                "each needs its own"
+            )
         seen[path] = name
         if _is_stdout(value):
-            raise ConfigError(f"setting `{name}`: {value} is standard output, which carries only STATE")
+            raise ConfigError(
+                f"setting `{name}`: {value} is standard output, which carries only STATE"
+            )
 
 
 def _is_stdout(path: str) -> bool:
@@ -404,7 +480,9 @@ def _positive(config: dict[str, Any], name: str, default: float) -> float:
     return number
 
 
-def _check_url(url: str, setting: str = "track_api_url", credentials: str = "site_id and api_key") -> None:
+def _check_url(
+    url: str, setting: str = "track_api_url", credentials: str = "site_id and api_key"
+) -> None:
     try:
         parsed = urlparse(url.strip())
         parsed.port  # noqa: B018 - raises ValueError on a port that is not a number
@@ -415,10 +493,15 @@ def _check_url(url: str, setting: str = "track_api_url", credentials: str = "sit
     if parsed.username or parsed.password:
         raise ConfigError(f"setting `{setting}` must not contain credentials; use {credentials}")
     if parsed.query or parsed.fragment or parsed.params:
-        raise ConfigError(f"setting `{setting}`: a base URL, without ?query or #fragment "
-                          "(request paths are added to it)")
+        raise ConfigError(
+            f"setting `{setting}`: a base URL, without ?query or #fragment "
+            "(request paths are added to it)"
+        )
     if parsed.scheme == "http" and not _is_loopback(parsed.hostname):
-        raise ConfigError(f"setting `{setting}`: plain http:// is only allowed for loopback hosts, not {parsed.hostname}")
+        raise ConfigError(
+            f"setting `{setting}`: plain http:// is only allowed for loopback hosts, "
+            f"not {parsed.hostname}"
+        )
 
 
 def _is_loopback(host: str) -> bool:
@@ -430,12 +513,19 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def about_text(info: t.Any) -> str:
+def about_text(info: Any) -> str:
     """The SDK's text form of --about, each setting with its default, secrecy and description."""
-    lines = [f"Name: {info.name}", f"Description: {info.description}",
-             f"Version: {info.version}", f"SDK Version: {info.sdk_version}",
-             "Supported Python Versions:", *(f"  - {v}" for v in info.supported_python_versions or []),
-             "Capabilities:", *(f"  - {c}" for c in info.capabilities), "Settings:"]
+    lines = [
+        f"Name: {info.name}",
+        f"Description: {info.description}",
+        f"Version: {info.version}",
+        f"SDK Version: {info.sdk_version}",
+        "Supported Python Versions:",
+        *(f"  - {v}" for v in info.supported_python_versions or []),
+        "Capabilities:",
+        *(f"  - {c}" for c in info.capabilities),
+        "Settings:",
+    ]
     for name, schema in info.settings.get("properties", {}).items():
         lines += [f"  - Name: {name}", f"    Type: {schema.get('type')}"]
         if "default" in schema:

@@ -44,7 +44,9 @@ class CustomerIOSink(SdkSink):
 
     KEPT_METADATA = ("_sdc_deleted_at",)  # the delete marker a route may act on
 
-    def __init__(self, target: t.Any, stream_name: str, schema: dict, key_properties: t.Sequence[str] | None) -> None:
+    def __init__(
+        self, target: t.Any, stream_name: str, schema: dict, key_properties: t.Sequence[str] | None
+    ) -> None:
         super().__init__(target, stream_name, schema, key_properties)
         needs: SinkNeeds = target.sink_needs(stream_name)
         route = needs.route
@@ -53,15 +55,25 @@ class CustomerIOSink(SdkSink):
         self._report = needs.report
         self._tally = needs.report.stream(stream_name)
         self._mapping = needs.mapping
-        spec = StreamSpec(stream_name, schema, list(key_properties or []), needs.started_at,
-                          needs.ledger_scope, needs.shards)
+        spec = StreamSpec(
+            stream_name,
+            schema,
+            list(key_properties or []),
+            needs.started_at,
+            needs.ledger_scope,
+            needs.shards,
+        )
         self._mapping_key = self._mapping.open(spec)
         self._chunk: list[Item] = []
         self._sdk_counted = 0  # records of the chunk that came through the SDK's handling
         self._fail_on_violation = route.on_contract_violation == "fail"
-        self._seen_events: set[int] = set()  # dedupe keys of the events sent in this run: small at 1M events
+        self._seen_events: set[int] = (
+            set()
+        )  # dedupe keys of the events sent in this run: small at 1M events
         self._max_reject_ratio = needs.max_reject_ratio
-        self._packers = [Packer(stream_name, partial(needs.submit, shard)) for shard in range(needs.shards)]
+        self._packers = [
+            Packer(stream_name, partial(needs.submit, shard)) for shard in range(needs.shards)
+        ]
 
     def _check_route_columns(self, route: Route) -> None:
         """Every column the route names is declared by the stream's SCHEMA (else ConfigError,
@@ -74,7 +86,9 @@ class CustomerIOSink(SdkSink):
         if not declared:
             self.logger.warning(
                 "stream %s: its SCHEMA declares no properties, so neither the route's columns nor "
-                "the records' types can be checked against it", self.stream_name)
+                "the records' types can be checked against it",
+                self.stream_name,
+            )
             return
         check_columns(route, self.stream_name, list(declared))
 
@@ -124,7 +138,9 @@ class CustomerIOSink(SdkSink):
         for raw, name in mapped.event_names:
             self._report.event_name(raw, name)
         for index, reason, field, message, rule in mapped.rejects:
-            tally.received = received + index + 1  # as counted one by one: max_reject_ratio is checked here
+            tally.received = (
+                received + index + 1
+            )  # as counted one by one: max_reject_ratio is checked here
             self._reject(items[index], Rejected(reason, field, message, rule))
         tally.received = received + len(items)
         segments = mapped.segments
@@ -132,11 +148,13 @@ class CustomerIOSink(SdkSink):
             self._seen_events.update(mapped.event_keys)
         else:  # rare: an event repeated far apart, or in chunks that different workers mapped
             repeated = set()
-            for index, key in zip(mapped.event_items, mapped.event_keys):
+            for index, key in zip(mapped.event_items, mapped.event_keys, strict=True):
                 if key in self._seen_events:
                     repeated.add(index)
                 self._seen_events.add(key)
-            segments = {shard: segment.without_items(repeated) for shard, segment in segments.items()}
+            segments = {
+                shard: segment.without_items(repeated) for shard, segment in segments.items()
+            }
             self._report.skip(self.stream_name, "duplicate", len(repeated))
         for reason, count in mapped.skipped.items():
             self._report.skip(self.stream_name, reason, count)
@@ -158,7 +176,8 @@ class CustomerIOSink(SdkSink):
         rejected, received = sum(self._tally.rejected.values()), self._tally.received
         if ratio is not None and received and rejected / received > ratio:
             raise ContractError(
-                f"{self.stream_name}: {rejected} of {received} records rejected, more than max_reject_ratio {ratio:g}; "
+                f"{self.stream_name}: {rejected} of {received} records rejected, "
+                f"more than max_reject_ratio {ratio:g}; "
                 "see the reject file for why"
             )
 
@@ -198,7 +217,9 @@ def _properties(schema: t.Any) -> dict:
 class UnmappedSink(SdkSink):
     """A stream with no route under `unmapped_streams: skip`: counted, never sent."""
 
-    def __init__(self, target: t.Any, stream_name: str, schema: dict, key_properties: t.Sequence[str] | None) -> None:
+    def __init__(
+        self, target: t.Any, stream_name: str, schema: dict, key_properties: t.Sequence[str] | None
+    ) -> None:
         super().__init__(target, stream_name, schema, key_properties)
         self._report = target.sink_needs(stream_name).report
         self._report.stream(stream_name)

@@ -24,8 +24,10 @@ from target_customerio.wire import Segment, SegmentBuilder
 # order come together); the sink, which keeps every event of the run, drops any other repeat.
 RECENT_EVENTS = 20_000
 
-Item = t.Union[bytes, dict]  # a RECORD line, whole (the direct path), or a record the SDK decoded
-_Send = tuple[bytes, str, t.Optional[tuple[int, int]]]  # an operation to send: body, shard key, ledger entry
+Item = bytes | dict  # a RECORD line, whole (the direct path), or a record the SDK decoded
+_Send = tuple[
+    bytes, str, tuple[int, int] | None
+]  # an operation to send: body, shard key, ledger entry
 
 
 def compiled() -> bool:
@@ -39,7 +41,9 @@ class Mapped:
     record order, and what became of the records that sent nothing."""
 
     segments: dict[int, Segment]
-    rejects: list[tuple[int, str, str | None, str, str | None]]  # (index in the chunk, reason, field, message, rule)
+    rejects: list[
+        tuple[int, str, str | None, str, str | None]
+    ]  # (index in the chunk, reason, field, message, rule)
     skipped: dict[str, int]  # reason -> records
     event_items: list[int]  # the records (indexes in the chunk) that sent an event, and
     event_keys: list[int]  # their events' dedupe keys: the sink checks them across processes
@@ -61,12 +65,24 @@ class StreamSpec:
 class StreamMapping:
     """Maps the records of one stream."""
 
-    def __init__(self, settings: Settings, spec: StreamSpec, event_names: list[tuple[str, str]], ledger: Ledger) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        spec: StreamSpec,
+        event_names: list[tuple[str, str]],
+        ledger: Ledger,
+    ) -> None:
         route = settings.routes.match(spec.stream)
         assert route is not None  # the target only maps routed streams
-        self._recent: OrderedDict[int, None] = OrderedDict()  # dedupe keys of the last events sent here
-        context = Context(spec.started_at, spec.ledger_scope, self._recent,
-                          lambda raw, name: event_names.append((raw, name)))
+        self._recent: OrderedDict[int, None] = (
+            OrderedDict()
+        )  # dedupe keys of the last events sent here
+        context = Context(
+            spec.started_at,
+            spec.ledger_scope,
+            self._recent,
+            lambda raw, name: event_names.append((raw, name)),
+        )
         self._builder = KINDS[route.kind].builder(route, spec.schema, context)
         self._stream = spec.stream
         self._key_properties = spec.key_properties
@@ -77,13 +93,20 @@ class StreamMapping:
     def map_chunk(self, items: list[Item]) -> Mapped:
         rejects: list[tuple[int, str, str | None, str, str | None]] = []
         skipped: Counter[str] = Counter()
-        mapped: list[tuple[int, int | None, list[_Send]]] = []  # (index in the chunk, event dedupe key, operations)
+        mapped: list[
+            tuple[int, int | None, list[_Send]]
+        ] = []  # (index in the chunk, event dedupe key, operations)
         build = self._builder.build
         for index, item in enumerate(items):
-            record, native = decode_record(item, self._stream) if isinstance(item, bytes) else (item, False)
+            record, native = (
+                decode_record(item, self._stream) if isinstance(item, bytes) else (item, False)
+            )
             for key in self._key_properties:
                 if key not in record:
-                    raise MissingKeyPropertiesError(f"{self._stream}: a record has no key property {key!r} (key_properties: {self._key_properties})")
+                    raise MissingKeyPropertiesError(
+                        f"{self._stream}: a record has no key property {key!r} "
+                        f"(key_properties: {self._key_properties})"
+                    )
             try:
                 ops = build(record, native).operations
             except Skipped as skip:
@@ -93,7 +116,9 @@ class StreamMapping:
                 rejects.append((index, rej.reason, rej.field, rej.message, rej.rule))
                 continue
             seen = ops[0].seen
-            if seen is not None:  # an event: sent once a run, whatever its rows (the builder skips the repeats)
+            if (
+                seen is not None
+            ):  # an event: sent once a run, whatever its rows (the builder skips the repeats)
                 self._recent[seen] = None
                 if len(self._recent) > RECENT_EVENTS:
                     self._recent.popitem(last=False)
@@ -146,7 +171,9 @@ class InlineMapping:
         self._settings = settings
         self._streams: dict[int, StreamMapping] = {}
         self._event_names: list[tuple[str, str]] = []
-        self._ledger: Ledger | None = None  # for lookups: a connection of its own, opened on first use
+        self._ledger: Ledger | None = (
+            None  # for lookups: a connection of its own, opened on first use
+        )
 
     def open(self, spec: StreamSpec) -> int:
         if self._ledger is None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import ctypes
-import json
 import logging
 import os
 import signal
@@ -32,7 +31,14 @@ from target_customerio import redaction, volume
 from target_customerio.app_api import AppClient
 from target_customerio.config_file import read_config_file
 from target_customerio.delivery import Delivery, DryRun
-from target_customerio.errors import ConfigError, DriftError, InputError, TargetError, Terminated, did_you_mean
+from target_customerio.errors import (
+    ConfigError,
+    DriftError,
+    InputError,
+    TargetError,
+    Terminated,
+    did_you_mean,
+)
 from target_customerio.ledger import open_ledger
 from target_customerio.mapping_processes import ProcessMapping, make_mapping
 from target_customerio.operations import KINDS
@@ -40,6 +46,7 @@ from target_customerio.reading import SingerLineReader
 from target_customerio.reconcile import Reconciler
 from target_customerio.redaction import shown
 from target_customerio.report import RunReport
+from target_customerio.sdk import ConfigInput, SdkTarget
 from target_customerio.settings import (
     CONFIG_SCHEMA,
     SDK_SETTINGS_IGNORED,
@@ -49,7 +56,6 @@ from target_customerio.settings import (
     env_config,
     load_settings,
 )
-from target_customerio.sdk import ConfigInput, SdkTarget
 from target_customerio.sinks import CustomerIOSink, SinkNeeds, UnmappedSink
 from target_customerio.stream_mapping import Item, compiled
 from target_customerio.track_api import TrackClient
@@ -87,8 +93,12 @@ class TargetCustomerIO(SdkTarget):
     default_sink_class = CustomerIOSink
     message_reader_class = SingerLineReader
     # Not `validate-records`: the SDK's record validation is replaced by contracts (sinks.py).
-    capabilities: t.ClassVar[list] = [PluginCapabilities.ABOUT, PluginCapabilities.STREAM_MAPS,
-                    PluginCapabilities.FLATTENING, PluginCapabilities.STRUCTURED_LOGGING]
+    capabilities: t.ClassVar[list] = [
+        PluginCapabilities.ABOUT,
+        PluginCapabilities.STREAM_MAPS,
+        PluginCapabilities.FLATTENING,
+        PluginCapabilities.STRUCTURED_LOGGING,
+    ]
 
     @classmethod
     def append_builtin_config(cls, config_jsonschema: dict) -> None:
@@ -106,29 +116,53 @@ class TargetCustomerIO(SdkTarget):
             return
         print(about_text(cls.about_info()))
 
-    def __init__(self, *, config: t.Any = None, parse_env_config: bool = False, validate_config: bool = True, message_reader: t.Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: t.Any = None,
+        parse_env_config: bool = False,
+        validate_config: bool = True,
+        message_reader: t.Any = None,
+    ) -> None:
         redaction.install()
         # Checked before the SDK sees them (its messages quote values): a typo or a wrong type
         # stops here, with a message that never holds a secret.
-        if parse_env_config:  # read here, strictly typed, rather than by the SDK (settings.env_config)
+        if (
+            parse_env_config
+        ):  # read here, strictly typed, rather than by the SDK (settings.env_config)
             schema = self.config_jsonschema
             self.append_builtin_config(schema)
-            config = {**(config if isinstance(config, dict) else {}), **env_config(dict(os.environ), schema)}
+            config = {
+                **(config if isinstance(config, dict) else {}),
+                **env_config(dict(os.environ), schema),
+            }
         else:
             check_env(dict(os.environ))
         warnings = self._check_config(config, validate_config)
-        super().__init__(config=config, parse_env_config=False, validate_config=validate_config, message_reader=message_reader)
-        logging.getLogger("urllib3").setLevel(logging.ERROR)  # a try cut at its deadline is ours to report
+        super().__init__(
+            config=config,
+            parse_env_config=False,
+            validate_config=validate_config,
+            message_reader=message_reader,
+        )
+        logging.getLogger("urllib3").setLevel(
+            logging.ERROR
+        )  # a try cut at its deadline is ours to report
         for warning in warnings:
             self.logger.warning("%s", warning)
         self.settings = load_settings(dict(self.config), Path.cwd())
         # First, while this process has no threads or connections: it may fork the mapper.
         _one_malloc_arena()
         self.mapping = make_mapping(self.settings)
-        self.logger.info("mapping: %s, %s", "compiled" if compiled() else "interpreted (not compiled at install: slower)",
-                         f"{self.settings.mapping_workers} worker process(es)" if isinstance(self.mapping, ProcessMapping) else "in the reading thread")
+        self.logger.info(
+            "mapping: %s, %s",
+            "compiled" if compiled() else "interpreted (not compiled at install: slower)",
+            f"{self.settings.mapping_workers} worker process(es)"
+            if isinstance(self.mapping, ProcessMapping)
+            else "in the reading thread",
+        )
         self.message_reader.record_taker = self._record_taker
-        # The SDK writes STATE only when all sinks drain; drain often enough that checkpoints keep up.
+        # The SDK writes STATE only when all sinks drain: drain often enough for checkpoints.
         self.set_checkpoint_interval(self.settings.checkpoint_interval_seconds)
         self.started_at = time.time()
         self.report = RunReport(
@@ -140,7 +174,9 @@ class TargetCustomerIO(SdkTarget):
         self.ledger = open_ledger(self.settings)
         self.delivery: Delivery | DryRun = self._make_delivery()
         self.reconciler = Reconciler(self.report, self.logger)
-        self._direct: dict[str, CustomerIOSink | UnmappedSink] = {}  # streams whose records skip the SDK's handling
+        self._direct: dict[
+            str, CustomerIOSink | UnmappedSink
+        ] = {}  # streams whose records skip the SDK's handling
         self._age_check_every = min(1.0, self.settings.checkpoint_interval_seconds / 4)
         self._next_age_check = 0.0
         self._busy = False
@@ -169,7 +205,8 @@ class TargetCustomerIO(SdkTarget):
         return Delivery(client, self.report, self.ledger, workers=s.delivery_workers)
 
     def ledger_scope(self, stream: str) -> str | None:
-        """Ledger entries belong to one workspace and one stream; None when change detection is off."""
+        """Ledger entries belong to one workspace and one stream; None when change detection is
+        off."""
         if not self.settings.change_detection:
             return None
         return f"{self.settings.base_url}\x1f{self.settings.site_id}\x1f{stream}"
@@ -194,8 +231,10 @@ class TargetCustomerIO(SdkTarget):
             if not self.settings.dry_run and not str(self.config.get("app_api_key") or "").strip():
                 # Checked when the stream comes, not at start: one loader config serves every
                 # job, and only the job that reads the checks view needs the key.
-                raise ConfigError(f"setting `app_api_key` is required by the reconcile route "
-                                  f"`{route.pattern}` (stream {stream}; TARGET_CUSTOMERIO_APP_API_KEY)")
+                raise ConfigError(
+                    f"setting `app_api_key` is required by the reconcile route "
+                    f"`{route.pattern}` (stream {stream}; TARGET_CUSTOMERIO_APP_API_KEY)"
+                )
         return SinkNeeds(
             route=route,
             report=self.report,
@@ -215,16 +254,30 @@ class TargetCustomerIO(SdkTarget):
         close = did_you_mean(stream_name, self.settings.routes.names)
         if self.settings.unmapped_streams == "skip":
             if close:  # most likely a typo in the route's name, not a stream to skip
-                self.logger.warning("stream %r has no route, its records are skipped%s", stream_name,
-                                    close.replace("did you mean", "did you mean the route"))
+                self.logger.warning(
+                    "stream %r has no route, its records are skipped%s",
+                    stream_name,
+                    close.replace("did you mean", "did you mean the route"),
+                )
             return UnmappedSink
         routes = ", ".join(self.settings.routes.names)
-        raise ConfigError(f"stream {stream_name!r} has no route in `streams`{close} (routes: {routes}); "
-                          "add one or set unmapped_streams: skip")
+        raise ConfigError(
+            f"stream {stream_name!r} has no route in `streams`{close} (routes: {routes}); "
+            "add one or set unmapped_streams: skip"
+        )
 
-    def get_sink(self, stream_name: str, *, record: dict | None = None, schema: dict | None = None, key_properties: t.Sequence[str] | None = None) -> Sink:
+    def get_sink(
+        self,
+        stream_name: str,
+        *,
+        record: dict | None = None,
+        schema: dict | None = None,
+        key_properties: t.Sequence[str] | None = None,
+    ) -> Sink:
         previous = self.active_sink(stream_name)
-        sink = super().get_sink(stream_name, record=record, schema=schema, key_properties=key_properties)
+        sink = super().get_sink(
+            stream_name, record=record, schema=schema, key_properties=key_properties
+        )
         if sink is not previous:
             if previous is not None:
                 previous.flush()  # the schema changed: the old sink's partial batches go out now
@@ -236,8 +289,16 @@ class TargetCustomerIO(SdkTarget):
         only when no stream map, flattening or record metadata would change them."""
         self._direct.pop(stream, None)
         maps = self.mapper.stream_maps.get(stream, [])
-        plain_stream = len(maps) == 1 and type(maps[0]) is SameRecordTransform and not maps[0].flattening_enabled
-        if plain_stream and not self.mapper.stream_maps_dict and not sink.include_sdc_metadata_properties:
+        plain_stream = (
+            len(maps) == 1
+            and type(maps[0]) is SameRecordTransform
+            and not maps[0].flattening_enabled
+        )
+        if (
+            plain_stream
+            and not self.mapper.stream_maps_dict
+            and not sink.include_sdc_metadata_properties
+        ):
             self._direct[stream] = sink  # type: ignore[assignment]
 
     # STATE: only once everything before it is in Customer.io
@@ -259,12 +320,20 @@ class TargetCustomerIO(SdkTarget):
             return  # nothing was sent, so no bookmark may move
         try:
             self.sdk_write_state(state)
-        except (OSError, ValueError, AttributeError) as exc:  # a broken pipe, a full disk, closed, none
+        except (
+            OSError,
+            ValueError,
+            AttributeError,
+        ) as exc:  # a broken pipe, a full disk, closed, none
             _silence_stdout()
-            reason = getattr(exc, "strerror", None) or ("no stdout" if isinstance(exc, AttributeError) else "closed")
-            raise TargetError(f"stdout is closed or cannot be written ({reason}): the STATE this run "
-                              "must emit reaches nobody (run it under Meltano, or pipe its stdout to a "
-                              "file)") from exc
+            reason = getattr(exc, "strerror", None) or (
+                "no stdout" if isinstance(exc, AttributeError) else "closed"
+            )
+            raise TargetError(
+                f"stdout is closed or cannot be written ({reason}): the STATE this run "
+                "must emit reaches nobody (run it under Meltano, or pipe its stdout to a "
+                "file)"
+            ) from exc
 
     def process_endofpipe(self) -> None:
         """The last drain and STATE. A signal meanwhile only asks to stop afterwards: a drain cut
@@ -281,7 +350,9 @@ class TargetCustomerIO(SdkTarget):
         volume = self._check_volume()
         self._reconcile()
         if volume:
-            raise DriftError("; ".join(f"{stream}: {problem}" for stream, problem in volume.items()))
+            raise DriftError(
+                "; ".join(f"{stream}: {problem}" for stream, problem in volume.items())
+            )
 
     def _check_volume(self) -> dict[str, str]:
         """This run's counts into the ledger's history, and each `max_volume_change` checked
@@ -294,15 +365,20 @@ class TargetCustomerIO(SdkTarget):
                 continue
             if scope is None:
                 if route.max_volume_change is not None:
-                    self.logger.warning("stream %s: max_volume_change needs change_detection (the ledger "
-                                        "keeps the history it compares with); not checked", stream)
+                    self.logger.warning(
+                        "stream %s: max_volume_change needs change_detection (the ledger "
+                        "keeps the history it compares with); not checked",
+                        stream,
+                    )
                 continue
             streams[stream] = (scope, route.max_volume_change)
         counts = {stream: self.report.stream(stream).counts() for stream in streams}
         checked = volume.record_and_check(self.ledger, streams, counts)
         if checked:
             self.report.volume = checked
-        problems = {stream: str(check["reason"]) for stream, check in checked.items() if not check["ok"]}
+        problems = {
+            stream: str(check["reason"]) for stream, check in checked.items() if not check["ok"]
+        }
         for stream, problem in problems.items():
             self.logger.error("volume: %s: %s", stream, problem)
         return problems
@@ -316,8 +392,13 @@ class TargetCustomerIO(SdkTarget):
             self.logger.info("dry run: %d reconcile check(s) not run", len(checks))
             return
         s = self.settings
-        client = AppClient(s.app_base_url, str(self.config.get("app_api_key", "")), timeout=s.request_timeout,
-                           max_retries=s.max_retries, logger=self.logger)
+        client = AppClient(
+            s.app_base_url,
+            str(self.config.get("app_api_key", "")),
+            timeout=s.request_timeout,
+            max_retries=s.max_retries,
+            logger=self.logger,
+        )
         self._checking = True  # reads only: a signal stops them at once
         try:
             self.reconciler.run(client)
@@ -344,7 +425,9 @@ class TargetCustomerIO(SdkTarget):
         if sink is None or type(record) is not dict:
             self._guarded(self._sdk_record, message_dict)  # maps, or the SDK's error
         else:
-            self._take_record(sink, record)  # a RECORD line not in the form the reader passes on whole
+            self._take_record(
+                sink, record
+            )  # a RECORD line not in the form the reader passes on whole
 
     def _sdk_record(self, message_dict: dict) -> None:
         """The SDK's handling of a record: its stream maps are the user's expressions, so one
@@ -356,14 +439,21 @@ class TargetCustomerIO(SdkTarget):
                 stream = str(message_dict.get("stream"))
                 self.report.stream(stream).received += 1
                 self.report.skip(stream, "stream_maps")
-        except (TargetError, MapExpressionError, StreamMapConfigError, RecordsWithoutSchemaException):
+        except (
+            TargetError,
+            MapExpressionError,
+            StreamMapConfigError,
+            RecordsWithoutSchemaException,
+        ):
             raise
         except Exception as exc:
             if not self.config.get("stream_maps"):
                 raise
             stream = message_dict.get("stream")
-            raise ConfigError(f"stream_maps: the map of stream {stream!r} failed on a record: "
-                              f"{type(exc).__name__}: {shown(str(exc))}") from None
+            raise ConfigError(
+                f"stream_maps: the map of stream {stream!r} failed on a record: "
+                f"{type(exc).__name__}: {shown(str(exc))}"
+            ) from None
 
     def _checkpoint_if_due(self) -> None:
         """Drain and write STATE every checkpoint_interval_seconds. The SDK's check reads the
@@ -406,7 +496,9 @@ class TargetCustomerIO(SdkTarget):
         self.mapping.close()
         try:
             self.ledger.close()
-        except TargetError as exc:  # after the last STATE: the entries not written cost a re-send next run
+        except (
+            TargetError
+        ) as exc:  # after the last STATE: the entries not written cost a re-send next run
             self.logger.warning("%s; the next run sends those operations again", exc)
         try:
             self.report.close(status, error)
@@ -440,14 +532,25 @@ class TargetCustomerIO(SdkTarget):
         return ConfigInput(config=config, parse_env=parse_env)
 
     @classmethod
-    def invoke(cls, *, about: bool = False, about_format: str | None = None, config: t.Any = None, file_input: t.IO[str] | None = None) -> None:  # type: ignore[override]
+    def invoke(
+        cls,
+        *,
+        about: bool = False,
+        about_format: str | None = None,
+        config: t.Any = None,
+        file_input: t.IO[str] | None = None,
+    ) -> None:  # type: ignore[override]
         """Run the target; a fatal error is one line on stderr and a meaningful exit code."""
         if about:
-            super().invoke(about=about, about_format=about_format, config=config, file_input=file_input)
+            super().invoke(
+                about=about, about_format=about_format, config=config, file_input=file_input
+            )
         config = config or ConfigInput()
         target = None
         try:
-            target = cls(config=config.config, validate_config=True, parse_env_config=config.parse_env)
+            target = cls(
+                config=config.config, validate_config=True, parse_env_config=config.parse_env
+            )
             target.check_credentials()
             target.listen(file_input)
         except Terminated as exc:
@@ -467,7 +570,9 @@ class TargetCustomerIO(SdkTarget):
             target.finish("ok")
 
     @classmethod
-    def _stop(cls, target: TargetCustomerIO | None, error: TargetError, *, drain: bool = False) -> t.NoReturn:
+    def _stop(
+        cls, target: TargetCustomerIO | None, error: TargetError, *, drain: bool = False
+    ) -> t.NoReturn:
         if drain and target is not None:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: the drain goes on

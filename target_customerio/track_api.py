@@ -6,7 +6,13 @@ import logging
 
 import requests
 
-from target_customerio.api_client import RETRY_EXCEPTIONS, RETRY_STATUSES, Answer, ApiClient, check_answer
+from target_customerio.api_client import (
+    RETRY_EXCEPTIONS,
+    RETRY_STATUSES,
+    Answer,
+    ApiClient,
+    check_answer,
+)
 from target_customerio.errors import CredentialsError, DeliveryError
 from target_customerio.redaction import shown
 
@@ -14,9 +20,20 @@ from target_customerio.redaction import shown
 class TrackClient(ApiClient):
     """The Track API, with HTTP Basic `site_id:api_key`."""
 
-    def __init__(self, base_url: str, site_id: str, api_key: str, *, per_second: float, timeout: float,
-                 max_retries: int, logger: logging.Logger) -> None:
-        super().__init__(base_url, per_second=per_second, timeout=timeout, max_retries=max_retries, logger=logger)
+    def __init__(
+        self,
+        base_url: str,
+        site_id: str,
+        api_key: str,
+        *,
+        per_second: float,
+        timeout: float,
+        max_retries: int,
+        logger: logging.Logger,
+    ) -> None:
+        super().__init__(
+            base_url, per_second=per_second, timeout=timeout, max_retries=max_retries, logger=logger
+        )
         self._auth = (site_id, api_key)
 
     def _authorize(self, session: requests.Session) -> None:
@@ -32,15 +49,22 @@ class TrackClient(ApiClient):
             raise DeliveryError(f"cannot reach Customer.io at {self.base_url} ({tried})") from None
         status = answer.status
         if status in (401, 403):
-            raise CredentialsError(f"Customer.io refused site_id/api_key (HTTP {status}) at "
-                                   f"{self.base_url}: check both settings")
+            raise CredentialsError(
+                f"Customer.io refused site_id/api_key (HTTP {status}) at "
+                f"{self.base_url}: check both settings"
+            )
         check_answer(answer, url)
         if status != 200:
-            raise DeliveryError(f"Customer.io answered HTTP {status} to the credential check at "
-                                f"{url} after {tries} tries")
+            raise DeliveryError(
+                f"Customer.io answered HTTP {status} to the credential check at "
+                f"{url} after {tries} tries"
+            )
         actual = (answer.json().get("region") or "").lower()
         if region and actual and actual != region:
-            raise CredentialsError(f"these credentials belong to a workspace in region {actual!r}, but region is {region!r}: set region: {actual}")
+            raise CredentialsError(
+                f"these credentials belong to a workspace in region {actual!r}, but region is "
+                f"{region!r}: set region: {actual}"
+            )
 
     def post_batch(self, body: bytes) -> tuple[Answer, int]:
         """POST /api/v2/batch until it is answered for good; returns the answer and tries used."""
@@ -54,14 +78,19 @@ class TrackClient(ApiClient):
             raise self._gave_up(tries, f"HTTP {status}")
         if status in (401, 403):
             raise CredentialsError(
-                f"Customer.io refused site_id/api_key (HTTP {status}): check both settings")
+                f"Customer.io refused site_id/api_key (HTTP {status}): check both settings"
+            )
         check_answer(answer, url)
         if status not in (200, 207, 400, 413):
-            raise DeliveryError(f"Customer.io answered HTTP {status} at {url}: {shown(answer.text)}")
+            raise DeliveryError(
+                f"Customer.io answered HTTP {status} at {url}: {shown(answer.text)}"
+            )
         return answer, tries
 
     def _gave_up(self, tries: int, last: str) -> DeliveryError:
-        error = DeliveryError(f"Customer.io did not accept a batch after {tries} tries (last: "
-                              f"{last}); nothing after the last STATE was confirmed")
+        error = DeliveryError(
+            f"Customer.io did not accept a batch after {tries} tries (last: "
+            f"{last}); nothing after the last STATE was confirmed"
+        )
         error.tries = tries  # the report counts them: a failed run's requests were made too
         return error

@@ -103,15 +103,23 @@ def plain(value: Any, tz: dt.tzinfo = UTC, depth: int = 0) -> Any:
     # JSON columns: a dict or list that needs no change is returned as it is (the result is
     # only read), so most JSON values cost a walk and no copy.
     if kind is dict:
-        changed = {k: new for k, v in value.items() if type(v) not in SCALARS and (new := plain(v, tz, depth)) is not v}
+        changed = {
+            k: new
+            for k, v in value.items()
+            if type(v) not in SCALARS and (new := plain(v, tz, depth)) is not v
+        }
         if not changed:
             return value
-        return {k: changed[k] if k in changed else v for k, v in value.items()}
+        return {k: changed.get(k, v) for k, v in value.items()}
     if kind is list:
-        changed = {i: new for i, v in enumerate(value) if type(v) not in SCALARS and (new := plain(v, tz, depth)) is not v}
+        changed = {
+            i: new
+            for i, v in enumerate(value)
+            if type(v) not in SCALARS and (new := plain(v, tz, depth)) is not v
+        }
         if not changed:
             return value
-        return [changed[i] if i in changed else v for i, v in enumerate(value)]
+        return [changed.get(i, v) for i, v in enumerate(value)]
     if kind is tuple:
         return [v if type(v) in SCALARS else plain(v, tz, depth) for v in value]
     if isinstance(value, (dt.datetime, dt.date)):
@@ -137,7 +145,9 @@ def timezone(name: str | None) -> dt.tzinfo:
     try:
         return ZoneInfo(name)
     except Exception:  # ZoneInfoNotFoundError, ValueError for malformed keys
-        raise ValueError(f"unknown time zone {name!r} (use an IANA name like Europe/Berlin)") from None
+        raise ValueError(
+            f"unknown time zone {name!r} (use an IANA name like Europe/Berlin)"
+        ) from None
 
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import bisect
 from array import array
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 from target_customerio.operations.operation import Operation
 
@@ -22,7 +23,7 @@ _ENVELOPE = len(b'{"batch":[]}')
 def triples(flat: array) -> Iterator[tuple[int, int, int]]:
     """(a, b, c) for each three values of a flat array."""
     values = iter(flat)
-    return zip(values, values, values)
+    return zip(values, values, values, strict=False)  # one iterator, three at a time
 
 
 class Segment(NamedTuple):
@@ -76,7 +77,7 @@ class Segment(NamedTuple):
         return [(chunk, item) for item in self.item_of]
 
     def body(self, i: int) -> bytes:
-        return self.data[self.ends[i - 1] + 1 if i else 0:self.ends[i]]
+        return self.data[self.ends[i - 1] + 1 if i else 0 : self.ends[i]]
 
     def ledger_at(self) -> dict[int, tuple[int, int]]:
         """Position -> (key, fingerprint), for the operations the ledger tracks."""
@@ -85,8 +86,12 @@ class Segment(NamedTuple):
     def operations(self) -> list[Operation]:
         """The operations one by one (for the paths that need them: errors, dry runs)."""
         entries, items = self.ledger_at(), self.items or []
-        return [Operation(self.body(i), "", entries.get(i), None, items[self.item_of[i]] if items else None)
-                for i in range(self.size)]
+        return [
+            Operation(
+                self.body(i), "", entries.get(i), None, items[self.item_of[i]] if items else None
+            )
+            for i in range(self.size)
+        ]
 
     def without_items(self, drop: set[int]) -> Segment:
         """The segment without the operations of the records (indexes in `items`) in `drop`."""
@@ -107,10 +112,20 @@ class Segment(NamedTuple):
                 first.extend((i, key, fp))
             else:
                 rest.extend((i - count, key, fp))
-        cut_inside = self.item_of[count - 1] == self.item_of[count]  # a record's operations cut apart
-        head = Segment(self.data[:cut], self.ends[:count], self.item_of[:count], first, self.items, cut_inside)
-        tail = Segment(self.data[cut + 1:], array("q", (end - cut - 1 for end in self.ends[count:])),
-                       self.item_of[count:], rest, self.items, self.continues)
+        cut_inside = (
+            self.item_of[count - 1] == self.item_of[count]
+        )  # a record's operations cut apart
+        head = Segment(
+            self.data[:cut], self.ends[:count], self.item_of[:count], first, self.items, cut_inside
+        )
+        tail = Segment(
+            self.data[cut + 1 :],
+            array("q", (end - cut - 1 for end in self.ends[count:])),
+            self.item_of[count:],
+            rest,
+            self.items,
+            self.continues,
+        )
         return head, tail
 
 
@@ -134,7 +149,13 @@ class SegmentBuilder:
         self.bodies.append(body)
 
     def segment(self, items: list[Any] | None = None) -> Segment:
-        return Segment(b",".join(self.bodies), array("q", self._ends), array("q", self._item_of), array("q", self._ledger), items)
+        return Segment(
+            b",".join(self.bodies),
+            array("q", self._ends),
+            array("q", self._item_of),
+            array("q", self._ledger),
+            items,
+        )
 
 
 @dataclass
@@ -174,14 +195,20 @@ class Batch:
     def ops(self) -> list[Operation]:
         return [op for segment in self.segments for op in segment.operations()]
 
-    def ledger_entries(self, rejected: frozenset[int] | set[int] = frozenset()) -> list[tuple[int, int]]:
+    def ledger_entries(
+        self, rejected: frozenset[int] | set[int] = frozenset()
+    ) -> list[tuple[int, int]]:
         """The ledger entries of the operations not `rejected` (indexes in the request)."""
         entries, offset = [], 0
         for segment in self.segments:
             if rejected:
-                entries += [(key, fp) for i, key, fp in triples(segment.ledger) if offset + i not in rejected]
+                entries += [
+                    (key, fp)
+                    for i, key, fp in triples(segment.ledger)
+                    if offset + i not in rejected
+                ]
             else:  # the usual case, paired in C
-                entries += zip(segment.ledger[1::3], segment.ledger[2::3])
+                entries += zip(segment.ledger[1::3], segment.ledger[2::3], strict=True)
             offset += segment.size
         return entries
 
@@ -189,7 +216,9 @@ class Batch:
 class Packer:
     """Fills batches up to the request size limit and hands each full one on."""
 
-    def __init__(self, stream: str, send: Callable[[Batch], None], limit: int = MAX_REQUEST_BYTES) -> None:
+    def __init__(
+        self, stream: str, send: Callable[[Batch], None], limit: int = MAX_REQUEST_BYTES
+    ) -> None:
         self._stream, self._send, self._limit = stream, send, limit
         self._batch = Batch(stream)
         self._size = _ENVELOPE

@@ -61,7 +61,7 @@ def _attributes(person_id: str) -> dict:
 
 
 class FreshWorkspace:
-    """Each validated test starts from an empty workspace, so people of other tests can't mask it."""
+    """Each validated test starts from an empty workspace: other tests' people can't mask it."""
 
     def setup(self) -> None:
         WORKSPACE.reset()
@@ -79,13 +79,18 @@ class CamelcaseLands(FreshWorkspace, TargetCamelcaseTest):
 
 class DuplicatesKeepTheLastWrite(FreshWorkspace, TargetDuplicateRecords):
     def validate(self) -> None:
-        assert _attributes("1")["metric"] == 100  # the last row for id 1 wins: one person's ops stay ordered
+        assert (
+            _attributes("1")["metric"] == 100
+        )  # the last row for id 1 wins: one person's ops stay ordered
 
 
 class EncodedStringsLand(FreshWorkspace, TargetEncodedStringData):
     def validate(self) -> None:
-        assert _attributes("3")["info"] == {"name": "chinese", "value": "简单的字串"}  # the last stream's row 3
-        assert _attributes("2")["strings"] == ["chaîne simple", "quoted \"string\""]
+        assert _attributes("3")["info"] == {
+            "name": "chinese",
+            "value": "简单的字串",
+        }  # the last stream's row 3
+        assert _attributes("2")["strings"] == ["chaîne simple", 'quoted "string"']
 
 
 class SchemaUpdatesLand(FreshWorkspace, TargetSchemaUpdates):
@@ -105,12 +110,28 @@ TestTargetCustomerIO = get_target_test_class(
     TargetCustomerIO,
     config=CONFIG,
     include_target_tests=False,
-    custom_suites=[SingerTestSuite(kind="target", tests=[
-        ArrayDataLands, CamelcaseLands, DuplicatesKeepTheLastWrite, EncodedStringsLand,
-        SchemaUpdatesLand, SpecialCharsLand,
-        TargetCamelcaseComplexSchema, TargetCliPrintsTest, TargetInvalidSchemaTest, TargetNoPrimaryKeys,
-        TargetOptionalAttributes, TargetPrimaryKeyUpdates, TargetRecordBeforeSchemaTest,
-        TargetRecordMissingKeyProperty, TargetRecordMissingOptionalFields,
-        TargetRecordMissingRequiredProperty, TargetSchemaNoProperties,
-    ])],
+    custom_suites=[
+        SingerTestSuite(
+            kind="target",
+            tests=[
+                ArrayDataLands,
+                CamelcaseLands,
+                DuplicatesKeepTheLastWrite,
+                EncodedStringsLand,
+                SchemaUpdatesLand,
+                SpecialCharsLand,
+                TargetCamelcaseComplexSchema,
+                TargetCliPrintsTest,
+                TargetInvalidSchemaTest,
+                TargetNoPrimaryKeys,
+                TargetOptionalAttributes,
+                TargetPrimaryKeyUpdates,
+                TargetRecordBeforeSchemaTest,
+                TargetRecordMissingKeyProperty,
+                TargetRecordMissingOptionalFields,
+                TargetRecordMissingRequiredProperty,
+                TargetSchemaNoProperties,
+            ],
+        )
+    ],
 )

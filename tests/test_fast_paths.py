@@ -23,17 +23,23 @@ from target_customerio.errors import TargetError
 from target_customerio.ledger import _WRITE_BATCH, SqliteLedger, hash64, scope_seed
 from target_customerio.operations.event_ids import ulid_text
 from target_customerio.operations.operation import Rejected
-from target_customerio.operations.payload import MAX_ATTRIBUTE_VALUE_BYTES, Payload, check_person_limits
+from target_customerio.operations.payload import (
+    MAX_ATTRIBUTE_VALUE_BYTES,
+    Payload,
+    check_person_limits,
+)
+from target_customerio.reading import decode_record
 from target_customerio.routes import Routes
 from target_customerio.sandbox import Sandbox
-from target_customerio.reading import decode_record
-from tests.operations.helpers import Kind
 from target_customerio.values import UTC, BadValue, plain, plain_number, to_unix, unix_seconds
+from tests.operations.helpers import Kind
 
-SCHEMA = {"properties": {
-    "placed_at": {"type": "string", "format": "date-time"},
-    "born_on": {"type": ["string", "null"], "format": "date"},
-}}
+SCHEMA = {
+    "properties": {
+        "placed_at": {"type": "string", "format": "date-time"},
+        "born_on": {"type": ["string", "null"], "format": "date"},
+    }
+}
 PERSON = {"kind": "person", "identifier": {"field": "customer_id", "type": "id"}}
 
 
@@ -84,11 +90,23 @@ def test_unix_seconds_is_exact_where_the_float_timestamp_rounds():
     rnd = random.Random(7)
     for _ in range(20_000):
         offset = dt.timezone(dt.timedelta(minutes=rnd.randrange(-14 * 60, 14 * 60 + 1)))
-        moment = dt.datetime(rnd.randrange(1900, 9999), rnd.randrange(1, 13), rnd.randrange(1, 29), rnd.randrange(24),
-                             rnd.randrange(60), rnd.randrange(60), rnd.choice([0, 1, 499_999, 500_000, 999_999]), tzinfo=offset)
-        assert unix_seconds(moment) == (moment - epoch) // second, moment  # integer arithmetic throughout
+        moment = dt.datetime(
+            rnd.randrange(1900, 9999),
+            rnd.randrange(1, 13),
+            rnd.randrange(1, 29),
+            rnd.randrange(24),
+            rnd.randrange(60),
+            rnd.randrange(60),
+            rnd.choice([0, 1, 499_999, 500_000, 999_999]),
+            tzinfo=offset,
+        )
+        assert unix_seconds(moment) == (moment - epoch) // second, (
+            moment
+        )  # integer arithmetic throughout
     assert unix_seconds(dt.datetime(1969, 12, 31, 23, 59, 59, 500_000, tzinfo=UTC)) == -1
-    late = dt.datetime(9664, 3, 13, 23, 0, 4, 999_999, tzinfo=UTC)  # the float rounds this one up a second
+    late = dt.datetime(
+        9664, 3, 13, 23, 0, 4, 999_999, tzinfo=UTC
+    )  # the float rounds this one up a second
     assert math.floor(late.timestamp()) == 242805510005 and unix_seconds(late) == 242805510004
 
 
@@ -98,18 +116,33 @@ def test_ledger_keys_are_stable_signed_64_bit_and_scoped_to_workspace_and_stream
     # Pinned: a ledger written by one release must be read by the next (else a full re-send).
     assert hash64(b"person:id:C1", scope_seed(scope)) == 4321978549147328892
     assert hash64(b'{"type":"person"}') == -4472857286816593350
-    keys = {hash64(f"person:id:C{i}".encode(), scope_seed(s)) for i in range(1000) for s in (scope, other)}
+    keys = {
+        hash64(f"person:id:C{i}".encode(), scope_seed(s))
+        for i in range(1000)
+        for s in (scope, other)
+    }
     assert len(keys) == 2000 and all(-(2**63) <= k < 2**63 for k in keys)
     op = mapper(ledger_scope=scope).map({"customer_id": "C1", "email": "a@b.c"})
     assert op.ledger == (hash64(b"person:id:C1", scope_seed(scope)), hash64(op.body))
 
 
-@pytest.mark.parametrize("value", [
-    {"size": "M", "channels": ["email", "sms"], "n": 3},
-    {"ratio": Decimal("0.5"), "tags": ["a", Decimal("2.00")], "deep": {"at": dt.datetime(2026, 1, 1, tzinfo=UTC)}},
-    [1, "a", None, True], [[], {}, ("x", Decimal("1.5"))], ("t", 1), {}, [],
-    {"t": dt.time(10, 30), "f": 2.5, "d": dt.date(1980, 5, 17)},
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"size": "M", "channels": ["email", "sms"], "n": 3},
+        {
+            "ratio": Decimal("0.5"),
+            "tags": ["a", Decimal("2.00")],
+            "deep": {"at": dt.datetime(2026, 1, 1, tzinfo=UTC)},
+        },
+        [1, "a", None, True],
+        [[], {}, ("x", Decimal("1.5"))],
+        ("t", 1),
+        {},
+        [],
+        {"t": dt.time(10, 30), "f": 2.5, "d": dt.date(1980, 5, 17)},
+    ],
+)
 def test_plain_converts_json_values_like_the_reference(value):
     assert outcome(lambda: plain(value)) == outcome(lambda: reference_plain(value))
 
@@ -129,30 +162,60 @@ def test_plain_fails_on_bad_numbers_and_deep_nesting_like_the_reference():
     deep: list = []
     for _ in range(5000):
         deep = [deep]
-    with pytest.raises(BadValue, match="nested too deeply"):  # compiled, the walk has no recursion limit of its own
+    with pytest.raises(
+        BadValue, match="nested too deeply"
+    ):  # compiled, the walk has no recursion limit of its own
         plain({"deep": deep})
 
 
 RECORDS = [
-    {"customer_id": "C1", "email": " A@B.COM ", "placed_at": "2026-11-20T10:00:00.123456+00:00", "born_on": "1980-05-17",
-     "ltv": Decimal("250.00"), "aov": Decimal("83.33"), "prefs": {"sizes": ["M"], "r": Decimal("0.5")}, "ok": True},
-    {"customer_id": "C2", "placed_at": " 2026-11-20T10:00:00Z ", "born_on": None},          # whitespace: in-order path
-    {"customer_id": "C3", "placed_at": "2026-11-20 10:00:00.1234567", "born_on": "1980-05-17"},  # SQL Server datetime2
+    {
+        "customer_id": "C1",
+        "email": " A@B.COM ",
+        "placed_at": "2026-11-20T10:00:00.123456+00:00",
+        "born_on": "1980-05-17",
+        "ltv": Decimal("250.00"),
+        "aov": Decimal("83.33"),
+        "prefs": {"sizes": ["M"], "r": Decimal("0.5")},
+        "ok": True,
+    },
+    {
+        "customer_id": "C2",
+        "placed_at": " 2026-11-20T10:00:00Z ",
+        "born_on": None,
+    },  # whitespace: in-order path
+    {
+        "customer_id": "C3",
+        "placed_at": "2026-11-20 10:00:00.1234567",
+        "born_on": "1980-05-17",
+    },  # SQL Server datetime2
     {"customer_id": "C4", "placed_at": "2026-11-20T10:00:00+02:00", "new_column": Decimal("1E+2")},
-    {"customer_id": "C5", "placed_at": "not a date", "ltv": Decimal("NaN")},               # first bad column wins
+    {
+        "customer_id": "C5",
+        "placed_at": "not a date",
+        "ltv": Decimal("NaN"),
+    },  # first bad column wins
     {"customer_id": "C6", "ltv": Decimal("Infinity"), "placed_at": "not a date"},
-    {"customer_id": "C7", "placed_at": dt.datetime(2026, 1, 1, 10), "born_on": dt.date(1980, 5, 17), "t": (1, 2)},
+    {
+        "customer_id": "C7",
+        "placed_at": dt.datetime(2026, 1, 1, 10),
+        "born_on": dt.date(1980, 5, 17),
+        "t": (1, 2),
+    },
     {"customer_id": "C8", "placed_at": "10000-01-01T00:00:00"},
     {"customer_id": "C9", "_sdc_extracted_at": "2026-01-01", "renamed": "x", "skipped": "y"},
 ]
 
 
-@pytest.mark.parametrize("spec", [
-    PERSON,
-    {**PERSON, "source_timezone": "Europe/Berlin"},
-    {**PERSON, "attributes": {"rename": {"renamed": "nickname"}, "exclude": ["skipped"]}},
-    {**PERSON, "attributes": {"rename": {"renamed": "email"}}},  # two columns sent as one name
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        PERSON,
+        {**PERSON, "source_timezone": "Europe/Berlin"},
+        {**PERSON, "attributes": {"rename": {"renamed": "nickname"}, "exclude": ["skipped"]}},
+        {**PERSON, "attributes": {"rename": {"renamed": "email"}}},  # two columns sent as one name
+    ],
+)
 def test_payload_fast_path_equals_the_in_order_path(spec):
     fast, reference = payload(spec), payload(spec)
     for record in RECORDS * 2:  # the second pass runs with every column already known
@@ -160,11 +223,14 @@ def test_payload_fast_path_equals_the_in_order_path(spec):
         assert outcome(lambda: fast.of(dict(record))) == expected
     fast, reference = mapper(spec), mapper(spec)
     for record in RECORDS * 2:
-        assert outcome(lambda: fast.map(dict(record)).body) == outcome(lambda: reference.map(dict(record)).body)
+        assert outcome(lambda: fast.map(dict(record)).body) == outcome(
+            lambda: reference.map(dict(record)).body
+        )
 
 
 NATIVE_LINES = [  # records as the reader decodes them from a tap's JSON
-    b'{"customer_id":"C1","email":" A@B.COM ","placed_at":"2026-11-20T10:00:00.123456+00:00","born_on":"1980-05-17",'
+    b'{"customer_id":"C1","email":" A@B.COM ","placed_at":"2026-11-20T10:00:00.123456+00:00",'
+    b'"born_on":"1980-05-17",'
     b'"ltv":250.00,"aov":83.33,"big":1e300,"prefs":{"sizes":["M"],"r":0.5,"n":2.0},"ok":true}',
     b'{"customer_id":"C2","placed_at":" 2026-11-20T10:00:00Z ","born_on":null}',
     b'{"customer_id":"C3","placed_at":"2026-11-20 10:00:00.1234567","born_on":"1980-05-17"}',
@@ -175,37 +241,52 @@ NATIVE_LINES = [  # records as the reader decodes them from a tap's JSON
 ]
 
 
-@pytest.mark.parametrize("spec", [
-    PERSON,
-    {**PERSON, "source_timezone": "Europe/Berlin"},
-    {**PERSON, "attributes": {"rename": {"renamed": "nickname"}, "exclude": ["skipped"]}},
-    {**PERSON, "attributes": {"exclude": ["skipped"]}},
-    {**PERSON, "attributes": {"rename": {"renamed": "email"}}},
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        PERSON,
+        {**PERSON, "source_timezone": "Europe/Berlin"},
+        {**PERSON, "attributes": {"rename": {"renamed": "nickname"}, "exclude": ["skipped"]}},
+        {**PERSON, "attributes": {"exclude": ["skipped"]}},
+        {**PERSON, "attributes": {"rename": {"renamed": "email"}}},
+    ],
+)
 def test_native_payload_sends_reader_values_as_the_in_order_path_does(spec):
-    decoded = [decode_record(b'{"type":"RECORD","stream":"s","record":' + line + b"}", "s") for line in NATIVE_LINES]
+    decoded = [
+        decode_record(b'{"type":"RECORD","stream":"s","record":' + line + b"}", "s")
+        for line in NATIVE_LINES
+    ]
     assert all(native for _, native in decoded)
     records = [record for record, _ in decoded]
-    assert records[0]["ltv"] == 250 and type(records[0]["ltv"]) is int and records[0]["prefs"]["n"] == 2
+    assert (
+        records[0]["ltv"] == 250
+        and type(records[0]["ltv"]) is int
+        and records[0]["prefs"]["n"] == 2
+    )
     fast, reference = payload(spec), payload(spec)
     for record in records * 2:
         expected = outcome(lambda: reference._in_order(dict(record)))
         assert outcome(lambda: fast.of(dict(record), native=True)) == expected
     fast, reference = mapper(spec), mapper(spec)
     for record in records * 2:
-        assert outcome(lambda: fast.map(dict(record), native=True).body) == outcome(lambda: reference.map(dict(record)).body)
+        assert outcome(lambda: fast.map(dict(record), native=True).body) == outcome(
+            lambda: reference.map(dict(record)).body
+        )
 
 
-@pytest.mark.parametrize("attributes", [
-    {"note": "x" * (MAX_ATTRIBUTE_VALUE_BYTES - 100)},
-    {"note": "x" * MAX_ATTRIBUTE_VALUE_BYTES},
-    {"note": "x" * (MAX_ATTRIBUTE_VALUE_BYTES + 1)},
-    {"note": "é" * 501},
-    {"prefs": {"a": "x" * 990}},
-    {"n" * 151: 1},
-    {"é" * 76: 1},
-    {f"a{i}": i for i in range(301)},
-])
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {"note": "x" * (MAX_ATTRIBUTE_VALUE_BYTES - 100)},
+        {"note": "x" * MAX_ATTRIBUTE_VALUE_BYTES},
+        {"note": "x" * (MAX_ATTRIBUTE_VALUE_BYTES + 1)},
+        {"note": "é" * 501},
+        {"prefs": {"a": "x" * 990}},
+        {"n" * 151: 1},
+        {"é" * 76: 1},
+        {f"a{i}": i for i in range(301)},
+    ],
+)
 def test_person_limits_shortcut_rejects_exactly_what_the_full_check_rejects(attributes):
     record = {"customer_id": "C1", **attributes}
     expected = outcome(lambda: check_person_limits(dict(attributes)))
@@ -217,9 +298,25 @@ def test_person_limits_shortcut_rejects_exactly_what_the_full_check_rejects(attr
 
 
 def test_events_reuse_the_parsed_timestamp_and_keep_their_id():
-    spec = {"kind": "event", "identifier": {"field": "customer_id", "type": "id"}, "event_name": "order_placed",
-            "event_id": ["order_id"], "timestamp": "placed_at"}
-    body = orjson.loads(mapper(spec).map({"customer_id": "C1", "order_id": 7, "placed_at": "2026-11-20T10:00:00Z", "born_on": None}).body)
+    spec = {
+        "kind": "event",
+        "identifier": {"field": "customer_id", "type": "id"},
+        "event_name": "order_placed",
+        "event_id": ["order_id"],
+        "timestamp": "placed_at",
+    }
+    body = orjson.loads(
+        mapper(spec)
+        .map(
+            {
+                "customer_id": "C1",
+                "order_id": 7,
+                "placed_at": "2026-11-20T10:00:00Z",
+                "born_on": None,
+            }
+        )
+        .body
+    )
     assert body["timestamp"] == body["attributes"]["placed_at"] == 1795168800
     assert body["attributes"]["born_on"] is None  # a null date is not the parsed timestamp
     assert body["id"] == "59653G5ZMVSAGJ94RY6Y01ZSN7"
@@ -227,22 +324,33 @@ def test_events_reuse_the_parsed_timestamp_and_keep_their_id():
 
 def test_ledger_writes_what_it_holds_on_flush_and_finds_exactly_that(tmp_path):
     path = str(tmp_path / "ledger.sqlite")
-    ledger, lookups = SqliteLedger(path), SqliteLedger(path)  # the target writes, its mapping process looks up
+    ledger, lookups = (
+        SqliteLedger(path),
+        SqliteLedger(path),
+    )  # the target writes, its mapping process looks up
     rnd = random.Random(7)
     rows = [(rnd.getrandbits(64) - (1 << 63), rnd.getrandbits(64) - (1 << 63)) for _ in range(1200)]
     keys = [k for k, _ in rows]
     ledger.record(rows[:1000])
-    ledger.record([(rows[0][0], 1), (rows[1][0], 2), (rows[0][0], 3)])  # the later entry for a key wins
+    ledger.record(
+        [(rows[0][0], 1), (rows[1][0], 2), (rows[0][0], 3)]
+    )  # the later entry for a key wins
     assert lookups.fingerprints(keys) == {}  # held, not yet written
     ledger.flush()
-    assert lookups.fingerprints(keys) == {**dict(rows[:1000]), rows[0][0]: 3, rows[1][0]: 2}  # more keys than one query takes
+    assert lookups.fingerprints(keys) == {
+        **dict(rows[:1000]),
+        rows[0][0]: 3,
+        rows[1][0]: 2,
+    }  # more keys than one query takes
     ledger.record([(rows[1000][0], 5)])
     ledger.close()  # writes what it holds
     assert lookups.fingerprints([rows[1000][0]]) == {rows[1000][0]: 5}
     assert SqliteLedger(path, full_resend=True).fingerprints(keys) == {}
 
 
-def test_a_full_batch_is_written_in_the_background_and_a_failed_write_stops_the_next_flush(tmp_path):
+def test_a_full_batch_is_written_in_the_background_and_a_failed_write_stops_the_next_flush(
+    tmp_path,
+):
     path = str(tmp_path / "ledger.sqlite")
     ledger, lookups = SqliteLedger(path), SqliteLedger(path)
     rows = [(key, key + 1) for key in range(_WRITE_BATCH)]
@@ -253,7 +361,9 @@ def test_a_full_batch_is_written_in_the_background_and_a_failed_write_stops_the_
     assert lookups.fingerprints([0, _WRITE_BATCH - 1]) == {0: 1, _WRITE_BATCH - 1: _WRITE_BATCH}
     sqlite3.connect(path).execute("DROP TABLE delivered")
     ledger.record(rows)  # this write fails (in the background, or in the flush)
-    with pytest.raises(TargetError, match="cannot write the ledger: OperationalError: no such table"):
+    with pytest.raises(
+        TargetError, match="cannot write the ledger: OperationalError: no such table"
+    ):
         ledger.flush()
 
 
@@ -263,7 +373,15 @@ def test_sandbox_without_validation_accepts_and_counts_every_operation():
         body = {"batch": [{"type": "person", "action": "identify"}, {"not": "checked"}]}
         assert http.post(f"{sandbox.url}/api/v2/batch", json=body).status_code == 200
         assert http.post(f"{sandbox.url}/api/v2/batch", data=b"not json").status_code == 400
-        assert http.post(f"{sandbox.url}/api/v2/batch", data=b'{"batch": [{"a": 1}, {"b": ]}').status_code == 400
-        assert http.post(f"{sandbox.url}/api/v2/batch", json={"batch": {"not": "a list"}}).status_code == 400
+        assert (
+            http.post(
+                f"{sandbox.url}/api/v2/batch", data=b'{"batch": [{"a": 1}, {"b": ]}'
+            ).status_code
+            == 400
+        )
+        assert (
+            http.post(f"{sandbox.url}/api/v2/batch", json={"batch": {"not": "a list"}}).status_code
+            == 400
+        )
         assert [r["ops"] for r in sandbox.requests()] == [2, 0, 0, 0]
         assert sandbox.people() == [] and sandbox.events() == []

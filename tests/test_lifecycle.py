@@ -11,15 +11,23 @@ BATCH = "/api/v2/batch"
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 P = "public-customers"
 PERSON = {"kind": "person", "identifier": {"field": "customer_id", "type": "id"}}
-PERSON_SCHEMA = schema(P, {
-    "customer_id": {"type": "string"}, "email": {"type": ["string", "null"]},
-    "tier": {"type": "string"}, "orders_count": {"type": "integer"},
-    "_sdc_deleted_at": {"type": ["string", "null"], "format": "date-time"},
-})
+PERSON_SCHEMA = schema(
+    P,
+    {
+        "customer_id": {"type": "string"},
+        "email": {"type": ["string", "null"]},
+        "tier": {"type": "string"},
+        "orders_count": {"type": "integer"},
+        "_sdc_deleted_at": {"type": ["string", "null"], "format": "date-time"},
+    },
+)
 
 
 def customers(n: int, **changes) -> list[dict]:
-    rows = [{"customer_id": f"C{i}", "email": f"c{i}@example.com", "tier": "silver", "orders_count": i} for i in range(n)]
+    rows = [
+        {"customer_id": f"C{i}", "email": f"c{i}@example.com", "tier": "silver", "orders_count": i}
+        for i in range(n)
+    ]
     for index, row in changes.items():
         rows[int(index[1:])].update(row)
     return [PERSON_SCHEMA, *(record(P, r) for r in rows), state({"run": 1})]
@@ -30,6 +38,7 @@ def batch_ops(sandbox) -> int:
 
 
 # Change detection --------------------------------------------------------------------------
+
 
 def test_unchanged_rows_are_not_sent_again_and_a_change_sends_only_that_person(sandbox, tmp_path):
     config = target_config(sandbox.url, tmp_path, {P: PERSON})
@@ -63,11 +72,26 @@ def test_the_ledger_moves_only_after_customerio_accepted(sandbox, tmp_path):
 def test_full_resend_and_another_workspace_ignore_the_ledger(sandbox, tmp_path):
     config = target_config(sandbox.url, tmp_path, {P: PERSON})
     run_target(config, customers(5), tmp_path)
-    assert run_target({**config, "full_resend": True}, customers(5), tmp_path).report["streams"][P]["sent"] == 5
-    assert run_target({**config, "change_detection": False}, customers(5), tmp_path).report["streams"][P]["sent"] == 5
+    assert (
+        run_target({**config, "full_resend": True}, customers(5), tmp_path).report["streams"][P][
+            "sent"
+        ]
+        == 5
+    )
+    assert (
+        run_target({**config, "change_detection": False}, customers(5), tmp_path).report["streams"][
+            P
+        ]["sent"]
+        == 5
+    )
     from target_customerio.sandbox import Sandbox
+
     with Sandbox(site_id="other-site", api_key="other-key", db_path=":memory:") as other:
-        moved = run_target({**config, "track_api_url": other.url, "site_id": "other-site", "api_key": "other-key"}, customers(5), tmp_path)
+        moved = run_target(
+            {**config, "track_api_url": other.url, "site_id": "other-site", "api_key": "other-key"},
+            customers(5),
+            tmp_path,
+        )
         assert moved.report["streams"][P]["sent"] == 5 and len(other.people()) == 5
 
 
@@ -84,11 +108,31 @@ def test_a_postgres_ledger_serves_ephemeral_runners(postgres, sandbox, tmp_path)
 
 
 def test_event_ids_delivered_are_not_sent_again(sandbox, tmp_path):
-    routes = {"public-orders": {"kind": "event", "identifier": {"field": "customer_id", "type": "id"},
-                                "event_name": "order_placed", "event_id": ["order_id"], "timestamp": "placed_at"}}
-    rows = [schema("public-orders", {"order_id": {"type": "integer"}, "customer_id": {"type": "string"},
-                                     "placed_at": {"type": "string", "format": "date-time"}}),
-            *(record("public-orders", {"order_id": i, "customer_id": "C1", "placed_at": NOW.isoformat()}) for i in range(8))]
+    routes = {
+        "public-orders": {
+            "kind": "event",
+            "identifier": {"field": "customer_id", "type": "id"},
+            "event_name": "order_placed",
+            "event_id": ["order_id"],
+            "timestamp": "placed_at",
+        }
+    }
+    rows = [
+        schema(
+            "public-orders",
+            {
+                "order_id": {"type": "integer"},
+                "customer_id": {"type": "string"},
+                "placed_at": {"type": "string", "format": "date-time"},
+            },
+        ),
+        *(
+            record(
+                "public-orders", {"order_id": i, "customer_id": "C1", "placed_at": NOW.isoformat()}
+            )
+            for i in range(8)
+        ),
+    ]
     config = target_config(sandbox.url, tmp_path, routes)
     assert run_target(config, rows, tmp_path).report["streams"]["public-orders"]["sent"] == 8
     again = run_target(config, rows, tmp_path)
@@ -98,11 +142,18 @@ def test_event_ids_delivered_are_not_sent_again(sandbox, tmp_path):
 
 # Deletes -----------------------------------------------------------------------------------
 
+
 def deletes(on_delete: str | None, sandbox, tmp_path, marker: dict):
     route = {**PERSON, **({"on_delete": on_delete} if on_delete else {})}
     config = target_config(sandbox.url, tmp_path, {P: route})
     run_target(config, customers(3), tmp_path)
-    gone = {"customer_id": "C1", "email": "c1@example.com", "tier": "silver", "orders_count": 1, **marker}
+    gone = {
+        "customer_id": "C1",
+        "email": "c1@example.com",
+        "tier": "silver",
+        "orders_count": 1,
+        **marker,
+    }
     return run_target(config, [PERSON_SCHEMA, record(P, gone), state({"run": 2})], tmp_path)
 
 
@@ -133,17 +184,37 @@ def test_on_delete_suppress_and_unsubscribe(sandbox, tmp_path):
 
 # Merges, objects, mirrors, guardrails --------------------------------------------------------
 
+
 def test_a_guest_checkout_that_registered_is_merged_into_the_account(sandbox, tmp_path):
     checkouts = "public-checkout_started_events"
     merges = "public-account_merges"
     routes = {
-        checkouts: {"kind": "event", "identifier": {"field": "email", "type": "email"}, "event_name": "checkout_started",
-                    "event_id": ["checkout_id"], "timestamp": "started_at"},
-        merges: {"kind": "merge", "primary": {"field": "customer_id", "type": "id"}, "secondary": {"field": "guest_email", "type": "email"}},
+        checkouts: {
+            "kind": "event",
+            "identifier": {"field": "email", "type": "email"},
+            "event_name": "checkout_started",
+            "event_id": ["checkout_id"],
+            "timestamp": "started_at",
+        },
+        merges: {
+            "kind": "merge",
+            "primary": {"field": "customer_id", "type": "id"},
+            "secondary": {"field": "guest_email", "type": "email"},
+        },
     }
     stream = [
-        schema(checkouts, {"checkout_id": {"type": "string"}, "email": {"type": "string"}, "started_at": {"type": "string", "format": "date-time"}}),
-        record(checkouts, {"checkout_id": "K1", "email": " Guest@Example.com", "started_at": NOW.isoformat()}),
+        schema(
+            checkouts,
+            {
+                "checkout_id": {"type": "string"},
+                "email": {"type": "string"},
+                "started_at": {"type": "string", "format": "date-time"},
+            },
+        ),
+        record(
+            checkouts,
+            {"checkout_id": "K1", "email": " Guest@Example.com", "started_at": NOW.isoformat()},
+        ),
         schema(merges, {"customer_id": {"type": "string"}, "guest_email": {"type": "string"}}),
         record(merges, {"customer_id": "C42", "guest_email": "guest@example.com"}),
         state({"s": 1}),
@@ -153,16 +224,41 @@ def test_a_guest_checkout_that_registered_is_merged_into_the_account(sandbox, tm
     [person] = sandbox.people()
     assert (person["id"], person["email"]) == ("C42", "guest@example.com")
     assert [e["name"] for e in sandbox.events()] == ["checkout_started"]
-    assert run_target(target_config(sandbox.url, tmp_path, routes), stream, tmp_path).report["streams"][merges]["skipped_by_reason"] == {"unchanged": 1}
+    assert run_target(target_config(sandbox.url, tmp_path, routes), stream, tmp_path).report[
+        "streams"
+    ][merges]["skipped_by_reason"] == {"unchanged": 1}
 
 
 def test_carts_live_as_objects_related_to_their_person(sandbox, tmp_path):
     carts = "public-carts"
-    routes = {carts: {"kind": "object", "object_type_id": 1, "object_id": "cart_id",
-                      "relationships": [{"field": "customer_id", "type": "id"}]}}
-    stream = [schema(carts, {"cart_id": {"type": "string"}, "customer_id": {"type": "string"}, "value": {"type": "number"},
-                             "updated_at": {"type": "string", "format": "date-time"}}),
-              record(carts, {"cart_id": "cart-9", "customer_id": "C1", "value": 42.5, "updated_at": NOW.isoformat()})]
+    routes = {
+        carts: {
+            "kind": "object",
+            "object_type_id": 1,
+            "object_id": "cart_id",
+            "relationships": [{"field": "customer_id", "type": "id"}],
+        }
+    }
+    stream = [
+        schema(
+            carts,
+            {
+                "cart_id": {"type": "string"},
+                "customer_id": {"type": "string"},
+                "value": {"type": "number"},
+                "updated_at": {"type": "string", "format": "date-time"},
+            },
+        ),
+        record(
+            carts,
+            {
+                "cart_id": "cart-9",
+                "customer_id": "C1",
+                "value": 42.5,
+                "updated_at": NOW.isoformat(),
+            },
+        ),
+    ]
     run = run_target(target_config(sandbox.url, tmp_path, routes), stream, tmp_path)
     assert run.returncode == 0, run.stderr
     [cart] = sandbox.objects()
@@ -173,12 +269,33 @@ def test_carts_live_as_objects_related_to_their_person(sandbox, tmp_path):
 
 def test_event_time_is_mirrored_into_a_person_attribute(sandbox, tmp_path):
     checkouts = "public-checkouts"
-    routes = {checkouts: {"kind": "event", "identifier": {"field": "customer_id", "type": "id"}, "event_name": "checkout_started",
-                          "event_id": ["checkout_id"], "timestamp": "started_at", "mirror_to_attribute": "last_checkout_started_at"}}
+    routes = {
+        checkouts: {
+            "kind": "event",
+            "identifier": {"field": "customer_id", "type": "id"},
+            "event_name": "checkout_started",
+            "event_id": ["checkout_id"],
+            "timestamp": "started_at",
+            "mirror_to_attribute": "last_checkout_started_at",
+        }
+    }
     earlier = NOW - dt.timedelta(hours=2)
-    stream = [schema(checkouts, {"checkout_id": {"type": "string"}, "customer_id": {"type": "string"}, "started_at": {"type": "string", "format": "date-time"}}),
-              record(checkouts, {"checkout_id": "K1", "customer_id": "C1", "started_at": earlier.isoformat()}),
-              record(checkouts, {"checkout_id": "K2", "customer_id": "C1", "started_at": NOW.isoformat()})]
+    stream = [
+        schema(
+            checkouts,
+            {
+                "checkout_id": {"type": "string"},
+                "customer_id": {"type": "string"},
+                "started_at": {"type": "string", "format": "date-time"},
+            },
+        ),
+        record(
+            checkouts, {"checkout_id": "K1", "customer_id": "C1", "started_at": earlier.isoformat()}
+        ),
+        record(
+            checkouts, {"checkout_id": "K2", "customer_id": "C1", "started_at": NOW.isoformat()}
+        ),
+    ]
     run = run_target(target_config(sandbox.url, tmp_path, routes), stream, tmp_path)
     assert run.returncode == 0, run.stderr
     assert sandbox.person(id="C1")["attributes"]["last_checkout_started_at"] == int(NOW.timestamp())
@@ -187,10 +304,20 @@ def test_event_time_is_mirrored_into_a_person_attribute(sandbox, tmp_path):
 
 def test_rule_violations_are_counted_and_a_drifting_stream_stops_the_run(sandbox, tmp_path):
     route = {**PERSON, "contract": "builtin:customer"}
-    rows = customers(200, **{f"c{i}": {"orders_count": 0} for i in range(0, 200, 2)})  # odd rows: orders, no last_order_at
-    counted = run_target(target_config(sandbox.url, tmp_path, {P: route}, change_detection=False), rows, tmp_path)
+    rows = customers(
+        200, **{f"c{i}": {"orders_count": 0} for i in range(0, 200, 2)}
+    )  # odd rows: orders, no last_order_at
+    counted = run_target(
+        target_config(sandbox.url, tmp_path, {P: route}, change_detection=False), rows, tmp_path
+    )
     assert counted.returncode == 0
     assert counted.report["streams"][P]["contract_rules_violated"] == {"allOf/0/then/required": 100}
-    stopped = run_target(target_config(sandbox.url, tmp_path, {P: route}, max_reject_ratio=0.2, change_detection=False), rows, tmp_path)
+    stopped = run_target(
+        target_config(
+            sandbox.url, tmp_path, {P: route}, max_reject_ratio=0.2, change_detection=False
+        ),
+        rows,
+        tmp_path,
+    )
     assert stopped.returncode == 6 and stopped.stdout == ""
     assert "public-customers: 50 of 100 records rejected" in stopped.stderr

@@ -119,12 +119,18 @@ class Project:
         self.runs += 1
         report = self.root / "output" / f"report-{self.runs}.json"
         rejects = self.root / "output" / f"rejects-{self.runs}.jsonl"
-        env = {**self.env,
-               "TARGET_CUSTOMERIO_REPORT_FILE": str(report),
-               "TARGET_CUSTOMERIO_REJECT_FILE": str(rejects)}
+        env = {
+            **self.env,
+            "TARGET_CUSTOMERIO_REPORT_FILE": str(report),
+            "TARGET_CUSTOMERIO_REJECT_FILE": str(rejects),
+        }
         proc = subprocess.run(
             [str(self.meltano), "--environment=demo", "run", "tap-postgres", "target-customerio"],
-            cwd=self.root, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+            cwd=self.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
             check=False,
         )
         self.logs.append(proc.stdout + proc.stderr)
@@ -138,7 +144,12 @@ class Project:
     def state(self) -> dict[str, Any]:
         proc = subprocess.run(
             [str(self.meltano), "--environment=demo", "state", "get", STATE_ID],
-            cwd=self.root, env=self.env, capture_output=True, text=True, timeout=60, check=False,
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert proc.returncode == 0, _tail(proc)
         return json.loads(proc.stdout)
@@ -163,15 +174,20 @@ def project(meltano, postgres, sandbox, tmp_path_factory) -> Project:
     (root / ".meltano").mkdir()
     for kind in ("extractors", "loaders"):
         (root / ".meltano" / kind).symlink_to(SYS_DIR / kind, target_is_directory=True)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MELTANO_", "TAP_POSTGRES", "TARGET_CUSTOMERIO", "TAP_MSSQL"))}
-    env.update({
-        "MELTANO_DATABASE_URI": f"sqlite:///{root / '.meltano' / 'meltano.db'}",
-        "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
-        "TAP_POSTGRES_HOST": "127.0.0.1",
-        "TAP_POSTGRES_PORT": str(postgres.port),
-        "TARGET_CUSTOMERIO_TRACK_API_URL": sandbox.url,
-    })
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MELTANO_", "TAP_POSTGRES", "TARGET_CUSTOMERIO", "TAP_MSSQL"))
+    }
+    env.update(
+        {
+            "MELTANO_DATABASE_URI": f"sqlite:///{root / '.meltano' / 'meltano.db'}",
+            "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
+            "TAP_POSTGRES_HOST": "127.0.0.1",
+            "TAP_POSTGRES_PORT": str(postgres.port),
+            "TARGET_CUSTOMERIO_TRACK_API_URL": sandbox.url,
+        }
+    )
     return Project(root=root, meltano=meltano, env=env)
 
 
@@ -189,8 +205,10 @@ def expected_events(dsn: str, since: datetime | None = None) -> dict[str, dict[A
     within max_age, with a customer id, and (when `since` is given) at or after it."""
     out: dict[str, dict[Any, tuple]] = {}
     for view, (key, ts) in EVENT_VIEWS.items():
-        sql = (f"SELECT DISTINCT {key}, customer_id, extract(epoch FROM {ts})::bigint FROM {view}"
-               f" WHERE customer_id IS NOT NULL AND {ts} >= now() - {MAX_AGE_SQL}")
+        sql = (
+            f"SELECT DISTINCT {key}, customer_id, extract(epoch FROM {ts})::bigint FROM {view}"
+            f" WHERE customer_id IS NOT NULL AND {ts} >= now() - {MAX_AGE_SQL}"
+        )
         rows = query(dsn, sql + (f" AND {ts} >= %s" if since else ""), *([since] if since else []))
         out[view] = {row[0]: (row[1], row[2]) for row in rows}
     return out
@@ -231,10 +249,14 @@ def _unix(value: datetime | None) -> int | None:
 
 def test_meltano_run_twice_sends_everything_then_only_changes(project, postgres, sandbox):
     dsn = postgres.dsn
-    rows = {view: query(dsn, f"SELECT count(*) FROM {view}")[0][0]
-            for view in ["customer_profiles", *EVENT_VIEWS]}
-    guests = {view: query(dsn, f"SELECT count(*) FROM {view} WHERE customer_id IS NULL")[0][0]
-              for view in EVENT_VIEWS}
+    rows = {
+        view: query(dsn, f"SELECT count(*) FROM {view}")[0][0]
+        for view in ["customer_profiles", *EVENT_VIEWS]
+    }
+    guests = {
+        view: query(dsn, f"SELECT count(*) FROM {view} WHERE customer_id IS NULL")[0][0]
+        for view in EVENT_VIEWS
+    }
     expected = expected_events(dsn)
 
     # ---- night 1: everything ----
@@ -248,8 +270,12 @@ def test_meltano_run_twice_sends_everything_then_only_changes(project, postgres,
 
     # Report: every row received; people all sent; events sent once per key, old ones skipped.
     assert streams["public-customer_profiles"] == {
-        **streams["public-customer_profiles"], "received": rows["customer_profiles"],
-        "sent": rows["customer_profiles"], "rejected": 0, "skipped": 0}
+        **streams["public-customer_profiles"],
+        "received": rows["customer_profiles"],
+        "sent": rows["customer_profiles"],
+        "rejected": 0,
+        "skipped": 0,
+    }
     for view in EVENT_VIEWS:
         tally = streams[f"public-{view}"]
         assert tally["received"] == rows[view], view
@@ -264,32 +290,52 @@ def test_meltano_run_twice_sends_everything_then_only_changes(project, postgres,
     # The guest checkout (no customer_id) is dead-lettered with its reason, not sent.
     rejects = project.rejects(1)
     assert [(r["stream"], r["reason"], r["field"]) for r in rejects] == [
-        ("public-checkout_started_events", "missing_identifier", "customer_id")] * guests[
-        "checkout_started_events"]
+        ("public-checkout_started_events", "missing_identifier", "customer_id")
+    ] * guests["checkout_started_events"]
 
     # People: one per customer row, keyed by id; emails trimmed and lower-cased.
     people = {p["id"]: p for p in sandbox.people()}
     assert all(p["id"] for p in sandbox.people()), "a person without an id (identifier-less row?)"
-    profiles = query(dsn, """
+    profiles = query(
+        dsn,
+        """
         SELECT customer_id, email, email_opt_in, sms_opt_in, is_subscriber, subscription_status,
                last_order_at, orders_count, lifetime_value, next_reorder_due_at, updated_at
-        FROM customer_profiles""")
+        FROM customer_profiles""",
+    )
     assert set(people) == {row[0] for row in profiles}
-    for (cid, email, email_in, sms_in, is_sub, sub_status, last_order, orders_count, ltv,
-         reorder, updated) in profiles:
+    for (
+        cid,
+        email,
+        email_in,
+        sms_in,
+        is_sub,
+        sub_status,
+        last_order,
+        orders_count,
+        ltv,
+        reorder,
+        updated,
+    ) in profiles:
         person, attrs = people[cid], people[cid]["attributes"]
         clean = (email or "").strip().lower() or None
         assert person["email"] == clean, cid
         assert attrs.get("email") == clean, cid
-        for name, value in [("email_opt_in", email_in), ("sms_opt_in", sms_in),
-                            ("is_subscriber", is_sub)]:
+        for name, value in [
+            ("email_opt_in", email_in),
+            ("sms_opt_in", sms_in),
+            ("is_subscriber", is_sub),
+        ]:
             assert attrs[name] is value, (cid, name, attrs[name])
         assert attrs["subscription_status"] == sub_status
         assert type(attrs["orders_count"]) is int and attrs["orders_count"] == orders_count
         assert _number(attrs["lifetime_value"]), (cid, attrs["lifetime_value"])
         assert Decimal(str(attrs["lifetime_value"])) == ltv, cid
-        for name, value in [("last_order_at", last_order), ("next_reorder_due_at", reorder),
-                            ("updated_at", updated)]:
+        for name, value in [
+            ("last_order_at", last_order),
+            ("next_reorder_due_at", reorder),
+            ("updated_at", updated),
+        ]:
             if value is None:
                 assert name not in attrs or attrs[name] is None, (cid, name)
             else:
@@ -326,15 +372,22 @@ def test_meltano_run_twice_sends_everything_then_only_changes(project, postgres,
     event_ids_before = {e["id"] for e in events}
     time.sleep(max(0.0, night1_end + 1.1 - time.time()))  # identifies of night 2 are later
     changes = mutate(dsn)
-    reread = {row[0] for row in query(
-        dsn, "SELECT customer_id FROM customer_profiles WHERE updated_at >= %s",
-        last_profile_change)}
+    reread = {
+        row[0]
+        for row in query(
+            dsn,
+            "SELECT customer_id FROM customer_profiles WHERE updated_at >= %s",
+            last_profile_change,
+        )
+    }
     on_bookmark = reread - set(changes["changed_customer_ids"])
     assert set(changes["changed_customer_ids"]) <= reread
     assert len(on_bookmark) <= 2  # tap-postgres re-reads only the row(s) on the bookmark
     sendable = expected_events(dsn)  # the new guest checkout has no customer id: not sendable
-    new_keys = {view: {k for k in keys if k in sendable[view]}
-                for view, keys in changes["new_event_keys"].items()}
+    new_keys = {
+        view: {k for k in keys if k in sendable[view]}
+        for view, keys in changes["new_event_keys"].items()
+    }
 
     started = time.monotonic()
     report2 = project.run()
@@ -347,7 +400,9 @@ def test_meltano_run_twice_sends_everything_then_only_changes(project, postgres,
     profiles2 = streams2["public-customer_profiles"]
     changed = set(changes["changed_customer_ids"])
     assert profiles2["received"] == len(reread) and profiles2["sent"] == len(changed)
-    assert profiles2["skipped_by_reason"] == ({"unchanged": len(on_bookmark)} if on_bookmark else {})
+    assert profiles2["skipped_by_reason"] == (
+        {"unchanged": len(on_bookmark)} if on_bookmark else {}
+    )
     identified = {p["id"] for p in sandbox.people() if p["updated"] > night1_end}
     assert identified == changed
     counters2 = sandbox.counters()
@@ -357,7 +412,8 @@ def test_meltano_run_twice_sends_everything_then_only_changes(project, postgres,
     assert people2["C000001"]["attributes"]["sms_opt_in"] is False
     assert people2["C000002"]["email"] == "sam.okafor@example.com"
     assert people2["C000004"]["attributes"]["orders_count"] == (
-        people["C000004"]["attributes"]["orders_count"] + 1)
+        people["C000004"]["attributes"]["orders_count"] + 1
+    )
     newest = max(people2)
     assert people2[newest]["attributes"]["last_name"].endswith("-Larsen")
 
@@ -366,23 +422,30 @@ def test_meltano_run_twice_sends_everything_then_only_changes(project, postgres,
     events2 = sandbox.events()
     landed2 = landed_events(events2)
     new_events = [e for e in events2 if e["id"] not in event_ids_before]
-    assert {view: {k for k in landed2[view] if landed2[view][k]["id"] not in event_ids_before}
-            for view in EVENT_VIEWS} == new_keys
+    assert {
+        view: {k for k in landed2[view] if landed2[view][k]["id"] not in event_ids_before}
+        for view in EVENT_VIEWS
+    } == new_keys
     assert len(new_events) == sum(map(len, new_keys.values())) > 0
     sent_events2 = sum(streams2[f"public-{view}"]["sent"] for view in EVENT_VIEWS)
     assert counters2["duplicate_events_dropped"] == 0
     assert sent_events2 == len(new_events)
-    reread_events = sum(streams2[f"public-{view}"]["skipped_by_reason"].get("unchanged", 0) for view in EVENT_VIEWS)
+    reread_events = sum(
+        streams2[f"public-{view}"]["skipped_by_reason"].get("unchanged", 0) for view in EVENT_VIEWS
+    )
     assert reread_events > 0
     assert counters2["events_accepted"] == len(events2)
     assert streams2["public-checkout_started_events"]["rejected_by_reason"] == {
-        "missing_identifier": 1}  # the new guest checkout
+        "missing_identifier": 1
+    }  # the new guest checkout
     assert all(tally["received"] < 10 for tally in streams2.values()), streams2
 
     bookmarks2 = project.state()["singer_state"]["bookmarks"]
     for stream, mark in bookmarks.items():
         assert bookmarks2[stream]["replication_key_value"] >= mark["replication_key_value"]
     assert bookmarks2 != bookmarks
-    print(f"\nmeltano run: night 1 {night1_seconds:.1f} s ({report['totals']}), "
-          f"night 2 {night2_seconds:.1f} s ({report2['totals']}); "
-          f"re-read events the ledger did not send again: {reread_events}")
+    print(
+        f"\nmeltano run: night 1 {night1_seconds:.1f} s ({report['totals']}), "
+        f"night 2 {night2_seconds:.1f} s ({report2['totals']}); "
+        f"re-read events the ledger did not send again: {reread_events}"
+    )

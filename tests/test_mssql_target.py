@@ -27,8 +27,8 @@ import requests
 from target_customerio.operations.delete import is_delete
 from target_customerio.operations.event_ids import event_ulid
 from target_customerio.operations.operation import Skipped
-from tests.operations.helpers import Kind
 from tests.harness import API_KEY, SITE_ID, Run, run_target, target_config
+from tests.operations.helpers import Kind
 from tests.test_mssql_tap import (
     FULL_TABLE,
     INCREMENTAL,
@@ -48,13 +48,18 @@ pytestmark = pytest.mark.skipif(
 SERVER_TZ = "America/New_York"
 CUSTOMERS, ORDER_EVENTS = "dbo-customers", "dbo-order_events"
 CUSTOMER_ROUTE = {
-    "kind": "person", "identifier": {"field": "customer_id", "type": "id"},
+    "kind": "person",
+    "identifier": {"field": "customer_id", "type": "id"},
     "attributes": {"rename": {"last_order_date": "last_order_at"}},
-    "contract": "builtin:customer", "source_timezone": SERVER_TZ,
+    "contract": "builtin:customer",
+    "source_timezone": SERVER_TZ,
 }
 EVENT_ROUTE = {
-    "kind": "event", "identifier": {"field": "customer_id", "type": "id"},
-    "event_name_field": "event_name", "event_id": ["event_id"], "timestamp": "occurred_at",
+    "kind": "event",
+    "identifier": {"field": "customer_id", "type": "id"},
+    "event_name_field": "event_name",
+    "event_id": ["event_id"],
+    "timestamp": "occurred_at",
     "source_timezone": SERVER_TZ,
 }
 ROUTES = {CUSTOMERS: CUSTOMER_ROUTE, ORDER_EVENTS: EVENT_ROUTE}
@@ -105,6 +110,7 @@ def events(sandbox) -> dict[str, dict]:
 
 # ---- tap runs (module scope: each is one subprocess of the real tap) ---------------------------
 
+
 @pytest.fixture(scope="module")
 def full_table(tmp_path_factory: pytest.TempPathFactory, discovered: dict) -> TapRun:
     return tap(tmp_path_factory.mktemp("full"), discovered, FULL_TABLE)
@@ -120,7 +126,8 @@ def incremental(tmp_path_factory: pytest.TempPathFactory, discovered: dict) -> l
         "order:1003:placed",  # the tap re-sends the boundary row (>= on its bookmark)
         "order:1005:placed",  # a store POS uploads an order two days after it was taken
         "refund:1002",  # the refund, two days after its order
-        "order:1004:placed"]
+        "order:1004:placed",
+    ]
     return [first, second]
 
 
@@ -135,6 +142,7 @@ def cdc(tmp_path_factory: pytest.TempPathFactory, discovered: dict) -> list[TapR
 
 
 # ---- the customer view ------------------------------------------------------------------------
+
 
 def test_customer_table_lands_with_the_types_segments_need(sandbox, tmp_path, full_table):
     lines = [x for x in full_table.lines if CUSTOMERS in x or '"STATE"' in x]
@@ -155,7 +163,10 @@ def test_customer_table_lands_with_the_types_segments_need(sandbox, tmp_path, fu
     # money -> JSON number (integral values become integers), never "1250.5000"
     assert ada["lifetime_value"] == 1250.5 and type(ada["lifetime_value"]) is float
     assert found["5"]["attributes"]["lifetime_value"] == 18250.75
-    assert found["2"]["attributes"]["lifetime_value"] == 0 and type(found["2"]["attributes"]["lifetime_value"]) is int
+    assert (
+        found["2"]["attributes"]["lifetime_value"] == 0
+        and type(found["2"]["attributes"]["lifetime_value"]) is int
+    )
     # bit -> boolean; NULL bit -> attribute not set
     assert ada["refund_flag"] is False and found["2"]["attributes"]["refund_flag"] is True
     assert "refund_flag" not in found["3"]["attributes"]
@@ -174,7 +185,9 @@ def test_customer_table_lands_with_the_types_segments_need(sandbox, tmp_path, fu
 
 
 @pytest.mark.parametrize("zone", ["UTC", "America/New_York", "America/Chicago"])
-def test_source_timezone_moves_datetime2_but_not_datetimeoffset(sandbox, tmp_path, full_table, zone):
+def test_source_timezone_moves_datetime2_but_not_datetimeoffset(
+    sandbox, tmp_path, full_table, zone
+):
     routes = {CUSTOMERS: {**CUSTOMER_ROUTE, "source_timezone": zone}}
     lines = [x for x in full_table.lines if CUSTOMERS in x]
     deliver(sandbox, tmp_path, lines, routes)
@@ -186,12 +199,23 @@ def test_source_timezone_moves_datetime2_but_not_datetimeoffset(sandbox, tmp_pat
 
 # ---- the event view ---------------------------------------------------------------------------
 
-def test_order_event_view_lands_with_source_time_and_deterministic_ids(sandbox, tmp_path, full_table):
+
+def test_order_event_view_lands_with_source_time_and_deterministic_ids(
+    sandbox, tmp_path, full_table
+):
     contract = tmp_path / "order_events.schema.json"
-    contract.write_text(json.dumps({
-        "type": "object", "required": ["event_id", "amount"],
-        "properties": {"event_id": {"type": "string"}, "amount": {"type": "number", "minimum": 0}},
-    }))
+    contract.write_text(
+        json.dumps(
+            {
+                "type": "object",
+                "required": ["event_id", "amount"],
+                "properties": {
+                    "event_id": {"type": "string"},
+                    "amount": {"type": "number", "minimum": 0},
+                },
+            }
+        )
+    )
     routes = {ORDER_EVENTS: {**EVENT_ROUTE, "contract": str(contract)}}
     lines = [x for x in full_table.lines if ORDER_EVENTS in x]
     run = deliver(sandbox, tmp_path / "run", lines, routes)
@@ -214,10 +238,15 @@ def test_order_event_view_lands_with_source_time_and_deterministic_ids(sandbox, 
         assert event["id"] == event_ulid(event["name"], [key])
         assert type(event["timestamp"]) is int
     # decimal(12,2) -> number
-    assert refund["attributes"]["amount"] == 89.99 and found["order:1001:placed"]["attributes"]["amount"] == 120
+    assert (
+        refund["attributes"]["amount"] == 89.99
+        and found["order:1001:placed"]["attributes"]["amount"] == 120
+    )
 
 
-def test_legacy_datetime_is_mislabelled_utc_and_lands_off_by_the_server_offset(sandbox, tmp_path, full_table):
+def test_legacy_datetime_is_mislabelled_utc_and_lands_off_by_the_server_offset(
+    sandbox, tmp_path, full_table
+):
     """Documented pitfall: tap-mssql labels a legacy `datetime` (local time) as +00:00.
 
     The target cannot tell: the value says UTC, so `source_timezone` does not apply. Convert it in
@@ -240,8 +269,13 @@ def test_incremental_reruns_fire_nothing_twice(sandbox, tmp_path, incremental):
     assert stream_report(run2, ORDER_EVENTS)["sent"] == 4
     assert sandbox.counters()["duplicate_events_dropped"] == 1
     assert len(sandbox.events()) == 6 and set(events(sandbox)) == {
-        "order:1001:placed", "order:1002:placed", "order:1003:placed", "order:1004:placed",
-        "order:1005:placed", "refund:1002"}
+        "order:1001:placed",
+        "order:1002:placed",
+        "order:1003:placed",
+        "order:1004:placed",
+        "order:1005:placed",
+        "refund:1002",
+    }
     assert run2.states[-1] == second.state
 
     # the whole second sync again (a retried `meltano run`): every event dropped as a duplicate
@@ -288,8 +322,10 @@ def test_a_refund_that_arrives_days_late(sandbox, tmp_path, incremental, guard):
 
 # ---- ACTIVATE_VERSION ------------------------------------------------------------------------
 
+
 def test_activate_version_deletes_nothing(sandbox, tmp_path, discovered, full_table):
-    """FULL_TABLE sends ACTIVATE_VERSION before and after the rows; a table swap would erase people."""
+    """FULL_TABLE sends ACTIVATE_VERSION before and after the rows; a table swap would erase
+    people."""
     kinds = [json.loads(x)["type"] for x in full_table.lines]
     assert kinds.count("ACTIVATE_VERSION") == 4
     run1 = deliver(sandbox, tmp_path / "1", full_table.lines)
@@ -306,10 +342,13 @@ def test_activate_version_deletes_nothing(sandbox, tmp_path, discovered, full_ta
 
 # ---- CDC (LOG_BASED) ---------------------------------------------------------------------------
 
+
 def _delete_person(sandbox, person_id: str) -> None:
     """Erase a person in the workspace, as a privacy request handled in Customer.io would."""
     op = {"type": "person", "action": "delete", "identifiers": {"id": person_id}}
-    answer = requests.post(f"{sandbox.url}/api/v2/batch", json={"batch": [op]}, auth=(SITE_ID, API_KEY), timeout=10)
+    answer = requests.post(
+        f"{sandbox.url}/api/v2/batch", json={"batch": [op]}, auth=(SITE_ID, API_KEY), timeout=10
+    )
     assert answer.status_code == 200, answer.text
 
 
@@ -323,7 +362,9 @@ def test_cdc_inserts_and_updates_land_and_a_delete_never_resurrects(sandbox, tmp
     identified = sandbox.counters()["people_identified"]
 
     # U for 2, I for 6, D for 4 (the D row carries Margaret's whole row)
-    ops = [(r["customer_id"], r["_sdc_operation_type"]) for r in records(second.messages, CUSTOMERS)]
+    ops = [
+        (r["customer_id"], r["_sdc_operation_type"]) for r in records(second.messages, CUSTOMERS)
+    ]
     assert ops == [(2, "U"), (6, "I"), (4, "D")]
     run2 = deliver(sandbox, tmp_path / "2", second.lines)
     tally = stream_report(run2, CUSTOMERS)
@@ -348,7 +389,8 @@ def test_cdc_inserts_and_updates_land_and_a_delete_never_resurrects(sandbox, tmp
 
 
 def test_cdc_schema_quirks_are_accepted(cdc):
-    """The CDC SCHEMA's odd formats and `bookmark_properties: [null]` reach the target as they are."""
+    """The CDC SCHEMA's odd formats and `bookmark_properties: [null]` reach the target as they
+    are."""
     schema = next(json.loads(x) for x in cdc[1].lines if '"SCHEMA"' in x)
     props = schema["schema"]["properties"]
     assert props["_sdc_operation_type"]["format"] == "string"
@@ -359,16 +401,27 @@ def test_cdc_schema_quirks_are_accepted(cdc):
     mapper = Kind(CUSTOMER_ROUTE, schema["schema"])
     row = records(cdc[1].messages, CUSTOMERS)[0]
     body = json.loads(mapper.map(row).body)
-    assert body["identifiers"] == {"id": "2"} and not [k for k in body["attributes"] if k.startswith("_sdc")]
+    assert body["identifiers"] == {"id": "2"} and not [
+        k for k in body["attributes"] if k.startswith("_sdc")
+    ]
 
 
 @pytest.mark.parametrize("kind", ["person", "event"])
-@pytest.mark.parametrize("marker", [{"_sdc_operation_type": "D"}, {"_sdc_deleted_at": "2025-11-22T07:30:00+00:00"}])
+@pytest.mark.parametrize(
+    "marker", [{"_sdc_operation_type": "D"}, {"_sdc_deleted_at": "2025-11-22T07:30:00+00:00"}]
+)
 def test_a_deleted_row_is_skipped_not_sent(kind, marker):
-    stream = CUSTOMERS if kind == "person" else ORDER_EVENTS
-    mapper = Kind(CUSTOMER_ROUTE if kind == "person" else EVENT_ROUTE, {"properties": {"occurred_at": {"format": "date-time"}}})
-    row = {"customer_id": 4, "event_id": "order:1", "event_name": "Order Placed",
-           "occurred_at": "2025-11-20 09:15:02.1234567", "email": "m@example.com"}
+    mapper = Kind(
+        CUSTOMER_ROUTE if kind == "person" else EVENT_ROUTE,
+        {"properties": {"occurred_at": {"format": "date-time"}}},
+    )
+    row = {
+        "customer_id": 4,
+        "event_id": "order:1",
+        "event_name": "Order Placed",
+        "occurred_at": "2025-11-20 09:15:02.1234567",
+        "email": "m@example.com",
+    }
     for op in ("I", "U"):
         assert mapper.map({**row, "event_id": f"order:{op}", "_sdc_operation_type": op}).body
     assert is_delete({**row, **marker}) and not is_delete({**row, "_sdc_operation_type": "U"})

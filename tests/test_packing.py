@@ -9,8 +9,16 @@ from target_customerio.wire import MAX_REQUEST_BYTES, Batch, Packer, Segment
 
 
 def ops(count: int, size: int) -> list[Operation]:
-    return [Operation(orjson.dumps({"type": "person", "pad": "x" * (size - 30), "n": i}), str(i), (i, -i) if i % 3 else None, None, {"n": i})
-            for i in range(count)]
+    return [
+        Operation(
+            orjson.dumps({"type": "person", "pad": "x" * (size - 30), "n": i}),
+            str(i),
+            (i, -i) if i % 3 else None,
+            None,
+            {"n": i},
+        )
+        for i in range(count)
+    ]
 
 
 def test_batches_stay_under_the_limit_and_keep_every_operation_in_order():
@@ -22,7 +30,9 @@ def test_batches_stay_under_the_limit_and_keep_every_operation_in_order():
     packer.flush()
     bodies = [b.body() for b in sent]
     assert all(len(body) < MAX_REQUEST_BYTES for body in bodies)
-    assert [(op.body, op.record, op.ledger) for b in sent for op in b.ops] == [(op.body, op.record, op.ledger) for op in items]
+    assert [(op.body, op.record, op.ledger) for b in sent for op in b.ops] == [
+        (op.body, op.record, op.ledger) for op in items
+    ]
     assert min(len(body) for body in bodies[:-1]) > MAX_REQUEST_BYTES - 800  # packed to the brim
     assert len(orjson.loads(bodies[0])["batch"]) == len(sent[0].ops)
 
@@ -38,11 +48,17 @@ def test_segments_are_cut_between_operations_and_keep_their_records_and_ledger_e
     sent: list[Batch] = []
     packer = Packer("s", sent.append)
     for start in range(0, len(items), 500):  # chunks, as the mapping workers answer them
-        packer.add_segment(Segment.of(items[start:start + 500]))
+        packer.add_segment(Segment.of(items[start : start + 500]))
     packer.flush()
-    assert sum(len(b) for b in sent) == 3000 and all(len(b.body()) < MAX_REQUEST_BYTES for b in sent)
-    assert [orjson.loads(b.body())["batch"] for b in sent] == [[orjson.loads(op.body) for op in b.ops] for b in sent]
-    assert [(op.body, op.record, op.ledger) for b in sent for op in b.ops] == [(op.body, op.record, op.ledger) for op in items]
+    assert sum(len(b) for b in sent) == 3000 and all(
+        len(b.body()) < MAX_REQUEST_BYTES for b in sent
+    )
+    assert [orjson.loads(b.body())["batch"] for b in sent] == [
+        [orjson.loads(op.body) for op in b.ops] for b in sent
+    ]
+    assert [(op.body, op.record, op.ledger) for b in sent for op in b.ops] == [
+        (op.body, op.record, op.ledger) for op in items
+    ]
     assert [e for b in sent for e in b.ledger_entries()] == [op.ledger for op in items if op.ledger]
     first = sent[0]
     assert first.ledger_entries({0, 1, 2}) == [op.ledger for op in first.ops[3:] if op.ledger]

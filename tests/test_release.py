@@ -65,7 +65,7 @@ def meltano_loader() -> dict[str, Any]:
 
 
 def expected_kind(schema: dict[str, Any]) -> str:
-    """The Meltano setting kind for a JSON Schema property (the SDK's Hub metadata does the same)."""
+    """The Meltano setting kind for a JSON Schema property (as the SDK's Hub metadata does)."""
     types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
     types = [name for name in types if name != "null"]
     if schema.get("secret"):
@@ -89,7 +89,7 @@ def test_the_hub_definition_has_every_field():
     assert hub()["name"] == about()["name"] == "target-customerio"
     assert hub()["pip_url"] == "target-customerio"
     for setting in hub()["settings"]:
-        assert SETTING_KEYS <= set(setting), (
+        assert set(setting) >= SETTING_KEYS, (
             f"{setting['name']} lacks {SETTING_KEYS - set(setting)}"
         )
 
@@ -111,7 +111,11 @@ def test_each_hub_setting_matches_its_schema():
 
 def test_every_secret_is_sensitive_everywhere():
     sensitive = {name for name, setting in hub_settings().items() if setting["sensitive"]}
-    assert sensitive == set(SENSITIVE_SETTINGS) & set(hub_settings()) == {"api_key", "ledger_url", "app_api_key"}
+    assert (
+        sensitive
+        == set(SENSITIVE_SETTINGS) & set(hub_settings())
+        == {"api_key", "ledger_url", "app_api_key"}
+    )
     secret = {name for name, p in about()["settings"]["properties"].items() if p.get("secret")}
     assert secret == sensitive
 

@@ -19,8 +19,8 @@ import requests
 from tenacity import RetryCallState, Retrying
 
 from target_customerio.api_client import Answer, backoff, retry_after
-from target_customerio.track_api import TrackClient
 from target_customerio.errors import CredentialsError, DeliveryError
+from target_customerio.track_api import TrackClient
 from tests.harness import (
     API_KEY,
     SITE_ID,
@@ -37,8 +37,9 @@ BATCH = "/api/v2/batch"
 REGION = "/api/v1/accounts/region"
 PEOPLE = "public-customers"
 ROUTES = {PEOPLE: {"kind": "person", "identifier": {"field": "customer_id", "type": "id"}}}
-SCHEMA = schema(PEOPLE, {"customer_id": {"type": "string"}, "plan": {"type": "string"}},
-                ["customer_id"])
+SCHEMA = schema(
+    PEOPLE, {"customer_id": {"type": "string"}, "plan": {"type": "string"}}, ["customer_id"]
+)
 
 
 def person(n: int) -> dict:
@@ -80,8 +81,9 @@ def test_a_trickling_server_cannot_hold_the_run(sandbox, tmp_path, mode):
     """A byte every half second, of the body (headers at once) or of the whole answer: each
     try ends at request_timeout."""
     sandbox.inject(200, times=1000, mode=mode, delay=0.5, path=BATCH)
-    config = target_config(sandbox.url, tmp_path, ROUTES, request_timeout=1, max_retries=1,
-                           delivery_workers=1)
+    config = target_config(
+        sandbox.url, tmp_path, ROUTES, request_timeout=1, max_retries=1, delivery_workers=1
+    )
     run = run_target(config, stream(3), tmp_path, timeout=60)
     assert run.returncode == 4, run.stderr
     assert "did not accept a batch after 2 tries (last: ReadTimeout)" in run.stderr
@@ -91,9 +93,14 @@ def test_a_trickling_server_cannot_hold_the_run(sandbox, tmp_path, mode):
 
 def _start(config: dict, tmp_path) -> subprocess.Popen:
     (tmp_path / "config.json").write_text(json.dumps(config))
-    return subprocess.Popen([TARGET, "--config", str(tmp_path / "config.json")],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            cwd=tmp_path, text=True)
+    return subprocess.Popen(
+        [TARGET, "--config", str(tmp_path / "config.json")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        text=True,
+    )
 
 
 def _send(proc: subprocess.Popen, messages: list[dict]) -> None:
@@ -109,9 +116,11 @@ def _until(condition, timeout: float = 30) -> None:
 
 
 def test_sigterm_in_a_long_backoff_ends_the_run_at_once_keeping_the_state_written(
-        sandbox, tmp_path):
-    config = target_config(sandbox.url, tmp_path, ROUTES, checkpoint_interval_seconds=0.2,
-                           delivery_workers=1)
+    sandbox, tmp_path
+):
+    config = target_config(
+        sandbox.url, tmp_path, ROUTES, checkpoint_interval_seconds=0.2, delivery_workers=1
+    )
     proc = _start(config, tmp_path)
     _send(proc, [SCHEMA, *(person(n) for n in range(5)), state({"s": 1})])
     _until(lambda: sandbox.requests())  # the target is up and read the SCHEMA
@@ -147,7 +156,9 @@ def test_a_workspace_that_refuses_every_request_fails_fast(sandbox, tmp_path):
     assert run.returncode == 4, run.stderr
     errors = [line for line in run.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1
-    assert "refused 50 operations in a row, each alone (HTTP 400: workspace is suspended)" in errors[0]
+    assert (
+        "refused 50 operations in a row, each alone (HTTP 400: workspace is suspended)" in errors[0]
+    )
     assert len(requests_to(sandbox, BATCH)) < 150
     assert run.stdout == "" and sandbox.people() == []
 
@@ -205,8 +216,15 @@ def test_without_retry_after_the_wait_is_full_jitter_exponential(outcome):
 
 @pytest.fixture
 def client(sandbox):
-    return TrackClient(sandbox.url, SITE_ID, API_KEY, per_second=100, timeout=1, max_retries=1,
-                       logger=logging.getLogger("test"))
+    return TrackClient(
+        sandbox.url,
+        SITE_ID,
+        API_KEY,
+        per_second=100,
+        timeout=1,
+        max_retries=1,
+        logger=logging.getLogger("test"),
+    )
 
 
 def test_credentials_refused_and_other_4xx_are_not_retried(sandbox, client):
@@ -236,9 +254,19 @@ def test_a_try_is_bounded_as_a_whole_by_the_timeout(sandbox, client):
     assert time.monotonic() - started < 2 * 1 + 0.5 + 2  # two 1 s tries, not two 5 s answers
 
 
-@pytest.mark.parametrize("header, seconds", [
-    ("3", 3.0), (" 1.5 ", 1.5), ("-2", None), ("nan", None), ("0", None), ("99999", 300.0), ("soon", None), ("", None),
-])
+@pytest.mark.parametrize(
+    "header, seconds",
+    [
+        ("3", 3.0),
+        (" 1.5 ", 1.5),
+        ("-2", None),
+        ("nan", None),
+        ("0", None),
+        ("99999", 300.0),
+        ("soon", None),
+        ("", None),
+    ],
+)
 def test_retry_after_values(header, seconds):
     assert retry_after({"Retry-After": header} if header else {}) == seconds
 

@@ -15,38 +15,67 @@ PERSON = {"kind": "person", "identifier": {"field": "id", "type": "id"}}
 
 
 def test_exact_route_wins_over_glob():
-    routes = Routes({"*-customers": PERSON, "dbo-customers": {**PERSON, "identifier": {"field": "email", "type": "email"}}}, Path("."), "reject")
+    routes = Routes(
+        {
+            "*-customers": PERSON,
+            "dbo-customers": {**PERSON, "identifier": {"field": "email", "type": "email"}},
+        },
+        Path("."),
+        "reject",
+    )
     assert routes.match("dbo-customers").options.identifier.type == "email"
     assert routes.match("public-customers").options.identifier.type == "id"
     assert routes.match("public-orders") is None
 
 
-@pytest.mark.parametrize("spec, words", [
-    ({"kind": "person"}, "identifier"),
-    ({**PERSON, "kind": "merge_later"}, "kind"),
-    ({**PERSON, "identifier": {"field": "id", "type": "phone"}}, "identifier.type"),
-    ({"kind": "event", "identifier": {"field": "id"}, "event_id": ["id"], "timestamp": "t"}, "exactly one of `event_name` or `event_name_field`"),
-    ({"kind": "event", "identifier": {"field": "id"}, "event_name": "x", "event_id": ["id"], "timestamp": "t", "max_age": "soon"}, "max_age"),
-    ({"kind": "event", "identifier": {"field": "id"}, "event_name": "x", "event_id": ["id"]}, "timestamp"),
-    ({**PERSON, "source_timezone": "Mars/Base"}, "source_timezone"),
-    ({**PERSON, "contract": "nope.json"}, "cannot read"),
-    ({**PERSON, "contract": "builtin:nope"}, "no built-in contract"),
-    ({**PERSON, "colour": "blue"}, "unknown option"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ({"kind": "person"}, "identifier"),
+        ({**PERSON, "kind": "merge_later"}, "kind"),
+        ({**PERSON, "identifier": {"field": "id", "type": "phone"}}, "identifier.type"),
+        (
+            {"kind": "event", "identifier": {"field": "id"}, "event_id": ["id"], "timestamp": "t"},
+            "exactly one of `event_name` or `event_name_field`",
+        ),
+        (
+            {
+                "kind": "event",
+                "identifier": {"field": "id"},
+                "event_name": "x",
+                "event_id": ["id"],
+                "timestamp": "t",
+                "max_age": "soon",
+            },
+            "max_age",
+        ),
+        (
+            {"kind": "event", "identifier": {"field": "id"}, "event_name": "x", "event_id": ["id"]},
+            "timestamp",
+        ),
+        ({**PERSON, "source_timezone": "Mars/Base"}, "source_timezone"),
+        ({**PERSON, "contract": "nope.json"}, "cannot read"),
+        ({**PERSON, "contract": "builtin:nope"}, "no built-in contract"),
+        ({**PERSON, "colour": "blue"}, "unknown option"),
+    ],
+)
 def test_bad_routes_name_the_setting(spec, words):
     with pytest.raises(ConfigError, match="streams.s|contract|built-in") as err:
         Routes({"s": spec}, Path("."), "reject")
     assert words in str(err.value)
 
 
-@pytest.mark.parametrize("config, words", [
-    ({"api_key": "k"}, "site_id"),
-    ({"site_id": "s"}, "api_key"),
-    ({"site_id": "s", "api_key": "k", "region": "ap"}, "region"),
-    ({"site_id": "s", "api_key": "k", "track_api_url": "http://example.com"}, "loopback"),
-    ({"site_id": "s", "api_key": "k", "max_requests_per_second": 0}, "max_requests_per_second"),
-    ({"site_id": "s", "api_key": "k"}, "streams"),
-])
+@pytest.mark.parametrize(
+    "config, words",
+    [
+        ({"api_key": "k"}, "site_id"),
+        ({"site_id": "s"}, "api_key"),
+        ({"site_id": "s", "api_key": "k", "region": "ap"}, "region"),
+        ({"site_id": "s", "api_key": "k", "track_api_url": "http://example.com"}, "loopback"),
+        ({"site_id": "s", "api_key": "k", "max_requests_per_second": 0}, "max_requests_per_second"),
+        ({"site_id": "s", "api_key": "k"}, "streams"),
+    ],
+)
 def test_bad_settings_name_the_setting(config, words):
     config = {"streams": {"s": PERSON}, **config} if words != "streams" else config
     with pytest.raises(ConfigError) as err:
@@ -58,12 +87,25 @@ def test_bad_settings_name_the_setting(config, words):
 def test_loopback_http_and_regions_resolve():
     base = {"site_id": "s", "api_key": "k", "streams": {"s": PERSON}}
     assert load_settings(base, Path(".")).base_url == "https://track.customer.io"
-    assert load_settings({**base, "region": "eu"}, Path(".")).base_url == "https://track-eu.customer.io"
+    assert (
+        load_settings({**base, "region": "eu"}, Path(".")).base_url
+        == "https://track-eu.customer.io"
+    )
     local = load_settings({**base, "track_api_url": "http://127.0.0.1:8089/"}, Path("."))
     assert (local.base_url, local.region) == ("http://127.0.0.1:8089", None)
-    assert load_settings({**base, "streams": '{"s": {"kind": "person", "identifier": {"field": "id"}}}'}, Path(".")).routes.match("s")
+    assert load_settings(
+        {**base, "streams": '{"s": {"kind": "person", "identifier": {"field": "id"}}}'}, Path(".")
+    ).routes.match("s")
 
 
-@pytest.mark.parametrize("raw, name", [("Order Placed", "order_placed"), ("OrderPlaced", "order_placed"), ("order-placed", "order_placed"), (" checkout.started ", "checkout_started")])
+@pytest.mark.parametrize(
+    "raw, name",
+    [
+        ("Order Placed", "order_placed"),
+        ("OrderPlaced", "order_placed"),
+        ("order-placed", "order_placed"),
+        (" checkout.started ", "checkout_started"),
+    ],
+)
 def test_snake_case(raw, name):
     assert snake_case(raw) == name

@@ -16,33 +16,62 @@ from tests.pg_fixtures import postgres as postgres  # noqa: PLC0414  (fixture; `
 # with format date-time (timestamptz). numeric(12,2) becomes a plain "number" (no multipleOf).
 EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
     "customer_profiles": {
-        "customer_id": "string", "email": "string", "first_name": "string",
-        "last_name": "string", "email_opt_in": "boolean", "sms_opt_in": "boolean",
-        "is_subscriber": "boolean", "subscription_status": "string",
-        "last_order_at": "date-time", "orders_count": "integer", "lifetime_value": "number",
-        "next_reorder_due_at": "date-time", "updated_at": "date-time",
+        "customer_id": "string",
+        "email": "string",
+        "first_name": "string",
+        "last_name": "string",
+        "email_opt_in": "boolean",
+        "sms_opt_in": "boolean",
+        "is_subscriber": "boolean",
+        "subscription_status": "string",
+        "last_order_at": "date-time",
+        "orders_count": "integer",
+        "lifetime_value": "number",
+        "next_reorder_due_at": "date-time",
+        "updated_at": "date-time",
     },
     "checkout_started_events": {
-        "event_key": "string", "customer_id": "string", "email": "string",
-        "checkout_id": "string", "started_at": "date-time", "cart_value": "number",
-        "items_count": "integer", "currency": "string", "cart_url": "string",
+        "event_key": "string",
+        "customer_id": "string",
+        "email": "string",
+        "checkout_id": "string",
+        "started_at": "date-time",
+        "cart_value": "number",
+        "items_count": "integer",
+        "currency": "string",
+        "cart_url": "string",
         "converted": "boolean",
     },
     "order_placed_events": {
-        "order_id": "integer", "customer_id": "string", "placed_at": "date-time",
-        "total": "number", "currency": "string", "items_count": "integer", "sku": "string",
+        "order_id": "integer",
+        "customer_id": "string",
+        "placed_at": "date-time",
+        "total": "number",
+        "currency": "string",
+        "items_count": "integer",
+        "sku": "string",
     },
     "order_fulfilled_events": {
-        "order_id": "integer", "customer_id": "string", "fulfilled_at": "date-time",
+        "order_id": "integer",
+        "customer_id": "string",
+        "fulfilled_at": "date-time",
         "carrier": "string",
     },
     "refund_issued_events": {
-        "refund_id": "string", "order_id": "integer", "customer_id": "string",
-        "issued_at": "date-time", "amount": "number", "reason": "string",
+        "refund_id": "string",
+        "order_id": "integer",
+        "customer_id": "string",
+        "issued_at": "date-time",
+        "amount": "number",
+        "reason": "string",
     },
     "subscription_events": {
-        "event_key": "string", "customer_id": "string", "event_name": "string",
-        "occurred_at": "date-time", "subscription_id": "string", "interval_days": "integer",
+        "event_key": "string",
+        "customer_id": "string",
+        "event_name": "string",
+        "occurred_at": "date-time",
+        "subscription_id": "string",
+        "interval_days": "integer",
     },
 }
 
@@ -94,19 +123,28 @@ def test_dirty_cases_from_the_field(postgres) -> None:
     assert any(e and e != e.strip() for e in emails.values())
     assert any(e and e != e.lower() for e in emails.values())
     # A guest checkout whose email later registered (in another case) as a customer.
-    guest = query(dsn, """
+    guest = query(
+        dsn,
+        """
         SELECT ch.started_at, c.created_at
         FROM checkout_started_events ch
         JOIN customers c ON lower(trim(c.email)) = lower(trim(ch.email))
-        WHERE ch.customer_id IS NULL""")
+        WHERE ch.customer_id IS NULL""",
+    )
     assert guest and all(started < created for started, created in guest)
     # Refunds arrive at least a day after their order.
-    gaps = query(dsn, """
-        SELECT r.issued_at - o.placed_at FROM refunds r JOIN orders o USING (order_id)""")
+    gaps = query(
+        dsn,
+        """
+        SELECT r.issued_at - o.placed_at FROM refunds r JOIN orders o USING (order_id)""",
+    )
     assert gaps and all(gap >= timedelta(days=1) for (gap,) in gaps)
-    money = query(dsn, """
+    money = query(
+        dsn,
+        """
         SELECT table_name, column_name, data_type FROM information_schema.columns
-        WHERE column_name IN ('total', 'amount', 'cart_value', 'lifetime_value')""")
+        WHERE column_name IN ('total', 'amount', 'cart_value', 'lifetime_value')""",
+    )
     assert money and {t for _, _, t in money} == {"numeric"}
     assert scalar(dsn, "SELECT count(*) FROM orders WHERE total = 0") >= 1
 
@@ -117,12 +155,17 @@ def test_event_times_are_relative_to_now(postgres) -> None:
     try:
         for view in EVENT_KEYS:
             column = REPLICATION_KEYS[view]
-            newest, fresh, old, total = query(postgres.dsn, f"""
+            newest, fresh, old, total = query(
+                postgres.dsn,
+                f"""
                 SELECT max({column}),
                        count(*) FILTER (WHERE {column} > %s - interval '48 hours'),
                        count(*) FILTER (WHERE {column} < %s - interval '3 days'),
                        count(*)
-                FROM {view}""", now, now)[0]
+                FROM {view}""",
+                now,
+                now,
+            )[0]
             assert newest <= now - timedelta(minutes=5), view
             assert fresh > total / 2, f"{view}: most events are fresh"
             assert old >= 1, f"{view}: some events are older than 3 days"
@@ -131,15 +174,21 @@ def test_event_times_are_relative_to_now(postgres) -> None:
 
 
 def test_profile_updated_at_follows_related_rows(postgres) -> None:
-    rows = query(postgres.dsn, """
+    rows = query(
+        postgres.dsn,
+        """
         SELECT p.customer_id FROM customer_profiles p JOIN customers c USING (customer_id)
         WHERE p.updated_at < c.updated_at
            OR p.updated_at < p.last_order_at
-           OR (p.orders_count > 0) <> (p.last_order_at IS NOT NULL)""")
+           OR (p.orders_count > 0) <> (p.last_order_at IS NOT NULL)""",
+    )
     assert rows == []
-    jane = query(postgres.dsn, """
+    jane = query(
+        postgres.dsn,
+        """
         SELECT is_subscriber, subscription_status, orders_count, lifetime_value
-        FROM customer_profiles WHERE customer_id = 'C000001'""")[0]
+        FROM customer_profiles WHERE customer_id = 'C000001'""",
+    )[0]
     assert jane[:3] == (True, "active", 2) and jane[3] > 0
 
 

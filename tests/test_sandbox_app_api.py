@@ -56,8 +56,9 @@ def test_customer_count_and_segment(sb, app):
     assert [q["path"] for q in sb.requests()][-1] == "/v1/segments"
 
 
-@pytest.mark.parametrize("path", ["/v1/segments/99/customer_count", "/v1/segments/99",
-                                  "/v1/segments/99/membership"])
+@pytest.mark.parametrize(
+    "path", ["/v1/segments/99/customer_count", "/v1/segments/99", "/v1/segments/99/membership"]
+)
 def test_unknown_segment_is_404_with_the_app_api_error_shape(sb, app, path):
     r = app.get(f"{sb.url}{path}")
     assert r.status_code == 404
@@ -79,20 +80,25 @@ def test_bearer_auth_with_the_app_api_key_only(sb):
         assert r.status_code == 401 and r.json()["errors"][0]["detail"].startswith("unauthorized")
     assert requests.get(url, auth=AUTH).status_code == 401  # Track credentials are not App ones
     # And the App key is no Track credential.
-    r = requests.get(f"{sb.url}/api/v1/accounts/region",
-                     headers={"Authorization": f"Bearer {APP_KEY}"})
+    r = requests.get(
+        f"{sb.url}/api/v1/accounts/region", headers={"Authorization": f"Bearer {APP_KEY}"}
+    )
     assert r.status_code == 401
     assert sb.counters()["app_unauthorized"] == 4
 
 
 def test_membership_pages(sb, app):
-    seed(sb, *(identify({"id": str(i)}, vip=True) for i in range(5)), identify({"email": "e@x.io"},
-                                                                              vip=True))
+    seed(
+        sb,
+        *(identify({"id": str(i)}, vip=True) for i in range(5)),
+        identify({"email": "e@x.io"}, vip=True),
+    )
     sb.add_segment("VIP", "vip = true", id=3)
     first = app.get(f"{sb.url}/v1/segments/3/membership", params={"limit": 4}).json()
     assert first["ids"] == ["0", "1", "2", "3"] and first["next"] == "4"
-    rest = app.get(f"{sb.url}/v1/segments/3/membership",
-                   params={"limit": 4, "start": first["next"]}).json()
+    rest = app.get(
+        f"{sb.url}/v1/segments/3/membership", params={"limit": 4, "start": first["next"]}
+    ).json()
     assert rest["ids"] == ["4"] and rest["next"] == ""
     assert rest["identifiers"][1]["email"] == "e@x.io" and rest["identifiers"][1]["id"] is None
     bad = app.get(f"{sb.url}/v1/segments/3/membership", params={"limit": 0})
@@ -146,15 +152,26 @@ def test_console_script_takes_the_app_api_key():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-c", "from target_customerio.sandbox import main; main()",
-           "--port", str(port), "--db", ":memory:", "--app-api-key", "k-app",
-           "--app-rate-limit", "0"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from target_customerio.sandbox import main; main()",
+        "--port",
+        str(port),
+        "--db",
+        ":memory:",
+        "--app-api-key",
+        "k-app",
+        "--app-rate-limit",
+        "0",
+    ]
     proc = subprocess.Popen(cmd, env=dict(os.environ), stderr=subprocess.PIPE, text=True)
     try:
         assert f"http://127.0.0.1:{port}" in proc.stderr.readline()
         url = f"http://127.0.0.1:{port}/v1/segments"
         assert requests.get(url, headers={"Authorization": "Bearer k-app"}).json() == {
-            "segments": []}
+            "segments": []
+        }
         assert requests.get(url, headers={"Authorization": "Bearer other"}).status_code == 401
     finally:
         proc.send_signal(signal.SIGTERM)

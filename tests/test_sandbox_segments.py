@@ -51,8 +51,13 @@ def identify(ident: dict, **attributes) -> dict:
 
 
 def event(ident: dict, name: str, timestamp: int) -> dict:
-    return {"type": "person", "action": "event", "identifiers": ident, "name": name,
-            "timestamp": timestamp}
+    return {
+        "type": "person",
+        "action": "event",
+        "identifiers": ident,
+        "name": name,
+        "timestamp": timestamp,
+    }
 
 
 def send(http, sb, *ops) -> None:
@@ -103,13 +108,18 @@ def test_and_binds_tighter_than_or_and_parentheses_group():
     "text,message",
     [
         ("", "the condition is empty"),
-        ("orders_count >=", "expected a value (a number, a \"string\", true or false) after '>=',"
-                           " got the end (column 16)"),
+        (
+            "orders_count >=",
+            "expected a value (a number, a \"string\", true or false) after '>=',"
+            " got the end (column 16)",
+        ),
         ("AND a = 1", "expected a condition, got 'AND' (column 1)"),
         ("a = 1 b = 2", "expected AND, OR or the end, got 'b' (column 7)"),
         ("(a = 1", "expected ')' to close the '(' of column 1 (column 7)"),
-        ("a within sixty days", "expected a whole number of days after 'within', got 'sixty'"
-                                " (column 10)"),
+        (
+            "a within sixty days",
+            "expected a whole number of days after 'within', got 'sixty' (column 10)",
+        ),
         ("a within 2.5 days", "expected a whole number of days after 'within', got '2.5'"),
         ("a within 3 weeks", "expected 'days' after 'within 3', got 'weeks' (column 12)"),
         ("a ~ 1", "unexpected character '~' (column 3)"),
@@ -189,12 +199,19 @@ people = st.lists(
 )
 literals = st.sampled_from([0, 1, 2, 2.0, 100, "2", "pro", "250.00", True, False, -1])
 simple = st.one_of(
-    st.tuples(st.just("cmp"), st.sampled_from(ATTRIBUTES),
-              st.sampled_from(["=", "!=", ">", ">=", "<", "<="]), literals),
+    st.tuples(
+        st.just("cmp"),
+        st.sampled_from(ATTRIBUTES),
+        st.sampled_from(["=", "!=", ">", ">=", "<", "<="]),
+        literals,
+    ),
     st.tuples(st.sampled_from(["exists", "blank"]), st.sampled_from(ATTRIBUTES)),
     st.tuples(st.just("within"), st.sampled_from(ATTRIBUTES), st.sampled_from([1, 30, 60])),
-    st.tuples(st.just("performed"), st.sampled_from(["order_placed", "refund_issued", "x"]),
-              st.sampled_from([None, 1, 30, 60])),
+    st.tuples(
+        st.just("performed"),
+        st.sampled_from(["order_placed", "refund_issued", "x"]),
+        st.sampled_from([None, 1, 30, 60]),
+    ),
 )
 conditions = st.recursive(
     simple,
@@ -227,8 +244,10 @@ def brute(cond, attributes: dict, events: list, now: float) -> bool:
     if kind == "OR":
         return any(brute(c, attributes, events, now) for c in cond[1])
     if kind == "performed":
-        return any(name == cond[1] and (cond[2] is None or age <= cond[2]) and age >= 0
-                   for name, age in events)
+        return any(
+            name == cond[1] and (cond[2] is None or age <= cond[2]) and age >= 0
+            for name, age in events
+        )
     value = attributes.get(cond[1])
     if kind == "exists":
         return value not in (None, "")
@@ -240,14 +259,22 @@ def brute(cond, attributes: dict, events: list, now: float) -> bool:
     _, _, op, literal = cond
     if value is None:
         return False
+
     def type_of(v):
         return bool if isinstance(v, bool) else float if isinstance(v, (int, float)) else type(v)
+
     if type_of(value) is not type_of(literal):
         return op == "!="
     if type_of(value) is bool and op not in ("=", "!="):
         return False
-    return {"=": value == literal, "!=": value != literal, ">": value > literal,
-            ">=": value >= literal, "<": value < literal, "<=": value <= literal}[op]
+    return {
+        "=": value == literal,
+        "!=": value != literal,
+        ">": value > literal,
+        ">=": value >= literal,
+        "<": value < literal,
+        "<=": value <= literal,
+    }[op]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -276,11 +303,14 @@ def test_the_live_count_is_a_brute_force_filter_over_the_people(population, cond
 
 
 def test_define_list_get_and_delete_segments_over_http(sb, http):
-    send(http, sb,
-         identify({"id": "1"}, orders_count=3, last_order_at=int(NOW - 5 * DAY)),
-         identify({"id": "2"}, orders_count=1, last_order_at=int(NOW - 5 * DAY)),
-         identify({"id": "3"}, orders_count=4, last_order_at="2024-05-01T10:00:00Z"),
-         identify({"id": "4"}, orders_count="7"))  # a number as a string counts as no number
+    send(
+        http,
+        sb,
+        identify({"id": "1"}, orders_count=3, last_order_at=int(NOW - 5 * DAY)),
+        identify({"id": "2"}, orders_count=1, last_order_at=int(NOW - 5 * DAY)),
+        identify({"id": "3"}, orders_count=4, last_order_at="2024-05-01T10:00:00Z"),
+        identify({"id": "4"}, orders_count="7"),
+    )  # a number as a string counts as no number
     r = define(sb, "Repeat buyers", "orders_count >= 2 AND last_order_at within 60 days")
     assert r.status_code == 200, r.text
     repeat = r.json()
@@ -289,7 +319,9 @@ def test_define_list_get_and_delete_segments_over_http(sb, http):
     assert second["id"] == repeat["id"] + 1 and second["count"] == 0
     listed = requests.get(f"{sb.url}/_sandbox/segments").json()
     assert [(s["name"], s["count"]) for s in listed] == [
-        ("Repeat buyers", 1), ("Has orders, no date", 0)]
+        ("Repeat buyers", 1),
+        ("Has orders, no date", 0),
+    ]
     one = requests.get(f"{sb.url}/_sandbox/segments/{repeat['id']}").json()
     assert one["members"] == [{"id": "1", "email": None, "cio_id": sb.person(id="1")["cio_id"]}]
     assert sb.segment_count(repeat["id"]) == 1 and sb.segment(repeat["id"])["count"] == 1
@@ -337,8 +369,14 @@ def test_explicit_ids_and_the_python_interface(sb, http):
 
 
 def test_missing_attributes_match_no_comparison_and_suppressed_people_no_segment(sb, http):
-    send(http, sb, identify({"id": "1"}, plan="pro"), identify({"id": "2"}),
-         identify({"id": "3"}, plan="basic"), identify({"id": "4"}, plan=3))
+    send(
+        http,
+        sb,
+        identify({"id": "1"}, plan="pro"),
+        identify({"id": "2"}),
+        identify({"id": "3"}, plan="basic"),
+        identify({"id": "4"}, plan=3),
+    )
     assert sb.segment_count(sb.add_segment("not pro", "plan != 'pro'")) == 2  # 3 and 4, not 2
     assert sb.segment_count(sb.add_segment("after b", "plan > 'b'")) == 2  # strings as strings
     blank = sb.add_segment("no plan", "plan blank")
@@ -348,14 +386,18 @@ def test_missing_attributes_match_no_comparison_and_suppressed_people_no_segment
 
 
 def test_performed_counts_events_within_the_window(sb, http):
-    send(http, sb,
-         event({"id": "1"}, "order_placed", int(NOW - 2 * DAY)),
-         event({"id": "2"}, "order_placed", int(NOW - 40 * DAY)),
-         event({"id": "3"}, "refund_issued", int(NOW - 1 * DAY)))
+    send(
+        http,
+        sb,
+        event({"id": "1"}, "order_placed", int(NOW - 2 * DAY)),
+        event({"id": "2"}, "order_placed", int(NOW - 40 * DAY)),
+        event({"id": "3"}, "refund_issued", int(NOW - 1 * DAY)),
+    )
     assert sb.segment_count(sb.add_segment("ever", "performed order_placed")) == 2
     assert sb.segment_count(sb.add_segment("recent", "performed order_placed within 30 days")) == 1
-    both = sb.add_segment("either", "performed order_placed within 30 days OR performed "
-                                    "refund_issued")
+    both = sb.add_segment(
+        "either", "performed order_placed within 30 days OR performed refund_issued"
+    )
     assert sb.segment_count(both) == 2
 
 
@@ -369,17 +411,27 @@ def test_definitions_persist_in_a_db_file(tmp_path):
 
 def test_a_segments_file_defines_segments_and_loading_it_again_replaces_them(tmp_path):
     path = tmp_path / "segments.json"
-    path.write_text(json.dumps([
-        {"id": 7, "name": "Repeat buyers", "condition": "orders_count >= 2"},
-        {"id": 8, "name": "Winback list", "kind": "manual"},
-        {"name": "Anyone with an email", "condition": "email exists"},
-    ]))
+    path.write_text(
+        json.dumps(
+            [
+                {"id": 7, "name": "Repeat buyers", "condition": "orders_count >= 2"},
+                {"id": 8, "name": "Winback list", "kind": "manual"},
+                {"name": "Anyone with an email", "condition": "email exists"},
+            ]
+        )
+    )
     db = str(tmp_path / "sb.sqlite")
     with Sandbox(db_path=db, segments_file=str(path)) as sandbox:
         assert [(s["id"], s["kind"]) for s in sandbox.segments()] == [
-            (7, "dynamic"), (8, "manual"), (9, "dynamic")]
-    path.write_text(json.dumps({"segments": [
-        {"id": 7, "name": "Repeat buyers", "condition": "orders_count >= 3"}]}))
+            (7, "dynamic"),
+            (8, "manual"),
+            (9, "dynamic"),
+        ]
+    path.write_text(
+        json.dumps(
+            {"segments": [{"id": 7, "name": "Repeat buyers", "condition": "orders_count >= 3"}]}
+        )
+    )
     sandbox = Sandbox(db_path=db, segments_file=str(path))
     assert sandbox.segment(7)["condition"] == "orders_count >= 3"
     assert len(sandbox.segments()) == 3
@@ -398,8 +450,17 @@ def test_console_script_loads_segments_and_refuses_a_bad_file(tmp_path):
     path = tmp_path / "segments.json"
     path.write_text(json.dumps([{"id": 4, "name": "VIP", "condition": "vip = true"}]))
     port = _free_port()
-    cmd = [sys.executable, "-c", "from target_customerio.sandbox import main; main()",
-           "--port", str(port), "--db", ":memory:", "--segments", str(path)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from target_customerio.sandbox import main; main()",
+        "--port",
+        str(port),
+        "--db",
+        ":memory:",
+        "--segments",
+        str(path),
+    ]
     proc = subprocess.Popen(cmd, env=dict(os.environ), stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stderr.readline()
@@ -422,34 +483,49 @@ def members_url(sb, segment_id, action: str = "add") -> str:
 
 
 def test_manual_segment_add_and_remove_customers(sb, http):
-    send(http, sb, identify({"id": "1"}, email="one@example.com"), identify({"id": "2"}),
-         identify({"email": "three@example.com"}))
+    send(
+        http,
+        sb,
+        identify({"id": "1"}, email="one@example.com"),
+        identify({"id": "2"}),
+        identify({"email": "three@example.com"}),
+    )
     winback = sb.add_segment("Winback list", kind="manual")
     r = http.post(members_url(sb, winback), json={"ids": ["1", "2", "nobody", 2]})
     assert (r.status_code, r.json()) == (200, {})  # unknown ids are accepted and ignored
     assert sb.segment_count(winback) == 2
-    r = http.post(members_url(sb, winback), params={"id_type": "email"},
-                  json={"ids": ["THREE@example.com"]})
+    r = http.post(
+        members_url(sb, winback), params={"id_type": "email"}, json={"ids": ["THREE@example.com"]}
+    )
     assert r.status_code == 200 and sb.segment_count(winback) == 3
     cio = sb.person(id="2")["cio_id"]
-    r = http.post(members_url(sb, winback, "remove"), params={"id_type": "cio_id"},
-                  json={"ids": [cio]})
+    r = http.post(
+        members_url(sb, winback, "remove"), params={"id_type": "cio_id"}, json={"ids": [cio]}
+    )
     assert r.status_code == 200
     assert sorted(p["id"] or p["email"] for p in sb.segment_members(winback)) == [
-        "1", "three@example.com"]
+        "1",
+        "three@example.com",
+    ]
     assert sb.requests()[-1]["ops"] == 1 and sb.requests()[-1]["status"] == 200
     # The Python interface does the same.
     assert sb.remove_from_segment(winback, ["1"]) == 1 and sb.add_to_segment(winback, ["1"]) == 1
     # Deleted and suppressed people leave every segment; a merge keeps the primary's place.
     send(http, sb, {"type": "person", "action": "delete", "identifiers": {"id": "1"}})
     assert [p["email"] for p in sb.segment_members(winback)] == ["three@example.com"]
-    send(http, sb, {"type": "person", "action": "suppress",
-                    "identifiers": {"email": "three@example.com"}})
+    send(
+        http,
+        sb,
+        {"type": "person", "action": "suppress", "identifiers": {"email": "three@example.com"}},
+    )
     assert sb.segment_count(winback) == 0
     sb.add_to_segment(winback, ["2"])
     send(http, sb, identify({"id": "4"}))
-    send(http, sb, {"type": "person", "action": "merge", "primary": {"id": "4"},
-                    "secondary": {"id": "2"}})
+    send(
+        http,
+        sb,
+        {"type": "person", "action": "merge", "primary": {"id": "4"}, "secondary": {"id": "2"}},
+    )
     assert [p["id"] for p in sb.segment_members(winback)] == ["4"]
 
 
@@ -469,8 +545,10 @@ def test_manual_segment_requests_are_checked(sb, http):
         assert r.status_code == status and message in r.json()["meta"]["error"], (url, r.text)
     assert http.post(members_url(sb, manual), json={"ids": ["x"] * 1000}).status_code == 200
     assert requests.post(members_url(sb, manual), json={"ids": []}).status_code == 401
-    assert requests.post(members_url(sb, manual), json={"ids": []},
-                         auth=("site", "wrong")).status_code == 401
+    assert (
+        requests.post(members_url(sb, manual), json={"ids": []}, auth=("site", "wrong")).status_code
+        == 401
+    )
 
 
 def test_manual_memberships_persist_and_reset_empties_them(tmp_path):

@@ -36,10 +36,13 @@ def send(http, sb, *ops) -> requests.Response:
 
 
 def test_delete_removes_the_person_its_events_and_segment_memberships(sb, http):
-    send(http, sb,
-         person_op("identify", {"id": "1"}, attributes={"vip": True}),
-         person_op("event", {"id": "1"}, name="order_placed", id=ULID_A),
-         person_op("identify", {"id": "2"}, attributes={"vip": True}))
+    send(
+        http,
+        sb,
+        person_op("identify", {"id": "1"}, attributes={"vip": True}),
+        person_op("event", {"id": "1"}, name="order_placed", id=ULID_A),
+        person_op("identify", {"id": "2"}, attributes={"vip": True}),
+    )
     vip, manual = sb.add_segment("VIP", "vip = true"), sb.add_segment("List", kind="manual")
     sb.add_to_segment(manual, ["1", "2"])
     send(http, sb, person_op("delete", {"id": "1"}), person_op("delete", {"id": "nobody"}))
@@ -52,26 +55,36 @@ def test_delete_removes_the_person_its_events_and_segment_memberships(sb, http):
 
 
 def test_suppress_removes_the_data_and_ignores_the_identifiers_from_then_on(sb, http):
-    send(http, sb,
-         person_op("identify", {"id": "1"}, attributes={"email": "a@example.com", "plan": "pro"}),
-         person_op("event", {"id": "1"}, name="order_placed", id=ULID_A))
+    send(
+        http,
+        sb,
+        person_op("identify", {"id": "1"}, attributes={"email": "a@example.com", "plan": "pro"}),
+        person_op("event", {"id": "1"}, name="order_placed", id=ULID_A),
+    )
     segment = sb.add_segment("Pro", "plan = 'pro'")
     send(http, sb, person_op("suppress", {"email": "A@example.com"}))
     tomb = sb.person(id="1")
     assert tomb["suppressed"] and tomb["attributes"] == {} and sb.events() == []
     assert sb.segment_count(segment) == 0
     # Later identifies and events, by either identifier, are accepted and ignored.
-    send(http, sb,
-         person_op("identify", {"id": "1"}, attributes={"plan": "pro"}),
-         person_op("identify", {"email": "a@example.com"}, attributes={"plan": "pro"}),
-         person_op("event", {"id": "1"}, name="order_placed", id=ULID_B))
+    send(
+        http,
+        sb,
+        person_op("identify", {"id": "1"}, attributes={"plan": "pro"}),
+        person_op("identify", {"email": "a@example.com"}, attributes={"plan": "pro"}),
+        person_op("event", {"id": "1"}, name="order_placed", id=ULID_B),
+    )
     assert sb.person(id="1")["attributes"] == {} and sb.events() == []
     assert sb.counters()["suppressed_dropped"] == 3 and sb.segment_count(segment) == 0
     # Suppressing an id nobody has yet blocks it too; v1 suppress does the same.
     send(http, sb, person_op("suppress", {"id": "future"}))
     assert http.post(f"{sb.url}/api/v1/customers/other/suppress").status_code == 200
-    send(http, sb, person_op("identify", {"id": "future"}, attributes={"plan": "pro"}),
-         person_op("identify", {"id": "other"}, attributes={"plan": "pro"}))
+    send(
+        http,
+        sb,
+        person_op("identify", {"id": "future"}, attributes={"plan": "pro"}),
+        person_op("identify", {"id": "other"}, attributes={"plan": "pro"}),
+    )
     assert sb.segment_count(segment) == 0
 
 
@@ -106,8 +119,11 @@ def test_an_identify_with_null_or_empty_values_removes_those_attributes(sb, http
 
 
 def test_object_attributes_sent_as_null_are_removed_too(sb, http):
-    obj = {"type": "object", "action": "identify",
-           "identifiers": {"object_type_id": "1", "object_id": "acme"}}
+    obj = {
+        "type": "object",
+        "action": "identify",
+        "identifiers": {"object_type_id": "1", "object_id": "acme"},
+    }
     send(http, sb, {**obj, "attributes": {"n": 1, "plan": "x"}})
     send(http, sb, {**obj, "attributes": {"plan": None}})
     assert sb.objects()[0]["attributes"] == {"n": 1}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
@@ -18,9 +17,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from target_customerio.operations.operation import Rejected
-from target_customerio.routes import Routes
-from tests.operations.helpers import Kind
 from tests.harness import record, run_target, schema, state, target_config, writes
+from tests.operations.helpers import Kind
 
 RECENT = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)).replace(microsecond=0)
 RECENT_TEXT = RECENT.isoformat()
@@ -194,13 +192,11 @@ def test_every_wrong_column_is_named_at_once_under_the_glob_that_routed_the_stre
     assert run.returncode == 2
     assert (
         "streams.public-*.event_id: column 'ordr_id' is not in stream public-orders"
-        " (did you mean 'order_id'?)"
-        in run.stderr
+        " (did you mean 'order_id'?)" in run.stderr
     )
     assert (
         "streams.public-*.timestamp: column 'when' is not in stream public-orders"
-        " (its columns: order_id,"
-        in run.stderr
+        " (its columns: order_id," in run.stderr
     )
 
 

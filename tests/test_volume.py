@@ -10,16 +10,24 @@ ROUTE = {"kind": "person", "identifier": {"field": "id", "type": "id"}, "max_vol
 
 
 def rows(count: int, night: int) -> list[dict]:
-    return [schema(P, {"id": {"type": "string"}, "night": {"type": "integer"}}),
-            *[record(P, {"id": f"C{i}", "night": night}) for i in range(count)], state({"night": night})]
+    return [
+        schema(P, {"id": {"type": "string"}, "night": {"type": "integer"}}),
+        *[record(P, {"id": f"C{i}", "night": night}) for i in range(count)],
+        state({"night": night}),
+    ]
 
 
 def test_a_stream_that_shrinks_past_its_range_fails_after_delivery(sandbox, tmp_path):
-    config = target_config(sandbox.url, tmp_path, {P: ROUTE}, ledger_path=str(tmp_path / "ledger.sqlite"))
+    config = target_config(
+        sandbox.url, tmp_path, {P: ROUTE}, ledger_path=str(tmp_path / "ledger.sqlite")
+    )
     for night, count in enumerate([100, 110, 90]):  # the history: no check until 3 completed runs
         run = run_target(config, rows(count, night), tmp_path)
         assert run.returncode == 0, run.stderr
-        assert run.report["volume"][P]["ok"] is True and "not checked" in run.report["volume"][P]["reason"]
+        assert (
+            run.report["volume"][P]["ok"] is True
+            and "not checked" in run.report["volume"][P]["reason"]
+        )
     run = run_target(config, rows(120, 3), tmp_path)  # within 50% of the median (100)
     assert run.returncode == 0, run.stderr
     assert run.report["volume"][P]["median"] == 100 and run.report["volume"][P]["ok"] is True
@@ -28,7 +36,11 @@ def test_a_stream_that_shrinks_past_its_range_fails_after_delivery(sandbox, tmp_
     assert run.returncode == 7, run.stderr
     assert run.states == [{"night": 4}]  # what came was delivered, and its STATE kept
     check = run.report["volume"][P]
-    assert check["ok"] is False and check["median"] == 105 and [r["received"] for r in check["history"]] == [100, 110, 90, 120]
+    assert (
+        check["ok"] is False
+        and check["median"] == 105
+        and [r["received"] for r in check["history"]] == [100, 110, 90, 120]
+    )
     assert "received 30 records, 71% away from the median 105 of the last 4 runs" in run.stderr
     assert sum(1 for p in sandbox.people() if p["attributes"].get("night") == 4) == 30
 

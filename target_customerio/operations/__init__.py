@@ -1,8 +1,9 @@
 """The Customer.io operation kinds, one module each, over shared helpers.
 
-A kind module (person, event, merge, objects, reconcile) declares its route options, reads and checks
-them, and builds each record's operations (`Builder.build` -> `Built`: the operations with
-their identifier and time). The helpers every kind shares: identifiers.py, payload.py
+A kind module (person, event, merge, objects, reconcile) declares its route options, reads
+and checks them, and builds each record's operations (`Builder.build` -> `Built`: the
+operations with their identifier and time). The helpers every kind shares: identifiers.py,
+payload.py
 (attributes and event data), timestamps.py, event_ids.py and operation.py (what a builder
 returns, sizes, ledger entries); delete.py says how taps mark deleted rows.
 
@@ -14,4 +15,6 @@ from __future__ import annotations
 from target_customerio.operations import event, merge, objects, person, reconcile
 from target_customerio.operations.operation import Kind
 
-KINDS: dict[str, Kind] = {kind.name: kind for kind in (person.KIND, event.KIND, merge.KIND, objects.KIND, reconcile.KIND)}
+KINDS: dict[str, Kind] = {
+    kind.name: kind for kind in (person.KIND, event.KIND, merge.KIND, objects.KIND, reconcile.KIND)
+}

@@ -22,7 +22,12 @@ def is_delete(record: dict[str, Any]) -> bool:
 def person_deleted(on_delete: str, identifiers: dict[str, str]) -> bytes:
     """The operation `on_delete` (not `ignore`) asks for when a person's source row was deleted."""
     if on_delete == "unsubscribe":
-        op = {"type": "person", "action": "identify", "identifiers": identifiers, "attributes": {"unsubscribed": True}}
+        op = {
+            "type": "person",
+            "action": "identify",
+            "identifiers": identifiers,
+            "attributes": {"unsubscribed": True},
+        }
     else:  # delete | suppress
         op = {"type": "person", "action": on_delete, "identifiers": identifiers}
     return encode(op)

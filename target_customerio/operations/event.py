@@ -5,8 +5,9 @@ person (`mirror_to_attribute`)."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Container
 from dataclasses import dataclass
-from typing import Any, Callable, Container
+from typing import Any
 
 from target_customerio.errors import ConfigError
 from target_customerio.operations import delete
@@ -26,7 +27,14 @@ from target_customerio.operations.operation import (
 from target_customerio.operations.payload import Payload, normalise_email
 from target_customerio.operations.timestamps import source_time
 from target_customerio.redaction import shown
-from target_customerio.routes import Identifier, KindOptions, Route, column_option, columns_option, identifier_option
+from target_customerio.routes import (
+    Identifier,
+    KindOptions,
+    Route,
+    column_option,
+    columns_option,
+    identifier_option,
+)
 from target_customerio.values import parse_duration, snake_case
 
 MAX_EVENT_NAME_BYTES = 100
@@ -58,7 +66,9 @@ class EventOptions(KindOptions):
 def options(where: str, spec: dict[str, Any]) -> EventOptions:
     name, name_field = spec.get("event_name"), spec.get("event_name_field")
     if bool(name) == bool(name_field):
-        raise ConfigError(f"{where}: an event route needs exactly one of `event_name` or `event_name_field`")
+        raise ConfigError(
+            f"{where}: an event route needs exactly one of `event_name` or `event_name_field`"
+        )
     if name is not None and not isinstance(name, str):
         raise ConfigError(f"{where}.event_name: the name of the event, as text")
     if name and not snake_case(name):
@@ -66,13 +76,19 @@ def options(where: str, spec: dict[str, Any]) -> EventOptions:
     if name_field:
         column_option(f"{where}.event_name_field", name_field)
     if not spec.get("timestamp"):
-        raise ConfigError(f"{where}.timestamp: an event route names the column holding when it happened")
+        raise ConfigError(
+            f"{where}.timestamp: an event route names the column holding when it happened"
+        )
     column_option(f"{where}.timestamp", spec["timestamp"])
     if not spec.get("event_id"):
-        raise ConfigError(f"{where}.event_id: name the column(s) that identify one event (the dedupe key)")
+        raise ConfigError(
+            f"{where}.event_id: name the column(s) that identify one event (the dedupe key)"
+        )
     mirror = spec.get("mirror_to_attribute")
     if mirror is not None and (not isinstance(mirror, str) or not mirror.strip()):
-        raise ConfigError(f"{where}.mirror_to_attribute: the person attribute to set to the event's time")
+        raise ConfigError(
+            f"{where}.mirror_to_attribute: the person attribute to set to the event's time"
+        )
     return EventOptions(
         identifier=identifier_option(f"{where}.identifier", spec.get("identifier")),
         event_name=snake_case(name) if name else None,
@@ -94,7 +110,9 @@ def _max_age(where: str, value: Any) -> dt.timedelta | None:
     except ValueError as exc:
         raise ConfigError(f"{where}.max_age: {exc}") from None
     if not max_age:
-        raise ConfigError(f"{where}.max_age: 0 would skip every event; leave it out to keep them all")
+        raise ConfigError(
+            f"{where}.max_age: 0 would skip every event; leave it out to keep them all"
+        )
     return max_age
 
 
@@ -128,7 +146,11 @@ class EventBuilder(Builder):
         for column in self._key_columns:
             part = record.get(column)
             if part is None or part == "":
-                raise Rejected("missing_event_id", column, f"{column} is empty; it is part of the event's dedupe key")
+                raise Rejected(
+                    "missing_event_id",
+                    column,
+                    f"{column} is empty; it is part of the event's dedupe key",
+                )
             key.append(part)
         digest = event_digest(name, key)
         seen = dedupe_key(digest)
@@ -151,8 +173,12 @@ class EventBuilder(Builder):
     def _mirrored(self, kind: str, value: str, timestamp: int) -> Operation:
         """An identify setting `mirror_to_attribute` to the event's time (never tracked in the
         ledger: it follows its event)."""
-        op = {"type": "person", "action": "identify", "identifiers": {kind: value},
-              "attributes": {self._mirror: timestamp}}
+        op = {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {kind: value},
+            "attributes": {self._mirror: timestamp},
+        }
         return Operation(encode(op), value)
 
     def _event_name(self, record: dict[str, Any]) -> str:
@@ -167,8 +193,12 @@ class EventBuilder(Builder):
             name = self._names[raw] = snake_case(raw)
             self._on_name(raw, name)
         if not name or len(name.encode()) > MAX_EVENT_NAME_BYTES:
-            raise Rejected("invalid_event_name", column,
-                           f"event name {shown(repr(raw), 120)} is empty or longer than {MAX_EVENT_NAME_BYTES} bytes")
+            raise Rejected(
+                "invalid_event_name",
+                column,
+                f"event name {shown(repr(raw), 120)} is empty or longer than "
+                f"{MAX_EVENT_NAME_BYTES} bytes",
+            )
         return name
 
 
@@ -176,5 +206,13 @@ def _ignore(raw: str, name: str) -> None:
     return None
 
 
-KEYS = ("identifier", "event_name", "event_name_field", "event_id", "timestamp", "max_age", "mirror_to_attribute")
+KEYS = (
+    "identifier",
+    "event_name",
+    "event_name_field",
+    "event_id",
+    "timestamp",
+    "max_age",
+    "mirror_to_attribute",
+)
 KIND: Kind = Kind("event", KEYS, options, EventBuilder)

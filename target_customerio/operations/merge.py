@@ -11,7 +11,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from target_customerio.operations.identifiers import identifier_value
-from target_customerio.operations.operation import Builder, Built, Context, Finisher, Kind, Operation, Skipped, encode
+from target_customerio.operations.operation import (
+    Builder,
+    Built,
+    Context,
+    Finisher,
+    Kind,
+    Operation,
+    Skipped,
+    encode,
+)
 from target_customerio.routes import Identifier, KindOptions, Route, identifier_option
 
 
@@ -28,8 +37,10 @@ class MergeOptions(KindOptions):
 
 
 def options(where: str, spec: dict[str, Any]) -> MergeOptions:
-    return MergeOptions(identifier_option(f"{where}.primary", spec.get("primary")),
-                        identifier_option(f"{where}.secondary", spec.get("secondary")))
+    return MergeOptions(
+        identifier_option(f"{where}.primary", spec.get("primary")),
+        identifier_option(f"{where}.secondary", spec.get("secondary")),
+    )
 
 
 class MergeBuilder(Builder):
@@ -45,13 +56,25 @@ class MergeBuilder(Builder):
         other = identifier_value(record, self._secondary.field, other_kind)
         if (kind, value) == (other_kind, other):
             raise Skipped("same_person")
-        identify = {"type": "person", "action": "identify", "identifiers": {kind: value}, "attributes": {}}
-        merge = {"type": "person", "action": "merge", "primary": {kind: value}, "secondary": {other_kind: other}}
+        identify = {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {kind: value},
+            "attributes": {},
+        }
+        merge = {
+            "type": "person",
+            "action": "merge",
+            "primary": {kind: value},
+            "secondary": {other_kind: other},
+        }
         # Both travel on the secondary's delivery shard, behind anything already queued for the
         # secondary (the guest's own events), so the merge finds the profile it folds in.
         ops = [
             Operation(encode(identify), other),
-            self._finisher.finish(encode(merge), other, f"merge:{kind}:{value}:{other_kind}:{other}", content=False),
+            self._finisher.finish(
+                encode(merge), other, f"merge:{kind}:{value}:{other_kind}:{other}", content=False
+            ),
         ]
         return Built(ops, (kind, value))
 

@@ -10,7 +10,13 @@ from target_customerio.operations import delete
 from target_customerio.operations.identifiers import identifier_value
 from target_customerio.operations.operation import Builder, Built, Context, Finisher, Kind, encode
 from target_customerio.operations.payload import Payload
-from target_customerio.routes import Identifier, KindOptions, Route, column_option, identifier_option
+from target_customerio.routes import (
+    Identifier,
+    KindOptions,
+    Route,
+    column_option,
+    identifier_option,
+)
 
 
 @dataclass(frozen=True)
@@ -21,7 +27,9 @@ class ObjectOptions(KindOptions):
 
     def columns_named(self) -> list[tuple[str, str]]:
         named = [("object_id", self.object_id)]
-        return named + [(f"relationships[{i}].field", r.field) for i, r in enumerate(self.relationships)]
+        return named + [
+            (f"relationships[{i}].field", r.field) for i, r in enumerate(self.relationships)
+        ]
 
     def identity_columns(self) -> tuple[str, ...]:
         return (self.object_id, *(r.field for r in self.relationships))
@@ -30,7 +38,9 @@ class ObjectOptions(KindOptions):
 def options(where: str, spec: dict[str, Any]) -> ObjectOptions:
     type_id, id_field = spec.get("object_type_id"), spec.get("object_id")
     if type_id is None or not str(type_id).strip():
-        raise ConfigError(f"{where}.object_type_id: the Customer.io object type id (e.g. 1) is required")
+        raise ConfigError(
+            f"{where}.object_type_id: the Customer.io object type id (e.g. 1) is required"
+        )
     if not id_field:
         raise ConfigError(f"{where}.object_id: name the column holding the object's id")
     column_option(f"{where}.object_id", id_field)
@@ -40,14 +50,20 @@ def options(where: str, spec: dict[str, Any]) -> ObjectOptions:
     return ObjectOptions(
         object_type_id=str(type_id),
         object_id=id_field,
-        relationships=tuple(identifier_option(f"{where}.relationships[{i}]", r) for i, r in enumerate(relations)),
+        relationships=tuple(
+            identifier_option(f"{where}.relationships[{i}]", r) for i, r in enumerate(relations)
+        ),
     )
 
 
 class ObjectBuilder(Builder):
     def __init__(self, route: Route, schema: dict[str, Any], context: Context) -> None:
         o: ObjectOptions = route.options
-        self._type_id, self._id_column, self._relationships = o.object_type_id, o.object_id, o.relationships
+        self._type_id, self._id_column, self._relationships = (
+            o.object_type_id,
+            o.object_id,
+            o.relationships,
+        )
         self._payload = Payload(route, schema)
         self._finisher = Finisher(context.ledger_scope)
 
@@ -57,7 +73,9 @@ class ObjectBuilder(Builder):
         self._payload.check_contract(attributes)
         relationships = []
         for rel in self._relationships:
-            relationships.append({"identifiers": {rel.type: identifier_value(record, rel.field, rel.type)}})
+            relationships.append(
+                {"identifiers": {rel.type: identifier_value(record, rel.field, rel.type)}}
+            )
         op = {
             "type": "object",
             "action": "delete" if delete.is_delete(record) else "identify",
@@ -66,7 +84,11 @@ class ObjectBuilder(Builder):
             "cio_relationships": relationships,
         }
         about = f"object:{self._type_id}:{object_id}"
-        return Built([self._finisher.finish(encode(op), object_id, about)], ("object_id", object_id))
+        return Built(
+            [self._finisher.finish(encode(op), object_id, about)], ("object_id", object_id)
+        )
 
 
-KIND: Kind = Kind("object", ("object_type_id", "object_id", "relationships"), options, ObjectBuilder)
+KIND: Kind = Kind(
+    "object", ("object_type_id", "object_id", "relationships"), options, ObjectBuilder
+)

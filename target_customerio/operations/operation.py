@@ -3,7 +3,8 @@ an operation is made ready to send (its size checked, its ledger entry attached)
 
 from __future__ import annotations
 
-from typing import Any, Callable, Container, NamedTuple
+from collections.abc import Callable, Container
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -16,7 +17,9 @@ _new = tuple.__new__  # a named tuple without its Python-level __new__ (one per 
 class Rejected(Exception):
     """The record cannot be sent; it goes to the reject file."""
 
-    def __init__(self, reason: str, field: str | None, message: str, rule: str | None = None) -> None:
+    def __init__(
+        self, reason: str, field: str | None, message: str, rule: str | None = None
+    ) -> None:
         super().__init__(message)
         self.reason, self.field, self.message, self.rule = reason, field, message, rule
 
@@ -78,14 +81,18 @@ class Finisher:
     def __init__(self, ledger_scope: str | None) -> None:
         self._seed = None if ledger_scope is None else scope_seed(ledger_scope)
 
-    def finish(self, body: bytes, shard_key: str, about: str, content: bool = True,
-               seen: int | None = None) -> Operation:
+    def finish(
+        self, body: bytes, shard_key: str, about: str, content: bool = True, seen: int | None = None
+    ) -> Operation:
         """`about` names what the operation is about in the ledger. `content`: whether a change
         of content sends it again (people, objects), or only its identity counts (events,
         merges: one is never sent twice)."""
         if len(body) > MAX_OPERATION_BYTES:
-            raise Rejected("operation_too_large", None,
-                           f"operation is {len(body)} bytes; Customer.io takes at most {MAX_OPERATION_BYTES}")
+            raise Rejected(
+                "operation_too_large",
+                None,
+                f"operation is {len(body)} bytes; Customer.io takes at most {MAX_OPERATION_BYTES}",
+            )
         if self._seed is None:
             return _new(Operation, (body, shard_key, None, seen, None))
         entry = (hash64(about.encode(), self._seed), hash64(body) if content else 0)
@@ -97,7 +104,9 @@ def encode(op: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(op)
     except orjson.JSONEncodeError as exc:
-        raise Rejected("invalid_value", _unencodable_field(op), f"cannot encode as JSON: {exc}") from None
+        raise Rejected(
+            "invalid_value", _unencodable_field(op), f"cannot encode as JSON: {exc}"
+        ) from None
 
 
 def _unencodable_field(op: dict[str, Any]) -> str | None:

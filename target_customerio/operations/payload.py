@@ -56,7 +56,9 @@ class Payload:
         self._dropped: list[str] = []  # the columns not sent
         self._copyable = True  # every column sent is sent under its own name
 
-    def of(self, record: dict[str, Any], parsed: tuple[Any, int] | None = None, native: bool = False) -> dict[str, Any]:
+    def of(
+        self, record: dict[str, Any], parsed: tuple[Any, int] | None = None, native: bool = False
+    ) -> dict[str, Any]:
         """The payload of a record; raises Rejected. `parsed` is a date text already converted
         (an event's timestamp), and its unix seconds."""
         known, seconds = parsed or (_MISSING, 0)
@@ -65,13 +67,19 @@ class Payload:
         names, tz = self._names, self._tz
         try:
             if not native:
-                out = {name: v if type(v) in SCALARS else plain(v, tz) for column, v in record.items() if (name := names[column]) is not None}
+                out = {
+                    name: v if type(v) in SCALARS else plain(v, tz)
+                    for column, v in record.items()
+                    if (name := names[column]) is not None
+                }
             elif self._copyable and record.keys() == self._columns:
                 out = record.copy()
                 for column in self._dropped:
                     del out[column]
             else:
-                out = {name: v for column, v in record.items() if (name := names[column]) is not None}
+                out = {
+                    name: v for column, v in record.items() if (name := names[column]) is not None
+                }
             checked, last_fit = self._checked, self._last_fit
             for i in range(len(checked)):
                 kind = type(record.get(checked[i]))
@@ -129,7 +137,9 @@ class Payload:
                 continue
             declared_type = declared.get(column)
             if declared_type is not None and not _fits(value, declared_type):
-                raise Rejected("schema_violation", column, schema_violation(column, value, declared_type))
+                raise Rejected(
+                    "schema_violation", column, schema_violation(column, value, declared_type)
+                )
             try:
                 if column in dates and type(value) is str:
                     out[name] = text_to_unix(value, tz)
@@ -153,12 +163,27 @@ def normalise_email(payload: dict[str, Any]) -> None:
 def check_person_limits(attributes: dict[str, Any]) -> None:
     """Customer.io's limits on a person's (or an object's) attributes; raises Rejected."""
     if len(attributes) > MAX_ATTRIBUTES:
-        raise Rejected("too_many_attributes", None, f"{len(attributes)} attributes; Customer.io takes at most {MAX_ATTRIBUTES}")
+        raise Rejected(
+            "too_many_attributes",
+            None,
+            f"{len(attributes)} attributes; Customer.io takes at most {MAX_ATTRIBUTES}",
+        )
     for name, value in attributes.items():
-        if len(name) * 4 > MAX_ATTRIBUTE_NAME_BYTES and len(name.encode()) > MAX_ATTRIBUTE_NAME_BYTES:
-            raise Rejected("attribute_name_too_long", shown(name, 60), f"attribute name longer than {MAX_ATTRIBUTE_NAME_BYTES} bytes")
+        if (
+            len(name) * 4 > MAX_ATTRIBUTE_NAME_BYTES
+            and len(name.encode()) > MAX_ATTRIBUTE_NAME_BYTES
+        ):
+            raise Rejected(
+                "attribute_name_too_long",
+                shown(name, 60),
+                f"attribute name longer than {MAX_ATTRIBUTE_NAME_BYTES} bytes",
+            )
         if _value_bytes(value) > MAX_ATTRIBUTE_VALUE_BYTES:
-            raise Rejected("attribute_value_too_large", name, f"value of {name} is over {MAX_ATTRIBUTE_VALUE_BYTES} bytes")
+            raise Rejected(
+                "attribute_value_too_large",
+                name,
+                f"value of {name} is over {MAX_ATTRIBUTE_VALUE_BYTES} bytes",
+            )
 
 
 def _fits(value: Any, declared: Column) -> bool:
@@ -167,8 +192,12 @@ def _fits(value: Any, declared: Column) -> bool:
 
 
 _CLASS_WORDS = {
-    "boolean": "a boolean", "string": "a string", "object": "an object", "array": "an array",
-    "integral": "an integer", "fraction": "a number with a fraction",
+    "boolean": "a boolean",
+    "string": "a string",
+    "object": "an object",
+    "array": "an array",
+    "integral": "an integer",
+    "fraction": "a number with a fraction",
 }
 
 
@@ -195,7 +224,11 @@ def _value_bytes(value: Any) -> int:
     kind = type(value)
     if kind is str:
         # surrogatepass: a lone surrogate is sized here and rejected, with its field, when encoded
-        return len(value) if len(value) * 4 <= MAX_ATTRIBUTE_VALUE_BYTES else len(value.encode(errors="surrogatepass"))
+        return (
+            len(value)
+            if len(value) * 4 <= MAX_ATTRIBUTE_VALUE_BYTES
+            else len(value.encode(errors="surrogatepass"))
+        )
     if kind is dict or kind is list:
         try:
             return len(orjson.dumps(value))

@@ -9,8 +9,21 @@ import orjson
 
 from target_customerio.operations import delete
 from target_customerio.operations.identifiers import identifier_value
-from target_customerio.operations.operation import Builder, Built, Context, Finisher, Kind, Skipped, encode
-from target_customerio.operations.payload import MAX_ATTRIBUTE_VALUE_BYTES, Payload, check_person_limits, normalise_email
+from target_customerio.operations.operation import (
+    Builder,
+    Built,
+    Context,
+    Finisher,
+    Kind,
+    Skipped,
+    encode,
+)
+from target_customerio.operations.payload import (
+    MAX_ATTRIBUTE_VALUE_BYTES,
+    Payload,
+    check_person_limits,
+    normalise_email,
+)
 from target_customerio.routes import Identifier, KindOptions, Route, identifier_option
 
 _new = tuple.__new__
@@ -56,7 +69,12 @@ class PersonBuilder(Builder):
         """The encoded identify. Checks run in this order: limits, contract, encoding."""
         attributes = self._payload.of(record, native=native)
         normalise_email(attributes)
-        op = {"type": "person", "action": "identify", "identifiers": {kind: value}, "attributes": attributes}
+        op = {
+            "type": "person",
+            "action": "identify",
+            "identifiers": {kind: value},
+            "attributes": attributes,
+        }
         try:
             body: bytes | None = orjson.dumps(op)
         except orjson.JSONEncodeError:

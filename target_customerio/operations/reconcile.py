@@ -18,7 +18,14 @@ from typing import Any
 import orjson
 
 from target_customerio.errors import ConfigError
-from target_customerio.operations.operation import Builder, Built, Context, Kind, Operation, Rejected
+from target_customerio.operations.operation import (
+    Builder,
+    Built,
+    Context,
+    Kind,
+    Operation,
+    Rejected,
+)
 from target_customerio.routes import KindOptions, Route, column_option
 
 ON_DRIFT = ("fail", "warn")
@@ -81,7 +88,9 @@ def options(where: str, spec: dict[str, Any]) -> ReconcileOptions:
     tolerance, column = parse_tolerance(raw), None
     if tolerance is None:
         if not isinstance(raw, str) or not raw.strip():
-            raise ConfigError(f"{where}.tolerance: a count (5), a share (\"2%\") or the column holding one")
+            raise ConfigError(
+                f'{where}.tolerance: a count (5), a share ("2%") or the column holding one'
+            )
         column = raw
     on_drift = spec.get("on_drift", "fail")
     if on_drift not in ON_DRIFT:
@@ -110,20 +119,34 @@ class ReconcileBuilder(Builder):
         o = self._options
         segment = _whole(record.get(o.segment_id))
         if segment is None:
-            raise Rejected("invalid_segment_id", o.segment_id,
-                           f"{o.segment_id} must hold a Customer.io segment id (a positive integer)")
+            raise Rejected(
+                "invalid_segment_id",
+                o.segment_id,
+                f"{o.segment_id} must hold a Customer.io segment id (a positive integer)",
+            )
         expected = _whole(record.get(o.expected_count))
         if expected is None:
-            raise Rejected("invalid_expected_count", o.expected_count,
-                           f"{o.expected_count} must hold a count (a non-negative integer)")
+            raise Rejected(
+                "invalid_expected_count",
+                o.expected_count,
+                f"{o.expected_count} must hold a count (a non-negative integer)",
+            )
         tolerance = o.tolerance
         if tolerance is None:
             tolerance = parse_tolerance(record.get(o.tolerance_column or ""))
             if tolerance is None:
-                raise Rejected("invalid_tolerance", o.tolerance_column,
-                               f"{o.tolerance_column} must hold a count (5) or a share (\"2%\")")
-        check = {"segment_id": segment, "expected": expected, "tolerance": tolerance.value,
-                 "share": tolerance.share, "on_drift": o.on_drift}
+                raise Rejected(
+                    "invalid_tolerance",
+                    o.tolerance_column,
+                    f'{o.tolerance_column} must hold a count (5) or a share ("2%")',
+                )
+        check = {
+            "segment_id": segment,
+            "expected": expected,
+            "tolerance": tolerance.value,
+            "share": tolerance.share,
+            "on_drift": o.on_drift,
+        }
         return Built([Operation(orjson.dumps(check), str(segment))], ("segment_id", str(segment)))
 
 

@@ -18,7 +18,11 @@ def source_time(record: dict[str, Any], column: str, tz: dt.tzinfo) -> int:
     never sync time, so an empty one rejects the record. Raises Rejected."""
     raw = record.get(column)
     if raw is None or raw == "":
-        raise Rejected("missing_timestamp", column, f"{column} is empty; an event is never stamped with sync time")
+        raise Rejected(
+            "missing_timestamp",
+            column,
+            f"{column} is empty; an event is never stamped with sync time",
+        )
     try:
         if type(raw) is str:
             seconds = text_to_unix(raw, tz)

@@ -85,7 +85,9 @@ def convert_to_varchar(value: Any, style: int) -> str | None:
         # Assumption (docs): style 126/127 leave the fraction out when it is zero.
         text = utc.strftime("%Y-%m-%dT%H:%M:%S") + ("" if int(frac) == 0 else "." + frac) + "Z"
     else:
-        raise pymssql.ProgrammingError(f"stand-in: CONVERT(VARCHAR, {value!r}, {style}) not modelled")
+        raise pymssql.ProgrammingError(
+            f"stand-in: CONVERT(VARCHAR, {value!r}, {style}) not modelled"
+        )
     return text[:30]
 
 
@@ -149,13 +151,16 @@ class Relation:
 
     def key_columns(self) -> set[str]:
         """What tap-mssql's constraint CTE yields: columns of the first PK/UNIQUE constraint."""
-        ranked = sorted((c for c in self.constraints if c[1] in ("PRIMARY KEY", "UNIQUE")),
-                        key=lambda c: c[1])
+        ranked = sorted(
+            (c for c in self.constraints if c[1] in ("PRIMARY KEY", "UNIQUE")), key=lambda c: c[1]
+        )
         return set(ranked[0][2]) if ranked else set()
 
 
 CUSTOMERS = Relation(
-    "dbo", "customers", "BASE TABLE",
+    "dbo",
+    "customers",
+    "BASE TABLE",
     [
         INT("customer_id"),
         NVARCHAR("email", 320),
@@ -168,14 +173,18 @@ CUSTOMERS = Relation(
         TYPE("created_at", "datetimeoffset"),
         TYPE("updated_at", "datetime2"),
     ],
-    constraints=[("PK_customers", "PRIMARY KEY", ["customer_id"]),
-                 ("UQ_customers_external_ref", "UNIQUE", ["external_ref"])],
+    constraints=[
+        ("PK_customers", "PRIMARY KEY", ["customer_id"]),
+        ("UQ_customers_external_ref", "UNIQUE", ["external_ref"]),
+    ],
     object_id=581577110,
     cdc_capture_instance="dbo_customers",
 )
 
 ORDER_EVENTS = Relation(
-    "dbo", "order_events", "VIEW",
+    "dbo",
+    "order_events",
+    "VIEW",
     [
         NVARCHAR("event_id", 64),
         INT("customer_id"),
@@ -189,9 +198,11 @@ ORDER_EVENTS = Relation(
 
 RELATIONS = [CUSTOMERS, ORDER_EVENTS]
 DATABASE = "shop"
-VERSION = ("Microsoft SQL Server 2022 (RTM-CU15) (KB5041321) - 16.0.4145.4 (X64) \n"
-           "\tJul 26 2024 12:36:53 \n\tCopyright (C) 2022 Microsoft Corporation\n"
-           "\tDeveloper Edition (64-bit) on Linux (Ubuntu 22.04.4 LTS) <X64>")
+VERSION = (
+    "Microsoft SQL Server 2022 (RTM-CU15) (KB5041321) - 16.0.4145.4 (X64) \n"
+    "\tJul 26 2024 12:36:53 \n\tCopyright (C) 2022 Microsoft Corporation\n"
+    "\tDeveloper Edition (64-bit) on Linux (Ubuntu 22.04.4 LTS) <X64>"
+)
 
 # --------------------------------------------------------------------------------------------
 # Data: a transaction history. Times are the server's local clock (it runs on US Eastern).
@@ -200,42 +211,122 @@ VERSION = ("Microsoft SQL Server 2022 (RTM-CU15) (KB5041321) - 16.0.4145.4 (X64)
 Row = dict[str, Any]
 
 
-def customer(customer_id: int, email: str | None, first_name: str | None, last_order: str | None,
-             ltv: str, refund: bool | None, vip: str | None, ref: str | None, created: str,
-             updated: str) -> Row:
+def customer(
+    customer_id: int,
+    email: str | None,
+    first_name: str | None,
+    last_order: str | None,
+    ltv: str,
+    refund: bool | None,
+    vip: str | None,
+    ref: str | None,
+    created: str,
+    updated: str,
+) -> Row:
     return {
-        "customer_id": customer_id, "email": email, "first_name": first_name,
+        "customer_id": customer_id,
+        "email": email,
+        "first_name": first_name,
         "last_order_date": Datetime2(last_order) if last_order else None,
         "lifetime_value": Decimal(ltv).quantize(Decimal("0.0001")),  # money: 4 places
-        "refund_flag": refund, "vip_tier": vip,
+        "refund_flag": refund,
+        "vip_tier": vip,
         "external_ref": uuid.UUID(ref) if ref else None,
-        "created_at": DatetimeOffset(created), "updated_at": Datetime2(updated),
+        "created_at": DatetimeOffset(created),
+        "updated_at": Datetime2(updated),
     }
 
 
-def event(event_id: str, customer_id: int, name: str, occurred: str, amount: str,
-          legacy: dt.datetime | None) -> Row:
-    return {"event_id": event_id, "customer_id": customer_id, "event_name": name,
-            "occurred_at": Datetime2(occurred), "amount": Decimal(amount), "legacy_time": legacy}
+def event(
+    event_id: str,
+    customer_id: int,
+    name: str,
+    occurred: str,
+    amount: str,
+    legacy: dt.datetime | None,
+) -> Row:
+    return {
+        "event_id": event_id,
+        "customer_id": customer_id,
+        "event_name": name,
+        "occurred_at": Datetime2(occurred),
+        "amount": Decimal(amount),
+        "legacy_time": legacy,
+    }
 
 
-C1 = customer(1, "Ada.Lovelace@Example.com", "Ada", "2025-11-16 14:02:11.4830000", "1250.50", False,
-              "gold", "6F9619FF-8B86-D011-B42D-00C04FC964FF", "2023-04-02 09:30:00.1234567 +02:00",
-              "2025-11-17 08:00:00.0000000")
-C2 = customer(2, "grace@example.com", "Grace", None, "0", False, None,
-              "0E984725-C51C-4BF4-9960-E1C80E27ABA0", "2024-12-24 18:00:00.0000000 +00:00",
-              "2025-11-17 08:00:00.0000000")
-C3 = customer(3, None, "Linus", None, "0", None, None, None,  # phone order: no email, NULL bit
-              "2025-01-05 22:10:05.5000000 -05:00", "2025-11-17 08:00:00.0000000")
-C4 = customer(4, "MARGARET.Hamilton@EXAMPLE.COM", "Margaret", "2025-10-01 11:00:00.0000000",
-              "310.00", False, "silver", "B3D2A1C0-0000-4000-8000-000000000004",
-              "2024-06-30 23:45:10.7654321 +05:30", "2025-11-17 08:00:00.0000000")
-C5 = customer(5, "katherine.j@example.com", None, "2025-09-09 09:09:09.0909090", "18250.75", False,
-              "platinum", "C0FFEE00-1234-4567-89AB-CDEF01234567",
-              "2022-02-22 02:22:22.2222222 -08:00", "2025-11-17 08:00:00.0000000")
-C6 = customer(6, "New.Customer@Example.org", "Dorothy", "2025-11-21 23:59:59.9999999", "15.00", False,
-              None, "7D444840-9DC0-11D1-B245-5FFDCE74FAD2", "2025-11-21 23:58:40.0000001 +00:00",
-              "2025-11-21 23:59:59.9999999")
+C1 = customer(
+    1,
+    "Ada.Lovelace@Example.com",
+    "Ada",
+    "2025-11-16 14:02:11.4830000",
+    "1250.50",
+    False,
+    "gold",
+    "6F9619FF-8B86-D011-B42D-00C04FC964FF",
+    "2023-04-02 09:30:00.1234567 +02:00",
+    "2025-11-17 08:00:00.0000000",
+)
+C2 = customer(
+    2,
+    "grace@example.com",
+    "Grace",
+    None,
+    "0",
+    False,
+    None,
+    "0E984725-C51C-4BF4-9960-E1C80E27ABA0",
+    "2024-12-24 18:00:00.0000000 +00:00",
+    "2025-11-17 08:00:00.0000000",
+)
+C3 = customer(
+    3,
+    None,
+    "Linus",
+    None,
+    "0",
+    None,
+    None,
+    None,  # phone order: no email, NULL bit
+    "2025-01-05 22:10:05.5000000 -05:00",
+    "2025-11-17 08:00:00.0000000",
+)
+C4 = customer(
+    4,
+    "MARGARET.Hamilton@EXAMPLE.COM",
+    "Margaret",
+    "2025-10-01 11:00:00.0000000",
+    "310.00",
+    False,
+    "silver",
+    "B3D2A1C0-0000-4000-8000-000000000004",
+    "2024-06-30 23:45:10.7654321 +05:30",
+    "2025-11-17 08:00:00.0000000",
+)
+C5 = customer(
+    5,
+    "katherine.j@example.com",
+    None,
+    "2025-09-09 09:09:09.0909090",
+    "18250.75",
+    False,
+    "platinum",
+    "C0FFEE00-1234-4567-89AB-CDEF01234567",
+    "2022-02-22 02:22:22.2222222 -08:00",
+    "2025-11-17 08:00:00.0000000",
+)
+C6 = customer(
+    6,
+    "New.Customer@Example.org",
+    "Dorothy",
+    "2025-11-21 23:59:59.9999999",
+    "15.00",
+    False,
+    None,
+    "7D444840-9DC0-11D1-B245-5FFDCE74FAD2",
+    "2025-11-21 23:58:40.0000001 +00:00",
+    "2025-11-21 23:59:59.9999999",
+)
 
 
 def changed(row: Row, **values: Any) -> Row:
@@ -249,10 +340,18 @@ def changed(row: Row, **values: Any) -> Row:
     return out
 
 
-C2b = changed(C2, last_order_date="2025-11-19 20:45:00.0000000", lifetime_value="89.99",
-              updated_at="2025-11-19 20:45:01.2530000")
-C4b = changed(C4, last_order_date="2025-11-20 09:15:02.1234567", lifetime_value="352.50",
-              updated_at="2025-11-20 09:15:03.1100000")
+C2b = changed(
+    C2,
+    last_order_date="2025-11-19 20:45:00.0000000",
+    lifetime_value="89.99",
+    updated_at="2025-11-19 20:45:01.2530000",
+)
+C4b = changed(
+    C4,
+    last_order_date="2025-11-20 09:15:02.1234567",
+    lifetime_value="352.50",
+    updated_at="2025-11-20 09:15:03.1100000",
+)
 C2c = changed(C2b, refund_flag=True, lifetime_value="0", updated_at="2025-11-21 09:12:30.4470000")
 
 
@@ -273,42 +372,97 @@ class Transaction:
 
 TRANSACTIONS: list[Transaction] = [
     # 1: backfill of customers (CDC was enabled just before), Ada's older order
-    Transaction(dt.datetime(2025, 11, 17, 8, 0, 0),
-                tuple(Change(2, c) for c in (C1, C2, C3, C4, C5)),
-                (event("order:1001:placed", 1, "Order Placed", "2025-11-16 14:02:11.4830000", "120.00",
-                       dt.datetime(2025, 11, 16, 14, 2, 11, 483000)),)),
+    Transaction(
+        dt.datetime(2025, 11, 17, 8, 0, 0),
+        tuple(Change(2, c) for c in (C1, C2, C3, C4, C5)),
+        (
+            event(
+                "order:1001:placed",
+                1,
+                "Order Placed",
+                "2025-11-16 14:02:11.4830000",
+                "120.00",
+                dt.datetime(2025, 11, 16, 14, 2, 11, 483000),
+            ),
+        ),
+    ),
     # 2: Grace's first order
-    Transaction(dt.datetime(2025, 11, 19, 20, 45, 1, 253000),
-                (Change(3, C2), Change(4, C2b)),
-                (event("order:1002:placed", 2, "Order Placed", "2025-11-19 20:45:00.0000000", "89.99",
-                       dt.datetime(2025, 11, 19, 20, 45)),)),
+    Transaction(
+        dt.datetime(2025, 11, 19, 20, 45, 1, 253000),
+        (Change(3, C2), Change(4, C2b)),
+        (
+            event(
+                "order:1002:placed",
+                2,
+                "Order Placed",
+                "2025-11-19 20:45:00.0000000",
+                "89.99",
+                dt.datetime(2025, 11, 19, 20, 45),
+            ),
+        ),
+    ),
     # 3: Margaret's order  <- the "initial" moment
-    Transaction(dt.datetime(2025, 11, 20, 9, 15, 3, 110000),
-                (Change(3, C4), Change(4, C4b)),
-                (event("order:1003:placed", 4, "Order Placed", "2025-11-20 09:15:02.1234567", "42.50",
-                       dt.datetime(2025, 11, 20, 9, 15, 2, 123000)),)),
+    Transaction(
+        dt.datetime(2025, 11, 20, 9, 15, 3, 110000),
+        (Change(3, C4), Change(4, C4b)),
+        (
+            event(
+                "order:1003:placed",
+                4,
+                "Order Placed",
+                "2025-11-20 09:15:02.1234567",
+                "42.50",
+                dt.datetime(2025, 11, 20, 9, 15, 2, 123000),
+            ),
+        ),
+    ),
     # 4: Grace's refund, two days after her order
-    Transaction(dt.datetime(2025, 11, 21, 9, 12, 30, 447000),
-                (Change(3, C2b), Change(4, C2c)),
-                (event("refund:1002", 2, "Refund Issued", "2025-11-21 09:12:29.8123456", "89.99",
-                       dt.datetime(2025, 11, 21, 9, 12, 29, 813000)),)),
+    Transaction(
+        dt.datetime(2025, 11, 21, 9, 12, 30, 447000),
+        (Change(3, C2b), Change(4, C2c)),
+        (
+            event(
+                "refund:1002",
+                2,
+                "Refund Issued",
+                "2025-11-21 09:12:29.8123456",
+                "89.99",
+                dt.datetime(2025, 11, 21, 9, 12, 29, 813000),
+            ),
+        ),
+    ),
     # 5: a new customer orders a second before midnight (datetime rounds it to the next day)
-    Transaction(dt.datetime(2025, 11, 22, 0, 0, 0, 3000),
-                (Change(2, C6),),
-                (event("order:1004:placed", 6, "Order Placed", "2025-11-21 23:59:59.9999999", "15.00",
-                       dt.datetime(2025, 11, 22, 0, 0)),)),
+    Transaction(
+        dt.datetime(2025, 11, 22, 0, 0, 0, 3000),
+        (Change(2, C6),),
+        (
+            event(
+                "order:1004:placed",
+                6,
+                "Order Placed",
+                "2025-11-21 23:59:59.9999999",
+                "15.00",
+                dt.datetime(2025, 11, 22, 0, 0),
+            ),
+        ),
+    ),
     # 6: Margaret asks to be erased; a store POS uploads an order it took two days ago
-    Transaction(dt.datetime(2025, 11, 22, 7, 30),
-                (Change(1, C4b),),
-                (event("order:1005:placed", 1, "Order Placed", "2025-11-20 09:40:00.5000000", "7.25",
-                       None),)),
+    Transaction(
+        dt.datetime(2025, 11, 22, 7, 30),
+        (Change(1, C4b),),
+        (
+            event(
+                "order:1005:placed", 1, "Order Placed", "2025-11-20 09:40:00.5000000", "7.25", None
+            ),
+        ),
+    ),
 ]
 MOMENTS = {"initial": 3, "latest": len(TRANSACTIONS)}
 
 
 def lsn(txn: int, slot: int = 3) -> bytes:
     """A binary(10) LSN, VLF:block:slot like '0000002D:000001B8:0003'."""
-    return bytes.fromhex(f"0000002d{0x1a8 + 0x10 * txn:08x}{slot:04x}")
+    return bytes.fromhex(f"0000002d{0x1A8 + 0x10 * txn:08x}{slot:04x}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,8 +497,11 @@ def _schema_filter(sql: str) -> Callable[[str], bool]:
 
 def _binary_literal(expr: str) -> bytes:
     """CONVERT(BINARY(10),'0x...',1), optionally inside sys.fn_cdc_increment_lsn(...)."""
-    m = re.fullmatch(r"(sys\.fn_cdc_increment_lsn\()?CONVERT\(BINARY\(10\),'0x([0-9a-f]+)',1\)\)?",
-                     expr.strip(), re.IGNORECASE)
+    m = re.fullmatch(
+        r"(sys\.fn_cdc_increment_lsn\()?CONVERT\(BINARY\(10\),'0x([0-9a-f]+)',1\)\)?",
+        expr.strip(),
+        re.IGNORECASE,
+    )
     if not m:
         raise pymssql.ProgrammingError(f"stand-in: cannot evaluate LSN expression {expr!r}")
     value = bytes.fromhex(m.group(2).rjust(20, "0"))
@@ -384,8 +541,15 @@ class FakeSqlServer:
         for txn_no, txn in enumerate(TRANSACTIONS[: self.upto], start=1):
             for seq, ch in enumerate(txn.customer_changes, start=1):
                 seqval = lsn(txn_no, seq)
-                out.append({**ch.row, "__$start_lsn": lsn(txn_no), "__$seqval": seqval,
-                            "__$operation": ch.operation, "__$commit_time": txn.committed})
+                out.append(
+                    {
+                        **ch.row,
+                        "__$start_lsn": lsn(txn_no),
+                        "__$seqval": seqval,
+                        "__$operation": ch.operation,
+                        "__$commit_time": txn.committed,
+                    }
+                )
         return out
 
     def rows(self, relation: Relation) -> list[Row]:
@@ -423,13 +587,21 @@ class FakeSqlServer:
             (r"^SELECT @@VERSION as version, @@lock_timeout", lambda q, m: [(VERSION, -1)]),
             (r"FROM INFORMATION_SCHEMA\.TABLES c", self._tables),
             (r"FROM INFORMATION_SCHEMA\.COLUMNS c", self._columns),
-            (r"from sys\.tables t join sys\.schemas s .* t\.name = '([^']*)' and s\.name = '([^']*)'",
-             self._sys_tables),
+            (
+                r"from sys\.tables t join sys\.schemas s .* "
+                r"t\.name = '([^']*)' and s\.name = '([^']*)'",
+                self._sys_tables,
+            ),
             (r"^SELECT name, is_cdc_enabled FROM sys\.databases", lambda q, m: [(DATABASE, True)]),
-            (r"^SELECT DB_NAME\(database_id\), is_read_committed_snapshot_on",
-             lambda q, m: [(DATABASE, False, "OFF")]),
-            (r"^SELECT sys\.fn_cdc_get_min_lsn \( '([^']*)' \) lsn_from , sys\.fn_cdc_get_max_lsn \(\)",
-             self._lsn_range),
+            (
+                r"^SELECT DB_NAME\(database_id\), is_read_committed_snapshot_on",
+                lambda q, m: [(DATABASE, False, "OFF")],
+            ),
+            (
+                r"^SELECT sys\.fn_cdc_get_min_lsn \( '([^']*)' \) lsn_from , "
+                r"sys\.fn_cdc_get_max_lsn \(\)",
+                self._lsn_range,
+            ),
             (r"^select sys\.fn_cdc_get_max_lsn \(\)\s*$", lambda q, m: [(self.max_lsn(),)]),
             (SELECT_PATTERN, self._select),
         ]
@@ -446,15 +618,27 @@ class FakeSqlServer:
         for r in sorted(self._relations(q), key=lambda r: (r.schema, r.name)):
             keys = r.key_columns()
             for c in r.columns:  # ORDER BY ... ORDINAL_POSITION
-                rows.append((r.schema, r.name, c.name, c.data_type, c.char_max_length,
-                             c.numeric_precision, c.numeric_scale, 1 if c.name in keys else 0))
+                rows.append(
+                    (
+                        r.schema,
+                        r.name,
+                        c.name,
+                        c.data_type,
+                        c.char_max_length,
+                        c.numeric_precision,
+                        c.numeric_scale,
+                        1 if c.name in keys else 0,
+                    )
+                )
         return rows
 
     def _sys_tables(self, q: str, m: re.Match) -> list[tuple]:
         table, schema = m.group(1).lower(), m.group(2).lower()
-        return [(r.schema, r.name, r.cdc_capture_instance is not None, r.object_id)
-                for r in RELATIONS if r.table_type == "BASE TABLE"
-                and (r.schema, r.name) == (schema, table)]
+        return [
+            (r.schema, r.name, r.cdc_capture_instance is not None, r.object_id)
+            for r in RELATIONS
+            if r.table_type == "BASE TABLE" and (r.schema, r.name) == (schema, table)
+        ]
 
     def _lsn_range(self, q: str, m: re.Match) -> list[tuple]:
         known = any(r.cdc_capture_instance == m.group(1) for r in RELATIONS)
@@ -478,19 +662,26 @@ class FakeSqlServer:
             rows = self._order(relation, rows, m.group("order"))
         return [tuple(ev(row) for ev in evaluators) for row in rows]
 
-    def _cdc_rows(self, source: str, from_expr: str | None, to_expr: str | None
-                  ) -> tuple[Relation, list[Row]]:
-        function = re.match(r'cdc\."fn_cdc_get_all_changes_([^"]+)"', source, re.IGNORECASE).group(1)
+    def _cdc_rows(
+        self, source: str, from_expr: str | None, to_expr: str | None
+    ) -> tuple[Relation, list[Row]]:
+        function = re.match(r'cdc\."fn_cdc_get_all_changes_([^"]+)"', source, re.IGNORECASE).group(
+            1
+        )
         relation = next((r for r in RELATIONS if r.cdc_capture_instance == function), None)
         if relation is None or from_expr is None or to_expr is None:
-            raise pymssql.ProgrammingError(f"Invalid object name 'cdc.fn_cdc_get_all_changes_{function}'.")
+            raise pymssql.ProgrammingError(
+                f"Invalid object name 'cdc.fn_cdc_get_all_changes_{function}'."
+            )
         lo, hi = _binary_literal(from_expr), _binary_literal(to_expr)
         if lo < self.min_lsn() or hi > self.max_lsn() or lo > hi:  # SQL Server's famous Msg 313
             raise pymssql.OperationalError(
                 "An insufficient number of arguments were supplied for the procedure or function "
-                f"cdc.fn_cdc_get_all_changes_{function}.")
-        rows = [c for c in self.changes() if lo <= c["__$start_lsn"] <= hi
-                and c["__$operation"] != 3]  # row filter 'all': after-images only
+                f"cdc.fn_cdc_get_all_changes_{function}."
+            )
+        rows = [
+            c for c in self.changes() if lo <= c["__$start_lsn"] <= hi and c["__$operation"] != 3
+        ]  # row filter 'all': after-images only
         return relation, rows
 
     def _item(self, relation: Relation, item: str) -> Evaluator:
@@ -499,8 +690,12 @@ class FakeSqlServer:
         if m := re.fullmatch(col, item):
             name = relation.column(m["col"]).name
             return lambda row: sql_to_pymssql(row[name])
-        if m := re.fullmatch(rf'case when {col} is not null then CONVERT\(VARCHAR, ?"(?P=col)" ?,(?P<style>\d+)\)'
-                             r" else null end", item, re.IGNORECASE):
+        if m := re.fullmatch(
+            rf'case when {col} is not null then CONVERT\(VARCHAR, ?"(?P=col)" ?,(?P<style>\d+)\)'
+            r" else null end",
+            item,
+            re.IGNORECASE,
+        ):
             name, style = relation.column(m["col"]).name, int(m["style"])
             return lambda row: convert_to_varchar(row[name], style)
         if m := re.fullmatch(r"'(?P<lit>[^']*)' \w+", item):
@@ -517,8 +712,12 @@ class FakeSqlServer:
             return lambda row: codes.get(row["__$operation"])
         if re.fullmatch(r"sys\.fn_cdc_map_lsn_to_time\(__\$start_lsn\) \w+", item, re.IGNORECASE):
             return lambda row: row["__$commit_time"]
-        if re.fullmatch(r"case __\$operation when 1 then sys\.fn_cdc_map_lsn_to_time\(__\$start_lsn\)"
-                        r" else null end \w+", item, re.IGNORECASE):
+        if re.fullmatch(
+            r"case __\$operation when 1 then sys\.fn_cdc_map_lsn_to_time\(__\$start_lsn\)"
+            r" else null end \w+",
+            item,
+            re.IGNORECASE,
+        ):
             return lambda row: row["__$commit_time"] if row["__$operation"] == 1 else None
         if m := re.fullmatch(r"(?P<col>__\$(start_lsn|seqval|operation)) \w+", item, re.IGNORECASE):
             return lambda row: row[m["col"]]
@@ -528,15 +727,20 @@ class FakeSqlServer:
         if name.startswith("__$"):
             return lambda row: (row[name] is not None, row[name])
         name = relation.column(name).name
-        return lambda row: (row[name] is not None,  # NULLs sort first, as in SQL Server
-                            row[name].text if isinstance(row[name], Datetime2) else row[name])
+        return lambda row: (
+            row[name] is not None,  # NULLs sort first, as in SQL Server
+            row[name].text if isinstance(row[name], Datetime2) else row[name],
+        )
 
     def _where(self, relation: Relation, rows: list[Row], column: str, literal: str) -> list[Row]:
         col = relation.column(column)
         text = literal.strip("'")
         if col.data_type == "datetime2":  # the literal is implicitly converted to datetime2
             bound: Any = datetime2_key(text)
-            value: Callable[[Row], Any] = lambda row: row[col.name] and row[col.name].text
+
+            def value(row: Row) -> Any:
+                return row[col.name] and row[col.name].text
+
         elif col.data_type in ("datetime", "smalldatetime"):
             bound, value = dt.datetime.fromisoformat(text), lambda row: row[col.name]
         elif col.data_type in ("int", "bigint", "smallint", "tinyint"):
@@ -548,8 +752,11 @@ class FakeSqlServer:
     def _order(self, relation: Relation, rows: list[Row], order: str) -> list[Row]:
         for term in reversed(_split_top_level(order)):
             name, _, direction = term.partition(" ")
-            rows = sorted(rows, key=self._sort_key(relation, name.strip('"')),
-                          reverse=direction.strip().upper() == "DESC")
+            rows = sorted(
+                rows,
+                key=self._sort_key(relation, name.strip('"')),
+                reverse=direction.strip().upper() == "DESC",
+            )
         return rows
 
 
@@ -568,15 +775,20 @@ class FakeCursor:
     def execute(self, operation: str, params: Any = None) -> None:
         if params is not None:  # pymssql's own quoting (datetime -> 'YYYY-MM-DD hh:mm:ss.mmm')
             operation = _mssql.substitute_params(operation, params, False, self._charset).decode(
-                self._charset)
+                self._charset
+            )
         rows = self._server.execute(operation)
         self._rows, self.rowcount = iter(rows), len(rows)
-        self.description = [(f"col{i}", None, None, None, None, None, None)
-                            for i in range(len(rows[0]) if rows else 0)]
+        self.description = [
+            (f"col{i}", None, None, None, None, None, None)
+            for i in range(len(rows[0]) if rows else 0)
+        ]
 
     def _require(self) -> Iterator[tuple]:
         if self._rows is None:
-            raise pymssql.OperationalError("Statement not executed or executed statement has no resultset")
+            raise pymssql.OperationalError(
+                "Statement not executed or executed statement has no resultset"
+            )
         return self._rows
 
     def fetchone(self) -> tuple | None:
@@ -584,7 +796,7 @@ class FakeCursor:
 
     def fetchmany(self, size: int = 1) -> list[tuple]:
         rows = self._require()
-        return [row for _, row in zip(range(size), rows)]
+        return [row for _, row in zip(range(size), rows, strict=False)]
 
     def fetchall(self) -> list[tuple]:
         return list(self._require())
@@ -609,8 +821,10 @@ class FakeConnection:
 
     def __init__(self, config: dict[str, Any]) -> None:
         if config.get("database", "").lower() != DATABASE:
-            raise pymssql.OperationalError(f"Cannot open database \"{config.get('database')}\" "
-                                           "requested by the login. The login failed.")
+            raise pymssql.OperationalError(
+                f'Cannot open database "{config.get("database")}" '
+                "requested by the login. The login failed."
+            )
         self._charset = config.get("characterset", "utf8")
         self._closed = False
 

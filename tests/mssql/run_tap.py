@@ -45,11 +45,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-p", "--properties")
     parser.add_argument("-s", "--state")
     parser.add_argument("-d", "--discover", action="store_true")
-    parser.add_argument("--snapshot", choices=sorted(fake_sqlserver.MOMENTS),
-                        default=os.environ.get("FAKE_MSSQL_SNAPSHOT", "latest"),
-                        help="which moment of the stand-in database's history the tap sees")
-    parser.add_argument("--query-log", default=os.environ.get("FAKE_MSSQL_QUERY_LOG"),
-                        help="append every SQL statement the tap issues to this file")
+    parser.add_argument(
+        "--snapshot",
+        choices=sorted(fake_sqlserver.MOMENTS),
+        default=os.environ.get("FAKE_MSSQL_SNAPSHOT", "latest"),
+        help="which moment of the stand-in database's history the tap sees",
+    )
+    parser.add_argument(
+        "--query-log",
+        default=os.environ.get("FAKE_MSSQL_QUERY_LOG"),
+        help="append every SQL statement the tap issues to this file",
+    )
     args = parser.parse_args(argv)
 
     tap_argv = ["tap-mssql", "--config", args.config]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Container
 from pathlib import Path
-from typing import Any, Container
+from typing import Any
 
 import orjson
 
@@ -13,23 +14,41 @@ from target_customerio.operations.operation import Built, Context, Operation
 from target_customerio.routes import Routes
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.timezone.utc)
-SCHEMA = {"properties": {"placed_at": {"type": "string", "format": "date-time"}, "born_on": {"format": "date", "type": ["string", "null"]}}}
+SCHEMA = {
+    "properties": {
+        "placed_at": {"type": "string", "format": "date-time"},
+        "born_on": {"format": "date", "type": ["string", "null"]},
+    }
+}
 PERSON = {"kind": "person", "identifier": {"field": "customer_id", "type": "id"}}
 EVENT = {
-    "kind": "event", "identifier": {"field": "customer_id", "type": "id"},
-    "event_name": "Order Placed", "event_id": ["order_id"], "timestamp": "placed_at",
+    "kind": "event",
+    "identifier": {"field": "customer_id", "type": "id"},
+    "event_name": "Order Placed",
+    "event_id": ["order_id"],
+    "timestamp": "placed_at",
 }
 
 
 class Kind:
     """The builder of a route's kind (operations.KINDS), built from the route's spec."""
 
-    def __init__(self, spec: dict, schema: dict = SCHEMA, *, names: list | None = None, now: float | None = None,
-                 ledger_scope: str | None = None, sent_events: Container[int] = frozenset()) -> None:
+    def __init__(
+        self,
+        spec: dict,
+        schema: dict = SCHEMA,
+        *,
+        names: list | None = None,
+        now: float | None = None,
+        ledger_scope: str | None = None,
+        sent_events: Container[int] = frozenset(),
+    ) -> None:
         route = Routes({"s": spec}, Path("."), "reject").match("s")
         assert route is not None
         on_name = (lambda raw, name: names.append((raw, name))) if names is not None else None
-        context = Context(NOW.timestamp() if now is None else now, ledger_scope, sent_events, on_name)
+        context = Context(
+            NOW.timestamp() if now is None else now, ledger_scope, sent_events, on_name
+        )
         self.builder = KINDS[route.kind].builder(route, schema, context)
 
     def build(self, record: dict[str, Any], native: bool = False) -> Built:

@@ -17,18 +17,30 @@ ULID_RE = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$")
 
 
 def test_event_operation_shape():
-    out = op(Kind(EVENT), {"order_id": 7, "customer_id": 42, "placed_at": "2026-11-22T11:00:00Z", "total": Decimal("99.90")})
+    out = op(
+        Kind(EVENT),
+        {
+            "order_id": 7,
+            "customer_id": 42,
+            "placed_at": "2026-11-22T11:00:00Z",
+            "total": Decimal("99.90"),
+        },
+    )
     assert out["type"] == "person" and out["action"] == "event"
     assert out["identifiers"] == {"id": "42"}
     assert out["name"] == "order_placed"
-    assert out["timestamp"] == int(dt.datetime(2026, 11, 22, 11, tzinfo=dt.timezone.utc).timestamp())
+    assert out["timestamp"] == int(
+        dt.datetime(2026, 11, 22, 11, tzinfo=dt.timezone.utc).timestamp()
+    )
     assert ULID_RE.match(out["id"])
     assert out["attributes"] == {"order_id": 7, "placed_at": out["timestamp"], "total": 99.9}
 
 
 def test_event_ulid_is_deterministic_and_depends_on_name_and_key():
     a = event_ulid("order_placed", [7])
-    assert a == event_ulid("order_placed", [7]) == "59653G5ZMVSAGJ94RY6Y01ZSN7"  # golden: changing the derivation would re-fire every event
+    assert (
+        a == event_ulid("order_placed", [7]) == "59653G5ZMVSAGJ94RY6Y01ZSN7"
+    )  # golden: changing the derivation would re-fire every event
     assert a != event_ulid("order_placed", [8])
     assert a != event_ulid("order_fulfilled", [7])
     assert ULID_RE.match(a)
@@ -38,7 +50,10 @@ def test_rows_repeated_in_a_run_carry_one_dedupe_key_and_one_id():
     """The sink sends each dedupe key once a run (tests/test_target.py covers it end to end)."""
     m = Kind(EVENT)
     row = {"order_id": 7, "customer_id": 42, "placed_at": "2026-11-22T11:00:00Z", "sku": "A"}
-    first, again = m.map(row), m.map({**row, "sku": "B"})  # the same order joined to its second line item
+    first, again = (
+        m.map(row),
+        m.map({**row, "sku": "B"}),
+    )  # the same order joined to its second line item
     assert first.seen is not None and again.seen == first.seen
     assert orjson.loads(again.body)["id"] == orjson.loads(first.body)["id"]
     assert m.map({**row, "order_id": 8}).seen != first.seen
@@ -99,34 +114,59 @@ def test_event_contract_checks_event_data():
 def test_operation_over_32kb_is_rejected():
     m = Kind(EVENT)
     with pytest.raises(Rejected) as err:
-        m.map({"order_id": 1, "customer_id": 1, "placed_at": "2026-11-22T11:00:00Z", "blob": "x" * 40_000})
+        m.map(
+            {
+                "order_id": 1,
+                "customer_id": 1,
+                "placed_at": "2026-11-22T11:00:00Z",
+                "blob": "x" * 40_000,
+            }
+        )
     assert err.value.reason == "operation_too_large"
 
 
 def test_a_numeric_event_time_in_seconds_is_floored_to_whole_seconds():
-    epoch_schema = {"properties": {"placed_at": {"type": "number"}}}  # a string column holding one is a schema_violation
-    out = op(Kind(EVENT, epoch_schema), {"order_id": 7, "customer_id": 42, "placed_at": Decimal("1795356000.75")})
+    epoch_schema = {
+        "properties": {"placed_at": {"type": "number"}}
+    }  # a string column holding one is a schema_violation
+    out = op(
+        Kind(EVENT, epoch_schema),
+        {"order_id": 7, "customer_id": 42, "placed_at": Decimal("1795356000.75")},
+    )
     assert out["timestamp"] == 1795356000
 
 
 def test_mirror_to_attribute_follows_the_event_with_its_time_on_the_person():
     built = Kind({**EVENT, "mirror_to_attribute": "last_order_at"}).build(
-        {"order_id": 7, "customer_id": 42, "placed_at": "2026-11-22T11:00:00Z"})
+        {"order_id": 7, "customer_id": 42, "placed_at": "2026-11-22T11:00:00Z"}
+    )
     event, mirrored = (orjson.loads(o.body) for o in built.operations)
-    assert mirrored == {"type": "person", "action": "identify", "identifiers": {"id": "42"},
-                        "attributes": {"last_order_at": event["timestamp"]}}
+    assert mirrored == {
+        "type": "person",
+        "action": "identify",
+        "identifiers": {"id": "42"},
+        "attributes": {"last_order_at": event["timestamp"]},
+    }
     assert built.identifier == ("id", "42") and built.timestamp == event["timestamp"]
     assert built.operations[1].ledger is None  # it follows its event: never tracked on its own
 
 
 def test_an_event_is_tracked_in_the_ledger_by_its_id_alone():
     kind = Kind(EVENT, ledger_scope="workspace\x1fstream")
-    first = kind.map({"order_id": 7, "customer_id": 42, "placed_at": "2026-11-22T11:00:00Z", "total": 1})
-    changed = kind.map({"order_id": 7, "customer_id": 42, "placed_at": "2026-11-22T11:00:00Z", "total": 2})
+    first = kind.map(
+        {"order_id": 7, "customer_id": 42, "placed_at": "2026-11-22T11:00:00Z", "total": 1}
+    )
+    changed = kind.map(
+        {"order_id": 7, "customer_id": 42, "placed_at": "2026-11-22T11:00:00Z", "total": 2}
+    )
     assert first.ledger is not None and first.ledger == changed.ledger and first.ledger[1] == 0
 
 
-@pytest.mark.parametrize("marker", [{"_sdc_deleted_at": "2026-11-22T11:00:00Z"}, {"_sdc_operation_type": "D"}])
+@pytest.mark.parametrize(
+    "marker", [{"_sdc_deleted_at": "2026-11-22T11:00:00Z"}, {"_sdc_operation_type": "D"}]
+)
 def test_a_deleted_event_row_is_skipped(marker):
     with pytest.raises(Skipped, match="deleted"):
-        Kind(EVENT).map({"order_id": 7, "customer_id": 42, "placed_at": "2026-11-22T11:00:00Z", **marker})
+        Kind(EVENT).map(
+            {"order_id": 7, "customer_id": 42, "placed_at": "2026-11-22T11:00:00Z", **marker}
+        )

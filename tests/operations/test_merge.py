@@ -8,16 +8,28 @@ import pytest
 from target_customerio.operations.operation import Rejected, Skipped
 from tests.operations.helpers import Kind
 
-MERGE = {"kind": "merge", "primary": {"field": "customer_id", "type": "id"},
-         "secondary": {"field": "guest_email", "type": "email"}}
+MERGE = {
+    "kind": "merge",
+    "primary": {"field": "customer_id", "type": "id"},
+    "secondary": {"field": "guest_email", "type": "email"},
+}
 
 
 def test_the_primary_is_identified_before_the_merge_on_the_secondarys_shard():
     built = Kind(MERGE).build({"customer_id": 42, "guest_email": " Guest@Example.com "})
     identify, merge = (orjson.loads(op.body) for op in built.operations)
-    assert identify == {"type": "person", "action": "identify", "identifiers": {"id": "42"}, "attributes": {}}
-    assert merge == {"type": "person", "action": "merge", "primary": {"id": "42"},
-                     "secondary": {"email": "guest@example.com"}}
+    assert identify == {
+        "type": "person",
+        "action": "identify",
+        "identifiers": {"id": "42"},
+        "attributes": {},
+    }
+    assert merge == {
+        "type": "person",
+        "action": "merge",
+        "primary": {"id": "42"},
+        "secondary": {"email": "guest@example.com"},
+    }
     assert [op.shard_key for op in built.operations] == ["guest@example.com"] * 2
     assert built.identifier == ("id", "42")
 
@@ -34,8 +46,13 @@ def test_a_person_merged_into_themself_is_skipped():
         Kind(spec).build({"customer_id": 42, "old_id": "42"})
 
 
-@pytest.mark.parametrize("record, field", [({"customer_id": None, "guest_email": "g@x.io"}, "customer_id"),
-                                           ({"customer_id": 1, "guest_email": "nope"}, "guest_email")])
+@pytest.mark.parametrize(
+    "record, field",
+    [
+        ({"customer_id": None, "guest_email": "g@x.io"}, "customer_id"),
+        ({"customer_id": 1, "guest_email": "nope"}, "guest_email"),
+    ],
+)
 def test_either_identifier_missing_or_bad_rejects_the_row(record, field):
     with pytest.raises(Rejected) as err:
         Kind(MERGE).build(record)

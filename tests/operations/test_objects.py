@@ -8,14 +8,19 @@ import pytest
 from target_customerio.operations.operation import Rejected
 from tests.operations.helpers import Kind
 
-CART = {"kind": "object", "object_type_id": 1, "object_id": "cart_id",
-        "relationships": [{"field": "customer_id", "type": "id"}, {"field": "email", "type": "email"}]}
+CART = {
+    "kind": "object",
+    "object_type_id": 1,
+    "object_id": "cart_id",
+    "relationships": [{"field": "customer_id", "type": "id"}, {"field": "email", "type": "email"}],
+}
 
 
 def test_an_object_carries_its_attributes_and_relationships_not_its_identity_columns():
     built = Kind(CART).build({"cart_id": 9, "customer_id": 42, "email": "A@B.io", "total": 5})
     assert orjson.loads(built.operations[0].body) == {
-        "type": "object", "action": "identify",
+        "type": "object",
+        "action": "identify",
         "identifiers": {"object_type_id": "1", "object_id": "9"},
         "attributes": {"total": 5},
         "cio_relationships": [{"identifiers": {"id": "42"}}, {"identifiers": {"email": "a@b.io"}}],
@@ -23,9 +28,13 @@ def test_an_object_carries_its_attributes_and_relationships_not_its_identity_col
     assert built.identifier == ("object_id", "9")
 
 
-@pytest.mark.parametrize("marker", [{"_sdc_deleted_at": "2026-11-22T00:00:00Z"}, {"_sdc_operation_type": "D"}])
+@pytest.mark.parametrize(
+    "marker", [{"_sdc_deleted_at": "2026-11-22T00:00:00Z"}, {"_sdc_operation_type": "D"}]
+)
 def test_a_deleted_row_deletes_the_object(marker):
-    body = orjson.loads(Kind(CART).map({"cart_id": 9, "customer_id": 42, "email": "a@b.io", **marker}).body)
+    body = orjson.loads(
+        Kind(CART).map({"cart_id": 9, "customer_id": 42, "email": "a@b.io", **marker}).body
+    )
     assert body["action"] == "delete"
 
 

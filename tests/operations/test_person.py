@@ -12,9 +12,13 @@ from tests.operations.helpers import NOW, PERSON, Kind, op
 
 
 def test_identify_uses_one_identifier_and_keeps_email_as_attribute():
-    out = op(Kind(PERSON), {"customer_id": 42, "email": "  Jane.Doe@Example.COM ", "first_name": "Jane"})
+    out = op(
+        Kind(PERSON), {"customer_id": 42, "email": "  Jane.Doe@Example.COM ", "first_name": "Jane"}
+    )
     assert out == {
-        "type": "person", "action": "identify", "identifiers": {"id": "42"},
+        "type": "person",
+        "action": "identify",
+        "identifiers": {"id": "42"},
         "attributes": {"email": "jane.doe@example.com", "first_name": "Jane"},
     }
 
@@ -38,17 +42,20 @@ def test_identifier_over_150_bytes_is_rejected():
 
 def test_types_become_what_customerio_segments_need():
     m = Kind(PERSON)
-    out = op(m, {
-        "customer_id": "C1",
-        "last_order_at": dt.datetime(2026, 11, 20, 10, 0, tzinfo=dt.timezone.utc),
-        "naive_at": dt.datetime(2026, 11, 20, 10, 0),
-        "placed_at": "2026-11-20 10:00:00.1234567",  # SQL Server datetime2 text, schema says date-time
-        "born_on": dt.date(1980, 5, 17),
-        "lifetime_value": Decimal("250.00"),
-        "aov": Decimal("83.33"),
-        "is_subscriber": True,
-        "prefs": {"sizes": ["M", "L"], "ratio": Decimal("0.5")},
-    })["attributes"]
+    out = op(
+        m,
+        {
+            "customer_id": "C1",
+            "last_order_at": dt.datetime(2026, 11, 20, 10, 0, tzinfo=dt.timezone.utc),
+            "naive_at": dt.datetime(2026, 11, 20, 10, 0),
+            "placed_at": "2026-11-20 10:00:00.1234567",  # SQL Server datetime2, a date-time
+            "born_on": dt.date(1980, 5, 17),
+            "lifetime_value": Decimal("250.00"),
+            "aov": Decimal("83.33"),
+            "is_subscriber": True,
+            "prefs": {"sizes": ["M", "L"], "ratio": Decimal("0.5")},
+        },
+    )["attributes"]
     assert out["last_order_at"] == 1795168800 and isinstance(out["last_order_at"], int)
     assert out["naive_at"] == 1795168800  # naive = UTC unless the route says otherwise
     assert out["placed_at"] == 1795168800
@@ -62,7 +69,9 @@ def test_types_become_what_customerio_segments_need():
 def test_source_timezone_reads_naive_times_in_the_source_zone():
     m = Kind({**PERSON, "source_timezone": "America/New_York"})
     out = op(m, {"customer_id": 1, "placed_at": "2026-07-01 08:00:00.0000000"})["attributes"]
-    assert out["placed_at"] == int(dt.datetime(2026, 7, 1, 12, 0, tzinfo=dt.timezone.utc).timestamp())
+    assert out["placed_at"] == int(
+        dt.datetime(2026, 7, 1, 12, 0, tzinfo=dt.timezone.utc).timestamp()
+    )
 
 
 @pytest.mark.parametrize("bad", [Decimal("NaN"), Decimal("Infinity"), float("nan"), float("-inf")])
@@ -79,8 +88,15 @@ def test_unparseable_date_is_rejected_not_crashing():
 
 
 def test_include_exclude_rename_and_sdc_columns():
-    m = Kind({**PERSON, "attributes": {"exclude": ["internal_notes"], "rename": {"ltv": "lifetime_value"}}})
-    out = op(m, {"customer_id": 1, "internal_notes": "vip?", "ltv": 5, "_sdc_lsn": 123})["attributes"]
+    m = Kind(
+        {
+            **PERSON,
+            "attributes": {"exclude": ["internal_notes"], "rename": {"ltv": "lifetime_value"}},
+        }
+    )
+    out = op(m, {"customer_id": 1, "internal_notes": "vip?", "ltv": 5, "_sdc_lsn": 123})[
+        "attributes"
+    ]
     assert out == {"lifetime_value": 5}
     m = Kind({**PERSON, "attributes": {"include": ["email"]}})
     assert op(m, {"customer_id": 1, "email": "a@b.c", "x": 1})["attributes"] == {"email": "a@b.c"}
@@ -107,6 +123,16 @@ def test_contract_violations_are_rejected_with_field_and_numeric_strings_are_not
         m.map({"customer_id": 1, "email_opt_in": "true"})
     assert err.value.field == "email_opt_in"
     with pytest.raises(Rejected) as err:
-        m.map({"customer_id": 1, "orders_count": 3})  # cross-field rule: orders need a last order time
+        m.map(
+            {"customer_id": 1, "orders_count": 3}
+        )  # cross-field rule: orders need a last order time
     assert (err.value.field, err.value.rule) == ("last_order_at", "allOf/0/then/required")
-    op(m, {"customer_id": 1, "orders_count": 3, "last_order_at": NOW, "lifetime_value": Decimal("10.5")})
+    op(
+        m,
+        {
+            "customer_id": 1,
+            "orders_count": 3,
+            "last_order_at": NOW,
+            "lifetime_value": Decimal("10.5"),
+        },
+    )
