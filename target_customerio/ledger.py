@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Collection, Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 from xxhash import xxh3_64_intdigest
@@ -182,6 +182,16 @@ class _HeldWrites:
         raise NotImplementedError
 
 
+def _history(rows: list[Any]) -> list[dict[str, int]]:
+    """(at, counts as JSON) rows, newest first, as the counts with their time, oldest first."""
+    runs: list[dict[str, int]] = []
+    for row in rows[::-1]:
+        run: dict[str, int] = {"at": int(row[0])}
+        run.update(orjson.loads(row[1]))
+        runs.append(run)
+    return runs
+
+
 class SqliteLedger(_HeldWrites):
     """A local SQLite file: the target writes, its mapping process looks up (each with a
     connection of its own; in WAL mode a lookup never waits for a write)."""
@@ -223,7 +233,7 @@ class SqliteLedger(_HeldWrites):
             "SELECT at, counts FROM runs WHERE scope = ? ORDER BY at DESC, rowid DESC LIMIT ?",
             (scope, RUN_HISTORY),
         ).fetchall()
-        return [{"at": at, **orjson.loads(counts)} for at, counts in reversed(rows)]
+        return _history(rows)
 
     def record_run(self, scope: str, counts: dict[str, int]) -> None:
         self._db.execute(
@@ -290,7 +300,7 @@ class PostgresLedger(_HeldWrites):
                 (scope, RUN_HISTORY),
             )
             rows = cur.fetchall()
-        return [{"at": at, **orjson.loads(counts)} for at, counts in reversed(rows)]
+        return _history(rows)
 
     def record_run(self, scope: str, counts: dict[str, int]) -> None:
         with self._pg.cursor() as cur:

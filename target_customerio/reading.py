@@ -132,11 +132,13 @@ class SingerLineReader(SdkReader):
                 counts["RECORD"] += 1
                 continue
             take = None  # any other message may change the streams' sinks
-            match = _RECORD_START.match(line) if self.record_taker is not None else None
+            taker_of = self.record_taker
+            match = _RECORD_START.match(line) if taker_of is not None else None
             if (
                 match is not None
-                and (taker := self.record_taker(match.group(1).decode())) is not None
-            ):  # type: ignore[misc]
+                and taker_of is not None
+                and (taker := taker_of(match.group(1).decode()))
+            ):
                 start, take = match.group(0), taker
                 take(line)
                 counts["RECORD"] += 1
