@@ -18,6 +18,8 @@ The views are what the target syncs (tap-postgres streams `public-<view>`):
     order_fulfilled_events   replication key fulfilled_at   (dedupe: order_id)
     refund_issued_events     replication key issued_at      (dedupe: refund_id)
     subscription_events      replication key occurred_at    (dedupe: event_key; event_name varies)
+    segment_checks           the reconcile checks: one row per Customer.io segment (segment_id,
+                             expected, tolerance), read whole by the `reconcile-segments` job
 
 Dirty cases from the field, on purpose: padded / mixed-case emails, customers with NULL or ''
 email, a guest checkout (customer_id NULL) whose email later registered as a customer (in a
@@ -46,6 +48,9 @@ VIEWS = [
     "refund_issued_events",
     "subscription_events",
 ]
+# The view the reconcile job reads (not synced as people or events: kind: reconcile).
+CHECKS_VIEW = "segment_checks"
+# Its segment ids are the ones demo/segments.json defines in the demo's sandbox.
 TABLES = [
     "customers",
     "products",
@@ -77,7 +82,7 @@ MIN_CUSTOMERS = 20
 # --- schema ----------------------------------------------------------------------------------
 
 DROP_SQL = """
-DROP VIEW IF EXISTS customer_profiles, checkout_started_events, order_placed_events,
+DROP VIEW IF EXISTS segment_checks, customer_profiles, checkout_started_events, order_placed_events,
     order_fulfilled_events, refund_issued_events, subscription_events CASCADE;
 DROP TABLE IF EXISTS refunds, fulfillments, checkouts, order_items, orders, subscriptions,
     products, customers CASCADE;
@@ -284,7 +289,45 @@ SELECT 'subscription_canceled:' || s.subscription_id || ':'
        s.interval_days
 FROM subscriptions s
 WHERE s.canceled_at IS NOT NULL;
+
+-- The reconcile checks: one row per Customer.io segment with the count the database says it
+-- should have (route kind: reconcile; the job reconcile-segments). Counted from the tables with
+-- customer_profiles' own definitions (orders that are not canceled), not from customer_profiles
+-- itself: a bug in the published view must not move the expected count along with it.
+--   1 canary:    orders_count >= 2 AND last_order_at within 60 days   (within 2%)
+--   2 guardrail: orders_count > 0 AND last_order_at blank             (0, exactly: placed_at is
+--                NOT NULL, so a non-empty segment means the sync lost last_order_at)
+CREATE VIEW segment_checks AS
+WITH order_stats AS (
+    SELECT customer_id,
+           count(*) FILTER (WHERE status <> 'canceled')::integer AS orders_count,
+           max(placed_at) FILTER (WHERE status <> 'canceled')    AS last_order_at
+    FROM orders
+    GROUP BY customer_id
+), people AS (
+    SELECT c.customer_id, coalesce(os.orders_count, 0) AS orders_count, os.last_order_at
+    FROM customers c
+    LEFT JOIN order_stats os USING (customer_id)
+)
+SELECT 1 AS segment_id,
+       (count(*) FILTER (WHERE orders_count >= 2
+                           AND last_order_at BETWEEN now() - interval '60 days' AND now()))::integer
+           AS expected,
+       '2%'::text AS tolerance
+FROM people
+UNION ALL
+SELECT 2,
+       (count(*) FILTER (WHERE orders_count > 0 AND last_order_at IS NULL))::integer,
+       '0'::text
+FROM people;
 """
+
+# A "broken sync" for the demo's later night (run_demo `again --broken`, `make demo-again
+# NIGHT=3`): customer_profiles redeployed with a bug that publishes last_order_at as NULL. Every
+# profile that changes from then on reaches Customer.io without it (an attribute sent as null is
+# removed), so the guardrail segment fills and the reconcile check fails (exit 7).
+BROKEN_MARK = "broken: last_order_at is not published (the demo's broken night)"
+BROKEN_COLUMN = "NULL::timestamptz AS last_order_at,  -- the bug"
 
 # sku, name, category, price, replenish_days
 PRODUCTS: list[tuple[str, str, str, str, int | None]] = [
@@ -674,7 +717,7 @@ def _insert(cur: Any, table: str, rows: list[dict]) -> None:
 
 def _counts(cur: Any) -> dict[str, int]:
     counts = {}
-    for name in TABLES + VIEWS:
+    for name in TABLES + VIEWS + [CHECKS_VIEW]:
         cur.execute(f"SELECT count(*) FROM {name}")
         counts[name] = cur.fetchone()[0]
     cur.execute("SELECT count(DISTINCT order_id) FROM order_placed_events")
@@ -843,6 +886,67 @@ def mutate(dsn: str, *, now: datetime | None = None) -> dict[str, Any]:
         "changed_customer_ids": sorted(set(changed)),
         "new_event_keys": keys,
     }
+
+
+SECOND_ORDER_CANDIDATES_SQL = """
+-- One-time buyers (one order that is not canceled), the oldest customers first.
+SELECT customer_id FROM orders
+WHERE status <> 'canceled' AND customer_id NOT IN ('C000004', 'C000009')  -- mutate()'s buyers
+GROUP BY customer_id HAVING count(*) = 1
+ORDER BY customer_id LIMIT %(count)s
+"""
+
+
+def second_orders(dsn: str, count: int, *, now: datetime | None = None) -> dict[str, Any]:
+    """`count` one-time buyers place their second order (stamped in the minute before `now`):
+    new repeat buyers, so the canary segment grows by `count` at the source.
+
+    Returns {"customer_ids": [...], "order_ids": [...]} (their customer_profiles rows change)."""
+    now = _as_utc(now)
+    customers: list[str] = []
+    orders: list[int] = []
+    with _connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(SECOND_ORDER_CANDIDATES_SQL, {"count": count})
+        for i, (customer_id,) in enumerate(cur.fetchall()):
+            checkout_id = _next_checkout_id(cur)
+            cur.execute(NEW_ORDER_SQL, {"customer_id": customer_id, "sku": "COF-HOUSE-12",
+                                        "quantity": 1, "checkout_id": checkout_id,
+                                        "at": now - timedelta(seconds=45 - i)})
+            orders.append(cur.fetchone()[0])
+            customers.append(customer_id)
+    return {"customer_ids": customers, "order_ids": orders}
+
+
+def expected_counts(dsn: str) -> dict[int, int]:
+    """segment id -> the count the segment_checks view expects (what the reconcile job reads)."""
+    with _connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT segment_id, expected FROM {CHECKS_VIEW} ORDER BY segment_id")
+        return dict(cur.fetchall())
+
+
+def _profiles_sql(broken: bool) -> str:
+    """customer_profiles' CREATE VIEW (healthy, or with last_order_at published as NULL)."""
+    start = VIEWS_SQL.index("CREATE VIEW customer_profiles AS")
+    sql = VIEWS_SQL[start:VIEWS_SQL.index(";", start) + 1]
+    if broken:
+        healthy = "os.last_order_at,"
+        assert sql.count(healthy) == 1
+        sql = sql.replace(healthy, BROKEN_COLUMN)
+    return sql.replace("CREATE VIEW", "CREATE OR REPLACE VIEW", 1)
+
+
+def break_profiles(dsn: str) -> None:
+    """Redeploy customer_profiles with the bug (same columns; last_order_at always NULL)."""
+    with _connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(_profiles_sql(broken=True))
+        cur.execute("COMMENT ON VIEW customer_profiles IS %s", (BROKEN_MARK,))
+
+
+def profiles_broken(dsn: str) -> bool:
+    """Whether customer_profiles is the broken version (break_profiles; load() restores it)."""
+    with _connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT obj_description('customer_profiles'::regclass, 'pg_class')")
+        return cur.fetchone()[0] == BROKEN_MARK
 
 
 def _next_checkout_id(cur: Any) -> str:
