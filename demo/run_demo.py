@@ -483,12 +483,12 @@ def cmd_again(broken: bool = False, requested: int | None = None) -> int:
     if not marks:
         raise SystemExit("no Meltano state for the demo yet: run `make demo` first")
     night = max(_last_night() + 1, requested or 0)
-    _wait_past(marks)
     if night > 2:
         say(f"Note: night {night}. The sample changes are written for one second night; later "
             "ones repeat them, and their checkouts (stamped 5 minutes before the order) can fall "
             "behind the last bookmark and be missed, as any row written late with an older "
             "event time is. `make demo` starts over.")
+    _wait_past(marks)
     try:
         already_broken = profiles_broken(server.dsn)
         changes = mutate(server.dsn)
@@ -528,6 +528,9 @@ def cmd_again(broken: bool = False, requested: int | None = None) -> int:
             "last night's profiles of these customers, and the canary misses the new repeat "
             "buyers. The checks job is what fails, with exit 7, as the scheduled "
             "reconcile-segments-nightly would.")
+    if code == 0 and not broken:
+        say(f"\nNext: `make demo-again NIGHT={BROKEN_NIGHT}` is a night whose sync stops sending "
+            "last_order_at: the checks job fails with exit 7.")
     if code != 0:
         say("To recover: `make demo` (reloads the database with the healthy view, empties the "
             "workspace and syncs everything again). In production: fix the view, clear the "

@@ -165,7 +165,7 @@ CANARY, GUARDRAIL = 1, 2
 
 
 def checks(dsn: str) -> tuple[datetime, dict[int, tuple[int, str]]]:
-    """The view's rows as {segment_id: (expected, tolerance)}, and the now() they were counted at."""
+    """The view's rows as {segment_id: (expected, tolerance)}, and the now() they were counted."""
     rows = query(dsn, f"SELECT now(), segment_id, expected, tolerance FROM {CHECKS_VIEW}")
     return rows[0][0], {segment: (expected, tolerance) for _, segment, expected, tolerance in rows}
 
