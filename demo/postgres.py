@@ -134,7 +134,10 @@ class EmbeddedPostgres:
             return None
         status = subprocess.run(
             [str(POSTGRES_BIN / "pg_ctl"), "-D", str(self.data_dir), "status"],
-            capture_output=True, text=True, user=self.system_user, check=False,
+            capture_output=True,
+            text=True,
+            user=self.system_user,
+            check=False,
         )
         if status.returncode != 0:
             return None
@@ -165,7 +168,8 @@ class EmbeddedPostgres:
         with self._password_file() as pwfile:
             pg_commands.initdb(
                 [
-                    "--username", self.user,
+                    "--username",
+                    self.user,
                     f"--pwfile={pwfile}",
                     "--auth=scram-sha-256",
                     "--encoding=UTF8",
@@ -186,12 +190,18 @@ class EmbeddedPostgres:
         for attempt in range(attempts):
             port = self.requested_port or pg_utils.find_suitable_port(HOST)
             try:
-                self._pg_ctl([
-                    "-w", "-t", str(START_TIMEOUT_S),
-                    "-l", str(self.log_file),
-                    "-o", f"-p {port}",
-                    "start",
-                ])
+                self._pg_ctl(
+                    [
+                        "-w",
+                        "-t",
+                        str(START_TIMEOUT_S),
+                        "-l",
+                        str(self.log_file),
+                        "-o",
+                        f"-p {port}",
+                        "start",
+                    ]
+                )
                 return port
             except subprocess.CalledProcessError as err:
                 if attempt + 1 == attempts:

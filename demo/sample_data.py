@@ -18,6 +18,8 @@ The views are what the target syncs (tap-postgres streams `public-<view>`):
     order_fulfilled_events   replication key fulfilled_at   (dedupe: order_id)
     refund_issued_events     replication key issued_at      (dedupe: refund_id)
     subscription_events      replication key occurred_at    (dedupe: event_key; event_name varies)
+    segment_checks           the reconcile checks: one row per Customer.io segment (segment_id,
+                             expected, tolerance), read whole by the `reconcile-segments` job
 
 Dirty cases from the field, on purpose: padded / mixed-case emails, customers with NULL or ''
 email, a guest checkout (customer_id NULL) whose email later registered as a customer (in a
@@ -46,6 +48,9 @@ VIEWS = [
     "refund_issued_events",
     "subscription_events",
 ]
+# The view the reconcile job reads (not synced as people or events: kind: reconcile).
+CHECKS_VIEW = "segment_checks"
+# Its segment ids are the ones demo/segments.json defines in the demo's sandbox.
 TABLES = [
     "customers",
     "products",
@@ -77,7 +82,7 @@ MIN_CUSTOMERS = 20
 # --- schema ----------------------------------------------------------------------------------
 
 DROP_SQL = """
-DROP VIEW IF EXISTS customer_profiles, checkout_started_events, order_placed_events,
+DROP VIEW IF EXISTS segment_checks, customer_profiles, checkout_started_events, order_placed_events,
     order_fulfilled_events, refund_issued_events, subscription_events CASCADE;
 DROP TABLE IF EXISTS refunds, fulfillments, checkouts, order_items, orders, subscriptions,
     products, customers CASCADE;
@@ -284,7 +289,45 @@ SELECT 'subscription_canceled:' || s.subscription_id || ':'
        s.interval_days
 FROM subscriptions s
 WHERE s.canceled_at IS NOT NULL;
+
+-- The reconcile checks: one row per Customer.io segment with the count the database says it
+-- should have (route kind: reconcile; the job reconcile-segments). Counted from the tables with
+-- customer_profiles' own definitions (orders that are not canceled), not from customer_profiles
+-- itself: a bug in the published view must not move the expected count along with it.
+--   1 canary:    orders_count >= 2 AND last_order_at within 60 days   (within 2%)
+--   2 guardrail: orders_count > 0 AND last_order_at blank             (0, exactly: placed_at is
+--                NOT NULL, so a non-empty segment means the sync lost last_order_at)
+CREATE VIEW segment_checks AS
+WITH order_stats AS (
+    SELECT customer_id,
+           count(*) FILTER (WHERE status <> 'canceled')::integer AS orders_count,
+           max(placed_at) FILTER (WHERE status <> 'canceled')    AS last_order_at
+    FROM orders
+    GROUP BY customer_id
+), people AS (
+    SELECT c.customer_id, coalesce(os.orders_count, 0) AS orders_count, os.last_order_at
+    FROM customers c
+    LEFT JOIN order_stats os USING (customer_id)
+)
+SELECT 1 AS segment_id,
+       (count(*) FILTER (WHERE orders_count >= 2
+                           AND last_order_at BETWEEN now() - interval '60 days' AND now()))::integer
+           AS expected,
+       '2%'::text AS tolerance
+FROM people
+UNION ALL
+SELECT 2,
+       (count(*) FILTER (WHERE orders_count > 0 AND last_order_at IS NULL))::integer,
+       '0'::text
+FROM people;
 """
+
+# A "broken sync" for the demo's later night (run_demo `again --broken`, `make demo-again
+# NIGHT=3`): customer_profiles redeployed with a bug that publishes last_order_at as NULL. Every
+# profile that changes from then on reaches Customer.io without it (an attribute sent as null is
+# removed), so the guardrail segment fills and the reconcile check fails (exit 7).
+BROKEN_MARK = "broken: last_order_at is not published (the demo's broken night)"
+BROKEN_COLUMN = "NULL::timestamptz AS last_order_at,  -- the bug"
 
 # sku, name, category, price, replenish_days
 PRODUCTS: list[tuple[str, str, str, str, int | None]] = [
@@ -301,10 +344,46 @@ PRODUCTS: list[tuple[str, str, str, str, int | None]] = [
 ]
 REPLENISHABLE = [p[0] for p in PRODUCTS if p[4] is not None]
 PRICES = {p[0]: Decimal(p[3]) for p in PRODUCTS}
-FIRST_NAMES = ["Ava", "Liam", "Mia", "Noah", "Zoe", "Omar", "Priya", "Lucas", "Hana", "Mateo",
-               "Chloe", "Ethan", "Sofia", "Kenji", "Amara", "Leo", "Nora", "Diego", "Ines", "Sam"]
-LAST_NAMES = ["Nguyen", "Smith", "Garcia", "Okafor", "Kowalski", "Haddad", "Silva", "Chen",
-              "Brown", "Muller", "Rossi", "Patel", "Kim", "Dubois", "Larsen", "Moreau"]
+FIRST_NAMES = [
+    "Ava",
+    "Liam",
+    "Mia",
+    "Noah",
+    "Zoe",
+    "Omar",
+    "Priya",
+    "Lucas",
+    "Hana",
+    "Mateo",
+    "Chloe",
+    "Ethan",
+    "Sofia",
+    "Kenji",
+    "Amara",
+    "Leo",
+    "Nora",
+    "Diego",
+    "Ines",
+    "Sam",
+]
+LAST_NAMES = [
+    "Nguyen",
+    "Smith",
+    "Garcia",
+    "Okafor",
+    "Kowalski",
+    "Haddad",
+    "Silva",
+    "Chen",
+    "Brown",
+    "Muller",
+    "Rossi",
+    "Patel",
+    "Kim",
+    "Dubois",
+    "Larsen",
+    "Moreau",
+]
 DOMAINS = ["example.com", "example.org", "mail.example.net"]
 CARRIERS = ["UPS", "USPS", "FedEx", "DHL"]
 REFUND_REASONS = ["damaged", "changed_mind", "late_delivery", "wrong_item"]
@@ -386,10 +465,15 @@ class _Generator:
         order_id = 100001 + len(self.rows.orders)
         lines = lines or self.random_lines()
         for number, (sku, qty) in enumerate(lines, start=1):
-            self.rows.order_items.append({
-                "order_id": order_id, "line_number": number, "sku": sku,
-                "quantity": qty, "unit_price": PRICES[sku],
-            })
+            self.rows.order_items.append(
+                {
+                    "order_id": order_id,
+                    "line_number": number,
+                    "sku": sku,
+                    "quantity": qty,
+                    "unit_price": PRICES[sku],
+                }
+            )
         subtotal = sum((PRICES[sku] * qty for sku, qty in lines), Decimal(0))
         order = {
             "order_id": order_id,
@@ -400,8 +484,13 @@ class _Generator:
             "status": "canceled" if canceled else "paid",
         }
         self.rows.orders.append(order)
-        self.add_checkout(customer, placed_at - timedelta(minutes=self.rng.randint(2, 30)),
-                          lines, currency=currency, order=order)
+        self.add_checkout(
+            customer,
+            placed_at - timedelta(minutes=self.rng.randint(2, 30)),
+            lines,
+            currency=currency,
+            order=order,
+        )
         if not canceled:
             self.maybe_fulfill(order, fulfill)
         return order
@@ -445,13 +534,15 @@ class _Generator:
         if not fulfill or latest < 2 * HOUR:
             return
         after = self.rng.uniform(2 * HOUR, min(28 * HOUR, latest))
-        self.rows.fulfillments.append({
-            "fulfillment_id": len(self.rows.fulfillments) + 1,
-            "order_id": order["order_id"],
-            "fulfilled_at": order["placed_at"] + timedelta(seconds=int(after)),
-            "carrier": self.rng.choice(CARRIERS),
-            "tracking_number": f"1Z{self.rng.getrandbits(40):012X}",
-        })
+        self.rows.fulfillments.append(
+            {
+                "fulfillment_id": len(self.rows.fulfillments) + 1,
+                "order_id": order["order_id"],
+                "fulfilled_at": order["placed_at"] + timedelta(seconds=int(after)),
+                "carrier": self.rng.choice(CARRIERS),
+                "tracking_number": f"1Z{self.rng.getrandbits(40):012X}",
+            }
+        )
         order["status"] = "fulfilled"
 
     def add_refund(self, order: dict, issued_at: datetime, amount: Decimal, reason: str) -> dict:
@@ -506,57 +597,97 @@ def _money(value: Decimal) -> Decimal:
 def _field_cases(g: _Generator) -> None:
     """C000001..C000010: the cases users hit in the field, written out by hand."""
     # C000001 padded, mixed-case email; active subscriber; a fresh 3-line order (3 view rows).
-    jane = g.add_customer(email="  Jane.Doe@Example.COM ", first_name="Jane", last_name="Doe",
-                          email_opt_in=True, sms_opt_in=True, phone="+1 (555) 010-0001")
+    jane = g.add_customer(
+        email="  Jane.Doe@Example.COM ",
+        first_name="Jane",
+        last_name="Doe",
+        email_opt_in=True,
+        sms_opt_in=True,
+        phone="+1 (555) 010-0001",
+    )
     first = g.add_order(jane, g.ago(40 * DAY), [("COF-HOUSE-12", 2)], fulfill=True)
-    g.add_order(jane, g.ago(20 * HOUR),
-                [("COF-HOUSE-12", 2), ("GRD-BURR-01", 1), ("BTL-STEEL-1L", 1)], fulfill=True)
+    g.add_order(
+        jane,
+        g.ago(20 * HOUR),
+        [("COF-HOUSE-12", 2), ("GRD-BURR-01", 1), ("BTL-STEEL-1L", 1)],
+        fulfill=True,
+    )
     g.add_subscription(jane, "COF-HOUSE-12", "active", created_at=first["placed_at"])
     # C000002 no email at all (SMS only).
-    sam = g.add_customer(first_name="Sam", last_name="Okafor", sms_opt_in=True,
-                         phone="555.010.0002")
+    sam = g.add_customer(
+        first_name="Sam", last_name="Okafor", sms_opt_in=True, phone="555.010.0002"
+    )
     g.add_order(sam, g.ago(9 * HOUR), [("SUP-PROT-VAN", 1)], fulfill=False)
     # C000003 empty-string email; an abandoned fresh checkout.
     ines = g.add_customer(email="", first_name="Ines", last_name="Silva")
     g.add_checkout(ines, g.ago(3 * HOUR), [("SKN-SERUM-30", 1)])
     # C000004 started a guest checkout 40h ago, registered 20h ago in another case, then ordered.
-    g.add_checkout(None, g.ago(40 * HOUR), [("TEA-SENCHA-50", 2)],
-                   email="guest.buyer@example.com ")
-    guest = g.add_customer(email="Guest.Buyer@Example.com", first_name="Priya", last_name="Patel",
-                           email_opt_in=True, created_at=g.ago(20 * HOUR))
+    g.add_checkout(None, g.ago(40 * HOUR), [("TEA-SENCHA-50", 2)], email="guest.buyer@example.com ")
+    guest = g.add_customer(
+        email="Guest.Buyer@Example.com",
+        first_name="Priya",
+        last_name="Patel",
+        email_opt_in=True,
+        created_at=g.ago(20 * HOUR),
+    )
     guest["updated_at"] = guest["created_at"]
     g.add_order(guest, g.ago(10 * HOUR), [("TEA-SENCHA-50", 2)], fulfill=False)
     # C000005 ordered 10 days ago; refund issued yesterday (days after the order).
-    leo = g.add_customer(email="leo.chen@example.org", first_name="Leo", last_name="Chen",
-                         email_opt_in=True)
+    leo = g.add_customer(
+        email="leo.chen@example.org", first_name="Leo", last_name="Chen", email_opt_in=True
+    )
     late = g.add_order(leo, g.ago(10 * DAY), [("SKN-SPF-50", 2), ("RZR-BLADE-8", 1)], fulfill=True)
     g.add_refund(late, g.ago(26 * HOUR), PRICES["SKN-SPF-50"], "damaged")
     # C000006 paused subscription (fresh event).
-    mia = g.add_customer(email="mia.rossi@example.com", first_name="Mia", last_name="Rossi",
-                         email_opt_in=True)
+    mia = g.add_customer(
+        email="mia.rossi@example.com", first_name="Mia", last_name="Rossi", email_opt_in=True
+    )
     start = g.add_order(mia, g.ago(50 * DAY), [("COF-ESPR-2LB", 1)], fulfill=True)
-    g.add_subscription(mia, "COF-ESPR-2LB", "paused", created_at=start["placed_at"],
-                       paused_at=g.ago(5 * HOUR))
+    g.add_subscription(
+        mia, "COF-ESPR-2LB", "paused", created_at=start["placed_at"], paused_at=g.ago(5 * HOUR)
+    )
     # C000007 paused 4 days ago (old event), canceled 20h ago (fresh event).
-    omar = g.add_customer(email="OMAR.HADDAD@EXAMPLE.NET", first_name="Omar", last_name="Haddad",
-                          email_opt_in=True)
+    omar = g.add_customer(
+        email="OMAR.HADDAD@EXAMPLE.NET", first_name="Omar", last_name="Haddad", email_opt_in=True
+    )
     start = g.add_order(omar, g.ago(90 * DAY), [("RZR-BLADE-8", 2)], fulfill=True)
-    g.add_subscription(omar, "RZR-BLADE-8", "canceled", created_at=start["placed_at"],
-                       paused_at=g.ago(4 * DAY), canceled_at=g.ago(20 * HOUR))
+    g.add_subscription(
+        omar,
+        "RZR-BLADE-8",
+        "canceled",
+        created_at=start["placed_at"],
+        paused_at=g.ago(4 * DAY),
+        canceled_at=g.ago(20 * HOUR),
+    )
     # C000008 canceled 10 days ago (old event only).
     hana = g.add_customer(email="hana.kim@example.com", first_name="Hana", last_name="Kim")
     start = g.add_order(hana, g.ago(100 * DAY), [("TEA-SENCHA-50", 1)], fulfill=True)
-    g.add_subscription(hana, "TEA-SENCHA-50", "canceled", created_at=start["placed_at"],
-                       canceled_at=g.ago(10 * DAY))
+    g.add_subscription(
+        hana,
+        "TEA-SENCHA-50",
+        "canceled",
+        created_at=start["placed_at"],
+        canceled_at=g.ago(10 * DAY),
+    )
     # C000009 opted out of email, never ordered; abandoned a checkout 5 days ago (old).
     nora = g.add_customer(email="nora.larsen@example.com", first_name="Nora", last_name="Larsen")
     g.add_checkout(nora, g.ago(5 * DAY), [("SKN-SERUM-30", 1), ("SKN-SPF-50", 1)])
     # C000010 a 100%-discount order (total 0.00) and a large CAD order with cents.
-    diego = g.add_customer(email="diego.garcia@example.com", first_name="Diego",
-                           last_name="Garcia", email_opt_in=True, phone="+15550100010")
+    diego = g.add_customer(
+        email="diego.garcia@example.com",
+        first_name="Diego",
+        last_name="Garcia",
+        email_opt_in=True,
+        phone="+15550100010",
+    )
     g.add_order(diego, g.ago(30 * HOUR), [("BTL-STEEL-1L", 1)], discount=Decimal(1))
-    g.add_order(diego, g.ago(2 * HOUR), [("GRD-BURR-01", 9), ("COF-ESPR-2LB", 2)],
-                currency="CAD", discount=Decimal("0.02"))
+    g.add_order(
+        diego,
+        g.ago(2 * HOUR),
+        [("GRD-BURR-01", 9), ("COF-ESPR-2LB", 2)],
+        currency="CAD",
+        discount=Decimal("0.02"),
+    )
 
 
 def _random_customer(g: _Generator) -> None:
@@ -571,11 +702,15 @@ def _random_customer(g: _Generator) -> None:
         email = f"{first}.{last}{n}@{rng.choice(DOMAINS)}".title()
     elif roll < 0.14:
         email = f" {email}  "
-    phone = rng.choice([None, None, f"+1 555 01{n % 100:02d} {n:04d}",
-                        f"(555) 01{n % 100:02d}-{n:04d}"])
+    phone = rng.choice(
+        [None, None, f"+1 555 01{n % 100:02d} {n:04d}", f"(555) 01{n % 100:02d}-{n:04d}"]
+    )
     customer = g.add_customer(
-        email=email, first_name=first, last_name=last,
-        email_opt_in=rng.random() < 0.75, sms_opt_in=phone is not None and rng.random() < 0.5,
+        email=email,
+        first_name=first,
+        last_name=last,
+        email_opt_in=rng.random() < 0.75,
+        sms_opt_in=phone is not None and rng.random() < 0.5,
         phone=phone,
     )
     _random_orders(g, customer)
@@ -589,9 +724,13 @@ def _random_orders(g: _Generator, customer: dict) -> None:
     currency = "CAD" if rng.random() < 0.1 else "USD"
     times = sorted(g.fresh() if rng.random() < 0.75 else g.old() for _ in range(count))
     orders = [
-        g.add_order(customer, placed_at, currency=currency,
-                    discount=Decimal("0.15") if rng.random() < 0.05 else Decimal(0),
-                    canceled=rng.random() < 0.03)
+        g.add_order(
+            customer,
+            placed_at,
+            currency=currency,
+            discount=Decimal("0.15") if rng.random() < 0.05 else Decimal(0),
+            canceled=rng.random() < 0.03,
+        )
         for placed_at in times
     ]
     for order in orders:
@@ -624,7 +763,10 @@ def _random_subscription(g: _Generator, customer: dict, first_order: dict) -> No
         changed = max(created + timedelta(hours=1), g.fresh() if rng.random() < 0.7 else g.old())
         changed = min(changed, g.ago(FRESH_MARGIN))
     g.add_subscription(
-        customer, rng.choice(REPLENISHABLE), status, created_at=created,
+        customer,
+        rng.choice(REPLENISHABLE),
+        status,
+        created_at=created,
         paused_at=changed if status == "paused" else None,
         canceled_at=changed if status == "canceled" else None,
     )
@@ -674,7 +816,7 @@ def _insert(cur: Any, table: str, rows: list[dict]) -> None:
 
 def _counts(cur: Any) -> dict[str, int]:
     counts = {}
-    for name in TABLES + VIEWS:
+    for name in TABLES + VIEWS + [CHECKS_VIEW]:
         cur.execute(f"SELECT count(*) FROM {name}")
         counts[name] = cur.fetchone()[0]
     cur.execute("SELECT count(DISTINCT order_id) FROM order_placed_events")
@@ -808,20 +950,38 @@ def mutate(dsn: str, *, now: datetime | None = None) -> dict[str, Any]:
     the keys are the values of EVENT_KEYS[view] (order_id is an int, the others are strings).
     """
     now = _as_utc(now)
-    at = {name: now - timedelta(seconds=s) for name, s in
-          [("order_a", 50), ("order_b", 40), ("guest", 30), ("refund", 20), ("ship", 15),
-           ("pause", 10)]}
+    at = {
+        name: now - timedelta(seconds=s)
+        for name, s in [
+            ("order_a", 50),
+            ("order_b", 40),
+            ("guest", 30),
+            ("refund", 20),
+            ("ship", 15),
+            ("pause", 10),
+        ]
+    }
     changed: list[str] = []
     keys: dict[str, list] = {view: [] for view in EVENT_KEYS}
     with _connect(dsn) as conn, conn.cursor() as cur:
         cur.execute(MUTATE_ATTRIBUTES_SQL, {"now": now})
         cur.execute("SELECT customer_id FROM customers WHERE updated_at = %s", (now,))
         changed += [r[0] for r in cur.fetchall()]
-        for name, customer_id, sku, qty in [("order_a", "C000004", "TEA-SENCHA-50", 2),
-                                            ("order_b", "C000009", "SKN-SERUM-30", 1)]:
+        for name, customer_id, sku, qty in [
+            ("order_a", "C000004", "TEA-SENCHA-50", 2),
+            ("order_b", "C000009", "SKN-SERUM-30", 1),
+        ]:
             checkout_id = _next_checkout_id(cur)
-            cur.execute(NEW_ORDER_SQL, {"customer_id": customer_id, "at": at[name], "sku": sku,
-                                        "quantity": qty, "checkout_id": checkout_id})
+            cur.execute(
+                NEW_ORDER_SQL,
+                {
+                    "customer_id": customer_id,
+                    "at": at[name],
+                    "sku": sku,
+                    "quantity": qty,
+                    "checkout_id": checkout_id,
+                },
+            )
             keys["order_placed_events"].append(cur.fetchone()[0])
             keys["checkout_started_events"].append(f"checkout:{checkout_id}")
             changed.append(customer_id)
@@ -845,6 +1005,74 @@ def mutate(dsn: str, *, now: datetime | None = None) -> dict[str, Any]:
     }
 
 
+SECOND_ORDER_CANDIDATES_SQL = """
+-- One-time buyers (one order that is not canceled), the oldest customers first.
+SELECT customer_id FROM orders
+WHERE status <> 'canceled' AND customer_id NOT IN ('C000004', 'C000009')  -- mutate()'s buyers
+GROUP BY customer_id HAVING count(*) = 1
+ORDER BY customer_id LIMIT %(count)s
+"""
+
+
+def second_orders(dsn: str, count: int, *, now: datetime | None = None) -> dict[str, Any]:
+    """`count` one-time buyers place their second order (stamped in the minute before `now`):
+    new repeat buyers, so the canary segment grows by `count` at the source.
+
+    Returns {"customer_ids": [...], "order_ids": [...]} (their customer_profiles rows change)."""
+    now = _as_utc(now)
+    customers: list[str] = []
+    orders: list[int] = []
+    with _connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(SECOND_ORDER_CANDIDATES_SQL, {"count": count})
+        for i, (customer_id,) in enumerate(cur.fetchall()):
+            checkout_id = _next_checkout_id(cur)
+            cur.execute(
+                NEW_ORDER_SQL,
+                {
+                    "customer_id": customer_id,
+                    "sku": "COF-HOUSE-12",
+                    "quantity": 1,
+                    "checkout_id": checkout_id,
+                    "at": now - timedelta(seconds=45 - i),
+                },
+            )
+            orders.append(cur.fetchone()[0])
+            customers.append(customer_id)
+    return {"customer_ids": customers, "order_ids": orders}
+
+
+def expected_counts(dsn: str) -> dict[int, int]:
+    """segment id -> the count the segment_checks view expects (what the reconcile job reads)."""
+    with _connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT segment_id, expected FROM {CHECKS_VIEW} ORDER BY segment_id")
+        return dict(cur.fetchall())
+
+
+def _profiles_sql(broken: bool) -> str:
+    """customer_profiles' CREATE VIEW (healthy, or with last_order_at published as NULL)."""
+    start = VIEWS_SQL.index("CREATE VIEW customer_profiles AS")
+    sql = VIEWS_SQL[start : VIEWS_SQL.index(";", start) + 1]
+    if broken:
+        healthy = "os.last_order_at,"
+        assert sql.count(healthy) == 1
+        sql = sql.replace(healthy, BROKEN_COLUMN)
+    return sql.replace("CREATE VIEW", "CREATE OR REPLACE VIEW", 1)
+
+
+def break_profiles(dsn: str) -> None:
+    """Redeploy customer_profiles with the bug (same columns; last_order_at always NULL)."""
+    with _connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(_profiles_sql(broken=True))
+        cur.execute("COMMENT ON VIEW customer_profiles IS %s", (BROKEN_MARK,))
+
+
+def profiles_broken(dsn: str) -> bool:
+    """Whether customer_profiles is the broken version (break_profiles; load() restores it)."""
+    with _connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT obj_description('customer_profiles'::regclass, 'pg_class')")
+        return cur.fetchone()[0] == BROKEN_MARK
+
+
 def _next_checkout_id(cur: Any) -> str:
     cur.execute("SELECT max(substr(checkout_id, 5)::integer) + 1 FROM checkouts")
     return f"chk_{cur.fetchone()[0]:06d}"
@@ -854,15 +1082,22 @@ def _next_checkout_id(cur: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m demo.sample_data",
-                                     description="Load (or mutate) the sample retention database.")
-    parser.add_argument("--dsn", required=True,
-                        help="libpq URL, e.g. postgresql://u:p@127.0.0.1:5432/shop")
+    parser = argparse.ArgumentParser(
+        prog="python -m demo.sample_data",
+        description="Load (or mutate) the sample retention database.",
+    )
+    parser.add_argument(
+        "--dsn", required=True, help="libpq URL, e.g. postgresql://u:p@127.0.0.1:5432/shop"
+    )
     parser.add_argument("--mutate", action="store_true", help="apply the second-night changes")
     parser.add_argument("--customers", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--now", type=datetime.fromisoformat, default=None,
-                        help="ISO time the data is relative to (default: the current time)")
+    parser.add_argument(
+        "--now",
+        type=datetime.fromisoformat,
+        default=None,
+        help="ISO time the data is relative to (default: the current time)",
+    )
     args = parser.parse_args(argv)
     if args.mutate:
         result: dict = mutate(args.dsn, now=args.now)

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import json
+from collections import defaultdict
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import psycopg2
 import pytest
 
-from demo.sample_data import EVENT_KEYS, REPLICATION_KEYS, VIEWS, generate, load, mutate
+from demo.sample_data import (
+    CHECKS_VIEW,
+    EVENT_KEYS,
+    REPLICATION_KEYS,
+    VIEWS,
+    break_profiles,
+    generate,
+    load,
+    mutate,
+    profiles_broken,
+    second_orders,
+)
+from target_customerio.sandbox.conditions import Subject, parse
 from tests.pg_fixtures import TapRun, discover, incremental_catalog, run_tap, tap_config, write_json
 from tests.pg_fixtures import postgres as postgres  # noqa: PLC0414  (fixture; `as` avoids F811)
 
@@ -192,6 +207,113 @@ def test_profile_updated_at_follows_related_rows(postgres) -> None:
     assert jane[:3] == (True, "active", 2) and jane[3] > 0
 
 
+# --- the reconcile checks (segment_checks) --------------------------------------------------
+
+SEGMENTS = json.loads((Path(__file__).resolve().parents[1] / "demo" / "segments.json").read_text())
+CANARY, GUARDRAIL = 1, 2
+
+
+def checks(dsn: str) -> tuple[datetime, dict[int, tuple[int, str]]]:
+    """The view's rows as {segment_id: (expected, tolerance)}, and the now() they were counted."""
+    rows = query(dsn, f"SELECT now(), segment_id, expected, tolerance FROM {CHECKS_VIEW}")
+    return rows[0][0], {segment: (expected, tolerance) for _, segment, expected, tolerance in rows}
+
+
+def condition_counts(dsn: str, at: datetime) -> dict[int, int]:
+    """Each demo segment's count, evaluated with the sandbox's condition language over the
+    customer_profiles rows as the target sends them (dates as integer unix seconds)."""
+    profiles = query(dsn, "SELECT orders_count, last_order_at FROM customer_profiles")
+    people = [
+        {"orders_count": orders, "last_order_at": int(last.timestamp()) if last else None}
+        for orders, last in profiles
+    ]
+    return {
+        s["id"]: sum(parse(s["condition"]).matches(Subject(p, {}, at.timestamp())) for p in people)
+        for s in SEGMENTS
+    }
+
+
+def test_segment_checks_expect_what_a_brute_force_count_of_the_data_says(postgres) -> None:
+    now = datetime.now(timezone.utc)
+    load(postgres.dsn, now=now)
+    rows = generate(200, 7, now)  # the rows load() inserted
+    at, found = checks(postgres.dsn)
+    orders: dict[str, list[datetime]] = defaultdict(list)
+    for order in rows.orders:
+        if order["status"] != "canceled":
+            orders[order["customer_id"]].append(order["placed_at"])
+    canary = sum(
+        1
+        for c in rows.customers
+        if len(orders[c["customer_id"]]) >= 2
+        and at - timedelta(days=60) <= max(orders[c["customer_id"]]) <= at
+    )
+    guardrail = sum(
+        1 for c in rows.customers if orders[c["customer_id"]] and not all(orders[c["customer_id"]])
+    )
+    assert found == {CANARY: (canary, "2%"), GUARDRAIL: (guardrail, "0")}
+    assert 20 < canary < 200 and guardrail == 0
+    # A repeat buyer whose last order is older than the window is not in the canary.
+    assert any(len(t) >= 2 and max(t) < at - timedelta(days=60) for t in orders.values())
+    columns = query(
+        postgres.dsn,
+        """
+        SELECT column_name, data_type FROM information_schema.columns
+        WHERE table_name = %s ORDER BY ordinal_position""",
+        CHECKS_VIEW,
+    )
+    assert columns == [("segment_id", "integer"), ("expected", "integer"), ("tolerance", "text")]
+
+
+def test_segment_checks_agree_with_the_segments_over_the_published_profiles(postgres) -> None:
+    """demo/segments.json's conditions over customer_profiles (as Customer.io holds it) count
+    what segment_checks expects: the ids, the columns and the 60 days are the same."""
+    load(postgres.dsn)
+    assert sorted(s["id"] for s in SEGMENTS) == [CANARY, GUARDRAIL]
+    at, found = checks(postgres.dsn)
+    assert condition_counts(postgres.dsn, at) == {k: v[0] for k, v in found.items()}
+    mutate(postgres.dsn)
+    repeat = second_orders(postgres.dsn, 3)
+    assert len(repeat["customer_ids"]) == 3
+    at, after = checks(postgres.dsn)
+    assert condition_counts(postgres.dsn, at) == {k: v[0] for k, v in after.items()}
+    assert after[CANARY][0] >= found[CANARY][0] + 3  # three new repeat buyers, at least
+
+
+def test_the_broken_profiles_view_loses_last_order_at_but_not_the_expected_counts(postgres) -> None:
+    load(postgres.dsn)
+    _, healthy = checks(postgres.dsn)
+    columns_sql = """SELECT column_name, data_type FROM information_schema.columns
+                     WHERE table_name = 'customer_profiles' ORDER BY ordinal_position"""
+    columns = query(postgres.dsn, columns_sql)
+    assert ("last_order_at", "timestamp with time zone") in columns
+    assert not profiles_broken(postgres.dsn)
+    break_profiles(postgres.dsn)
+    try:
+        assert profiles_broken(postgres.dsn)
+        assert query(postgres.dsn, columns_sql) == columns  # the same columns: tap, route unchanged
+        assert (
+            scalar(
+                postgres.dsn,
+                "SELECT count(*) FROM customer_profiles"
+                " WHERE orders_count > 0 AND last_order_at IS NULL",
+            )
+            > 100
+        )
+        assert checks(postgres.dsn)[1] == healthy  # counted from the tables, not the view
+    finally:
+        load(postgres.dsn)
+    assert not profiles_broken(postgres.dsn)
+    assert (
+        scalar(
+            postgres.dsn,
+            "SELECT count(*) FROM customer_profiles"
+            " WHERE orders_count > 0 AND last_order_at IS NULL",
+        )
+        == 0
+    )
+
+
 # --- through the real tap-postgres -----------------------------------------------------------
 
 
@@ -214,6 +336,12 @@ def test_discovery_finds_the_views_with_json_types(tap_files) -> None:
         for column, kind in columns.items():
             assert json_kind(properties[column]) == kind, (view, column)
     assert "public-customers" in entries  # tables are discovered too (not selected)
+    checks_entry = entries[stream(CHECKS_VIEW)]  # what the reconcile job reads
+    assert {c: json_kind(t) for c, t in checks_entry["schema"]["properties"].items()} == {
+        "segment_id": "integer",
+        "expected": "integer",
+        "tolerance": "string",
+    }
 
 
 def json_kind(schema: dict[str, Any]) -> str:
