@@ -7,6 +7,7 @@ halved until the bad operation is alone, and only it is rejected.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -18,6 +19,7 @@ from target_customerio.errors import DeliveryError, TargetError, Terminated
 from target_customerio.ledger import Ledger
 from target_customerio.redaction import REDACTOR, shown
 from target_customerio.report import RunReport, open_output
+from target_customerio.settings import Settings
 from target_customerio.track_api import TrackClient
 from target_customerio.wire import Batch
 
@@ -283,3 +285,21 @@ class DryRun:
 
     def interrupt(self) -> None:
         return None
+
+
+def make_delivery(
+    settings: Settings, api_key: str, report: RunReport, ledger: Ledger, logger: logging.Logger
+) -> Delivery | DryRun:
+    """The run's delivery: to the Track API, or to the dry-run file."""
+    if settings.dry_run:
+        return DryRun(settings.dry_run_file, report)
+    client = TrackClient(
+        settings.base_url,
+        settings.site_id,
+        api_key,
+        per_second=settings.max_requests_per_second,
+        timeout=settings.request_timeout,
+        max_retries=settings.max_retries,
+        logger=logger,
+    )
+    return Delivery(client, report, ledger, workers=settings.delivery_workers)

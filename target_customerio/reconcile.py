@@ -20,6 +20,7 @@ from target_customerio.app_api import AppClient
 from target_customerio.errors import DriftError
 from target_customerio.operations.reconcile import Tolerance
 from target_customerio.report import RunReport
+from target_customerio.settings import Settings
 from target_customerio.wire import Batch
 
 
@@ -69,6 +70,23 @@ class Reconciler:
         with self._lock:
             self.checks += checks
         self._report.delivered(batch.stream, batch.records)
+
+    def run_checks(self, settings: Settings, app_api_key: str) -> None:
+        """Every check, against the App API the settings name (none on a dry run)."""
+        if not self.checks:
+            return
+        if settings.dry_run:
+            self._logger.info("dry run: %d reconcile check(s) not run", len(self.checks))
+            return
+        client = AppClient(
+            settings.app_base_url,
+            app_api_key,
+            timeout=settings.request_timeout,
+            max_retries=settings.max_retries,
+            logger=self._logger,
+        )
+        self.run(client)
+        self._logger.info("reconcile: %d segment check(s) within tolerance", len(self.checks))
 
     def run(self, client: AppClient) -> list[Check]:
         """Read every segment's count; record each outcome in the report; raise DriftError

@@ -6,7 +6,6 @@ import copy
 import ctypes
 import logging
 import os
-import signal
 import sys
 import time
 import typing as t
@@ -15,26 +14,20 @@ from pathlib import Path
 from types import FrameType
 
 from singer_sdk.exceptions import (
-    ConfigValidationError,
-    ConformedNameClashException,
     MapExpressionError,
-    MissingKeyPropertiesError,
     RecordsWithoutSchemaException,
     StreamMapConfigError,
 )
 from singer_sdk.helpers.capabilities import PluginCapabilities
 from singer_sdk.mapper import SameRecordTransform
-from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.sinks import Sink
 
-from target_customerio import redaction, volume
-from target_customerio.app_api import AppClient
-from target_customerio.config_file import read_config_file
-from target_customerio.delivery import Delivery, DryRun
+from target_customerio import cli, redaction
+from target_customerio.delivery import Delivery, DryRun, make_delivery
+from target_customerio.environment import check_env, env_config
 from target_customerio.errors import (
     ConfigError,
     DriftError,
-    InputError,
     TargetError,
     Terminated,
     did_you_mean,
@@ -47,18 +40,11 @@ from target_customerio.reconcile import Reconciler
 from target_customerio.redaction import shown
 from target_customerio.report import RunReport
 from target_customerio.sdk import ConfigInput, SdkTarget
-from target_customerio.settings import (
-    CONFIG_SCHEMA,
-    SDK_SETTINGS_IGNORED,
-    about_text,
-    check_config,
-    check_env,
-    env_config,
-    load_settings,
-)
+from target_customerio.setting_schema import CONFIG_SCHEMA, SDK_SETTINGS_IGNORED, about_text
+from target_customerio.settings import check_config, load_settings
 from target_customerio.sinks import CustomerIOSink, SinkNeeds, UnmappedSink
 from target_customerio.stream_mapping import Item, compiled
-from target_customerio.track_api import TrackClient
+from target_customerio.volume import check_streams
 
 
 def _silence_stdout() -> None:
@@ -127,9 +113,7 @@ class TargetCustomerIO(SdkTarget):
         redaction.install()
         # Checked before the SDK sees them (its messages quote values): a typo or a wrong type
         # stops here, with a message that never holds a secret.
-        if (
-            parse_env_config
-        ):  # read here, strictly typed, rather than by the SDK (settings.env_config)
+        if parse_env_config:  # read here, strictly typed, rather than by the SDK (environment.py)
             schema = self.config_jsonschema
             self.append_builtin_config(schema)
             config = {
@@ -172,7 +156,13 @@ class TargetCustomerIO(SdkTarget):
             logger=self.logger,
         )
         self.ledger = open_ledger(self.settings)
-        self.delivery: Delivery | DryRun = self._make_delivery()
+        self.delivery: Delivery | DryRun = make_delivery(
+            self.settings,
+            str(self.config.get("api_key", "")),
+            self.report,
+            self.ledger,
+            self.logger,
+        )
         self.reconciler = Reconciler(self.report, self.logger)
         self._direct: dict[
             str, CustomerIOSink | UnmappedSink
@@ -188,21 +178,6 @@ class TargetCustomerIO(SdkTarget):
         config = config if isinstance(config, dict) else {}
         redaction.REDACTOR.learn_config(config)
         return check_config(config) if validate else []
-
-    def _make_delivery(self) -> Delivery | DryRun:
-        s = self.settings
-        if s.dry_run:
-            return DryRun(s.dry_run_file, self.report)
-        client = TrackClient(
-            s.base_url,
-            s.site_id,
-            str(self.config.get("api_key", "")),
-            per_second=s.max_requests_per_second,
-            timeout=s.request_timeout,
-            max_retries=s.max_retries,
-            logger=self.logger,
-        )
-        return Delivery(client, self.report, self.ledger, workers=s.delivery_workers)
 
     def ledger_scope(self, stream: str) -> str | None:
         """Ledger entries belong to one workspace and one stream; None when change detection is
@@ -347,64 +322,22 @@ class TargetCustomerIO(SdkTarget):
         if self.settings.dry_run:
             self._reconcile()  # lists what it would check
             return
-        volume = self._check_volume()
+        volume = check_streams(
+            self.settings.routes, self.report, self.ledger, self.ledger_scope, self.logger
+        )
         self._reconcile()
         if volume:
             raise DriftError(
                 "; ".join(f"{stream}: {problem}" for stream, problem in volume.items())
             )
 
-    def _check_volume(self) -> dict[str, str]:
-        """This run's counts into the ledger's history, and each `max_volume_change` checked
-        against it (after the last STATE: the run's data is delivered either way)."""
-        streams: dict[str, tuple[str, float | None]] = {}
-        for stream in self.report.stream_names():
-            route = self.settings.routes.match(stream)
-            scope = self.ledger_scope(stream)
-            if route is None or KINDS[route.kind].checks:
-                continue
-            if scope is None:
-                if route.max_volume_change is not None:
-                    self.logger.warning(
-                        "stream %s: max_volume_change needs change_detection (the ledger "
-                        "keeps the history it compares with); not checked",
-                        stream,
-                    )
-                continue
-            streams[stream] = (scope, route.max_volume_change)
-        counts = {stream: self.report.stream(stream).counts() for stream in streams}
-        checked = volume.record_and_check(self.ledger, streams, counts)
-        if checked:
-            self.report.volume = checked
-        problems = {
-            stream: str(check["reason"]) for stream, check in checked.items() if not check["ok"]
-        }
-        for stream, problem in problems.items():
-            self.logger.error("volume: %s: %s", stream, problem)
-        return problems
-
     def _reconcile(self) -> None:
         """The reconcile checks, after everything else is delivered and the last STATE written."""
-        checks = self.reconciler.checks
-        if not checks:
-            return
-        if self.settings.dry_run:
-            self.logger.info("dry run: %d reconcile check(s) not run", len(checks))
-            return
-        s = self.settings
-        client = AppClient(
-            s.app_base_url,
-            str(self.config.get("app_api_key", "")),
-            timeout=s.request_timeout,
-            max_retries=s.max_retries,
-            logger=self.logger,
-        )
         self._checking = True  # reads only: a signal stops them at once
         try:
-            self.reconciler.run(client)
+            self.reconciler.run_checks(self.settings, str(self.config.get("app_api_key", "")))
         finally:
             self._checking = False
-        self.logger.info("reconcile: %d segment check(s) within tolerance", len(checks))
 
     # Termination: stop between messages, never inside one
 
@@ -504,7 +437,7 @@ class TargetCustomerIO(SdkTarget):
             self.report.close(status, error)
         except TargetError as exc:
             if status == "ok":
-                self._stop(None, exc)  # exit 1: what the run did is not all on disk
+                cli.stop(type(self), None, exc)  # exit 1: what the run did is not all on disk
             if str(exc) != error:  # not the failure the run already stopped on
                 self.logger.error("%s", exc)
         self.logger.info("%s", self.report.summary(status))
@@ -516,20 +449,8 @@ class TargetCustomerIO(SdkTarget):
 
     @classmethod
     def cb_config(cls, ctx: t.Any, param: t.Any, value: tuple[str, ...]) -> t.Any:
-        """`--config` files (or ENV): a file that is missing, unreadable, not JSON or not an
-        object is one line and exit 2, like any other configuration error."""
-        redaction.install()
-        config: dict[str, t.Any] = {}
-        parse_env = False
-        try:
-            for path in value:
-                if path == "ENV":
-                    parse_env = True
-                    continue
-                config |= read_config_file(path)
-        except ConfigError as exc:
-            cls._stop(None, exc)
-        return ConfigInput(config=config, parse_env=parse_env)
+        """`--config` files (or ENV), read strictly: see cli.config_input."""
+        return cli.config_input(cls, value)
 
     @classmethod
     def invoke(
@@ -545,44 +466,4 @@ class TargetCustomerIO(SdkTarget):
             super().invoke(
                 about=about, about_format=about_format, config=config, file_input=file_input
             )
-        config = config or ConfigInput()
-        target = None
-        try:
-            target = cls(
-                config=config.config, validate_config=True, parse_env_config=config.parse_env
-            )
-            target.check_credentials()
-            target.listen(file_input)
-        except Terminated as exc:
-            cls._stop(target, exc, drain=True)
-        except TargetError as exc:
-            cls._stop(target, exc)
-        except ConfigValidationError as exc:
-            lines = [str(error).splitlines()[0] for error in exc.errors if str(error).strip()]
-            cls._stop(target, ConfigError("; ".join(lines) or str(exc).splitlines()[0]))
-        except (MapExpressionError, StreamMapConfigError, ConformedNameClashException) as exc:
-            cls._stop(target, ConfigError(f"stream_maps: {str(exc).splitlines()[0]}"))
-        except (RecordsWithoutSchemaException, InvalidInputLine, MissingKeyPropertiesError) as exc:
-            cls._stop(target, InputError(str(exc).splitlines()[0]))
-        except UnicodeDecodeError:
-            cls._stop(target, InputError("input is not valid UTF-8"))
-        if target is not None:
-            target.finish("ok")
-
-    @classmethod
-    def _stop(
-        cls, target: TargetCustomerIO | None, error: TargetError, *, drain: bool = False
-    ) -> t.NoReturn:
-        if drain and target is not None:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: the drain goes on
-            try:
-                target.drain_all(is_endofpipe=True)
-            except TargetError as exc:
-                error = exc
-        message = str(error)
-        cls.logger.error("%s: %s", type(error).__name__, message)
-        if target is not None:
-            target.finish("failed", message)
-        logging.shutdown()
-        sys.exit(error.exit_code)
+        cli.run(cls, config or ConfigInput(), file_input)

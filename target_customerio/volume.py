@@ -5,10 +5,15 @@ broken join or a tap filter shows here before it shows in revenue."""
 
 from __future__ import annotations
 
+import logging
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 from target_customerio.ledger import RUN_HISTORY, Ledger
+from target_customerio.operations import KINDS
+from target_customerio.report import RunReport
+from target_customerio.routes import Routes
 
 MIN_HISTORY = 3  # completed runs needed before a run's volume is judged
 
@@ -62,3 +67,40 @@ def judge(received: int, history: list[dict[str, int]], max_change: float) -> di
         "ok": ok,
         "reason": reason,
     }
+
+
+def check_streams(
+    routes: Routes,
+    report: RunReport,
+    ledger: Ledger,
+    scope_of: Callable[[str], str | None],
+    logger: logging.Logger,
+) -> dict[str, str]:
+    """This run's counts into the ledger's history, and each `max_volume_change` checked against
+    it (after the last STATE: the run's data is delivered either way). Returns the streams
+    outside their range, with why; the report's `volume` shows every check."""
+    streams: dict[str, tuple[str, float | None]] = {}
+    for stream in report.stream_names():
+        route = routes.match(stream)
+        scope = scope_of(stream)
+        if route is None or KINDS[route.kind].checks:
+            continue
+        if scope is None:
+            if route.max_volume_change is not None:
+                logger.warning(
+                    "stream %s: max_volume_change needs change_detection (the ledger "
+                    "keeps the history it compares with); not checked",
+                    stream,
+                )
+            continue
+        streams[stream] = (scope, route.max_volume_change)
+    counts = {stream: report.stream(stream).counts() for stream in streams}
+    checked = record_and_check(ledger, streams, counts)
+    if checked:
+        report.volume = checked
+    problems = {
+        stream: str(check["reason"]) for stream, check in checked.items() if not check["ok"]
+    }
+    for stream, problem in problems.items():
+        logger.error("volume: %s: %s", stream, problem)
+    return problems
