@@ -15,7 +15,7 @@ from singer_sdk.exceptions import MissingKeyPropertiesError
 
 from target_customerio.ledger import Ledger, NoLedger, open_ledger
 from target_customerio.operations import KINDS
-from target_customerio.operations.operation import Context, Rejected, Skipped
+from target_customerio.operations.operation import Builder, Context, Rejected, Skipped
 from target_customerio.reading import decode_record
 from target_customerio.settings import Settings
 from target_customerio.wire import Segment, SegmentBuilder
@@ -83,7 +83,7 @@ class StreamMapping:
             self._recent,
             lambda raw, name: event_names.append((raw, name)),
         )
-        self._builder = KINDS[route.kind].builder(route, spec.schema, context)
+        self._builder: Builder = KINDS[route.kind].builder(route, spec.schema, context)
         self._stream = spec.stream
         self._key_properties = spec.key_properties
         self._shards = spec.shards
@@ -96,7 +96,7 @@ class StreamMapping:
         mapped: list[
             tuple[int, int | None, list[_Send]]
         ] = []  # (index in the chunk, event dedupe key, operations)
-        build = self._builder.build
+        builder = self._builder  # a native method call (compiled), not a bound-method object
         for index, item in enumerate(items):
             record, native = (
                 decode_record(item, self._stream) if isinstance(item, bytes) else (item, False)
@@ -108,7 +108,7 @@ class StreamMapping:
                         f"(key_properties: {self._key_properties})"
                     )
             try:
-                ops = build(record, native).operations
+                ops = builder.build(record, native).operations
             except Skipped as skip:
                 skipped[skip.reason] += 1
                 continue
