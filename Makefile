@@ -46,7 +46,7 @@ $(COMPILED)/.installed: $(CBIN)/python pyproject.toml hatch_build.py $(PACKAGE_F
 	@rm -rf $(COMPILED)/dist && mkdir -p $(COMPILED)/dist
 	@echo "building the compiled wheel (mypyc, about half a minute)"
 	@before=$$($(CHECKOUT_STATE)); \
-	TARGET_CUSTOMERIO_COMPILE=1 $(CBIN)/pip wheel --no-deps -w $(COMPILED)/dist . >$(COMPILED)/build.log 2>&1 \
+	TARGET_CUSTOMERIO_COMPILE=1 $(CBIN)/pip wheel -v --no-deps -w $(COMPILED)/dist . >$(COMPILED)/build.log 2>&1 \
 	  || { tail -40 $(COMPILED)/build.log; exit 1; }; \
 	after=$$($(CHECKOUT_STATE)); \
 	if [ "$$before" != "$$after" ]; then echo "building the compiled wheel changed the checkout:"; \

@@ -226,10 +226,10 @@ class ApiClient:
                 method,
                 url,
                 data=body,
-                timeout=timeout,
-                stream=True,  # type: ignore[arg-type]
-                allow_redirects=False,
-            )  # see check_answer
+                timeout=timeout,  # type: ignore[arg-type]
+                stream=True,
+                allow_redirects=False,  # see check_answer
+            )
         try:
             data = http_session.read_body(response, deadline)
         except BaseException:
