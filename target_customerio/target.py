@@ -34,6 +34,7 @@ from target_customerio.delivery import Delivery, DryRun
 from target_customerio.errors import (
     ConfigError,
     DriftError,
+    ExitGuardError,
     InputError,
     TargetError,
     Terminated,
@@ -41,6 +42,13 @@ from target_customerio.errors import (
 )
 from target_customerio.ledger import open_ledger
 from target_customerio.mapping_processes import ProcessMapping, make_mapping
+from target_customerio.memberships import (
+    DryRunSegments,
+    Memberships,
+    SegmentRequests,
+    TrackSegments,
+)
+from target_customerio.mirror import Mirror
 from target_customerio.operations import KINDS
 from target_customerio.reading import SingerLineReader
 from target_customerio.reconcile import Reconciler
@@ -174,6 +182,8 @@ class TargetCustomerIO(SdkTarget):
         self.ledger = open_ledger(self.settings)
         self.delivery: Delivery | DryRun = self._make_delivery()
         self.reconciler = Reconciler(self.report, self.logger)
+        self.memberships = Memberships(self.report, self.logger)
+        self.mirror = Mirror(self.report, self.logger)
         self._direct: dict[
             str, CustomerIOSink | UnmappedSink
         ] = {}  # streams whose records skip the SDK's handling
@@ -222,11 +232,15 @@ class TargetCustomerIO(SdkTarget):
                 self._checking = False
 
     def sink_needs(self, stream: str) -> SinkNeeds:
-        """What a stream's sink works with: a reconcile route's checks go to the reconciler,
-        every other route's operations to the Track API."""
+        """What a stream's sink works with: where its kind's operations go (a reconcile route's
+        checks to the reconciler, a segment route's memberships to `memberships`, every other
+        route's operations to the Track API), and a mirror route's members."""
         route = self.settings.routes.match(stream)
-        deliver: Delivery | DryRun | Reconciler = self.delivery
-        if route is not None and KINDS[route.kind].checks:
+        channel = KINDS[route.kind].channel if route is not None else "track"
+        deliver: Delivery | DryRun | Reconciler | Memberships = self.delivery
+        if channel == "segments":
+            deliver = self.memberships
+        if route is not None and channel == "checks":
             deliver = self.reconciler
             if not self.settings.dry_run and not str(self.config.get("app_api_key") or "").strip():
                 # Checked when the stream comes, not at start: one loader config serves every
@@ -235,6 +249,10 @@ class TargetCustomerIO(SdkTarget):
                     f"setting `app_api_key` is required by the reconcile route "
                     f"`{route.pattern}` (stream {stream}; TARGET_CUSTOMERIO_APP_API_KEY)"
                 )
+        scope = self.ledger_scope(stream)
+        members = None
+        if route is not None and route.mirror is not None and scope is not None:
+            members = self.mirror.members(stream, route, scope)
         return SinkNeeds(
             route=route,
             report=self.report,
@@ -242,8 +260,9 @@ class TargetCustomerIO(SdkTarget):
             submit=deliver.submit,
             shards=deliver.shards,
             started_at=self.started_at,
-            ledger_scope=self.ledger_scope(stream),
+            ledger_scope=scope,
             max_reject_ratio=self.settings.max_reject_ratio,
+            members=members,
         )
 
     # Routing
@@ -310,6 +329,11 @@ class TargetCustomerIO(SdkTarget):
         for sink in sinks:
             sink.flush()
         self.delivery.wait()
+        if self.memberships.waiting:  # after the identifies received before them are accepted
+            self.memberships.send(
+                self._segment_requests(), None if self.settings.dry_run else self.ledger
+            )
+            self.ledger.flush()
         for sink in sinks:
             sink.check_reject_ratio()
         self.report.flush()
@@ -344,15 +368,58 @@ class TargetCustomerIO(SdkTarget):
     def _last_drain(self, _: None) -> None:
         super().process_endofpipe()
         self._settle()
+        guard = self._mirror()
         if self.settings.dry_run:
             self._reconcile()  # lists what it would check
+            self._raise_guard(guard)
             return
         volume = self._check_volume()
-        self._reconcile()
+        try:
+            self._reconcile()
+        except DriftError as drift:
+            self._raise_guard(guard, drift)
+            raise
         if volume:
-            raise DriftError(
+            drift = DriftError(
                 "; ".join(f"{stream}: {problem}" for stream, problem in volume.items())
             )
+            self._raise_guard(guard, drift)
+            raise drift
+        self._raise_guard(guard)
+
+    def _segment_requests(self) -> SegmentRequests:
+        if isinstance(self.delivery, DryRun):
+            return DryRunSegments(self.delivery.write)
+        return TrackSegments(self.delivery.client)
+
+    def _mirror(self) -> list[str]:
+        """Mirror routes, at the end of a run that read its input to the end and delivered it:
+        who left each view is told (or nobody, past the guard); returns the guard's problems."""
+        if not self.mirror.runs:
+            return []
+        if self._terminating:
+            self.logger.warning("mirror: stopped by a signal: nobody left a view in this run")
+            return []
+        return self.mirror.finish(
+            self.ledger,
+            self.delivery,
+            self.memberships,
+            self._segment_requests(),
+            dry_run=self.settings.dry_run,
+        )
+
+    @staticmethod
+    def _raise_guard(problems: list[str], drift: DriftError | None = None) -> None:
+        """Exit 8 when a mirror route's guard held its exits back. It wins over exit 7 (drift)
+        when both happen: exits withheld need a decision; the drift is in the message too."""
+        if not problems:
+            return
+        also = f"; the run also found drift (exit 7): {drift}" if drift is not None else ""
+        raise ExitGuardError(
+            f"{len(problems)} mirror route(s) held back by max_exit_ratio: "
+            + "; ".join(problems)
+            + also
+        )
 
     def _check_volume(self) -> dict[str, str]:
         """This run's counts into the ledger's history, and each `max_volume_change` checked
@@ -361,7 +428,7 @@ class TargetCustomerIO(SdkTarget):
         for stream in self.report.stream_names():
             route = self.settings.routes.match(stream)
             scope = self.ledger_scope(stream)
-            if route is None or KINDS[route.kind].checks:
+            if route is None or KINDS[route.kind].channel == "checks":
                 continue
             if scope is None:
                 if route.max_volume_change is not None:
