@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -39,23 +39,31 @@ class Pending:
     record: Any  # the row, or its RECORD line, for a reject
 
 
+class Answered(NamedTuple):
+    """How a membership request ended: 200 done, 404 no such segment, 400 refused."""
+
+    status: int
+    message: str  # Customer.io's, for a refusal
+    tries: int  # requests made (0: a dry run's)
+    size: int  # bytes of the request body
+
+
 class SegmentRequests(Protocol):
     """Who carries membership requests: Customer.io (`TrackSegments`) or the dry-run file."""
 
-    def change(self, segment_id: int, id_type: str, ids: list[str], add: bool) -> tuple[int, str]:
-        """(status, Customer.io's message): 200 done, 404 no such segment, 400 refused."""
-        ...
+    def change(self, segment_id: int, id_type: str, ids: list[str], add: bool) -> Answered: ...
 
 
 class TrackSegments:
     def __init__(self, client: TrackClient) -> None:
         self._client = client
 
-    def change(self, segment_id: int, id_type: str, ids: list[str], add: bool) -> tuple[int, str]:
-        answer = self._client.segment_members(segment_id, id_type, ids, add)
+    def change(self, segment_id: int, id_type: str, ids: list[str], add: bool) -> Answered:
+        answer, tries = self._client.segment_members(segment_id, id_type, ids, add)
         meta = answer.json().get("meta")
         message = meta.get("error") if isinstance(meta, dict) else None
-        return answer.status, str(message or answer.text[:200] or f"HTTP {answer.status}")
+        text = str(message or answer.text[:200] or f"HTTP {answer.status}")
+        return Answered(answer.status, text, tries, len(orjson.dumps({"ids": ids})))
 
 
 class DryRunSegments:
@@ -64,11 +72,11 @@ class DryRunSegments:
     def __init__(self, write: Callable[[bytes], None]) -> None:
         self._write = write
 
-    def change(self, segment_id: int, id_type: str, ids: list[str], add: bool) -> tuple[int, str]:
+    def change(self, segment_id: int, id_type: str, ids: list[str], add: bool) -> Answered:
         action = "add_customers" if add else "remove_customers"
         line = {"type": "segment", "action": action, "segment_id": segment_id}
         self._write(orjson.dumps({**line, "id_type": id_type, "ids": ids}))
-        return 200, ""
+        return Answered(200, "", 0, 0)
 
 
 def refusal(segment_id: int, status: int, message: str) -> tuple[str, str]:
@@ -138,7 +146,11 @@ class Memberships:
         kind: str,
         entries: list[Pending],
     ) -> None:
-        status, message = requests.change(segment, kind, [e.value for e in entries], True)
+        status, message, tries, size = requests.change(
+            segment, kind, [e.value for e in entries], True
+        )
+        if tries:
+            self._report.request(stream, size, tries, len(entries))
         if status == 200:
             if ledger is not None:
                 ledger.record([(e.key, 0) for e in entries if e.key is not None])
@@ -161,7 +173,11 @@ class Memberships:
         for (segment, kind), members in by_request.items():
             for start in range(0, len(members), MAX_IDS):
                 part = members[start : start + MAX_IDS]
-                status, message = requests.change(segment, kind, [v for _, v in part], False)
+                status, message, tries, size = requests.change(
+                    segment, kind, [v for _, v in part], False
+                )
+                if tries:
+                    self._report.request(stream, size, tries, len(part))
                 if status == 200:
                     done.update(key for key, _ in part)
                     self._report.mirror_count(stream, "segment_removes", len(part))

@@ -160,7 +160,7 @@ class Mirror:
                 f"leave its view in one run, more than max_exit_ratio {options.max_exit_ratio:g}"
                 ": nobody left (an empty table, a bad join or a tap filter?)"
             )
-            self._report.mirror_stream(stream, **section, guard="tripped", reason=problem)
+            self._report.mirror_stream(stream, **{**section, "guard": "tripped", "reason": problem})
             self._logger.error("mirror: %s", problem)
             problems.append(problem)
             return _Plan(run)  # what was sent is still kept

@@ -89,10 +89,13 @@ class TrackClient(ApiClient):
             )
         return answer, tries
 
-    def segment_members(self, segment_id: int, id_type: str, ids: list[str], add: bool) -> Answer:
+    def segment_members(
+        self, segment_id: int, id_type: str, ids: list[str], add: bool
+    ) -> tuple[Answer, int]:
         """POST /api/v1/segments/{id}/add_customers (or remove_customers) `{"ids": [...]}` (at
-        most 1000; `id_type` for email or cio_id) until it is answered for good. 200, 400 and
-        404 are returned (the caller rejects the rows of a refused request); others raise."""
+        most 1000; `id_type` for email or cio_id) until it is answered for good: the answer and
+        the tries used. 200, 400 and 404 are returned (the caller rejects the rows of a refused
+        request); others raise."""
         action = "add_customers" if add else "remove_customers"
         url = f"{self.base_url}/api/v1/segments/{segment_id}/{action}"
         if id_type != "id":
@@ -117,13 +120,13 @@ class TrackClient(ApiClient):
                 f"Customer.io refused site_id/api_key (HTTP {status}): check both settings"
             )
         if status == 200 and not answer.body.strip():  # v1 may answer an empty 200
-            return answer
+            return answer, tries
         check_answer(answer, url)
         if status not in (200, 400, 404):
             raise DeliveryError(
                 f"Customer.io answered HTTP {status} at {url}: {shown(answer.text)}"
             )
-        return answer
+        return answer, tries
 
     def _gave_up(self, tries: int, last: str) -> DeliveryError:
         error = DeliveryError(
