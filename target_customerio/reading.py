@@ -135,8 +135,8 @@ class SingerLineReader(SdkReader):
             match = _RECORD_START.match(line) if self.record_taker is not None else None
             if (
                 match is not None
-                and (taker := self.record_taker(match.group(1).decode())) is not None
-            ):  # type: ignore[misc]
+                and (taker := self.record_taker(match.group(1).decode())) is not None  # type: ignore[misc]
+            ):
                 start, take = match.group(0), taker
                 take(line)
                 counts["RECORD"] += 1

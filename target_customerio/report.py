@@ -304,7 +304,7 @@ class RunReport:
             raise failure
 
     def _write_report(self, status: str, error: str | None) -> None:
-        report = {
+        report: dict[str, Any] = {
             "status": status,
             "error": error,
             "dry_run": self._dry_run,

@@ -125,9 +125,9 @@ class StreamMapping:
             except Rejected as rej:
                 rejects.append((index, rej.reason, rej.field, rej.message, rej.rule))
                 if self._member is not None:
-                    key = self._builder.member_key(record)
-                    if key is not None:
-                        rejected_members.append(key)
+                    member = self._builder.member_key(record)
+                    if member is not None:
+                        rejected_members.append(member)
                 continue
             seen = ops[0].seen
             if (
