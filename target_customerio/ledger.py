@@ -310,7 +310,7 @@ class SqliteLedger(_HeldWrites):
 
     def runs(self, scope: str) -> list[dict[str, int]]:
         """The last completed runs' counts for a stream, oldest first."""
-        rows = self._db.execute(
+        rows: list[tuple[int, str]] = self._db.execute(
             "SELECT at, counts FROM runs WHERE scope = ? ORDER BY at DESC, rowid DESC LIMIT ?",
             (scope, RUN_HISTORY),
         ).fetchall()
@@ -388,7 +388,7 @@ class PostgresLedger(_HeldWrites):
                 "ORDER BY at DESC, id DESC LIMIT %s",
                 (scope, RUN_HISTORY),
             )
-            rows = cur.fetchall()
+            rows: list[tuple[int, str]] = cur.fetchall()
         return [{"at": at, **orjson.loads(counts)} for at, counts in reversed(rows)]
 
     def record_run(self, scope: str, counts: dict[str, int]) -> None:
