@@ -217,6 +217,8 @@ class RunReport:
     def exited(self, stream: str, count: int, action: str | None = None) -> None:
         """People who left a mirror route's view and were told so (exit operations Customer.io
         accepted, or a dry run would send), by `on_exit` action (default: the route's)."""
+        if not count:
+            return
         section = self.mirror_stream(stream)
         with self._lock:
             action = action or section.get("on_exit", "unset")

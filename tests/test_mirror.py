@@ -184,6 +184,22 @@ def test_a_blank_identifier_is_a_reject_as_elsewhere(sandbox, tmp_path):
     assert run.report["mirror"][P]["members"] == 2
 
 
+def test_an_exit_customerio_refuses_is_counted_and_tried_again_next_run(sandbox, tmp_path):
+    cfg = config(sandbox, tmp_path, {P: ROUTE})
+    assert run_target(cfg, vips(ids(20)), tmp_path).returncode == 0
+    errors = {"errors": [{"batch_index": 0, "reason": "invalid", "field": "x", "message": "no"}]}
+    sandbox.inject(207, body=errors, path=BATCH, mode="respond")  # the run's only request
+    refused = run_target(cfg, vips(ids(19), run=2), tmp_path)
+    assert refused.returncode == 0, refused.stderr
+    assert refused.report["mirror"][P]["exits_refused"] == 1
+    assert refused.report["mirror"][P]["exits"] == {}
+    assert "exit refused by Customer.io for id C19: invalid: no" in refused.stderr
+    assert refused.rejects == []  # an exit is not a record
+    again = run_target(cfg, vips(ids(19), run=3), tmp_path)  # still in the ledger: tried again
+    assert again.report["mirror"][P]["exits"] == {"unset": 1}
+    assert sandbox.person(id="C19")["attributes"] == {}
+
+
 # ---- only a complete run exits anyone --------------------------------------------------------
 
 
@@ -429,6 +445,17 @@ def test_an_unknown_segment_rejects_each_of_its_rows_with_the_reason(sandbox, tm
     assert [p["id"] for p in sandbox.segment_members(vip)] == ["C1"]
 
 
+def test_a_segment_that_is_not_manual_rejects_its_rows_with_customerios_reason(sandbox, tmp_path):
+    dynamic = sandbox.add_segment("Everyone", "email exists")
+    cfg = config(sandbox, tmp_path, {C: PEOPLE, S: SEGMENT})
+    run = run_target(
+        cfg, [*customers(ids(2)), *memberships((i, dynamic) for i in ids(2))], tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    assert [r["reason"] for r in run.rejects] == ["rejected_by_customerio"] * 2
+    assert "not manual (HTTP 400)" in run.rejects[0]["message"]
+
+
 def test_email_identifiers_go_with_id_type_email(sandbox, tmp_path):
     vip = sandbox.add_segment("VIP (manual)", kind="manual")
     route = {**SEGMENT, "identifier": {"field": "email", "type": "email"}}
@@ -487,3 +514,10 @@ def test_a_dry_run_lists_the_membership_changes(sandbox, tmp_path):
     assert dry.report["mirror"][S]["segment_adds"] == 1
     assert dry.report["mirror"][S]["segment_removes"] == 1
     assert len(sandbox.segment_members(vip)) == 4
+    empty = run_target(
+        {**cfg, "dry_run": True, "dry_run_file": str(dry_file)},
+        [*people, *memberships([])],
+        tmp_path,
+    )
+    assert empty.returncode == 8  # the guard holds in a dry run as it would for real
+    assert "remove_customers" not in dry_file.read_text()
