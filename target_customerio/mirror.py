@@ -144,15 +144,15 @@ class Mirror:
         known = ledger.mirror_keys(run.scope)
         present = set(run.keys)
         leaving = known.difference(present)
+        known_count, present_count = len(known), len(present)
+        del known, present  # a million keys each, at a million people
         section = {
             "complete": True,
             "reason": None,
-            "members": len(present),
-            "known": len(known),
+            "members": present_count,
+            "known": known_count,
             "left": len(leaving),
         }
-        del present, known
-        known_count = section["known"]
         share = len(leaving) / known_count if known_count else 0.0
         if share > options.max_exit_ratio:
             problem = (
