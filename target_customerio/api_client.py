@@ -226,8 +226,8 @@ class ApiClient:
                 method,
                 url,
                 data=body,
-                timeout=timeout,
-                stream=True,  # type: ignore[arg-type]
+                timeout=timeout,  # type: ignore[arg-type]
+                stream=True,
                 allow_redirects=False,
             )  # see check_answer
         try:
