@@ -282,8 +282,19 @@ class RunReport:
             f"{t['received']} received, "
             f"{t['sent']} {sent}, {t['rejected']} rejected, {t['skipped']} skipped; "
             f"{self.requests} request(s), {self.bytes / 1e6:.1f} MB, "
-            f"{self.retried_requests} retried"
+            f"{self.retried_requests} retried{self._mirror_summary()}"
         )
+
+    def _mirror_summary(self) -> str:
+        """`; mirror: 3 left their view, 12 segment add(s), 4 removal(s)`, for what happened."""
+        sections = self.mirror_sections().values()
+        counts = (
+            ("left their view", sum(sum(s["exits"].values()) for s in sections)),
+            ("segment add(s)", sum(s.get("segment_adds", 0) for s in sections)),
+            ("segment removal(s)", sum(s.get("segment_removes", 0) for s in sections)),
+        )
+        said = [f"{count} {what}" for what, count in counts if count]
+        return f"; mirror: {', '.join(said)}" if said else ""
 
     def close(self, status: str, error: str | None = None) -> None:
         """Flush the reject file and write the JSON report; raises TargetError when either

@@ -121,6 +121,7 @@ def test_leavers_are_unset_and_unchanged_people_are_still_in_the_view(sandbox, t
     assert sandbox.person(id="C19")["attributes"] == {}  # vip_tier and vip_since removed
     assert sandbox.person(id="C3")["attributes"]["vip_tier"] == "gold"
     assert "mirror: public-vip_customers: 1 of 20 left the view (unset)" in second.stderr
+    assert "0 retried; mirror: 1 left their view" in second.stderr  # the summary line
     # the counts of the stream are its records', exits are not among them
     assert second.report["streams"][P]["sent"] == 0
 
@@ -396,6 +397,7 @@ def test_memberships_are_added_and_removed_once(sandbox, tmp_path):
     assert segment_requests(sandbox, "add") == [10]
     assert first.report["streams"][S]["sent"] == 10
     assert first.report["mirror"][S]["segment_adds"] == 10
+    assert "; mirror: 10 segment add(s)" in first.stderr
 
     before = len(writes(sandbox))
     again = run_target(cfg, [*people, *memberships((i, vip) for i in ids(10))], tmp_path)
