@@ -71,6 +71,11 @@ class Delivery:
     def shards(self) -> int:
         return len(self._queues)
 
+    @property
+    def client(self) -> TrackClient:
+        """The Track API client (its rate limit and signal handling), for v1 requests."""
+        return self._client
+
     def check_credentials(self, region: str | None) -> None:
         self._client.check_credentials(region)
 
@@ -158,7 +163,7 @@ class Delivery:
             self._refused[worker] = 0
         if answer.status == 200:
             self._ledger.record(batch.ledger_entries())
-            self._report.delivered(batch.stream, self._sent(batch, set(), worker))
+            self._delivered(batch, self._sent(batch, set(), worker))
         elif answer.status == 207:
             self._record_item_errors(batch, answer.json().get("errors"), worker)
         else:
@@ -194,10 +199,8 @@ class Delivery:
             )
         [key] = batch.segments[0].record_keys()
         if key not in self._carried[worker]:  # its other operations were not refused already
-            self._report.reject(
-                batch.stream, "rejected_by_customerio", None, message, batch.ops[0].record
-            )
-        self._report.delivered(batch.stream, self._sent(batch, {key}, worker))
+            self._reject(batch, None, message, batch.ops[0].record)
+        self._delivered(batch, self._sent(batch, {key}, worker))
 
     def _record_item_errors(self, batch: Batch, errors: Any, worker: int) -> None:
         """207: the refused operations' records are rejected (once each, with the first
@@ -223,20 +226,26 @@ class Delivery:
                 continue
             rejected_records.add(keys[index])
             message = f"{error.get('reason', 'rejected')}: {error.get('message', '')}".strip(": ")
-            self._report.reject(
-                batch.stream,
-                "rejected_by_customerio",
-                error.get("field"),
-                message,
-                ops[index].record,
-            )
+            self._reject(batch, error.get("field"), message, ops[index].record)
         if not rejected:
             raise DeliveryError(
                 "Customer.io answered 207 but named no operation of the request it "
                 "refused; nothing after the last STATE was confirmed"
             )
         self._ledger.record(batch.ledger_entries(rejected))
-        self._report.delivered(batch.stream, self._sent(batch, rejected_records, worker))
+        self._delivered(batch, self._sent(batch, rejected_records, worker))
+
+    def _delivered(self, batch: Batch, sent: int) -> None:
+        if batch.exits:
+            self._report.exited(batch.stream, sent)
+        else:
+            self._report.delivered(batch.stream, sent)
+
+    def _reject(self, batch: Batch, field: Any, message: str, record: Any) -> None:
+        if batch.exits:  # not a record: counted and logged, not in the reject file
+            self._report.exit_refused(batch.stream, message, record)
+        else:
+            self._report.reject(batch.stream, "rejected_by_customerio", field, message, record)
 
 
 def _error_message(data: dict[str, Any]) -> str:
@@ -263,14 +272,21 @@ class DryRun:
         self.error: TargetError | None = None
 
     def submit(self, shard: int, batch: Batch) -> None:
+        for op in batch.ops:
+            self.write(op.body)
+        if batch.exits:
+            self._report.exited(batch.stream, batch.records)
+        else:
+            self._report.delivered(batch.stream, batch.records)
+
+    def write(self, line: bytes) -> None:
+        """One would-be operation or request, as a line of the dry-run file."""
         try:
-            for op in batch.ops:
-                self._out.write(REDACTOR.redact_json(op.body) + b"\n")
+            self._out.write(REDACTOR.redact_json(line) + b"\n")
         except OSError as exc:
             raise TargetError(
                 f"cannot write dry_run_file {self._path}: {exc.strerror or exc}"
             ) from None
-        self._report.delivered(batch.stream, batch.records)
 
     def wait(self) -> None:
         try:

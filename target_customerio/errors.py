@@ -52,6 +52,13 @@ class DriftError(TargetError):
     exit_code = 7
 
 
+class ExitGuardError(TargetError):
+    """A mirror route would lose more than `max_exit_ratio` of the people (or memberships) it
+    knows in one run: nobody left its view; everything else was delivered."""
+
+    exit_code = 8
+
+
 class Terminated(TargetError):
     """SIGTERM or SIGINT: drained what could be drained, then stopped."""
 

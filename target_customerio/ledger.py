@@ -32,6 +32,14 @@ _RUNS = (
     "(scope TEXT NOT NULL, at INTEGER NOT NULL, counts TEXT NOT NULL)"
 )
 RUN_HISTORY = 7  # completed runs a run's volume is compared with
+# Mirror routes: who (or which membership) the route has sent and was in its last complete run,
+# with the fingerprint sent and what leaving needs (`member`: the kind's, see Kind.member).
+# Written only at the end of a complete, delivered run. `scope` is the hash of the ledger scope.
+_MIRROR = (
+    "CREATE TABLE IF NOT EXISTS mirror (key INTEGER PRIMARY KEY, scope INTEGER NOT NULL, "
+    "fingerprint INTEGER NOT NULL, member TEXT NOT NULL, at INTEGER NOT NULL)"
+)
+_MIRROR_SCOPE = "CREATE INDEX IF NOT EXISTS mirror_scope ON mirror (scope)"
 
 
 _SIGNED = 1 << 63
@@ -42,6 +50,11 @@ def hash64(data: bytes, seed: int = 0) -> int:
     distributed one at hand. Not cryptographic; a ledger only needs accidental collisions to be
     rare."""
     return xxh3_64_intdigest(data, seed) - _SIGNED
+
+
+def scope_id(scope: str) -> int:
+    """A ledger scope as the mirror table keeps it (64 bits, not the text on every row)."""
+    return hash64(scope.encode())
 
 
 def scope_seed(scope: str) -> int:
@@ -61,6 +74,13 @@ class Ledger(Protocol):
     def close(self) -> None: ...
     def runs(self, scope: str) -> list[dict[str, int]]: ...
     def record_run(self, scope: str, counts: dict[str, int]) -> None: ...
+    def mirrored(self, keys: Collection[int]) -> dict[int, int]: ...
+    def accepted(self, keys: Collection[int]) -> dict[int, int]: ...
+    def mirror_keys(self, scope: str) -> set[int]: ...
+    def mirror_members(self, keys: Collection[int]) -> dict[int, str]: ...
+    def update_mirror(
+        self, scope: str, members: list[tuple[int, int, str]], removed: Collection[int]
+    ) -> None: ...
 
 
 def open_ledger(settings: Settings) -> Ledger:
@@ -102,6 +122,23 @@ class NoLedger:
         return []
 
     def record_run(self, scope: str, counts: dict[str, int]) -> None:
+        return None
+
+    def mirrored(self, keys: Collection[int]) -> dict[int, int]:
+        return {}
+
+    def accepted(self, keys: Collection[int]) -> dict[int, int]:
+        return {}
+
+    def mirror_keys(self, scope: str) -> set[int]:
+        return set()
+
+    def mirror_members(self, keys: Collection[int]) -> dict[int, str]:
+        return {}
+
+    def update_mirror(
+        self, scope: str, members: list[tuple[int, int, str]], removed: Collection[int]
+    ) -> None:
         return None
 
 
@@ -205,6 +242,8 @@ class SqliteLedger(_HeldWrites):
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
         self._db.execute(_RUNS)
+        self._db.execute(_MIRROR)
+        self._db.execute(_MIRROR_SCOPE)
         self._full_resend = full_resend
 
     def fingerprints(self, keys: Collection[int]) -> dict[int, int]:
@@ -227,9 +266,61 @@ class SqliteLedger(_HeldWrites):
     def _write(self, rows: str, at: int) -> None:
         self._db.execute(_UPSERT_JSON, (at, rows))
 
+    def _lookup(self, sql: str, keys: Collection[int]) -> dict[int, Any]:
+        """`sql` (ending `IN (`) for the keys, 500 at a time."""
+        keys = list(keys)
+        found: dict[int, Any] = {}
+        for start in range(0, len(keys), _LOOKUP_CHUNK):
+            chunk = keys[start : start + _LOOKUP_CHUNK]
+            found.update(self._db.execute(f"{sql}{','.join('?' * len(chunk))})", chunk))
+        return found
+
+    def mirrored(self, keys: Collection[int]) -> dict[int, int]:
+        """A mirror route's change detection: the fingerprint of each key whose last delivered
+        operation is also what its last complete run kept (else it is sent again)."""
+        if self._full_resend or not keys:
+            return {}
+        return self._lookup(
+            "SELECT d.key, d.fingerprint FROM delivered d JOIN mirror m ON m.key = d.key "
+            "AND m.fingerprint = d.fingerprint WHERE d.key IN (",
+            keys,
+        )
+
+    def accepted(self, keys: Collection[int]) -> dict[int, int]:
+        """The delivered fingerprint of each key that has one (full_resend or not)."""
+        return self._lookup("SELECT key, fingerprint FROM delivered WHERE key IN (", keys)
+
+    def mirror_keys(self, scope: str) -> set[int]:
+        rows = self._db.execute("SELECT key FROM mirror WHERE scope = ?", (scope_id(scope),))
+        return {key for (key,) in rows}
+
+    def mirror_members(self, keys: Collection[int]) -> dict[int, str]:
+        return self._lookup("SELECT key, member FROM mirror WHERE key IN (", keys)
+
+    def update_mirror(
+        self, scope: str, members: list[tuple[int, int, str]], removed: Collection[int]
+    ) -> None:
+        """One transaction: the members who left are forgotten, those sent are kept."""
+        sid, at = scope_id(scope), int(time.time())
+        with self._writing:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("DELETE FROM mirror WHERE key = ?", ((k,) for k in removed))
+                self._db.executemany(
+                    "INSERT INTO mirror (key, scope, fingerprint, member, at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                    "scope = excluded.scope, fingerprint = excluded.fingerprint, "
+                    "member = excluded.member, at = excluded.at",
+                    ((key, sid, fp, member, at) for key, fp, member in members),
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
     def runs(self, scope: str) -> list[dict[str, int]]:
         """The last completed runs' counts for a stream, oldest first."""
-        rows = self._db.execute(
+        rows: list[tuple[int, str]] = self._db.execute(
             "SELECT at, counts FROM runs WHERE scope = ? ORDER BY at DESC, rowid DESC LIMIT ?",
             (scope, RUN_HISTORY),
         ).fetchall()
@@ -282,6 +373,14 @@ class PostgresLedger(_HeldWrites):
                 "(id BIGSERIAL PRIMARY KEY, scope TEXT NOT NULL, "
                 "at BIGINT NOT NULL, counts TEXT NOT NULL)"
             )
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {table}_mirror (key BIGINT PRIMARY KEY, "
+                "scope BIGINT NOT NULL, fingerprint BIGINT NOT NULL, member TEXT NOT NULL, "
+                "at BIGINT NOT NULL)"
+            )
+            cur.execute(
+                f"CREATE INDEX IF NOT EXISTS {table}_mirror_scope ON {table}_mirror (scope)"
+            )
 
     def fingerprints(self, keys: Collection[int]) -> dict[int, int]:
         if self._full_resend or not keys:
@@ -308,6 +407,62 @@ class PostgresLedger(_HeldWrites):
                 f"INSERT INTO {self._table}_runs (scope, at, counts) VALUES (%s, %s, %s)",
                 (scope, int(time.time()), orjson.dumps(counts).decode()),
             )
+
+    def _select(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with self._writing, self._pg.cursor() as cur:  # one connection: one statement at a time
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+
+    def mirrored(self, keys: Collection[int]) -> dict[int, int]:
+        if self._full_resend or not keys:
+            return {}
+        t = self._table
+        rows = self._select(
+            f"SELECT d.key, d.fingerprint FROM {t} d JOIN {t}_mirror m ON m.key = d.key "
+            "AND m.fingerprint = d.fingerprint WHERE d.key = ANY(%s)",
+            (list(keys),),
+        )
+        return dict(rows)
+
+    def accepted(self, keys: Collection[int]) -> dict[int, int]:
+        if not keys:
+            return {}
+        sql = f"SELECT key, fingerprint FROM {self._table} WHERE key = ANY(%s)"
+        return dict(self._select(sql, (list(keys),)))
+
+    def mirror_keys(self, scope: str) -> set[int]:
+        sql = f"SELECT key FROM {self._table}_mirror WHERE scope = %s"
+        return {key for (key,) in self._select(sql, (scope_id(scope),))}
+
+    def mirror_members(self, keys: Collection[int]) -> dict[int, str]:
+        if not keys:
+            return {}
+        sql = f"SELECT key, member FROM {self._table}_mirror WHERE key = ANY(%s)"
+        return dict(self._select(sql, (list(keys),)))
+
+    def update_mirror(
+        self, scope: str, members: list[tuple[int, int, str]], removed: Collection[int]
+    ) -> None:
+        """One transaction: the members who left are forgotten, those sent are kept."""
+        t, sid, at = self._table, scope_id(scope), int(time.time())
+        rows = orjson.dumps([[key, fp, member] for key, fp, member in members]).decode()
+        with self._writing:
+            self._pg.autocommit = False
+            try:
+                with self._pg, self._pg.cursor() as cur:  # commits, or rolls back on an error
+                    cur.execute(f"DELETE FROM {t}_mirror WHERE key = ANY(%s)", (list(removed),))
+                    cur.execute(
+                        f"INSERT INTO {t}_mirror (key, scope, fingerprint, member, at) "
+                        "SELECT DISTINCT ON (k) k, %s, f, m, %s FROM "
+                        "(SELECT (r ->> 0)::bigint AS k, (r ->> 1)::bigint AS f, r ->> 2 AS m, n "
+                        "FROM json_array_elements(%s::json) WITH ORDINALITY AS e(r, n)) AS rows "
+                        "ORDER BY k, n DESC ON CONFLICT (key) DO UPDATE SET "
+                        "scope = EXCLUDED.scope, fingerprint = EXCLUDED.fingerprint, "
+                        "member = EXCLUDED.member, at = EXCLUDED.at",
+                        (sid, at, rows),
+                    )
+            finally:
+                self._pg.autocommit = True
 
     def _write(self, rows: str, at: int) -> None:
         with self._pg.cursor() as cur:

@@ -95,6 +95,8 @@ class RunReport:
         self.taken_from_sdk = 0  # records the SDK's handling handed to a sink (stream maps, ...)
         self.reconciliation: list[dict[str, Any]] | None = None  # reconcile checks, once run
         self.volume: dict[str, dict[str, Any]] | None = None  # max_volume_change checks
+        self._mirror: dict[str, dict[str, Any]] = {}  # mirror routes, per stream (mirror.py)
+        self._exits_logged = 0
         self.retried_requests = 0
         self.bytes = 0
 
@@ -189,6 +191,55 @@ class RunReport:
         with self._lock:
             self._streams.setdefault(stream, StreamTally()).sent += sent
 
+    # Mirror routes: who left the view, and manual-segment membership changes
+
+    def mirror_stream(self, stream: str, **fields: Any) -> dict[str, Any]:
+        """The stream's `mirror` section (created on first use), with `fields` set."""
+        with self._lock:
+            section = self._mirror.setdefault(
+                stream,
+                {
+                    "complete": False,
+                    "reason": "the run did not end normally: nobody left the view",
+                    "exits": {},
+                    "exits_refused": 0,
+                },
+            )
+            section.update(fields)
+            return section
+
+    def mirror_count(self, stream: str, key: str, count: int = 1) -> None:
+        """Add to a count of the stream's `mirror` section (`segment_adds`, ...)."""
+        section = self.mirror_stream(stream)
+        with self._lock:
+            section[key] = section.get(key, 0) + count
+
+    def exited(self, stream: str, count: int, action: str | None = None) -> None:
+        """People who left a mirror route's view and were told so (exit operations Customer.io
+        accepted, or a dry run would send), by `on_exit` action (default: the route's)."""
+        if not count:
+            return
+        section = self.mirror_stream(stream)
+        with self._lock:
+            action = action or section.get("on_exit", "unset")
+            section["exits"][action] = section["exits"].get(action, 0) + count
+
+    def exit_refused(self, stream: str, message: str, member: Any) -> None:
+        """An exit operation Customer.io refused: the person stays in the ledger (the next
+        complete run tries again). Not a record, so not in the reject file."""
+        self.mirror_count(stream, "exits_refused")
+        with self._lock:
+            self._exits_logged += 1
+            logged = self._exits_logged <= _LOGGED_PER_REASON
+        if logged:
+            self._logger.warning(
+                "%s: exit refused by Customer.io for %s: %s", stream, member, message
+            )
+
+    def mirror_sections(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {stream: dict(section) for stream, section in self._mirror.items()}
+
     def request(self, stream: str, size: int, tries: int, operations: int) -> None:
         """One batch request that ended (accepted or not) after `tries` attempts."""
         with self._lock:
@@ -231,8 +282,19 @@ class RunReport:
             f"{t['received']} received, "
             f"{t['sent']} {sent}, {t['rejected']} rejected, {t['skipped']} skipped; "
             f"{self.requests} request(s), {self.bytes / 1e6:.1f} MB, "
-            f"{self.retried_requests} retried"
+            f"{self.retried_requests} retried{self._mirror_summary()}"
         )
+
+    def _mirror_summary(self) -> str:
+        """`; mirror: 3 left their view, 12 segment add(s), 4 removal(s)`, for what happened."""
+        sections = self.mirror_sections().values()
+        counts = (
+            ("left their view", sum(sum(s["exits"].values()) for s in sections)),
+            ("segment add(s)", sum(s.get("segment_adds", 0) for s in sections)),
+            ("segment removal(s)", sum(s.get("segment_removes", 0) for s in sections)),
+        )
+        said = [f"{count} {what}" for what, count in counts if count]
+        return f"; mirror: {', '.join(said)}" if said else ""
 
     def close(self, status: str, error: str | None = None) -> None:
         """Flush the reject file and write the JSON report; raises TargetError when either
@@ -274,6 +336,9 @@ class RunReport:
             report["reconciliation"] = self.reconciliation
         if self.volume is not None:
             report["volume"] = self.volume
+        mirror = self.mirror_sections()
+        if mirror:
+            report["mirror"] = dict(sorted(mirror.items()))
         data = REDACTOR.redact_json(orjson.dumps(report, option=orjson.OPT_INDENT_2), indent=2)
         assert self._report_path is not None
         try:

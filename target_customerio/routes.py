@@ -18,6 +18,8 @@ from target_customerio.redaction import shown
 from target_customerio.values import timezone
 
 IDENTIFIER_TYPES = ("id", "email", "cio_id")
+ON_EXIT = ("unset", "suppress", "delete", "ignore")
+DEFAULT_MAX_EXIT_RATIO = 0.1
 
 
 @dataclass(frozen=True)
@@ -28,9 +30,34 @@ class Identifier:
     type: str
 
 
+@dataclass(frozen=True)
+class Mirror:
+    """A route that mirrors its view: who was in the last complete run and is not in this one
+    has left it. `on_exit` says what leaving sends (a person route's; segment routes remove the
+    membership); `max_exit_ratio` is the guard against a broken view."""
+
+    on_exit: str = "unset"
+    max_exit_ratio: float = DEFAULT_MAX_EXIT_RATIO
+
+
+def max_exit_ratio_option(where: str, value: Any) -> float:
+    if value is None:
+        return DEFAULT_MAX_EXIT_RATIO
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ConfigError(
+            f"{where}: a share from 0 to 1 (0.1: when more than a tenth of the people the "
+            "route knows would leave in one run, nobody does and the run fails)"
+        )
+    return float(value)
+
+
 class KindOptions:
     """A kind's own route options (each kind module defines its class): the columns they
     name, for the check against the SCHEMA, and those that identify rather than describe."""
+
+    def mirroring(self) -> Mirror | None:
+        """How the route mirrors its view; None: it does not (rows that leave are not noticed)."""
+        return None
 
     def columns_named(self) -> list[tuple[str, str]]:
         """(option, column) for each column the options name."""
@@ -57,6 +84,10 @@ class Route:
     on_delete: str = "ignore"
     max_volume_change: float | None = None  # a share: received may move this far from the median
     identity_columns: frozenset[str] = frozenset()  # from `options`, never sent as attributes
+
+    @property
+    def mirror(self) -> Mirror | None:
+        return self.options.mirroring()  # type: ignore[no-any-return]
 
     def attribute_name(self, column: str) -> str | None:
         """The outgoing attribute name of a column, or None when it is not sent."""
@@ -95,6 +126,13 @@ def check_columns(route: Route, stream: str, declared: list[str]) -> None:
     ]
     if problems:
         raise ConfigError("; ".join(problems))
+    changes = [column for column in CHANGE_DATA_COLUMNS if column in known]
+    if route.mirror is not None and changes:
+        raise ConfigError(
+            f"streams.{route.pattern}: stream {stream} is change data capture (its SCHEMA "
+            f"declares {changes[0]}): each run carries only the rows that changed, so everyone "
+            "else would seem to leave the view; a mirrored view needs FULL_TABLE replication"
+        )
     sent: dict[str, str] = {}
     for column in declared:
         name = route.attribute_name(column)
@@ -105,6 +143,10 @@ def check_columns(route: Route, stream: str, declared: list[str]) -> None:
             )
         if name is not None:
             sent[name] = column
+
+
+# Columns that only log-based replication adds (tap-postgres LOG_BASED, tap-mssql CDC).
+CHANGE_DATA_COLUMNS = ("_sdc_lsn", "_sdc_operation_type")
 
 
 def _suggestion(column: str, declared: list[str]) -> str:

@@ -52,8 +52,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "streams": {
             "type": ["object", "string"],
             "description": "Stream name (exact, or a glob such as *-customers) -> route: kind "
-            "(person, event, merge, object, reconcile), identifier, event_name, event_id, "
-            "timestamp, attributes, contract, max_age. "
+            "(person, event, merge, object, segment, reconcile), identifier, event_name, "
+            "event_id, timestamp, attributes, contract, max_age, mirror. "
             "An object, or the same as a JSON string. Unset: no stream has a "
             "route (see unmapped_streams).",
         },

@@ -128,6 +128,14 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
     if violation not in ("reject", "fail"):
         raise ConfigError(f"setting `on_contract_violation`: {violation!r} is not reject or fail")
     _distinct_outputs(config, dry_run)
+    routes = Routes(streams, base_dir, violation)
+    change_detection = bool(config.get("change_detection", True))
+    mirrored = [route.pattern for route in routes.all() if route.mirror is not None]
+    if mirrored and not change_detection:
+        raise ConfigError(
+            f"streams.{mirrored[0]}: a route that mirrors its view (mirror: true, or kind: "
+            "segment) needs change_detection: the ledger keeps who was in it"
+        )
     return Settings(
         site_id=str(config.get("site_id") or ""),
         base_url=(override or REGION_URLS[region]).rstrip("/"),
@@ -135,7 +143,7 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
         if override
         else region,  # verify a proxy's region only when set
         app_base_url=(app_override or APP_REGION_URLS[region]).rstrip("/"),
-        routes=Routes(streams, base_dir, violation),
+        routes=routes,
         unmapped_streams=unmapped,
         max_requests_per_second=_positive(config, "max_requests_per_second", 100),
         reject_file=config.get("reject_file") or None,
@@ -149,7 +157,7 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
         if config.get("mapping_workers") is not None
         else min(4, os.cpu_count() or 1),
         checkpoint_interval_seconds=_positive(config, "checkpoint_interval_seconds", 60),
-        change_detection=bool(config.get("change_detection", True)),
+        change_detection=change_detection,
         ledger_path=config.get("ledger_path") or ".customerio-ledger.sqlite",
         ledger_url=config.get("ledger_url") or None,
         full_resend=bool(config.get("full_resend", False)),

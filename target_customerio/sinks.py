@@ -9,6 +9,7 @@ from functools import cached_property, partial
 
 from target_customerio.errors import ContractError
 from target_customerio.mapping_processes import CHUNK, ProcessMapping
+from target_customerio.mirror import RunMembers
 from target_customerio.operations.operation import Rejected
 from target_customerio.report import RunReport
 from target_customerio.routes import Route, check_columns
@@ -33,6 +34,7 @@ class SinkNeeds:
     started_at: float
     ledger_scope: str | None
     max_reject_ratio: float | None
+    members: RunMembers | None = None  # a mirror route's: who this run's records are about
 
 
 class CustomerIOSink(SdkSink):
@@ -71,6 +73,7 @@ class CustomerIOSink(SdkSink):
             set()
         )  # dedupe keys of the events sent in this run: small at 1M events
         self._max_reject_ratio = needs.max_reject_ratio
+        self._members = needs.members
         self._packers = [
             Packer(stream_name, partial(needs.submit, shard)) for shard in range(needs.shards)
         ]
@@ -128,6 +131,8 @@ class CustomerIOSink(SdkSink):
         chunk, self._chunk = self._chunk, []
         self.record_counter_metric.increment(len(chunk) - self._sdk_counted)  # the direct path's
         self._sdk_counted = 0
+        if self._members is not None:
+            self._members.records += len(chunk)
         self._mapping.submit(self._mapping_key, chunk, self._account)
 
     def _account(self, items: list[Item], mapped: Mapped) -> None:
@@ -158,6 +163,8 @@ class CustomerIOSink(SdkSink):
             self._report.skip(self.stream_name, "duplicate", len(repeated))
         for reason, count in mapped.skipped.items():
             self._report.skip(self.stream_name, reason, count)
+        if self._members is not None and mapped.members is not None:
+            self._members.add(mapped.members, mapped.sent_members or [])
         for shard, segment in segments.items():
             self._packers[shard].add_segment(segment._replace(items=items))
 
@@ -184,13 +191,21 @@ class CustomerIOSink(SdkSink):
     def process_batch(self, context: dict) -> None:
         """Nothing to do: records were packed as they arrived (see class docstring)."""
 
+    @property
+    def process_activate_version_messages(self) -> bool:
+        """Always: the SDK's setting is accepted and does nothing here (see activate_version)."""
+        return True
+
     def activate_version(self, new_version: int) -> None:
-        """Ignored: Customer.io has no table version to switch to.
+        """Customer.io has no table version to switch to: nothing is deleted.
 
         tap-mssql and other pipelinewise taps send one after every full-table run and every CDC
         run, even a CDC run that carries only the changed rows. Deleting whatever was not re-sent
-        would erase people, so nothing is deleted.
+        would erase people. A mirror route notes where it came: the stream was read whole only
+        if its last ACTIVATE_VERSION comes after its last record (mirror.py).
         """
+        if self._members is not None:
+            self._members.activate_version(self._members.records + len(self._chunk))
         self.logger.debug("ACTIVATE_VERSION %s: nothing to do in Customer.io", new_version)
 
     def clean_up(self) -> None:

@@ -8,6 +8,7 @@ answers back); with `mapping_workers: 0` it runs in the reader's thread (`Inline
 from __future__ import annotations
 
 import typing as t
+from array import array
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
@@ -48,6 +49,11 @@ class Mapped:
     event_items: list[int]  # the records (indexes in the chunk) that sent an event, and
     event_keys: list[int]  # their events' dedupe keys: the sink checks them across processes
     event_names: list[tuple[str, str]]  # names first seen: source spelling, name sent
+    # A mirror route's (None for every other): the ledger keys of whom the chunk's records are
+    # about, the unchanged and the rejected included (they are still in the view), and for each
+    # record sent, (key, fingerprint, what the ledger keeps about the member: Kind.member).
+    members: array | None = None
+    sent_members: list[tuple[int, int, str]] | None = None
 
 
 @dataclass
@@ -83,7 +89,10 @@ class StreamMapping:
             self._recent,
             lambda raw, name: event_names.append((raw, name)),
         )
-        self._builder: Builder = KINDS[route.kind].builder(route, spec.schema, context)
+        kind = KINDS[route.kind]
+        self._builder: Builder = kind.builder(route, spec.schema, context)
+        # A mirror route (ledger on: settings check it) reports who its records are about.
+        self._member = kind.member if route.mirror is not None and spec.ledger_scope else None
         self._stream = spec.stream
         self._key_properties = spec.key_properties
         self._shards = spec.shards
@@ -93,6 +102,7 @@ class StreamMapping:
     def map_chunk(self, items: list[Item]) -> Mapped:
         rejects: list[tuple[int, str, str | None, str, str | None]] = []
         skipped: Counter[str] = Counter()
+        rejected_members: list[int] = []
         mapped: list[
             tuple[int, int | None, list[_Send]]
         ] = []  # (index in the chunk, event dedupe key, operations)
@@ -114,6 +124,10 @@ class StreamMapping:
                 continue
             except Rejected as rej:
                 rejects.append((index, rej.reason, rej.field, rej.message, rej.rule))
+                if self._member is not None:
+                    member = self._builder.member_key(record)
+                    if member is not None:
+                        rejected_members.append(member)
                 continue
             seen = ops[0].seen
             if (
@@ -141,15 +155,41 @@ class StreamMapping:
                 parts[hash(shard_key) % shards].add(body, index, ledger)
         segments = {shard: part.segment() for shard, part in enumerate(parts) if part.bodies}
         names, self._event_names[:] = list(self._event_names), []
-        return Mapped(segments, rejects, dict(skipped), event_items, event_keys, names)
+        out = Mapped(segments, rejects, dict(skipped), event_items, event_keys, names)
+        if self._member is not None:
+            out.members, out.sent_members = self._members(mapped, unchanged, rejected_members)
+        return out
+
+    def _members(
+        self,
+        mapped: list[tuple[int, int | None, list[_Send]]],
+        unchanged: set[int],
+        rejected: list[int],
+    ) -> tuple[array, list[tuple[int, int, str]]]:
+        """A mirror route's members in the chunk: each record's first tracked operation says
+        whom it is about (a person, a membership); the sent ones carry what the ledger keeps."""
+        member = self._member
+        assert member is not None
+        keys = array("q", rejected)
+        sent: list[tuple[int, int, str]] = []
+        for at, (_, _, sends) in enumerate(mapped):
+            for body, _, ledger in sends:
+                if ledger is not None:
+                    keys.append(ledger[0])
+                    if at not in unchanged:
+                        sent.append((ledger[0], ledger[1], member(body)))
+                    break
+        return keys, sent
 
     def _unchanged(self, mapped: list[tuple[int, int | None, list[_Send]]]) -> set[int]:
         """Change detection: the records (positions in `mapped`) whose every tracked operation
-        is exactly what was last delivered (one ledger query for the whole chunk)."""
+        is exactly what was last delivered (one ledger query for the whole chunk). A mirror
+        route's record is unchanged only if its last complete run kept it too."""
         if self._ledger is None:
             return set()
         keys = [ledger[0] for _, _, sends in mapped for _, _, ledger in sends if ledger is not None]
-        delivered = self._ledger.fingerprints(keys) if keys else None
+        lookup = self._ledger.fingerprints if self._member is None else self._ledger.mirrored
+        delivered = lookup(keys) if keys else None
         if not delivered:
             return set()
         unchanged = set()

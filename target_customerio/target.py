@@ -22,18 +22,19 @@ from singer_sdk.helpers.capabilities import PluginCapabilities
 from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.sinks import Sink
 
-from target_customerio import cli, redaction
+from target_customerio import cli, redaction, run_end
 from target_customerio.delivery import Delivery, DryRun, make_delivery
 from target_customerio.environment import check_env, env_config
 from target_customerio.errors import (
     ConfigError,
-    DriftError,
     TargetError,
     Terminated,
     did_you_mean,
 )
 from target_customerio.ledger import open_ledger
 from target_customerio.mapping_processes import ProcessMapping, make_mapping
+from target_customerio.memberships import Memberships, segment_requests
+from target_customerio.mirror import Mirror
 from target_customerio.operations import KINDS
 from target_customerio.reading import SingerLineReader
 from target_customerio.reconcile import Reconciler
@@ -164,6 +165,8 @@ class TargetCustomerIO(SdkTarget):
             self.logger,
         )
         self.reconciler = Reconciler(self.report, self.logger)
+        self.memberships = Memberships(self.report, self.logger)
+        self.mirror = Mirror(self.report, self.logger)
         self._direct: dict[
             str, CustomerIOSink | UnmappedSink
         ] = {}  # streams whose records skip the SDK's handling
@@ -197,11 +200,15 @@ class TargetCustomerIO(SdkTarget):
                 self._checking = False
 
     def sink_needs(self, stream: str) -> SinkNeeds:
-        """What a stream's sink works with: a reconcile route's checks go to the reconciler,
-        every other route's operations to the Track API."""
+        """What a stream's sink works with: where its kind's operations go (a reconcile route's
+        checks to the reconciler, a segment route's memberships to `memberships`, every other
+        route's operations to the Track API), and a mirror route's members."""
         route = self.settings.routes.match(stream)
-        deliver: Delivery | DryRun | Reconciler = self.delivery
-        if route is not None and KINDS[route.kind].checks:
+        channel = KINDS[route.kind].channel if route is not None else "track"
+        deliver: Delivery | DryRun | Reconciler | Memberships = self.delivery
+        if channel == "segments":
+            deliver = self.memberships
+        if route is not None and channel == "checks":
             deliver = self.reconciler
             if not self.settings.dry_run and not str(self.config.get("app_api_key") or "").strip():
                 # Checked when the stream comes, not at start: one loader config serves every
@@ -210,6 +217,10 @@ class TargetCustomerIO(SdkTarget):
                     f"setting `app_api_key` is required by the reconcile route "
                     f"`{route.pattern}` (stream {stream}; TARGET_CUSTOMERIO_APP_API_KEY)"
                 )
+        scope = self.ledger_scope(stream)
+        members = None
+        if route is not None and route.mirror is not None and scope is not None:
+            members = self.mirror.members(stream, route, scope)
         return SinkNeeds(
             route=route,
             report=self.report,
@@ -217,8 +228,9 @@ class TargetCustomerIO(SdkTarget):
             submit=deliver.submit,
             shards=deliver.shards,
             started_at=self.started_at,
-            ledger_scope=self.ledger_scope(stream),
+            ledger_scope=scope,
             max_reject_ratio=self.settings.max_reject_ratio,
+            members=members,
         )
 
     # Routing
@@ -285,6 +297,11 @@ class TargetCustomerIO(SdkTarget):
         for sink in sinks:
             sink.flush()
         self.delivery.wait()
+        if self.memberships.waiting:  # after the identifies received before them are accepted
+            self.memberships.send(
+                segment_requests(self.delivery), None if self.settings.dry_run else self.ledger
+            )
+            self.ledger.flush()
         for sink in sinks:
             sink.check_reject_ratio()
         self.report.flush()
@@ -319,17 +336,30 @@ class TargetCustomerIO(SdkTarget):
     def _last_drain(self, _: None) -> None:
         super().process_endofpipe()
         self._settle()
-        if self.settings.dry_run:
-            self._reconcile()  # lists what it would check
-            return
-        volume = check_streams(
-            self.settings.routes, self.report, self.ledger, self.ledger_scope, self.logger
+        run_end.after_last_state(
+            self._mirror,
+            lambda: check_streams(
+                self.settings.routes, self.report, self.ledger, self.ledger_scope, self.logger
+            ),
+            self._reconcile,
+            dry_run=self.settings.dry_run,
         )
-        self._reconcile()
-        if volume:
-            raise DriftError(
-                "; ".join(f"{stream}: {problem}" for stream, problem in volume.items())
-            )
+
+    def _mirror(self) -> list[str]:
+        """Mirror routes, at the end of a run that read its input to the end and delivered it:
+        who left each view is told (or nobody, past the guard); returns the guard's problems."""
+        if not self.mirror.runs:
+            return []
+        if self._terminating:
+            self.logger.warning("mirror: stopped by a signal: nobody left a view in this run")
+            return []
+        return self.mirror.finish(
+            self.ledger,
+            self.delivery,
+            self.memberships,
+            segment_requests(self.delivery),
+            dry_run=self.settings.dry_run,
+        )
 
     def _reconcile(self) -> None:
         """The reconcile checks, after everything else is delivered and the last STATE written."""

@@ -1,9 +1,11 @@
-"""The Track API: the start-up credential and region check, and v2 batch requests."""
+"""The Track API: the start-up credential and region check, v2 batch requests, and v1 manual
+segment membership (add_customers / remove_customers)."""
 
 from __future__ import annotations
 
 import logging
 
+import orjson
 import requests
 
 from target_customerio.api_client import (
@@ -82,6 +84,45 @@ class TrackClient(ApiClient):
             )
         check_answer(answer, url)
         if status not in (200, 207, 400, 413):
+            raise DeliveryError(
+                f"Customer.io answered HTTP {status} at {url}: {shown(answer.text)}"
+            )
+        return answer, tries
+
+    def segment_members(
+        self, segment_id: int, id_type: str, ids: list[str], add: bool
+    ) -> tuple[Answer, int]:
+        """POST /api/v1/segments/{id}/add_customers (or remove_customers) `{"ids": [...]}` (at
+        most 1000; `id_type` for email or cio_id) until it is answered for good: the answer and
+        the tries used. 200, 400 and 404 are returned (the caller rejects the rows of a refused
+        request); others raise."""
+        action = "add_customers" if add else "remove_customers"
+        url = f"{self.base_url}/api/v1/segments/{segment_id}/{action}"
+        if id_type != "id":
+            url += f"?id_type={id_type}"
+        try:
+            answer, tries = self.request(
+                "POST", url, orjson.dumps({"ids": ids}), f"segment {action}"
+            )
+        except RETRY_EXCEPTIONS as exc:
+            raise DeliveryError(
+                f"Customer.io did not answer segment {segment_id}'s {action} after "
+                f"{self._max_tries} tries (last: {type(exc).__name__})"
+            ) from None
+        status = answer.status
+        if status in RETRY_STATUSES:
+            raise DeliveryError(
+                f"Customer.io did not accept segment {segment_id}'s {action} after {tries} "
+                f"tries (last: HTTP {status})"
+            )
+        if status in (401, 403):
+            raise CredentialsError(
+                f"Customer.io refused site_id/api_key (HTTP {status}): check both settings"
+            )
+        if status == 200 and not answer.body.strip():  # v1 may answer an empty 200
+            return answer, tries
+        check_answer(answer, url)
+        if status not in (200, 400, 404):
             raise DeliveryError(
                 f"Customer.io answered HTTP {status} at {url}: {shown(answer.text)}"
             )

@@ -83,7 +83,7 @@ def check_streams(
     for stream in report.stream_names():
         route = routes.match(stream)
         scope = scope_of(stream)
-        if route is None or KINDS[route.kind].checks:
+        if route is None or KINDS[route.kind].channel == "checks":
             continue
         if scope is None:
             if route.max_volume_change is not None:

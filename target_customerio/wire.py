@@ -160,10 +160,12 @@ class SegmentBuilder:
 
 @dataclass
 class Batch:
-    """Operations of one stream bound for one request."""
+    """Operations of one stream bound for one request. `exits`: a mirror route's operations for
+    the people who left its view (accounted for as exits, not as the stream's records)."""
 
     stream: str
     segments: list[Segment] = field(default_factory=list)
+    exits: bool = False
 
     def __len__(self) -> int:
         return sum(segment.size for segment in self.segments)
@@ -178,7 +180,7 @@ class Batch:
 
     def halves(self) -> tuple[Batch, Batch]:
         """The first half of the operations and the rest, each keeping its records."""
-        wanted, first = len(self) // 2, Batch(self.stream)
+        wanted, first = len(self) // 2, Batch(self.stream, [], self.exits)
         rest = list(self.segments)
         while rest and len(first) + rest[0].size <= wanted:
             first.segments.append(rest.pop(0))
@@ -186,7 +188,7 @@ class Batch:
             head, tail = rest[0].split(wanted - len(first))
             first.segments.append(head)
             rest[0] = tail
-        return first, Batch(self.stream, rest)
+        return first, Batch(self.stream, rest, self.exits)
 
     def body(self) -> bytes:
         return b'{"batch":[' + b",".join(segment.data for segment in self.segments) + b"]}"
@@ -217,10 +219,14 @@ class Packer:
     """Fills batches up to the request size limit and hands each full one on."""
 
     def __init__(
-        self, stream: str, send: Callable[[Batch], None], limit: int = MAX_REQUEST_BYTES
+        self,
+        stream: str,
+        send: Callable[[Batch], None],
+        limit: int = MAX_REQUEST_BYTES,
+        exits: bool = False,
     ) -> None:
-        self._stream, self._send, self._limit = stream, send, limit
-        self._batch = Batch(stream)
+        self._stream, self._send, self._limit, self._exits = stream, send, limit, exits
+        self._batch = Batch(stream, [], exits)
         self._size = _ENVELOPE
 
     def add_segment(self, segment: Segment) -> None:
@@ -242,5 +248,6 @@ class Packer:
 
     def flush(self) -> None:
         if self._batch.segments:
-            batch, self._batch, self._size = self._batch, Batch(self._stream), _ENVELOPE
+            batch, self._batch = self._batch, Batch(self._stream, [], self._exits)
+            self._size = _ENVELOPE
             self._send(batch)

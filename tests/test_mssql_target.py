@@ -428,3 +428,44 @@ def test_a_deleted_row_is_skipped_not_sent(kind, marker):
     with pytest.raises(Skipped) as skipped:
         mapper.build({**row, **marker})  # the route's on_delete is `ignore`
     assert skipped.value.reason == "deleted"
+
+
+# ---- mirror: a customer who leaves the table --------------------------------------------------
+
+
+MIRROR_ROUTES = {CUSTOMERS: {**CUSTOMER_ROUTE, "mirror": True, "max_exit_ratio": 0.5}}
+
+
+def test_a_full_table_mirror_unsets_who_left_and_a_cut_version_exits_nobody(
+    sandbox, tmp_path, discovered
+):
+    """FULL_TABLE sends ACTIVATE_VERSION before and after the rows: the closing one says the
+    table was read whole. Margaret (4) is erased at the source between the two moments."""
+    initial = tap(
+        tmp_path / "tap1", discovered, {CUSTOMERS: FULL_TABLE[CUSTOMERS]}, snapshot="initial"
+    )
+    latest = tap(tmp_path / "tap2", discovered, {CUSTOMERS: FULL_TABLE[CUSTOMERS]})
+    ledger = {"ledger_path": str(tmp_path / "ledger.sqlite")}  # one project, three runs
+    run = deliver(sandbox, tmp_path / "1", initial.lines, MIRROR_ROUTES, **ledger)
+    assert run.report["mirror"][CUSTOMERS]["members"] == 5
+    # the tap stopped before its closing ACTIVATE_VERSION: not read whole, nobody leaves
+    kinds = [json.loads(line)["type"] for line in latest.lines]
+    closing = len(kinds) - 1 - kinds[::-1].index("ACTIVATE_VERSION")
+    cut = deliver(sandbox, tmp_path / "2", latest.lines[:closing], MIRROR_ROUTES, **ledger)
+    assert cut.report["mirror"][CUSTOMERS]["complete"] is False
+    assert people(sandbox)["4"]["attributes"]  # Margaret is still there, as she was
+    whole = deliver(sandbox, tmp_path / "3", latest.lines, MIRROR_ROUTES, **ledger)
+    mirror = whole.report["mirror"][CUSTOMERS]
+    assert (mirror["complete"], mirror["known"], mirror["left"]) == (True, 5, 1)
+    assert mirror["exits"] == {"unset": 1}
+    assert people(sandbox)["4"]["attributes"] == {}
+    assert people(sandbox)["6"]["attributes"]  # and the new customer arrived
+
+
+def test_a_cdc_stream_cannot_mirror(sandbox, tmp_path, cdc):
+    tmp = tmp_path / "cdc"
+    tmp.mkdir()
+    cfg = target_config(sandbox.url, tmp, {CUSTOMERS: {**CUSTOMER_ROUTE, "mirror": True}})
+    run = run_target(cfg, cdc[0].lines, tmp)
+    assert run.returncode == 2
+    assert "is change data capture (its SCHEMA declares _sdc_operation_type)" in run.stderr

@@ -1,6 +1,6 @@
 """The Customer.io operation kinds, one module each, over shared helpers.
 
-A kind module (person, event, merge, objects, reconcile) declares its route options, reads
+A kind module (person, event, merge, objects, segment, reconcile) declares its route options, reads
 and checks them, and builds each record's operations (`Builder.build` -> `Built`: the
 operations with their identifier and time). The helpers every kind shares: identifiers.py,
 payload.py
@@ -12,9 +12,10 @@ Adding a Customer.io operation is one new module here, listed in KINDS, and its 
 
 from __future__ import annotations
 
-from target_customerio.operations import event, merge, objects, person, reconcile
+from target_customerio.operations import event, merge, objects, person, reconcile, segment
 from target_customerio.operations.operation import Kind
 
 KINDS: dict[str, Kind] = {
-    kind.name: kind for kind in (person.KIND, event.KIND, merge.KIND, objects.KIND, reconcile.KIND)
+    kind.name: kind
+    for kind in (person.KIND, event.KIND, merge.KIND, objects.KIND, segment.KIND, reconcile.KIND)
 }

@@ -73,6 +73,12 @@ class Builder:
         """
         raise NotImplementedError
 
+    def member_key(self, record: dict[str, Any]) -> int | None:
+        """For a mirror route: the ledger key of whom (or what) a record that `build` rejected
+        is about, so that it still counts as in the view; None when it cannot be told (no
+        usable identifier) or the kind does not mirror."""
+        return None
+
 
 class Finisher:
     """Makes encoded operations ready to send: within Customer.io's size limit, and with their
@@ -97,6 +103,10 @@ class Finisher:
             return _new(Operation, (body, shard_key, None, seen, None))
         entry = (hash64(about.encode(), self._seed), hash64(body) if content else 0)
         return _new(Operation, (body, shard_key, entry, seen, None))
+
+    def key(self, about: str) -> int | None:
+        """The ledger key `finish` gives an operation about `about` (None: no ledger)."""
+        return None if self._seed is None else hash64(about.encode(), self._seed)
 
 
 def encode(op: dict[str, Any]) -> bytes:
@@ -128,7 +138,17 @@ class Kind(NamedTuple):
     options: Callable[[str, dict[str, Any]], Any]  # (where, route) -> its options; ConfigError
     builder: Callable[[Any, dict[str, Any], Context], Builder]  # (route, SCHEMA, context)
     on_delete: tuple[str, ...] = ("ignore",)  # what `on_delete` may ask of it
-    # Its operations are checks read from the App API after the run's delivery (reconcile.py),
-    # not writes to the Track API.
-    checks: bool = False
+    # Where its operations go (CHANNELS): Track API batches (delivery.py), checks read from the
+    # App API after the run's delivery (reconcile.py), or manual-segment membership changes
+    # (memberships.py).
+    channel: str = "track"
     common: tuple[str, ...] | None = None  # the options every route takes that apply; None: all
+    # Routes that mirror their view (`Route.mirror`): what the ledger keeps about a member the
+    # route sent, from its operation's body (what leaving the view then needs).
+    member: Callable[[bytes], str] | None = None
+    # (on_exit, member) -> the Track API operation that tells Customer.io a member left the
+    # view (None: nothing to send). None here: the kind's channel removes them (segments).
+    exit: Callable[[str, str], bytes | None] | None = None
+
+
+CHANNELS = ("track", "checks", "segments")

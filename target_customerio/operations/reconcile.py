@@ -151,4 +151,4 @@ class ReconcileBuilder(Builder):
 
 
 KEYS = ("segment_id", "expected_count", "tolerance", "on_drift")
-KIND: Kind = Kind("reconcile", KEYS, options, ReconcileBuilder, checks=True, common=("kind",))
+KIND: Kind = Kind("reconcile", KEYS, options, ReconcileBuilder, channel="checks", common=("kind",))
