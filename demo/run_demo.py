@@ -67,6 +67,7 @@ EXIT_DRIFT = 7  # target-customerio's exit code when Customer.io disagrees with 
 BROKEN_NIGHT = 3  # NIGHT=3 is the night whose sync stops sending last_order_at
 CHANGES_SPAN_S = 61  # mutate() stamps its changes within the minute before its `now`
 NEW_REPEAT_BUYERS = 3  # one-time buyers who place their second order on the broken night
+DEMOTED_VIPS = 2  # VIPs whose refund takes them out of vip_customers on the second night
 
 # Lines of Meltano's log worth showing live (the full log goes to output/meltano-demo.log).
 _SHOW = (
@@ -486,6 +487,68 @@ def print_summary(elapsed: float, night: int) -> None:
     say(f"Open {SANDBOX_URL}/ to inspect people, attribute types and each person's activity.")
 
 
+def vip_state() -> tuple[dict[str, Any], set[str]]:
+    """What the sandbox holds of the VIP mirror routes: {person id: vip_tier} of the people with
+    a `vip` attribute, and the ids in the manual segment "VIP (from SQL)"."""
+    from demo.sample_data import VIP_SEGMENT_ID
+
+    holders = {
+        p["id"]: p["attributes"].get("vip_tier")
+        for p in _get_json("/_sandbox/people") or []
+        if p["attributes"].get("vip") is True
+    }
+    segment = _get_json(f"/_sandbox/segments/{VIP_SEGMENT_ID}") or {}
+    return holders, {m["id"] for m in segment.get("members", [])}
+
+
+def _mirror_line(stream: str, section: dict[str, Any]) -> str:
+    """One line of the report's `mirror` section for a route."""
+    said = [f"{section.get('members', 0)} in the view", f"{section.get('left', 0)} left"]
+    said += [f"{n} {action}" for action, n in section.get("exits", {}).items()]
+    for key, what in (("segment_adds", "added"), ("segment_removes", "removed")):
+        if key in section:
+            said.append(f"{section[key]} {what}")
+    said.append(f"guard {section.get('guard', '?')}")
+    if not section.get("complete"):
+        said.append(f"incomplete: {section.get('reason')}")
+    return f"  {stream:34} {', '.join(said)}"
+
+
+def print_vips(night: int, before: tuple[dict[str, Any], set[str]] | None = None) -> None:
+    """The VIP view's mirror routes after the sync: the report's `mirror` section, then what the
+    sandbox holds (night 1: the counts; later nights: who left the attribute and the segment)."""
+    from demo.sample_data import VIP_SEGMENT_ID
+
+    report = json.loads(REPORT.read_text()) if REPORT.exists() else {}
+    say(f"\nMirror routes (night {night}, the report's `mirror` section):")
+    for stream, section in report.get("mirror", {}).items():
+        say(_mirror_line(stream, section))
+    holders, members = vip_state()
+    tiers = sorted(set(holders.values()), key=str)
+    by_tier = ", ".join(f"{sum(1 for t in holders.values() if t == x)} {x}" for x in tiers)
+    say(
+        f"VIPs in the sandbox: {len(holders)} people have vip = true ({by_tier}); "
+        f'{len(members)} are in segment {VIP_SEGMENT_ID} "VIP (from SQL)".'
+    )
+    if before is None:
+        return
+    lost_attr = sorted(set(before[0]) - set(holders))
+    lost_member = sorted(before[1] - members)
+    say(
+        f"Left tonight: {', '.join(lost_attr) or 'nobody'} lost `vip` and `vip_tier` "
+        f"(on_exit: unset); {', '.join(lost_member) or 'nobody'} removed from segment "
+        f"{VIP_SEGMENT_ID} (remove_customers)."
+    )
+    for person_id in lost_attr:
+        person = _get_json(f"/_sandbox/person?id={person_id}") or {}
+        attributes = person.get("attributes", {})
+        say(
+            f"  {person_id}: vip {attributes.get('vip', 'absent')}, "
+            f"vip_tier {attributes.get('vip_tier', 'absent')}, lifetime_value "
+            f"{attributes.get('lifetime_value')}"
+        )
+
+
 def _sync_rejects(stream: str, reason: str) -> int:
     """How many of the last sync's records of `stream` were rejected for `reason`."""
     try:
@@ -545,6 +608,7 @@ def cmd_run() -> int:
     elapsed = meltano_run()
     NIGHT_FILE.write_text("1\n")
     print_summary(elapsed, night=1)
+    print_vips(night=1)
     code = run_checks(night=1)
     say(
         "\nNext: `make demo-again` changes a few rows and syncs again: only the changes are sent. "
@@ -558,7 +622,14 @@ def cmd_again(broken: bool = False, requested: int | None = None) -> int:
     """Night 2 (and later): change some rows, sync again from the bookmarks in Meltano's state
     backend, run the checks. `broken`: first redeploy customer_profiles with a bug that
     publishes last_order_at as NULL, so every profile that changes tonight loses it."""
-    from demo.sample_data import break_profiles, mutate, profiles_broken, second_orders
+    from demo.sample_data import (
+        VIP_MIN_VALUE,
+        break_profiles,
+        demote_vips,
+        mutate,
+        profiles_broken,
+        second_orders,
+    )
 
     server = cmd_up()
     marks = bookmarks()
@@ -576,6 +647,7 @@ def cmd_again(broken: bool = False, requested: int | None = None) -> int:
     try:
         already_broken = profiles_broken(server.dsn)
         changes = mutate(server.dsn)
+        demoted = {"customer_ids": []} if broken else demote_vips(server.dsn, DEMOTED_VIPS)
         if broken:
             repeat = second_orders(server.dsn, NEW_REPEAT_BUYERS)
             break_profiles(server.dsn)
@@ -586,6 +658,12 @@ def cmd_again(broken: bool = False, requested: int | None = None) -> int:
         f"Changed at the source: customers {', '.join(changes['changed_customer_ids'])}; new "
         + ", ".join(f"{view} {len(v)}" for view, v in keys.items() if v)
     )
+    if demoted["customer_ids"]:
+        say(
+            f"Demoted tonight: {', '.join(demoted['customer_ids'])} had their largest order "
+            f"refunded, which takes their lifetime value below {VIP_MIN_VALUE}: they leave the "
+            "views vip_customers and vip_segment."
+        )
     if broken:
         say(
             f"Also tonight {len(repeat['customer_ids'])} one-time buyers placed their second order "
@@ -605,9 +683,11 @@ def cmd_again(broken: bool = False, requested: int | None = None) -> int:
     say(f"Bookmarks in Meltano's state backend ({STATE_ID}):")
     for stream, value in sorted(marks.items()):
         say(f"  {stream:34} {value}")
+    vips_before = vip_state()
     elapsed = meltano_run()
     NIGHT_FILE.write_text(f"{night}\n")
     print_summary(elapsed, night=night)
+    print_vips(night, before=vips_before)
     say(
         "\nOnly rows at or after each bookmark were read (tap-postgres re-reads the row *on* the "
         "bookmark: the ledger knows it was delivered as it is, so it is skipped as unchanged)."

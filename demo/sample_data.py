@@ -20,6 +20,10 @@ The views are what the target syncs (tap-postgres streams `public-<view>`):
     subscription_events      replication key occurred_at    (dedupe: event_key; event_name varies)
     segment_checks           the reconcile checks: one row per Customer.io segment (segment_id,
                              expected, tolerance), read whole by the `reconcile-segments` job
+    vip_customers            the VIPs (lifetime_value >= 300): customer_id, vip, vip_tier; read
+                             whole (FULL_TABLE) by a mirror route: who leaves loses `vip`
+    vip_segment              the same people as (customer_id, segment_id 3): the manual segment
+                             "VIP (from SQL)", mirrored by a `kind: segment` route
 
 Dirty cases from the field, on purpose: padded / mixed-case emails, customers with NULL or ''
 email, a guest checkout (customer_id NULL) whose email later registered as a customer (in a
@@ -51,6 +55,14 @@ VIEWS = [
 # The view the reconcile job reads (not synced as people or events: kind: reconcile).
 CHECKS_VIEW = "segment_checks"
 # Its segment ids are the ones demo/segments.json defines in the demo's sandbox.
+# The mirrored views (FULL_TABLE, routes with `mirror: true` / `kind: segment`): the VIPs are the
+# customers whose lifetime value (orders that are not canceled, less refunds: customer_profiles'
+# own lifetime_value) is at least VIP_MIN_VALUE; gold from VIP_GOLD_VALUE, silver below.
+VIP_VIEW = "vip_customers"
+VIP_SEGMENT_VIEW = "vip_segment"
+VIP_SEGMENT_ID = 3  # the manual segment "VIP (from SQL)" of demo/segments.json
+VIP_MIN_VALUE = Decimal("300")
+VIP_GOLD_VALUE = Decimal("500")
 TABLES = [
     "customers",
     "products",
@@ -82,8 +94,9 @@ MIN_CUSTOMERS = 20
 # --- schema ----------------------------------------------------------------------------------
 
 DROP_SQL = """
-DROP VIEW IF EXISTS segment_checks, customer_profiles, checkout_started_events, order_placed_events,
-    order_fulfilled_events, refund_issued_events, subscription_events CASCADE;
+DROP VIEW IF EXISTS vip_segment, vip_customers, segment_checks, customer_profiles,
+    checkout_started_events, order_placed_events, order_fulfilled_events, refund_issued_events,
+    subscription_events CASCADE;
 DROP TABLE IF EXISTS refunds, fulfillments, checkouts, order_items, orders, subscriptions,
     products, customers CASCADE;
 """
@@ -320,6 +333,29 @@ SELECT 2,
        (count(*) FILTER (WHERE orders_count > 0 AND last_order_at IS NULL))::integer,
        '0'::text
 FROM people;
+
+-- The VIPs, for a mirror route (FULL_TABLE): lifetime value (orders that are not canceled, less
+-- refunds, as customer_profiles.lifetime_value) of at least 300; gold from 500. Someone whose
+-- value drops below 300 (a refund) leaves the view, and the route removes `vip` and `vip_tier`.
+CREATE VIEW vip_customers AS
+WITH value AS (
+    SELECT c.customer_id,
+           (coalesce((SELECT sum(o.total) FROM orders o
+                      WHERE o.customer_id = c.customer_id AND o.status <> 'canceled'), 0)
+            - coalesce((SELECT sum(r.amount) FROM refunds r JOIN orders o USING (order_id)
+                        WHERE o.customer_id = c.customer_id), 0))::numeric(12,2) AS lifetime_value
+    FROM customers c
+)
+SELECT customer_id,
+       true AS vip,
+       CASE WHEN lifetime_value >= 500 THEN 'gold' ELSE 'silver' END AS vip_tier
+FROM value
+WHERE lifetime_value >= 300;
+
+-- The same people as members of the manual segment "VIP (from SQL)" (id 3, demo/segments.json),
+-- for a `kind: segment` route: a row that disappears removes the person from the segment.
+CREATE VIEW vip_segment AS
+SELECT customer_id, 3 AS segment_id FROM vip_customers;
 """
 
 # A "broken sync" for the demo's later night (run_demo `again --broken`, `make demo-again
@@ -816,7 +852,7 @@ def _insert(cur: Any, table: str, rows: list[dict]) -> None:
 
 def _counts(cur: Any) -> dict[str, int]:
     counts = {}
-    for name in TABLES + VIEWS + [CHECKS_VIEW]:
+    for name in TABLES + VIEWS + [CHECKS_VIEW, VIP_VIEW, VIP_SEGMENT_VIEW]:
         cur.execute(f"SELECT count(*) FROM {name}")
         counts[name] = cur.fetchone()[0]
     cur.execute("SELECT count(DISTINCT order_id) FROM order_placed_events")
@@ -1039,6 +1075,64 @@ def second_orders(dsn: str, count: int, *, now: datetime | None = None) -> dict[
             orders.append(cur.fetchone()[0])
             customers.append(customer_id)
     return {"customer_ids": customers, "order_ids": orders}
+
+
+DEMOTE_VIPS_SQL = """
+-- The VIPs closest to the threshold whose largest order, refunded, takes them below it.
+WITH value AS (
+    SELECT customer_id, lifetime_value FROM customer_profiles
+    WHERE customer_id IN (SELECT customer_id FROM vip_customers)
+), biggest AS (
+    SELECT DISTINCT ON (o.customer_id) o.customer_id, o.order_id, o.total
+    FROM orders o
+    WHERE o.status NOT IN ('canceled', 'refunded')
+      AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.order_id = o.order_id)
+    ORDER BY o.customer_id, o.total DESC, o.order_id
+)
+SELECT v.customer_id, b.order_id, b.total FROM value v JOIN biggest b USING (customer_id)
+WHERE v.lifetime_value - b.total < %(min_value)s
+ORDER BY v.lifetime_value, v.customer_id
+LIMIT %(count)s
+"""
+
+REFUND_ORDER_SQL = """
+WITH refund AS (
+    INSERT INTO refunds (refund_id, order_id, amount, issued_at, reason)
+    SELECT 'RF' || lpad(((SELECT count(*) FROM refunds) + 1)::text, 5, '0'), %(order_id)s,
+           %(amount)s, %(at)s, 'damaged'
+    RETURNING refund_id, order_id
+)
+UPDATE orders o SET status = 'refunded' FROM refund r WHERE o.order_id = r.order_id
+RETURNING r.refund_id
+"""
+
+
+def vips(dsn: str) -> dict[str, str]:
+    """customer_id -> vip_tier: who the vip_customers view selects."""
+    with _connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT customer_id, vip_tier FROM {VIP_VIEW} ORDER BY customer_id")
+        return dict(cur.fetchall())
+
+
+def demote_vips(dsn: str, count: int = 2, *, now: datetime | None = None) -> dict[str, Any]:
+    """`count` VIPs get their largest order refunded (stamped in the minute before `now`), which
+    takes their lifetime value below VIP_MIN_VALUE: they leave vip_customers and vip_segment.
+
+    Returns {"customer_ids": [...], "refund_ids": [...]} (their customer_profiles rows change,
+    and refund_issued_events gains one row each)."""
+    now = _as_utc(now)
+    customers: list[str] = []
+    refunds: list[str] = []
+    with _connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(DEMOTE_VIPS_SQL, {"count": count, "min_value": VIP_MIN_VALUE})
+        for i, (customer_id, order_id, total) in enumerate(cur.fetchall()):
+            cur.execute(
+                REFUND_ORDER_SQL,
+                {"order_id": order_id, "amount": total, "at": now - timedelta(seconds=25 - i)},
+            )
+            refunds.append(cur.fetchone()[0])
+            customers.append(customer_id)
+    return {"customer_ids": customers, "refund_ids": refunds}
 
 
 def expected_counts(dsn: str) -> dict[int, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,19 @@ from demo.sample_data import (
     EVENT_KEYS,
     REPLICATION_KEYS,
     VIEWS,
+    VIP_GOLD_VALUE,
+    VIP_MIN_VALUE,
+    VIP_SEGMENT_ID,
+    VIP_SEGMENT_VIEW,
+    VIP_VIEW,
     break_profiles,
+    demote_vips,
     generate,
     load,
     mutate,
     profiles_broken,
     second_orders,
+    vips,
 )
 from target_customerio.sandbox.conditions import Subject, parse
 from tests.pg_fixtures import TapRun, discover, incremental_catalog, run_tap, tap_config, write_json
@@ -209,7 +217,10 @@ def test_profile_updated_at_follows_related_rows(postgres) -> None:
 
 # --- the reconcile checks (segment_checks) --------------------------------------------------
 
-SEGMENTS = json.loads((Path(__file__).resolve().parents[1] / "demo" / "segments.json").read_text())
+ALL_SEGMENTS = json.loads(
+    (Path(__file__).resolve().parents[1] / "demo" / "segments.json").read_text()
+)
+SEGMENTS = [s for s in ALL_SEGMENTS if s.get("kind", "dynamic") == "dynamic"]  # with a condition
 CANARY, GUARDRAIL = 1, 2
 
 
@@ -417,3 +428,75 @@ def rows_after_bookmark(first: TapRun, second: TapRun, view: str, key: str) -> s
 
 def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value)
+
+
+# --- the mirrored VIP views (vip_customers, vip_segment) -------------------------------------
+
+
+def brute_force_vips(rows: Any) -> dict[str, str]:
+    """customer_id -> vip_tier by the rule, over the generated rows: lifetime value (orders that
+    are not canceled, less refunds) >= VIP_MIN_VALUE; gold from VIP_GOLD_VALUE."""
+    value: dict[str, Decimal] = defaultdict(Decimal)
+    customer_of = {o["order_id"]: o["customer_id"] for o in rows.orders}
+    for order in rows.orders:
+        if order["status"] != "canceled":
+            value[order["customer_id"]] += order["total"]
+    for refund in rows.refunds:
+        value[customer_of[refund["order_id"]]] -= refund["amount"]
+    return {
+        c: ("gold" if v >= VIP_GOLD_VALUE else "silver")
+        for c, v in value.items()
+        if v >= VIP_MIN_VALUE
+    }
+
+
+def test_the_vip_views_select_what_the_rule_says(postgres) -> None:
+    now = datetime.now(timezone.utc)
+    load(postgres.dsn, now=now)
+    expected = brute_force_vips(generate(200, 7, now))
+    assert vips(postgres.dsn) == expected
+    assert 20 < len(expected) <= 30  # two leaving stays under the guard's 10%
+    assert 2 / len(expected) < 0.1
+    assert {"gold", "silver"} <= set(expected.values())
+    rows = query(postgres.dsn, f"SELECT customer_id, vip FROM {VIP_VIEW}")
+    assert all(vip is True for _, vip in rows) and len(rows) == len(expected)
+    members = query(postgres.dsn, f"SELECT customer_id, segment_id FROM {VIP_SEGMENT_VIEW}")
+    assert sorted(members) == sorted((c, VIP_SEGMENT_ID) for c in expected)
+    # The same lifetime value customer_profiles publishes.
+    profiles = dict(
+        query(postgres.dsn, "SELECT customer_id, lifetime_value FROM customer_profiles")
+    )
+    assert {c for c, v in profiles.items() if v >= VIP_MIN_VALUE} == set(expected)
+    columns_sql = """SELECT column_name, data_type FROM information_schema.columns
+                     WHERE table_name = %s ORDER BY ordinal_position"""
+    assert query(postgres.dsn, columns_sql, VIP_VIEW) == [
+        ("customer_id", "text"),
+        ("vip", "boolean"),
+        ("vip_tier", "text"),
+    ]
+    assert query(postgres.dsn, columns_sql, VIP_SEGMENT_VIEW) == [
+        ("customer_id", "text"),
+        ("segment_id", "integer"),
+    ]
+    assert {"id": VIP_SEGMENT_ID, "name": "VIP (from SQL)", "kind": "manual"} in ALL_SEGMENTS
+
+
+def test_demoting_two_vips_takes_exactly_them_out_of_both_views(postgres) -> None:
+    load(postgres.dsn)
+    mutate(postgres.dsn)
+    before = vips(postgres.dsn)
+    demoted = demote_vips(postgres.dsn, 2)
+    assert len(demoted["customer_ids"]) == 2 and len(demoted["refund_ids"]) == 2
+    assert set(demoted["customer_ids"]) <= set(before)
+    after = vips(postgres.dsn)
+    assert after == {c: t for c, t in before.items() if c not in demoted["customer_ids"]}
+    members = {
+        c for c, _ in query(postgres.dsn, f"SELECT customer_id, segment_id FROM {VIP_SEGMENT_VIEW}")
+    }
+    assert members == set(after)
+    refunds = query(
+        postgres.dsn,
+        "SELECT refund_id, customer_id FROM refund_issued_events WHERE refund_id = ANY(%s)",
+        demoted["refund_ids"],
+    )
+    assert sorted(c for _, c in refunds) == sorted(demoted["customer_ids"])
