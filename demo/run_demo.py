@@ -660,9 +660,9 @@ def cmd_again(broken: bool = False, requested: int | None = None) -> int:
     )
     if demoted["customer_ids"]:
         say(
-            f"Demoted tonight: {', '.join(demoted['customer_ids'])} had their largest order "
-            f"refunded, which takes their lifetime value below {VIP_MIN_VALUE}: they leave the "
-            "views vip_customers and vip_segment."
+            f"Demoted tonight: {', '.join(sorted(demoted['customer_ids']))} had their largest "
+            f"order refunded, which takes their lifetime value below {VIP_MIN_VALUE}: they "
+            "leave the views vip_customers and vip_segment."
         )
     if broken:
         say(
@@ -682,7 +682,7 @@ def cmd_again(broken: bool = False, requested: int | None = None) -> int:
         )
     say(f"Bookmarks in Meltano's state backend ({STATE_ID}):")
     for stream, value in sorted(marks.items()):
-        say(f"  {stream:34} {value}")
+        say(f"  {stream:34} {value if value is not None else '(none: FULL_TABLE, read whole)'}")
     vips_before = vip_state()
     elapsed = meltano_run()
     NIGHT_FILE.write_text(f"{night}\n")
