@@ -534,6 +534,9 @@ def print_vips(night: int, before: tuple[dict[str, Any], set[str]] | None = None
         return
     lost_attr = sorted(set(before[0]) - set(holders))
     lost_member = sorted(before[1] - members)
+    if not lost_attr and not lost_member:
+        say("Left tonight: nobody (the VIP views select the same people as last night).")
+        return
     say(
         f"Left tonight: {', '.join(lost_attr) or 'nobody'} lost `vip` and `vip_tier` "
         f"(on_exit: unset); {', '.join(lost_member) or 'nobody'} removed from segment "
