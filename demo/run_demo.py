@@ -693,7 +693,8 @@ def cmd_again(broken: bool = False, requested: int | None = None) -> int:
     print_vips(night, before=vips_before)
     say(
         "\nOnly rows at or after each bookmark were read (tap-postgres re-reads the row *on* the "
-        "bookmark: the ledger knows it was delivered as it is, so it is skipped as unchanged)."
+        "bookmark: the ledger knows it was delivered as it is, so it is skipped as unchanged); "
+        "the VIP views are read whole (FULL_TABLE), and their unchanged rows skipped."
     )
     code = run_checks(night=night)
     if (broken or already_broken) and code == EXIT_DRIFT:
