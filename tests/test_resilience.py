@@ -42,6 +42,16 @@ def project_routes() -> dict[str, Any]:
     return loader["config"]["streams"]
 
 
+def incremental_routes() -> dict[str, Any]:
+    """The project's routes but those that mirror a whole view (they need the ledger, which the
+    kill test turns off: every resumed run re-delivers from its STATE)."""
+    return {
+        stream: route
+        for stream, route in project_routes().items()
+        if not route.get("mirror") and route.get("kind") != "segment"
+    }
+
+
 def snapshot(sandbox: Sandbox) -> dict[str, Any]:
     """What a retention team sees: people with attributes, and every stored event."""
     people = {(p["id"], p["email"]): p["attributes"] for p in sandbox.people()}
@@ -197,7 +207,7 @@ def big(postgres, tap):  # noqa: F811
 
 
 def test_sigkill_at_random_points_then_rerun_converges_without_double_events(big, tap, tmp_path):
-    routes = project_routes()
+    routes = incremental_routes()
     with Sandbox(site_id=SITE_ID, api_key=API_KEY, db_path=":memory:") as reference:
         assert (
             run_target(
