@@ -94,9 +94,8 @@ def open_ledger(settings: Settings) -> Ledger:
     except Exception as exc:  # noqa: BLE001 - any reason the ledger cannot open is a config error
         where = "ledger_url" if settings.ledger_url else f"ledger_path {settings.ledger_path!r}"
         reason = shown((str(exc).splitlines() or [""])[0])
-        if (
-            settings.ledger_url and "dsn" in reason.lower()
-        ):  # the driver quotes the DSN, secret and all
+        # the driver quotes the DSN, secret and all
+        if settings.ledger_url and "dsn" in reason.lower():
             reason = "not a valid Postgres URL or DSN"
         raise ConfigError(
             f"cannot open the ledger ({where}): {type(exc).__name__}: {reason}"

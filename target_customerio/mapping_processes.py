@@ -33,9 +33,8 @@ from target_customerio.stream_mapping import InlineMapping, Item, OnMapped, Stre
 
 CHUNK = 500  # records a sink sends a process at once
 IN_FLIGHT = 3  # chunks sent to one process and not yet answered, at most (bounds memory)
-PIPE_BYTES = (
-    1 << 20
-)  # Linux's limit for an unprivileged process (fs/pipe-max-size): IN_FLIGHT typical chunks
+# Linux's limit for an unprivileged process (fs/pipe-max-size): IN_FLIGHT typical chunks
+PIPE_BYTES = 1 << 20
 
 
 class _Worker:
@@ -77,9 +76,8 @@ class ProcessMapping:
     def __init__(self, settings: Settings, workers: int) -> None:
         context = multiprocessing.get_context("fork")
         self._workers = [_Worker(context, settings, index) for index in range(workers)]
-        atexit.register(
-            self.close
-        )  # before multiprocessing's own exit hook, which would wait for them
+        # before multiprocessing's own exit hook, which would wait for them
+        atexit.register(self.close)
         self._waiting: deque[tuple[_Worker, list[Item], OnMapped]] = deque()
         self._turn = 0
         self._opened = 0

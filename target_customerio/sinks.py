@@ -69,9 +69,8 @@ class CustomerIOSink(SdkSink):
         self._chunk: list[Item] = []
         self._sdk_counted = 0  # records of the chunk that came through the SDK's handling
         self._fail_on_violation = route.on_contract_violation == "fail"
-        self._seen_events: set[int] = (
-            set()
-        )  # dedupe keys of the events sent in this run: small at 1M events
+        # dedupe keys of the events sent in this run: small at 1M events
+        self._seen_events: set[int] = set()
         self._max_reject_ratio = needs.max_reject_ratio
         self._members = needs.members
         self._packers = [
@@ -143,9 +142,8 @@ class CustomerIOSink(SdkSink):
         for raw, name in mapped.event_names:
             self._report.event_name(raw, name)
         for index, reason, field, message, rule in mapped.rejects:
-            tally.received = (
-                received + index + 1
-            )  # as counted one by one: max_reject_ratio is checked here
+            # as counted one by one: max_reject_ratio is checked here
+            tally.received = received + index + 1
             self._reject(items[index], Rejected(reason, field, message, rule))
         tally.received = received + len(items)
         segments = mapped.segments

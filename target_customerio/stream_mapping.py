@@ -26,9 +26,8 @@ from target_customerio.wire import Segment, SegmentBuilder
 RECENT_EVENTS = 20_000
 
 Item = bytes | dict  # a RECORD line, whole (the direct path), or a record the SDK decoded
-_Send = tuple[
-    bytes, str, tuple[int, int] | None
-]  # an operation to send: body, shard key, ledger entry
+# an operation to send: body, shard key, ledger entry
+_Send = tuple[bytes, str, tuple[int, int] | None]
 
 
 def compiled() -> bool:
@@ -42,9 +41,8 @@ class Mapped:
     record order, and what became of the records that sent nothing."""
 
     segments: dict[int, Segment]
-    rejects: list[
-        tuple[int, str, str | None, str, str | None]
-    ]  # (index in the chunk, reason, field, message, rule)
+    # (index in the chunk, reason, field, message, rule)
+    rejects: list[tuple[int, str, str | None, str, str | None]]
     skipped: dict[str, int]  # reason -> records
     event_items: list[int]  # the records (indexes in the chunk) that sent an event, and
     event_keys: list[int]  # their events' dedupe keys: the sink checks them across processes
@@ -80,9 +78,8 @@ class StreamMapping:
     ) -> None:
         route = settings.routes.match(spec.stream)
         assert route is not None  # the target only maps routed streams
-        self._recent: OrderedDict[int, None] = (
-            OrderedDict()
-        )  # dedupe keys of the last events sent here
+        # dedupe keys of the last events sent here
+        self._recent: OrderedDict[int, None] = OrderedDict()
         context = Context(
             spec.started_at,
             spec.ledger_scope,
@@ -103,9 +100,8 @@ class StreamMapping:
         rejects: list[tuple[int, str, str | None, str, str | None]] = []
         skipped: Counter[str] = Counter()
         rejected_members: list[int] = []
-        mapped: list[
-            tuple[int, int | None, list[_Send]]
-        ] = []  # (index in the chunk, event dedupe key, operations)
+        # (index in the chunk, event dedupe key, operations)
+        mapped: list[tuple[int, int | None, list[_Send]]] = []
         builder = self._builder  # a native method call (compiled), not a bound-method object
         for index, item in enumerate(items):
             record, native = (
@@ -130,9 +126,8 @@ class StreamMapping:
                         rejected_members.append(member)
                 continue
             seen = ops[0].seen
-            if (
-                seen is not None
-            ):  # an event: sent once a run, whatever its rows (the builder skips the repeats)
+            # an event: sent once a run, whatever its rows (the builder skips the repeats)
+            if seen is not None:
                 self._recent[seen] = None
                 if len(self._recent) > RECENT_EVENTS:
                     self._recent.popitem(last=False)

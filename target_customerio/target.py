@@ -130,9 +130,8 @@ class TargetCustomerIO(SdkTarget):
             validate_config=validate_config,
             message_reader=message_reader,
         )
-        logging.getLogger("urllib3").setLevel(
-            logging.ERROR
-        )  # a try cut at its deadline is ours to report
+        # a try cut at its deadline is ours to report
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
         for warning in warnings:
             self.logger.warning("%s", warning)
         self.settings = load_settings(dict(self.config), Path.cwd())
@@ -167,9 +166,8 @@ class TargetCustomerIO(SdkTarget):
         self.reconciler = Reconciler(self.report, self.logger)
         self.memberships = Memberships(self.report, self.logger)
         self.mirror = Mirror(self.report, self.logger)
-        self._direct: dict[
-            str, CustomerIOSink | UnmappedSink
-        ] = {}  # streams whose records skip the SDK's handling
+        # streams whose records skip the SDK's handling
+        self._direct: dict[str, CustomerIOSink | UnmappedSink] = {}
         self._age_check_every = min(1.0, self.settings.checkpoint_interval_seconds / 4)
         self._next_age_check = 0.0
         self._busy = False
@@ -388,9 +386,8 @@ class TargetCustomerIO(SdkTarget):
         if sink is None or type(record) is not dict:
             self._guarded(self._sdk_record, message_dict)  # maps, or the SDK's error
         else:
-            self._take_record(
-                sink, record
-            )  # a RECORD line not in the form the reader passes on whole
+            # a RECORD line not in the form the reader passes on whole
+            self._take_record(sink, record)
 
     def _sdk_record(self, message_dict: dict) -> None:
         """The SDK's handling of a record: its stream maps are the user's expressions, so one
@@ -459,9 +456,8 @@ class TargetCustomerIO(SdkTarget):
         self.mapping.close()
         try:
             self.ledger.close()
-        except (
-            TargetError
-        ) as exc:  # after the last STATE: the entries not written cost a re-send next run
+        except TargetError as exc:
+            # after the last STATE: the entries not written cost a re-send next run
             self.logger.warning("%s; the next run sends those operations again", exc)
         try:
             self.report.close(status, error)

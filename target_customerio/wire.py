@@ -112,9 +112,8 @@ class Segment(NamedTuple):
                 first.extend((i, key, fp))
             else:
                 rest.extend((i - count, key, fp))
-        cut_inside = (
-            self.item_of[count - 1] == self.item_of[count]
-        )  # a record's operations cut apart
+        # a record's operations cut apart
+        cut_inside = self.item_of[count - 1] == self.item_of[count]
         head = Segment(
             self.data[:cut], self.ends[:count], self.item_of[:count], first, self.items, cut_inside
         )
