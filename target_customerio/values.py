@@ -157,3 +157,17 @@ _NON_WORD = re.compile(r"[^0-9a-zA-Z]+")
 def snake_case(name: str) -> str:
     """`Order Placed`, `OrderPlaced`, `order-placed` → `order_placed`."""
     return _NON_WORD.sub("_", _CAMEL.sub("_", name.strip())).strip("_").lower()
+
+
+def whole_number(value: Any) -> int | None:
+    """A non-negative integer, as a number (3, 3.0) or its digits ("3"); None otherwise (a
+    boolean, a fraction, a sign, NaN)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, (float, Decimal)):
+        return int(value) if math.isfinite(value) and value == int(value) and value >= 0 else None
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None

@@ -26,7 +26,9 @@ from target_customerio.operations.operation import (
     Operation,
     Rejected,
 )
+from target_customerio.operations.segment import segment_id_value
 from target_customerio.routes import KindOptions, Route, column_option
+from target_customerio.values import whole_number
 
 ON_DRIFT = ("fail", "warn")
 _SHARE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
@@ -98,33 +100,20 @@ def options(where: str, spec: dict[str, Any]) -> ReconcileOptions:
     return ReconcileOptions(segment, expected, tolerance, column, on_drift)
 
 
-def _whole(value: Any) -> int | None:
-    """A non-negative integer, as a number or its digits; None otherwise."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, (float, Decimal)):
-        return int(value) if math.isfinite(value) and value == int(value) and value >= 0 else None
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return None
-
-
 class ReconcileBuilder(Builder):
     def __init__(self, route: Route, schema: dict[str, Any], context: Context) -> None:
         self._options: ReconcileOptions = route.options
 
     def build(self, record: dict[str, Any], native: bool = False) -> Built:
         o = self._options
-        segment = _whole(record.get(o.segment_id))
+        segment = segment_id_value(record.get(o.segment_id))
         if segment is None:
             raise Rejected(
                 "invalid_segment_id",
                 o.segment_id,
                 f"{o.segment_id} must hold a Customer.io segment id (a positive integer)",
             )
-        expected = _whole(record.get(o.expected_count))
+        expected = whole_number(record.get(o.expected_count))
         if expected is None:
             raise Rejected(
                 "invalid_expected_count",

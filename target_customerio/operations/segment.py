@@ -10,9 +10,7 @@ in a complete run is removed (`.../remove_customers`), under the route's `max_ex
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -35,6 +33,7 @@ from target_customerio.routes import (
     identifier_option,
     max_exit_ratio_option,
 )
+from target_customerio.values import whole_number
 
 _new = tuple.__new__
 
@@ -64,19 +63,8 @@ def options(where: str, spec: dict[str, Any]) -> SegmentOptions:
 
 def segment_id_value(value: Any) -> int | None:
     """A segment id: a positive integer, as a number or its digits; None otherwise."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value > 0 else None
-    if isinstance(value, (float, Decimal)):
-        if not math.isfinite(value) or value != int(value):
-            return None
-        number = int(value)
-        return number if number > 0 else None
-    if isinstance(value, str) and value.strip().isdigit():
-        number = int(value.strip())
-        return number if number > 0 else None
-    return None
+    number = whole_number(value)
+    return number if number else None
 
 
 class SegmentBuilder(Builder):
