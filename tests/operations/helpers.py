@@ -11,7 +11,7 @@ import orjson
 
 from target_customerio.operations import KINDS
 from target_customerio.operations.operation import Built, Context, Operation
-from target_customerio.routes import Routes
+from target_customerio.routes import Route, Routes
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.timezone.utc)
 SCHEMA = {
@@ -30,6 +30,13 @@ EVENT = {
 }
 
 
+def route(spec: dict) -> Route:
+    """The route a spec reads as (the options every route takes and its kind's)."""
+    found = Routes({"s": spec}, Path("."), "reject").match("s")
+    assert found is not None
+    return found
+
+
 class Kind:
     """The builder of a route's kind (operations.KINDS), built from the route's spec."""
 
@@ -43,13 +50,12 @@ class Kind:
         ledger_scope: str | None = None,
         sent_events: Container[int] = frozenset(),
     ) -> None:
-        route = Routes({"s": spec}, Path("."), "reject").match("s")
-        assert route is not None
+        found = route(spec)
         on_name = (lambda raw, name: names.append((raw, name))) if names is not None else None
         context = Context(
             NOW.timestamp() if now is None else now, ledger_scope, sent_events, on_name
         )
-        self.builder = KINDS[route.kind].builder(route, schema, context)
+        self.builder = KINDS[found.kind].builder(found, schema, context)
 
     def build(self, record: dict[str, Any], native: bool = False) -> Built:
         return self.builder.build(record, native)

@@ -11,18 +11,11 @@ import pytest
 from target_customerio.errors import ConfigError
 from target_customerio.operations.operation import Rejected
 from target_customerio.operations.person import exit_operation, member
-from target_customerio.routes import Routes
 from target_customerio.settings import load_settings
-from tests.operations.helpers import EVENT, PERSON, Kind
+from tests.operations.helpers import EVENT, PERSON, Kind, route
 
 MIRROR = {**PERSON, "mirror": True}
 SCOPE = "https://track.example\x1fsite\x1fpublic-vip"
-
-
-def route(spec: dict):
-    found = Routes({"s": spec}, Path("."), "reject").match("s")
-    assert found is not None
-    return found
 
 
 def test_mirror_defaults_to_unset_with_a_tenth_as_the_guard():

@@ -4,7 +4,6 @@ sent) out; the route's options fail closed."""
 from __future__ import annotations
 
 from decimal import Decimal
-from pathlib import Path
 
 import orjson
 import pytest
@@ -14,8 +13,7 @@ from target_customerio.ledger import hash64, scope_seed
 from target_customerio.operations import KINDS
 from target_customerio.operations.operation import Rejected
 from target_customerio.operations.segment import member, segment_id_value
-from target_customerio.routes import Routes
-from tests.operations.helpers import Kind
+from tests.operations.helpers import Kind, route
 
 SEGMENT = {
     "kind": "segment",
@@ -23,12 +21,6 @@ SEGMENT = {
     "segment_id": "segment_id",
 }
 SCOPE = "https://track.example\x1fsite\x1fpublic-vip_segment"
-
-
-def route(spec: dict):
-    found = Routes({"s": spec}, Path("."), "reject").match("s")
-    assert found is not None
-    return found
 
 
 def test_a_row_is_one_membership_with_its_ledger_key_and_no_content_fingerprint():
