@@ -207,7 +207,14 @@ class Mirror:
             if accepted.get(key) == fingerprint
         ]
         told = {key for key in plan.exits if accepted.get(key) == EXIT_FINGERPRINT}
-        ledger.update_mirror(run.scope, kept, told | plan.forgotten | plan.removed)
+        # Gone without an exit operation (forgotten, or removed from a segment): their delivered
+        # entry is marked too, so that one who comes back counts as kept only once Customer.io
+        # accepts them again (an exit's entry is marked by its delivery).
+        gone = plan.forgotten | plan.removed
+        if gone:
+            ledger.record([(key, EXIT_FINGERPRINT) for key in gone])
+            ledger.flush()
+        ledger.update_mirror(run.scope, kept, told | gone)
 
 
 def _membership(member: str) -> tuple[int, str, str]:

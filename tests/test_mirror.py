@@ -523,3 +523,27 @@ def test_a_dry_run_lists_the_membership_changes(sandbox, tmp_path):
     )
     assert empty.returncode == 8  # the guard holds in a dry run as it would for real
     assert "remove_customers" not in dry_file.read_text()
+
+
+def test_a_membership_that_comes_back_and_is_refused_is_added_on_the_next_run(sandbox, tmp_path):
+    """Removed, then back in the view, then its add refused: it is not kept as if delivered,
+    so the next run adds it again (a removal marks the ledger as an exit does)."""
+    vip = sandbox.add_segment("VIP (manual)", kind="manual")
+    cfg = config(sandbox, tmp_path, {C: PEOPLE, S: {**SEGMENT, "max_exit_ratio": 0.5}})
+    people = customers(ids(4))
+    assert (
+        run_target(cfg, [*people, *memberships((i, vip) for i in ids(4))], tmp_path).returncode == 0
+    )
+    assert (
+        run_target(cfg, [*people, *memberships((i, vip) for i in ids(3))], tmp_path).returncode == 0
+    )
+    assert sorted(p["id"] for p in sandbox.segment_members(vip)) == sorted(ids(3))
+    sandbox.inject(status=400, times=1, path=f"/api/v1/segments/{vip}/add_customers")
+    back = run_target(cfg, [*people, *memberships((i, vip) for i in ids(4))], tmp_path)
+    assert back.returncode == 0, back.stderr
+    assert [r["reason"] for r in back.rejects] == ["rejected_by_customerio"]
+    assert sorted(p["id"] for p in sandbox.segment_members(vip)) == sorted(ids(3))
+    again = run_target(cfg, [*people, *memberships((i, vip) for i in ids(4))], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p["id"] for p in sandbox.segment_members(vip)) == sorted(ids(4))
+    assert again.report["mirror"][S]["segment_adds"] == 1
