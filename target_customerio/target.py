@@ -203,18 +203,19 @@ class TargetCustomerIO(SdkTarget):
         route's operations to the Track API), and a mirror route's members."""
         route = self.settings.routes.match(stream)
         channel = KINDS[route.kind].channel if route is not None else "track"
-        deliver: Delivery | DryRun | Reconciler | Memberships = self.delivery
-        if channel == "segments":
-            deliver = self.memberships
-        if route is not None and channel == "checks":
-            deliver = self.reconciler
-            if not self.settings.dry_run and not str(self.config.get("app_api_key") or "").strip():
-                # Checked when the stream comes, not at start: one loader config serves every
-                # job, and only the job that reads the checks view needs the key.
-                raise ConfigError(
-                    f"setting `app_api_key` is required by the reconcile route "
-                    f"`{route.pattern}` (stream {stream}; TARGET_CUSTOMERIO_APP_API_KEY)"
-                )
+        deliver: Delivery | DryRun | Reconciler | Memberships = {
+            "track": self.delivery,
+            "segments": self.memberships,
+            "checks": self.reconciler,
+        }[channel]
+        # The App API key is checked when a checks stream comes, not at start: one loader
+        # config serves every job, and only the job that reads the checks view needs it.
+        no_key = not str(self.config.get("app_api_key") or "").strip()
+        if route is not None and channel == "checks" and no_key and not self.settings.dry_run:
+            raise ConfigError(
+                f"setting `app_api_key` is required by the reconcile route "
+                f"`{route.pattern}` (stream {stream}; TARGET_CUSTOMERIO_APP_API_KEY)"
+            )
         scope = self.ledger_scope(stream)
         members = None
         if route is not None and route.mirror is not None and scope is not None:
