@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property, partial
 
 from target_customerio.errors import ContractError
+from target_customerio.identity import IdentityMap, StreamIdentity, with_after
 from target_customerio.mapping_processes import CHUNK, ProcessMapping
 from target_customerio.mirror import RunMembers
 from target_customerio.operations.operation import Rejected
@@ -35,6 +36,7 @@ class SinkNeeds:
     ledger_scope: str | None
     max_reject_ratio: float | None
     members: RunMembers | None = None  # a mirror route's: who this run's records are about
+    identity: IdentityMap | None = None  # the workspace's identity map (identity.py)
 
 
 class CustomerIOSink(SdkSink):
@@ -73,6 +75,11 @@ class CustomerIOSink(SdkSink):
         self._seen_events: set[int] = set()
         self._max_reject_ratio = needs.max_reject_ratio
         self._members = needs.members
+        self._identity = needs.identity
+        identity = getattr(route.options, "identity", None)
+        self._identity_stream = (
+            StreamIdentity(identity, route.kind == "person") if identity is not None else None
+        )
         self._packers = [
             Packer(stream_name, partial(needs.submit, shard)) for shard in range(needs.shards)
         ]
@@ -163,8 +170,31 @@ class CustomerIOSink(SdkSink):
             self._report.skip(self.stream_name, reason, count)
         if self._members is not None and mapped.members is not None:
             self._members.add(mapped.members, mapped.sent_members or [])
+        if mapped.identity:
+            segments = self._check_identity(items, mapped.identity, segments)
         for shard, segment in segments.items():
             self._packers[shard].add_segment(segment._replace(items=items))
+
+    def _check_identity(self, items: list[Item], claims: list, segments: dict) -> dict:
+        """The run-wide identity check, in record order (identity.py): rejected records leave
+        their segments, a keyed person's merge follows its identify on the same shard."""
+        assert self._identity is not None and self._identity_stream is not None
+        outcome = self._identity.account(self._identity_stream, claims)
+        self._report.identity(self.stream_name, outcome.conflicts, outcome.unknown, outcome.changes)
+        rejected = set()
+        for index, reason, field, message in outcome.rejects:
+            self._reject(items[index], Rejected(reason, field, message))
+            rejected.add(index)
+        shards = len(self._packers)
+        merges: dict[int, dict[int, bytes]] = {}
+        for index, (body, shard_key) in outcome.merges.items():
+            merges.setdefault(hash(shard_key) % shards, {})[index] = body
+        if not rejected and not merges:
+            return segments
+        return {
+            shard: with_after(segment.without_items(rejected), merges.get(shard, {}))
+            for shard, segment in segments.items()
+        }
 
     def _reject(self, record: Item, rej: Rejected) -> None:
         if rej.reason in CONTRACT_REASONS and self._fail_on_violation:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from singer_sdk.exceptions import MissingKeyPropertiesError
 
+from target_customerio.identity import Claim, Claims, workspace_seed
 from target_customerio.ledger import Ledger, NoLedger, open_ledger
 from target_customerio.operations import KINDS
 from target_customerio.operations.operation import Builder, Context, Rejected, Skipped
@@ -52,6 +53,8 @@ class Mapped:
     # record sent, (key, fingerprint, what the ledger keeps about the member: Kind.member).
     members: array | None = None
     sent_members: list[tuple[int, int, str]] | None = None
+    # The identity claims of the records sent, in order (identity.py); None: the kind makes none
+    identity: list[Claim] | None = None
 
 
 @dataclass
@@ -95,6 +98,17 @@ class StreamMapping:
         self._shards = spec.shards
         self._ledger = None if isinstance(ledger, NoLedger) else ledger
         self._event_names = event_names
+        self._claims: Claims | None = (
+            Claims(
+                route,
+                spec.schema,
+                spec.stream,
+                spec.key_properties,
+                workspace_seed(settings.base_url, settings.site_id),
+            )
+            if route.kind in ("person", "event", "segment", "object")
+            else None
+        )
 
     def map_chunk(self, items: list[Item]) -> Mapped:
         rejects: list[tuple[int, str, str | None, str, str | None]] = []
@@ -102,6 +116,8 @@ class StreamMapping:
         rejected_members: list[int] = []
         # (index in the chunk, event dedupe key, operations)
         mapped: list[tuple[int, int | None, list[_Send]]] = []
+        made: list[Claim | None] = []  # each mapped record's identity claim
+        claims = self._claims
         builder = self._builder  # a native method call (compiled), not a bound-method object
         for index, item in enumerate(items):
             record, native = (
@@ -114,7 +130,7 @@ class StreamMapping:
                         f"(key_properties: {self._key_properties})"
                     )
             try:
-                ops = builder.build(record, native).operations
+                built = builder.build(record, native)
             except Skipped as skip:
                 skipped[skip.reason] += 1
                 continue
@@ -125,7 +141,10 @@ class StreamMapping:
                     if member is not None:
                         rejected_members.append(member)
                 continue
+            ops = built.operations
             seen = ops[0].seen
+            if claims is not None:
+                made.append(claims.of(index, record, built.identifier))
             # an event: sent once a run, whatever its rows (the builder skips the repeats)
             if seen is not None:
                 self._recent[seen] = None
@@ -139,10 +158,13 @@ class StreamMapping:
         parts = [SegmentBuilder() for _ in range(shards)]
         event_items: list[int] = []
         event_keys: list[int] = []
+        identity: list[Claim] | None = [] if claims is not None else None
         for at, (index, seen, sends) in enumerate(mapped):
             if at in unchanged:
                 skipped["unchanged"] += 1
                 continue
+            if identity is not None and (claim := made[at]) is not None:
+                identity.append(claim)
             if seen is not None:
                 event_items.append(index)
                 event_keys.append(seen)
@@ -151,6 +173,7 @@ class StreamMapping:
         segments = {shard: part.segment() for shard, part in enumerate(parts) if part.bodies}
         names, self._event_names[:] = list(self._event_names), []
         out = Mapped(segments, rejects, dict(skipped), event_items, event_keys, names)
+        out.identity = identity
         if self._member is not None:
             out.members, out.sent_members = self._members(mapped, unchanged, rejected_members)
         return out

@@ -31,6 +31,7 @@ from target_customerio.errors import (
     Terminated,
     did_you_mean,
 )
+from target_customerio.identity import open_identity
 from target_customerio.ledger import open_ledger
 from target_customerio.mapping_processes import ProcessMapping, make_mapping
 from target_customerio.memberships import Memberships, segment_requests
@@ -159,6 +160,7 @@ class TargetCustomerIO(SdkTarget):
             logger=self.logger,
         )
         self.ledger = open_ledger(self.settings)
+        self.identity = open_identity(self.settings)  # beside the ledger (identity.py)
         self.delivery: Delivery | DryRun = make_delivery(
             self.settings,
             str(self.config.get("api_key", "")),
@@ -233,6 +235,7 @@ class TargetCustomerIO(SdkTarget):
             ledger_scope=scope,
             max_reject_ratio=self.settings.max_reject_ratio,
             members=members,
+            identity=self.identity,
         )
 
     # Routing
@@ -306,6 +309,7 @@ class TargetCustomerIO(SdkTarget):
             self.ledger.flush()
         for sink in sinks:
             sink.check_reject_ratio()
+        self.identity.flush()
         self.report.flush()
 
     def emit_state(self, state: dict) -> None:
@@ -459,6 +463,7 @@ class TargetCustomerIO(SdkTarget):
         """Write the report and the one-line summary."""
         self.mapping.close()
         try:
+            self.identity.close(write=status == "ok")
             self.ledger.close()
         except TargetError as exc:
             # after the last STATE: the entries not written cost a re-send next run

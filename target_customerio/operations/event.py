@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from target_customerio.errors import ConfigError
+from target_customerio.identity import USE_KEYS, IdentityOptions, identity_options
 from target_customerio.operations import delete
 from target_customerio.operations.event_ids import dedupe_key, event_digest, ulid_text
 from target_customerio.operations.identifiers import identifier_value
@@ -50,6 +51,7 @@ class EventOptions(KindOptions):
     timestamp: str  # the column holding when it happened
     max_age: dt.timedelta | None = None
     mirror_to_attribute: str | None = None
+    identity: IdentityOptions = IdentityOptions()  # identity.py
 
     def columns_named(self) -> list[tuple[str, str]]:
         named = [("identifier.field", self.identifier.field)]
@@ -97,6 +99,7 @@ def options(where: str, spec: dict[str, Any]) -> EventOptions:
         timestamp=spec["timestamp"],
         max_age=_max_age(where, spec.get("max_age")),
         mirror_to_attribute=mirror,
+        identity=identity_options(where, spec),
     )
 
 
@@ -214,5 +217,6 @@ KEYS = (
     "timestamp",
     "max_age",
     "mirror_to_attribute",
+    *USE_KEYS,
 )
 KIND: Kind = Kind("event", KEYS, options, EventBuilder)

@@ -1,0 +1,626 @@
+"""The workspace identity map: which id, email and cio_id values this target has sent as one
+person, so that two people never become one profile (issue 23).
+
+Mapping (stream_mapping.py, in the mapping processes) turns each record it sends into a claim
+(`Claims.of`): 64-bit hashes of the identifiers it names, and for a person record who it is.
+The sink hands each chunk's claims to the run-wide `IdentityMap` in record order
+(`CustomerIOSink._account`), which decides, record after record:
+
+- a person record whose email (identifier or attribute), id or cio_id belongs to another person
+  is an identity conflict: rejected `identifier_conflict` (`on_identity_conflict: reject`, the
+  default) or sent and counted (`send`); its claim is not taken (Customer.io keeps the value
+  where it was: a `failed_attribute_change`);
+- a person whose attribute email changes releases the old one, so emails that move between
+  people are resolved in the order the rows arrive;
+- on a route keyed by the tap's `key_properties` (not by its identifier), a key known with
+  another identifier is the same person with a new one: with `on_identifier_change: merge` (the
+  default) the old profile is merged into the new identifier, right after its identify, on the
+  same delivery shard;
+- an event, membership or object relationship naming an identifier no person record of this
+  target claimed in the workspace is an unknown person: counted (`unknown_people`), and with
+  `unknown_person: reject` rejected instead of creating an empty profile.
+
+What is kept: in memory, a bounded cache of claims (hashes only: key -> owner), and at most a
+few thousand pending names; in the ledger's database (the same file or Postgres database as the
+ledger, tables `identity` and `identity_people`), every claim (two 64-bit integers) and one name
+a person (for the reject message that names the other person, and the old identifier a merge
+needs). With change detection off the map lives in an in-memory SQLite database for the run.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from target_customerio.errors import ConfigError, TargetError
+from target_customerio.ledger import hash64, scope_seed
+from target_customerio.redaction import shown
+
+ON_IDENTITY_CONFLICT = ("reject", "send")
+UNKNOWN_PERSON = ("send", "reject")
+ON_IDENTIFIER_CHANGE = ("merge", "new")
+PERSON_KEYS = ("on_identity_conflict", "on_identifier_change")
+USE_KEYS = ("unknown_person",)
+
+CACHE_CLAIMS = 250_000  # claims held in memory before they are written and the cache emptied
+PENDING_NAMES = 20_000  # new people's names held before they are written
+_LOOKUP_CHUNK = 500  # keys a query (SQLite's limit on bound parameters is 999 at its smallest)
+_SLOT = {"id": 0x5A5A_0001, "email": 0x5A5A_0002, "cio_id": 0x5A5A_0003}  # see `_slot`
+_ID_ATTRIBUTES = ("id", "email", "cio_id")
+
+
+@dataclass(frozen=True)
+class IdentityOptions:
+    """A route's identity options (the keys its kind declares; the others keep their default)."""
+
+    on_identity_conflict: str = "reject"
+    unknown_person: str = "send"
+    on_identifier_change: str = "merge"
+
+
+def identity_options(where: str, spec: dict[str, Any]) -> IdentityOptions:
+    """The identity options of a route; ConfigError for a value that is not one of the choices
+    (which keys a kind takes is its KEYS: a key of another kind is an error there)."""
+    values = {}
+    for key, choices in (
+        ("on_identity_conflict", ON_IDENTITY_CONFLICT),
+        ("unknown_person", UNKNOWN_PERSON),
+        ("on_identifier_change", ON_IDENTIFIER_CHANGE),
+    ):
+        if key in spec:
+            if spec[key] not in choices:
+                raise ConfigError(
+                    f"{where}.{key}: {spec[key]!r} is not one of {', '.join(choices)}"
+                )
+            values[key] = spec[key]
+    return IdentityOptions(**values)
+
+
+def workspace_seed(base_url: str, site_id: str) -> int:
+    """The hash seed of one workspace: its claims are its own."""
+    return scope_seed(f"identity\x1f{base_url}\x1f{site_id}")
+
+
+def claim_key(kind: str, value: str, seed: int) -> int:
+    """An identifier as the map knows it (value as sent: identifiers.as_sent)."""
+    return hash64(f"{kind}\x1f{value}".encode(), seed)
+
+
+# ---- mapping's side: a record's claim -----------------------------------------------------------
+
+# A claim, as it travels from mapping to the sink:
+# (index in the chunk, person, keys, fields, kinds, name, identifier)
+# person: a keyed person's hash, else 0 (a person named by its identifier, keys[0], or a record
+# that only uses people: an event, a membership, object relationships); keys[i] is 0 where
+# the record clears that attribute (blank email: the person's email is released), fields[i]
+# the column it comes from and kinds[i] the identifier it is (id, email, cio_id); name and
+# identifier (`kind\x1fvalue`, keyed routes) only for person records.
+Claim = tuple[int, int, tuple[int, ...], tuple[str, ...], tuple[str, ...], str, str]
+
+
+class Claims:
+    """A stream's claims, made in the mapping process."""
+
+    def __init__(
+        self,
+        route: Any,
+        schema: dict[str, Any],
+        stream: str,
+        key_properties: list[str],
+        seed: int,
+    ) -> None:
+        from target_customerio.operations.identifiers import as_sent  # noqa: PLC0415 - a cycle
+
+        self._as_sent = as_sent
+        self._seed, self._stream = seed, stream
+        self._kind = route.kind
+        options = route.options
+        identifier = getattr(options, "identifier", None)
+        self._field = identifier.field if identifier is not None else ""
+        self._type = identifier.type if identifier is not None else ""
+        self._relationships = tuple(getattr(options, "relationships", ()))
+        # Keyed: the row's key says who, the identifier may change (issue 23, item 4).
+        self._key = (
+            list(key_properties)
+            if route.kind == "person" and key_properties and self._field not in key_properties
+            else []
+        )
+        properties = schema.get("properties") if isinstance(schema, dict) else None
+        columns = list(properties) if isinstance(properties, dict) else []
+        # The columns sent as an identifier attribute (`email`, `id`, `cio_id`): Customer.io
+        # sets that identifier from them.
+        self._attributes = [
+            (column, name)
+            for column in columns
+            if (name := route.attribute_name(column)) in _ID_ATTRIBUTES and name != self._type
+        ]
+
+    def of(self, index: int, record: dict[str, Any], identifier: tuple[str, str]) -> Claim | None:
+        kind, value = identifier
+        seed = self._seed
+        if self._kind == "person":
+            keys = [claim_key(kind, value, seed)]
+            fields, kinds = [self._field], [kind]
+            for column, name in self._attributes:
+                if column in record:
+                    keys.append(self._attribute(name, record[column]))
+                    fields.append(column)
+                    kinds.append(name)
+            if self._key:
+                key = [record.get(column) for column in self._key]
+                text = orjson.dumps(key, default=str)
+                person = hash64(b"key\x1f" + self._stream.encode() + b"\x1f" + text, seed) or 1
+                shown_key = ", ".join(str(part) for part in key)
+                name = f"{', '.join(self._key)} {shown_key} of {self._stream}"
+                return (
+                    index, person, tuple(keys), tuple(fields), tuple(kinds), name,
+                    f"{kind}\x1f{value}",
+                )  # fmt: skip
+            return (index, 0, tuple(keys), tuple(fields), tuple(kinds), f"{kind} {value}", "")
+        if self._kind == "object":
+            keys, fields, kinds = [], [], []
+            for rel in self._relationships:
+                raw = record.get(rel.field)
+                sent = self._as_sent(raw if type(raw) is str else str(raw), rel.type)
+                keys.append(claim_key(rel.type, sent, seed))
+                fields.append(rel.field)
+                kinds.append(rel.type)
+            return (index, 0, tuple(keys), tuple(fields), tuple(kinds), "", "") if keys else None
+        if self._kind in ("event", "segment"):
+            key = claim_key(kind, value, seed)
+            return (index, 0, (key,), (self._field,), (kind,), "", "")
+        return None
+
+    def _attribute(self, name: str, raw: Any) -> int:
+        """The claim an identifier attribute makes; 0 when it clears it (blank) or is not a
+        usable identifier (Customer.io would not set it)."""
+        if raw is None or type(raw) is bool or isinstance(raw, (dict, list)):
+            return 0
+        value = self._as_sent(raw if type(raw) is str else str(raw), name)
+        if not value or not value.isprintable() or len(value.encode()) > 150:
+            return 0
+        if name == "email" and "@" not in value:
+            return 0
+        return claim_key(name, value, self._seed)
+
+
+# ---- the sink's side: the run-wide map ----------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What the map decided for one chunk's claims."""
+
+    rejects: list[tuple[int, str, str, str]]  # (index, reason, field, message)
+    merges: dict[int, tuple[bytes, str]]  # index -> (merge operation, its shard key)
+    conflicts: int = 0
+    unknown: int = 0
+    changes: int = 0
+
+
+@dataclass(frozen=True)
+class StreamIdentity:
+    """What the map needs to know about one stream's route."""
+
+    options: IdentityOptions
+    person: bool  # a person route (claims), else one that uses people
+
+
+class IdentityMap:
+    """The run-wide identity map of one workspace (one per target process)."""
+
+    def __init__(self, store: _Store, dry_run: bool = False) -> None:
+        self._store = store
+        self._dry_run = dry_run
+        self._owner: dict[int, int] = {}  # key -> owner (0: released); cache of the database
+        self._dirty: dict[int, int] = {}  # claims changed since the last write
+        self._names: dict[int, tuple[str, str]] = {}  # person -> (name, identifier), unwritten
+        self._store_empty = store.empty()  # nothing to look up there until the cache is emptied
+        self._lock = threading.Lock()  # sinks account in the reader's thread; flush may not
+
+    # -- one chunk, in record order --
+
+    def account(self, stream: StreamIdentity, claims: list[Claim]) -> Outcome:
+        with self._lock:
+            self._load(claims, stream.person)
+            out = Outcome([], {})
+            for claim in claims:
+                if stream.person:
+                    self._person(stream.options, claim, out)
+                else:
+                    self._use(stream.options, claim, out)
+            if len(self._owner) > CACHE_CLAIMS or len(self._names) > PENDING_NAMES:
+                self._write(forget=len(self._owner) > CACHE_CLAIMS)
+            return out
+
+    def _load(self, claims: list[Claim], people: bool) -> None:
+        """The chunk's keys the cache misses, read from the database in one query a 500:
+        identifiers and keyed people first, then the attribute slots of the people named."""
+        if self._store_empty:
+            return
+        owner = self._owner
+        wanted = {key for claim in claims for key in claim[2] if key}
+        wanted.update(claim[1] for claim in claims if claim[1])
+        wanted.difference_update(owner)
+        if wanted:
+            owner.update(self._store.owners(wanted))
+        if not people:
+            return
+        slots = {
+            _slot(claim[1] or owner.get(claim[2][0]) or claim[2][0], kind)
+            for claim in claims
+            for kind in claim[4][1:]
+        }
+        slots.difference_update(owner)
+        if slots:
+            owner.update(self._store.owners(slots))
+
+    def _get(self, key: int) -> int:
+        return self._owner.get(key, 0)
+
+    def _set(self, key: int, owner: int) -> None:
+        self._owner[key] = owner
+        self._dirty[key] = owner
+
+    def _person(self, options: IdentityOptions, claim: Claim, out: Outcome) -> None:
+        index, person, keys, fields, kinds, name, identifier = claim
+        first = keys[0]
+        keyed = person != 0
+        if not keyed:
+            person = self._get(first) or first
+        conflict = self._conflict(person, keys, 0 if keyed else 1)
+        if conflict is not None:
+            out.conflicts += 1
+            if options.on_identity_conflict == "reject":
+                field = fields[conflict[0]]
+                out.rejects.append(
+                    (index, "identifier_conflict", field, self._message(field, conflict[1]))
+                )
+                return
+        if keyed:
+            self._keyed(options, person, first, name, identifier, index, out)
+        elif not self._get(first):
+            self._names[person] = (name, identifier)
+        for i, key in enumerate(keys):
+            if conflict is not None and i == conflict[0]:
+                continue  # Customer.io keeps it where it was
+            if i == 0:
+                if self._get(key) != person:
+                    self._set(key, person)
+            elif key:
+                self._claim_attribute(person, key, kinds[i])
+            else:
+                self._release(person, kinds[i])
+
+    def _keyed(
+        self,
+        options: IdentityOptions,
+        person: int,
+        first: int,
+        name: str,
+        identifier: str,
+        index: int,
+        out: Outcome,
+    ) -> None:
+        """A keyed person: its identifier now is `first`; a change is followed (item 4)."""
+        previous = self._get(person)
+        if previous == first:
+            return
+        if previous:
+            out.changes += 1
+            if options.on_identifier_change == "merge":
+                merge = self._merge(person, identifier)
+                if merge is not None:
+                    out.merges[index] = merge
+                    if self._get(previous) == person:
+                        self._set(previous, 0)  # merged away: the old identifier is free
+        self._set(person, first)
+        self._names[person] = (name, identifier)
+
+    def _conflict(self, person: int, keys: tuple[int, ...], start: int) -> tuple[int, int] | None:
+        """The first identifier the record names that another person holds: (position, owner)."""
+        for i in range(start, len(keys)):
+            key = keys[i]
+            if key:
+                owner = self._get(key)
+                if owner and owner != person:
+                    return i, owner
+        return None
+
+    def _claim_attribute(self, person: int, key: int, kind: str) -> None:
+        """The person's `kind` attribute is `key` now: the value it held before is free."""
+        slot = _slot(person, kind)
+        previous = self._get(slot)
+        if previous != key:
+            if previous and self._get(previous) == person:
+                self._set(previous, 0)
+            self._set(slot, key)
+        if self._get(key) != person:
+            self._set(key, person)
+
+    def _release(self, person: int, kind: str) -> None:
+        """The record clears the person's `kind` attribute: its value is free."""
+        slot = _slot(person, kind)
+        previous = self._get(slot)
+        if previous:
+            if self._get(previous) == person:
+                self._set(previous, 0)
+            self._set(slot, 0)
+
+    def _use(self, options: IdentityOptions, claim: Claim, out: Outcome) -> None:
+        index, _, keys, fields, _, _, _ = claim
+        for key, field in zip(keys, fields, strict=True):
+            if not self._get(key):
+                out.unknown += 1
+                if options.unknown_person == "reject":
+                    out.rejects.append(
+                        (
+                            index,
+                            "unknown_person",
+                            field,
+                            f"{field} names a person this target never identified in this "
+                            "workspace (unknown_person: reject; an event for nobody would create "
+                            "an empty profile)",
+                        )
+                    )
+                return
+
+    def _message(self, field: str, other: int) -> str:
+        return (
+            f"the {field} value belongs to another person, {self._name(other)} (sent earlier "
+            "in this run or by an earlier one; on_identity_conflict: reject): Customer.io would "
+            "refuse the change or merge the two people"
+        )
+
+    def _name(self, person: int) -> str:
+        pending = self._names.get(person)
+        if pending is not None:
+            return pending[0]
+        return self._store.names([person]).get(person, (f"person #{person & 0xFFFFFF:06x}", ""))[0]
+
+    def _merge(self, person: int, identifier: str) -> tuple[bytes, str] | None:
+        """The merge that folds the profile of the person's old identifier into the new one."""
+        old = self._names.get(person) or self._store.names([person]).get(person)
+        if old is None or not old[1] or "\x1f" not in identifier:
+            return None
+        old_kind, old_value = old[1].split("\x1f", 1)
+        kind, value = identifier.split("\x1f", 1)
+        body = orjson.dumps({
+            "type": "person", "action": "merge",
+            "primary": {kind: value}, "secondary": {old_kind: old_value},
+        })  # fmt: skip
+        return body, value
+
+    # -- writing --
+
+    def flush(self) -> None:
+        """Write every claim and name held (the target calls it before each STATE)."""
+        with self._lock:
+            self._write(forget=False)
+
+    def _write(self, forget: bool) -> None:
+        if self._dry_run:  # nothing may be written: the cache keeps the whole run's claims
+            return
+        try:
+            if self._dirty or self._names:
+                self._store.write(list(self._dirty.items()), list(self._names.items()))
+        except Exception as exc:  # noqa: BLE001 - the run stops before its next STATE
+            reason = shown((str(exc).splitlines() or [""])[0])
+            raise TargetError(
+                f"cannot write the identity map: {type(exc).__name__}: {reason}"
+            ) from None
+        self._dirty.clear()
+        self._names.clear()
+        if forget:
+            self._owner.clear()
+            self._store_empty = False
+
+    def close(self, write: bool = True) -> None:
+        """`write`: the run ended normally (else the claims since the last STATE are not kept:
+        what they claim may not have reached Customer.io)."""
+        try:
+            if write:
+                self.flush()
+        finally:
+            self._store.close()
+
+
+def with_after(segment: Any, after: dict[int, bytes]) -> Any:
+    """The segment (wire.Segment) with an operation added after the last one of each record
+    (index) in `after`: a keyed person's merge, right behind its identify."""
+    if not after:
+        return segment
+    from target_customerio.wire import SegmentBuilder  # noqa: PLC0415 - wire imports the kinds
+
+    builder, entries = SegmentBuilder(), segment.ledger_at()
+    items = segment.item_of
+    for i, item in enumerate(items):
+        builder.add(segment.body(i), item, entries.get(i))
+        last = i + 1 == len(items) or items[i + 1] != item
+        if last and item in after:
+            builder.add(after[item], item, None)
+    return builder.segment(segment.items)
+
+
+def _slot(person: int, kind: str) -> int:
+    """Where the map keeps which value of an identifier attribute (`kind`) a person holds."""
+    return (person ^ _SLOT[kind]) or 1
+
+
+# ---- the database ------------------------------------------------------------------------------
+
+
+class _Store:
+    def empty(self) -> bool:
+        raise NotImplementedError
+
+    def owners(self, keys: Iterable[int]) -> dict[int, int]:
+        raise NotImplementedError
+
+    def names(self, people: Iterable[int]) -> dict[int, tuple[str, str]]:
+        raise NotImplementedError
+
+    def write(
+        self, claims: list[tuple[int, int]], names: list[tuple[int, tuple[str, str]]]
+    ) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+_SQLITE = (
+    "CREATE TABLE IF NOT EXISTS identity (key INTEGER PRIMARY KEY, owner INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS identity_people "
+    "(person INTEGER PRIMARY KEY, name TEXT NOT NULL, identifier TEXT NOT NULL)",
+)
+
+
+class SqliteStore(_Store):
+    """In the ledger's SQLite file (`:memory:` when change detection is off)."""
+
+    def __init__(self, path: str) -> None:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        if path != ":memory:":
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        for statement in _SQLITE:
+            self._db.execute(statement)
+
+    def empty(self) -> bool:
+        return self._db.execute("SELECT 1 FROM identity LIMIT 1").fetchone() is None
+
+    def _lookup(self, sql: str, keys: Iterable[int]) -> list[tuple[Any, ...]]:
+        keys = list(keys)
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(keys), _LOOKUP_CHUNK):
+            chunk = keys[start : start + _LOOKUP_CHUNK]
+            rows += self._db.execute(f"{sql}{','.join('?' * len(chunk))})", chunk).fetchall()
+        return rows
+
+    def owners(self, keys: Iterable[int]) -> dict[int, int]:
+        return dict(self._lookup("SELECT key, owner FROM identity WHERE key IN (", keys))  # type: ignore[arg-type]
+
+    def names(self, people: Iterable[int]) -> dict[int, tuple[str, str]]:
+        sql = "SELECT person, name, identifier FROM identity_people WHERE person IN ("
+        return {row[0]: (row[1], row[2]) for row in self._lookup(sql, people)}
+
+    def write(
+        self, claims: list[tuple[int, int]], names: list[tuple[int, tuple[str, str]]]
+    ) -> None:
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(
+                "INSERT INTO identity (key, owner) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET owner = excluded.owner",
+                claims,
+            )
+            self._db.executemany(
+                "INSERT INTO identity_people (person, name, identifier) VALUES (?, ?, ?) "
+                "ON CONFLICT(person) DO UPDATE SET name = excluded.name, "
+                "identifier = excluded.identifier",
+                ((person, name, identifier) for person, (name, identifier) in names),
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class PostgresStore(_Store):
+    """Beside the ledger's table in Postgres (`ledger_url`): `<table>_identity` and
+    `<table>_identity_people`."""
+
+    def __init__(self, dsn: str, table: str = "target_customerio_ledger") -> None:
+        import psycopg2  # noqa: PLC0415 - optional dependency, as the ledger's
+
+        self._t = table
+        self._pg = psycopg2.connect(dsn)
+        self._pg.autocommit = True
+        with self._pg.cursor() as cur:
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {table}_identity "
+                "(key BIGINT PRIMARY KEY, owner BIGINT NOT NULL)"
+            )
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {table}_identity_people "
+                "(person BIGINT PRIMARY KEY, name TEXT NOT NULL, identifier TEXT NOT NULL)"
+            )
+
+    def _select(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with self._pg.cursor() as cur:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+
+    def empty(self) -> bool:
+        return not self._select(f"SELECT 1 FROM {self._t}_identity LIMIT 1", ())
+
+    def owners(self, keys: Iterable[int]) -> dict[int, int]:
+        sql = f"SELECT key, owner FROM {self._t}_identity WHERE key = ANY(%s)"
+        return dict(self._select(sql, (list(keys),)))  # type: ignore[arg-type]
+
+    def names(self, people: Iterable[int]) -> dict[int, tuple[str, str]]:
+        sql = (
+            f"SELECT person, name, identifier FROM {self._t}_identity_people WHERE person = ANY(%s)"
+        )
+        return {row[0]: (row[1], row[2]) for row in self._select(sql, (list(people),))}
+
+    def write(
+        self, claims: list[tuple[int, int]], names: list[tuple[int, tuple[str, str]]]
+    ) -> None:
+        t = self._t
+        self._pg.autocommit = False
+        try:
+            with self._pg, self._pg.cursor() as cur:  # commits, or rolls back on an error
+                cur.execute(
+                    f"INSERT INTO {t}_identity (key, owner) "
+                    "SELECT (r ->> 0)::bigint, (r ->> 1)::bigint "
+                    "FROM json_array_elements(%s::json) AS r "
+                    "ON CONFLICT (key) DO UPDATE SET owner = EXCLUDED.owner",
+                    (orjson.dumps(claims).decode(),),
+                )
+                rows = [[person, name, identifier] for person, (name, identifier) in names]
+                cur.execute(
+                    f"INSERT INTO {t}_identity_people (person, name, identifier) "
+                    "SELECT (r ->> 0)::bigint, r ->> 1, r ->> 2 "
+                    "FROM json_array_elements(%s::json) AS r "
+                    "ON CONFLICT (person) DO UPDATE SET name = EXCLUDED.name, "
+                    "identifier = EXCLUDED.identifier",
+                    (orjson.dumps(rows).decode(),),
+                )
+        finally:
+            self._pg.autocommit = True
+
+    def close(self) -> None:
+        self._pg.close()
+
+
+def open_identity(settings: Any) -> IdentityMap:
+    """The workspace's identity map, where the ledger is (an in-memory one without it)."""
+    try:
+        if not settings.change_detection:
+            store: _Store = SqliteStore(":memory:")
+        elif settings.ledger_url:
+            store = PostgresStore(settings.ledger_url)
+        else:
+            store = SqliteStore(settings.ledger_path)
+    except Exception as exc:  # noqa: BLE001 - as the ledger: any reason is a config error
+        where = "ledger_url" if settings.ledger_url else f"ledger_path {settings.ledger_path!r}"
+        reason = shown((str(exc).splitlines() or [""])[0])
+        if settings.ledger_url and "dsn" in reason.lower():
+            reason = "not a valid Postgres URL or DSN"
+        raise ConfigError(
+            f"cannot open the identity map ({where}): {type(exc).__name__}: {reason}"
+        ) from None
+    return IdentityMap(store, dry_run=settings.dry_run)
