@@ -13,6 +13,8 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
+from target_customerio.sandbox import identity
+
 if TYPE_CHECKING:
     from target_customerio.sandbox.store import Store
 
@@ -105,9 +107,12 @@ def _identify(
         store.counters["suppressed_dropped"] += 1
         return
     changes = {k: v for k, v in changes.items() if k != "cio_id"}
-    attributes = _merge_attributes(json.loads(person["attributes"]), changes)
-    _update_identifier(store, person, "id", changes, identifier)
-    _update_identifier(store, person, "email", changes, identifier)
+    for kind in ("id", "email"):
+        if not _update_identifier(store, person, kind, changes, identifier):
+            del changes[kind]  # refused: neither the identifier nor the attribute changes
+    before = json.loads(person["attributes"])
+    attributes = _merge_attributes(before, changes)
+    identity.attribute_changes(store, person["cio_id"], before, attributes)
     updated = timestamp if timestamp is not None else int(time.time())
     store.db.execute(
         "UPDATE people SET attributes = ?, updated = ? WHERE cio_id = ?",
@@ -118,23 +123,25 @@ def _identify(
 
 def _update_identifier(
     store: Store, person, kind: str, changes: dict, used: tuple[str, str]
-) -> None:
-    """An `id` / `email` attribute also sets that identifier, unless another person has it."""
+) -> bool:
+    """An `id` / `email` attribute also sets that identifier, unless another person has it:
+    then nothing changes and the person gets a `failed_attribute_change` activity (False)."""
     if kind not in changes or used[0] == kind:
-        return
+        return True
     value = changes[kind]
     if value is None or value == "":
         sql = f"UPDATE people SET {kind} = NULL WHERE cio_id = ?"
         store.db.execute(sql, (person["cio_id"],))
-        return
+        return True
     value = str(value).lower() if kind == "email" else str(value)
     if value == person[kind]:
-        return
+        return True
     owner = _find(store, (kind, value))
     if owner is not None:
-        store.counters["identifier_conflicts"] += 1  # kept as an attribute; the page flags it
-        return
+        identity.refuse_identifier(store, person, kind, value, owner)
+        return False
     store.db.execute(f"UPDATE people SET {kind} = ? WHERE cio_id = ?", (value, person["cio_id"]))
+    return True
 
 
 def _event(store: Store, op: dict, received_at: float) -> None:
@@ -204,6 +211,7 @@ def _forget(store: Store, cio_id: str) -> None:
     """What a deleted or suppressed person leaves behind: its events and segment memberships."""
     store.db.execute("DELETE FROM events WHERE cio_id = ?", (cio_id,))
     store.db.execute("DELETE FROM segment_members WHERE cio_id = ?", (cio_id,))
+    store.db.execute("DELETE FROM activities WHERE cio_id = ?", (cio_id,))
 
 
 def _merge(store: Store, primary: tuple[str, str], secondary: tuple[str, str]) -> None:
@@ -219,6 +227,8 @@ def _merge(store: Store, primary: tuple[str, str], secondary: tuple[str, str]) -
     store.db.execute("DELETE FROM people WHERE cio_id = ?", (source["cio_id"],))
     moved = (target["cio_id"], source["cio_id"])
     store.db.execute("UPDATE events SET cio_id = ? WHERE cio_id = ?", moved)
+    store.db.execute("UPDATE activities SET cio_id = ? WHERE cio_id = ?", moved)
+    identity.record(store, target["cio_id"], "profile_merge", None, {"merged": source["cio_id"]})
     store.db.execute("UPDATE OR IGNORE segment_members SET cio_id = ? WHERE cio_id = ?", moved)
     store.db.execute("DELETE FROM segment_members WHERE cio_id = ?", (source["cio_id"],))
     store.db.execute(

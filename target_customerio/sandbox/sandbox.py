@@ -11,7 +11,7 @@ import hmac
 import threading
 from typing import TYPE_CHECKING
 
-from target_customerio.sandbox import rejects, track_v1, track_v2
+from target_customerio.sandbox import identity, rejects, track_v1, track_v2
 from target_customerio.sandbox.faults import Fault, Faults
 from target_customerio.sandbox.rate_limit import TokenBucket
 from target_customerio.sandbox.segments import Segments
@@ -148,6 +148,15 @@ class Sandbox:
 
     def objects(self) -> list[dict]:
         return self.store.objects()
+
+    def activities(self, cio_id: str | None = None, type: str | None = None) -> list[dict]:
+        """A person's activity log (or everyone's): `failed_attribute_change` (an identify that
+        set an email or id another person holds), `attribute_change`, `profile_merge`."""
+        return identity.activities(self.store, cio_id, type)
+
+    def ghosts(self) -> set[str]:
+        """The cio_ids of profiles nobody identified (created by an event for nobody)."""
+        return identity.ghosts(self.store)
 
     def requests(self) -> list[dict]:
         return self.store.requests()

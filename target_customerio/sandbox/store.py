@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 
+from target_customerio.sandbox import identity
 from target_customerio.sandbox.operations import ItemError, apply_one
 
 REQUEST_LOG_MAX = 50_000  # rows kept in the request log; older ones are trimmed
@@ -85,6 +86,7 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        self.db.executescript(identity.SCHEMA)
 
     # ---- writes ---------------------------------------------------------------------------
 
@@ -139,7 +141,7 @@ class Store:
         with self.lock:
             self.db.executescript(
                 "DELETE FROM people; DELETE FROM events; DELETE FROM objects; DELETE FROM requests;"
-                " DELETE FROM segment_members;"
+                " DELETE FROM segment_members; DELETE FROM activities;"
                 " UPDATE segments SET expected = NULL, expected_at = NULL;"
             )
             self.counters.clear()
