@@ -222,6 +222,10 @@ class IdentityMap:
         self._dirty: dict[int, int] = {}  # claims changed since the last write
         self._names: dict[int, tuple[str, str]] = {}  # person -> (name, identifier), unwritten
         self._store_empty = store.empty()  # nothing to look up there until the cache is emptied
+        # identifiers released in this run -> who released them: Customer.io may not have applied
+        # the release yet (people travel on different delivery shards), so another person may
+        # take them from the next run on
+        self._released: dict[int, int] = {}
         self._lock = threading.Lock()  # sinks account in the reader's thread; flush may not
 
     # -- one chunk, in record order --
@@ -264,6 +268,14 @@ class IdentityMap:
     def _get(self, key: int) -> int:
         return self._owner.get(key, 0)
 
+    def _held_by(self, key: int) -> int:
+        """Who holds `key`, read from the database when the cache misses it: the value a
+        person's attribute held before (rare: only when it changes) is not among the chunk's."""
+        owner = self._owner.get(key)
+        if owner is None and not self._store_empty:
+            owner = self._owner[key] = self._store.owners([key]).get(key, 0)
+        return owner or 0
+
     def _set(self, key: int, owner: int) -> None:
         self._owner[key] = owner
         self._dirty[key] = owner
@@ -279,9 +291,8 @@ class IdentityMap:
             out.conflicts += 1
             if options.on_identity_conflict == "reject":
                 field = fields[conflict[0]]
-                out.rejects.append(
-                    (index, "identifier_conflict", field, self._message(field, conflict[1]))
-                )
+                message = self._message(field, conflict[1], conflict[2])
+                out.rejects.append((index, "identifier_conflict", field, message))
                 return
         if keyed:
             self._keyed(options, person, first, name, identifier, index, out)
@@ -318,28 +329,38 @@ class IdentityMap:
                 merge = self._merge(person, identifier)
                 if merge is not None:
                     out.merges[index] = merge
-                    if self._get(previous) == person:
-                        self._set(previous, 0)  # merged away: the old identifier is free
+                    if self._held_by(previous) == person:
+                        self._free(previous, person)  # merged away: the old identifier is free
         self._set(person, first)
         self._names[person] = (name, identifier)
 
-    def _conflict(self, person: int, keys: tuple[int, ...], start: int) -> tuple[int, int] | None:
-        """The first identifier the record names that another person holds: (position, owner)."""
+    def _conflict(
+        self, person: int, keys: tuple[int, ...], start: int
+    ) -> tuple[int, int, bool] | None:
+        """The first identifier the record names that another person holds, or released in this
+        run: (position, owner, released)."""
         for i in range(start, len(keys)):
             key = keys[i]
             if key:
                 owner = self._get(key)
+                released = not owner
+                owner = owner or self._released.get(key, 0)
                 if owner and owner != person:
-                    return i, owner
+                    return i, owner, released
         return None
+
+    def _free(self, key: int, person: int) -> None:
+        """`person` no longer holds `key`."""
+        self._set(key, 0)
+        self._released[key] = person
 
     def _claim_attribute(self, person: int, key: int, kind: str) -> None:
         """The person's `kind` attribute is `key` now: the value it held before is free."""
         slot = _slot(person, kind)
         previous = self._get(slot)
         if previous != key:
-            if previous and self._get(previous) == person:
-                self._set(previous, 0)
+            if previous and self._held_by(previous) == person:
+                self._free(previous, person)
             self._set(slot, key)
         if self._get(key) != person:
             self._set(key, person)
@@ -349,8 +370,8 @@ class IdentityMap:
         slot = _slot(person, kind)
         previous = self._get(slot)
         if previous:
-            if self._get(previous) == person:
-                self._set(previous, 0)
+            if self._held_by(previous) == person:
+                self._free(previous, person)
             self._set(slot, 0)
 
     def _use(self, options: IdentityOptions, claim: Claim, out: Outcome) -> None:
@@ -371,7 +392,14 @@ class IdentityMap:
                     )
                 return
 
-    def _message(self, field: str, other: int) -> str:
+    def _message(self, field: str, other: int, released: bool) -> str:
+        if released:
+            return (
+                f"the {field} value was released by {self._name(other)} earlier in this run; "
+                "Customer.io may not have applied that yet (people are delivered in parallel), "
+                "so another person can take it from the next run on (on_identity_conflict: "
+                "reject)"
+            )
         return (
             f"the {field} value belongs to another person, {self._name(other)} (sent earlier "
             "in this run or by an earlier one; on_identity_conflict: reject): Customer.io would "
