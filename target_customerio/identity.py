@@ -282,10 +282,11 @@ class IdentityMap:
 
     def _person(self, options: IdentityOptions, claim: Claim, out: Outcome) -> None:
         index, person, keys, fields, kinds, name, identifier = claim
+        owner, dirty = self._owner, self._dirty
         first = keys[0]
         keyed = person != 0
         if not keyed:
-            person = self._get(first) or first
+            person = owner.get(first) or first
         conflict = self._conflict(person, keys, 0 if keyed else 1)
         if conflict is not None:
             out.conflicts += 1
@@ -296,15 +297,18 @@ class IdentityMap:
                 return
         if keyed:
             self._keyed(options, person, first, name, identifier, index, out)
-        elif not self._get(first):
+        elif first not in owner:
             self._names[person] = (name, identifier)
-        for i, key in enumerate(keys):
+        if owner.get(first) != person:
+            owner[first] = dirty[first] = person
+        for i in range(1, len(keys)):
             if conflict is not None and i == conflict[0]:
                 continue  # Customer.io keeps it where it was
-            if i == 0:
-                if self._get(key) != person:
-                    self._set(key, person)
-            elif key:
+            key = keys[i]
+            slot = (person ^ _SLOT[kinds[i]]) or 1
+            if key and owner.get(slot) == key and owner.get(key) == person:
+                continue  # as it was: the usual case
+            if key:
                 self._claim_attribute(person, key, kinds[i])
             else:
                 self._release(person, kinds[i])
@@ -544,18 +548,24 @@ class SqliteStore(_Store):
     def write(
         self, claims: list[tuple[int, int]], names: list[tuple[int, tuple[str, str]]]
     ) -> None:
+        """One statement a table, the rows as one JSON text, in key order (keys are random: in
+        order, each page of the table is written once)."""
         self._db.execute("BEGIN")
         try:
-            self._db.executemany(
-                "INSERT INTO identity (key, owner) VALUES (?, ?) "
+            self._db.execute(
+                "INSERT INTO identity (key, owner) SELECT value ->> 0, value ->> 1 "
+                "FROM json_each(?) ORDER BY value ->> 0 "
                 "ON CONFLICT(key) DO UPDATE SET owner = excluded.owner",
-                claims,
+                (orjson.dumps(claims).decode(),),
             )
-            self._db.executemany(
-                "INSERT INTO identity_people (person, name, identifier) VALUES (?, ?, ?) "
+            rows = [[person, name, identifier] for person, (name, identifier) in names]
+            self._db.execute(
+                "INSERT INTO identity_people (person, name, identifier) "
+                "SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) "
+                "ORDER BY value ->> 0 "
                 "ON CONFLICT(person) DO UPDATE SET name = excluded.name, "
                 "identifier = excluded.identifier",
-                ((person, name, identifier) for person, (name, identifier) in names),
+                (orjson.dumps(rows).decode(),),
             )
         except BaseException:
             self._db.execute("ROLLBACK")
