@@ -115,9 +115,11 @@ class Claims:
         key_properties: list[str],
         seed: int,
     ) -> None:
+        from target_customerio.operations import delete  # noqa: PLC0415 - a cycle
         from target_customerio.operations.identifiers import as_sent  # noqa: PLC0415 - a cycle
 
         self._as_sent = as_sent
+        self._marks_delete, self._is_delete = delete.marks_delete, delete.is_delete
         self._seed, self._stream = seed, stream
         self._kind = route.kind
         options = route.options
@@ -145,6 +147,8 @@ class Claims:
         kind, value = identifier
         seed = self._seed
         if self._kind == "person":
+            if self._deleted(record):
+                return None  # a delete or suppress claims nothing (what it held stays held)
             keys = [claim_key(kind, value, seed)]
             fields, kinds = [self._field], [kind]
             for column, name in self._attributes:
@@ -176,6 +180,9 @@ class Claims:
             key = claim_key(kind, value, seed)
             return (index, 0, (key,), (self._field,), (kind,), "", "")
         return None
+
+    def _deleted(self, record: dict[str, Any]) -> bool:
+        return self._marks_delete(record) and self._is_delete(record)
 
     def _attribute(self, name: str, raw: Any) -> int:
         """The claim an identifier attribute makes; 0 when it clears it (blank) or is not a
