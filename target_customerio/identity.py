@@ -234,8 +234,21 @@ class IdentityMap:
         # take them from the next run on
         self._released: dict[int, int] = {}
         self._lock = threading.Lock()  # sinks account in the reader's thread; flush may not
+        # The sinks of person routes: their partial chunk is sent before a chunk of a route that
+        # uses people starts, so that people are known before their events (`before_chunk`).
+        self._person_sinks: list[Any] = []
 
     # -- one chunk, in record order --
+
+    def before_chunk(self, sink: Any, person: bool) -> None:
+        """A sink starts a chunk: a person route's registers; any other sends the person
+        routes' partial chunks first (a stream's records wait for a full chunk of 500)."""
+        if person:
+            if sink not in self._person_sinks:
+                self._person_sinks.append(sink)
+            return
+        for other in self._person_sinks:
+            other.send_partial_chunk()
 
     def account(self, stream: StreamIdentity, claims: list[Claim]) -> Outcome:
         with self._lock:
@@ -337,7 +350,7 @@ class IdentityMap:
         if previous:
             out.changes += 1
             if options.on_identifier_change == "merge":
-                merge = self._merge(person, identifier)
+                merge = self._merge(person, identifier, name)
                 if merge is not None:
                     out.merges[index] = merge
                     if self._held_by(previous) == person:
@@ -423,8 +436,9 @@ class IdentityMap:
             return pending[0]
         return self._store.names([person]).get(person, (f"person #{person & 0xFFFFFF:06x}", ""))[0]
 
-    def _merge(self, person: int, identifier: str) -> tuple[bytes, str] | None:
-        """The merge that folds the profile of the person's old identifier into the new one."""
+    def _merge(self, person: int, identifier: str, name: str) -> tuple[bytes, str] | None:
+        """The merge that folds the profile of the person's old identifier into the new one, on
+        the delivery shard of the person's key (`name`), as all its operations."""
         old = self._names.get(person) or self._store.names([person]).get(person)
         if old is None or not old[1] or "\x1f" not in identifier:
             return None
@@ -434,7 +448,7 @@ class IdentityMap:
             "type": "person", "action": "merge",
             "primary": {kind: value}, "secondary": {old_kind: old_value},
         })  # fmt: skip
-        return body, value
+        return body, name
 
     # -- writing --
 

@@ -122,6 +122,8 @@ class CustomerIOSink(SdkSink):
         """A record straight from the reader (the target's direct path: no stream maps): its
         RECORD line, undecoded, or the record when the line is not in the form the reader
         matches (an unusual key order, a non-ASCII stream name)."""
+        if not self._chunk and self._identity_stream is not None and self._identity is not None:
+            self._identity.before_chunk(self, self._identity_stream.person)
         self._chunk.append(item)
         if len(self._chunk) >= CHUNK:
             self._send_chunk()
@@ -132,6 +134,11 @@ class CustomerIOSink(SdkSink):
         self._sdk_counted += 1
         self._report.taken_from_sdk += 1
         self.receive(record)
+
+    def send_partial_chunk(self) -> None:
+        """The records waiting for a full chunk are mapped now (identity.py: people first)."""
+        if self._chunk:
+            self._send_chunk()
 
     def _send_chunk(self) -> None:
         chunk, self._chunk = self._chunk, []

@@ -163,13 +163,15 @@ class StreamMapping:
             if at in unchanged:
                 skipped["unchanged"] += 1
                 continue
+            person = None  # a keyed person's operations travel by its key (identity.py)
             if identity is not None and (claim := made[at]) is not None:
                 identity.append(claim)
+                person = claim[5] if claim[1] else None
             if seen is not None:
                 event_items.append(index)
                 event_keys.append(seen)
             for body, shard_key, ledger in sends:
-                parts[hash(shard_key) % shards].add(body, index, ledger)
+                parts[hash(person or shard_key) % shards].add(body, index, ledger)
         segments = {shard: part.segment() for shard, part in enumerate(parts) if part.bodies}
         names, self._event_names[:] = list(self._event_names), []
         out = Mapped(segments, rejects, dict(skipped), event_items, event_keys, names)
