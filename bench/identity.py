@@ -14,17 +14,13 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import sys
 import tempfile
 import time
 import tracemalloc
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from target_customerio import identity  # noqa: E402
-from target_customerio.routes import Routes  # noqa: E402
+from target_customerio import identity  # the installed package: compiled in .venv-compiled
+from target_customerio.routes import Routes
 
 CHUNK = 500
 SCHEMA = {"properties": {"customer_id": {"type": "string"}, "email": {"type": "string"}}}
