@@ -157,10 +157,10 @@ class Claims:
                     fields.append(column)
                     kinds.append(name)
             if self._key:
-                key = [record.get(column) for column in self._key]
-                text = orjson.dumps(key, default=str)
+                parts = [record.get(column) for column in self._key]
+                text = orjson.dumps(parts, default=str)
                 person = hash64(b"key\x1f" + self._stream.encode() + b"\x1f" + text, seed) or 1
-                shown_key = ", ".join(str(part) for part in key)
+                shown_key = ", ".join(str(part) for part in parts)
                 name = f"{', '.join(self._key)} {shown_key} of {self._stream}"
                 return (
                     index, person, tuple(keys), tuple(fields), tuple(kinds), name,
@@ -177,8 +177,7 @@ class Claims:
                 kinds.append(rel.type)
             return (index, 0, tuple(keys), tuple(fields), tuple(kinds), "", "") if keys else None
         if self._kind in ("event", "segment"):
-            key = claim_key(kind, value, seed)
-            return (index, 0, (key,), (self._field,), (kind,), "", "")
+            return (index, 0, (claim_key(kind, value, seed),), (self._field,), (kind,), "", "")
         return None
 
     def _deleted(self, record: dict[str, Any]) -> bool:
