@@ -164,7 +164,10 @@ def _utc(timestamp: Any) -> str:
 
 
 def person_flags(
-    person: dict, dupes: dict[str, set[str]], ghosts: set[str] = frozenset(), refused: int = 0
+    person: dict,
+    dupes: dict[str, set[str]],
+    ghosts: set[str] | frozenset[str] = frozenset(),
+    refused: int = 0,
 ) -> list[str]:
     flags = []
     if person["cio_id"] in ghosts:
