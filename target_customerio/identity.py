@@ -32,6 +32,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ ON_IDENTIFIER_CHANGE = ("merge", "new")
 PERSON_KEYS = ("on_identity_conflict", "on_identifier_change")
 USE_KEYS = ("unknown_person",)
 
-CACHE_CLAIMS = 250_000  # claims held in memory before they are written and the cache emptied
+CACHE_CLAIMS = 1_000_000  # claims held in memory before they are written and the cache emptied
 PENDING_NAMES = 20_000  # new people's names held before they are written
 _LOOKUP_CHUNK = 500  # keys a query (SQLite's limit on bound parameters is 999 at its smallest)
 _SLOT = {"id": 0x5A5A_0001, "email": 0x5A5A_0002, "cio_id": 0x5A5A_0003}  # see `_slot`
@@ -233,6 +234,10 @@ class IdentityMap:
         # take them from the next run on
         self._released: dict[int, int] = {}
         self._lock = threading.Lock()  # sinks account in the reader's thread; flush may not
+        # Writes go to a thread of their own, one at a time (the reader's thread goes on); any
+        # read of the database first waits for the write in flight (`_written`).
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="identity-writer")
+        self._writing: Future[None] | None = None
         # The sinks of person routes: their partial chunk is sent before a chunk of a route that
         # uses people starts, so that people are known before their events (`before_chunk`).
         self._person_sinks: list[Any] = []
@@ -272,6 +277,7 @@ class IdentityMap:
         wanted.update(claim[1] for claim in claims if claim[1])
         wanted.difference_update(owner)
         if wanted:
+            self._written()
             owner.update(self._store.owners(wanted))
         if not people:
             return
@@ -292,6 +298,7 @@ class IdentityMap:
         person's attribute held before (rare: only when it changes) is not among the chunk's."""
         owner = self._owner.get(key)
         if owner is None and not self._store_empty:
+            self._written()
             owner = self._owner[key] = self._store.owners([key]).get(key, 0)
         return owner or 0
 
@@ -304,6 +311,8 @@ class IdentityMap:
         owner, dirty = self._owner, self._dirty
         first = keys[0]
         keyed = person != 0
+        if not keyed and first not in owner and self._new(claim):
+            return  # the usual first sync: somebody nobody named before
         if not keyed:
             person = owner.get(first) or first
         conflict = self._conflict(person, keys, 0 if keyed else 1)
@@ -331,6 +340,27 @@ class IdentityMap:
                 self._claim_attribute(person, key, kinds[i])
             else:
                 self._release(person, kinds[i])
+
+    def _new(self, claim: Claim) -> bool:
+        """A person named by an identifier the map has never seen (`_load` read the chunk's
+        keys): claimed at once unless one of its attributes is held (or was released in this
+        run) by somebody, which takes the general path."""
+        _, _, keys, _, kinds, name, identifier = claim
+        owner, dirty, released = self._owner, self._dirty, self._released
+        for i in range(1, len(keys)):
+            key = keys[i]
+            if key and (owner.get(key) or released.get(key)):
+                return False
+        first = keys[0]
+        self._names[first] = (name, identifier)
+        owner[first] = dirty[first] = first
+        for i in range(1, len(keys)):
+            key = keys[i]
+            if key:
+                slot = (first ^ _SLOT[kinds[i]]) or 1
+                owner[slot] = dirty[slot] = key
+                owner[key] = dirty[key] = first
+        return True
 
     def _keyed(
         self,
@@ -433,12 +463,16 @@ class IdentityMap:
         pending = self._names.get(person)
         if pending is not None:
             return pending[0]
+        self._written()
         return self._store.names([person]).get(person, (f"person #{person & 0xFFFFFF:06x}", ""))[0]
 
     def _merge(self, person: int, identifier: str, name: str) -> tuple[bytes, str] | None:
         """The merge that folds the profile of the person's old identifier into the new one, on
         the delivery shard of the person's key (`name`), as all its operations."""
-        old = self._names.get(person) or self._store.names([person]).get(person)
+        old = self._names.get(person)
+        if old is None:
+            self._written()
+            old = self._store.names([person]).get(person)
         if old is None or not old[1] or "\x1f" not in identifier:
             return None
         old_kind, old_value = old[1].split("\x1f", 1)
@@ -452,26 +486,41 @@ class IdentityMap:
     # -- writing --
 
     def flush(self) -> None:
-        """Write every claim and name held (the target calls it before each STATE)."""
+        """Write every claim and name held, and return once written (the target calls it
+        before each STATE)."""
         with self._lock:
-            self._write(forget=False)
+            self._write(forget=False, wait=True)
 
-    def _write(self, forget: bool) -> None:
+    def _write(self, forget: bool, wait: bool = False) -> None:
+        """Hand what is held to the writer thread; `forget`: then empty the cache (its claims
+        are read back from the database when needed)."""
         if self._dry_run:  # nothing may be written: the cache keeps the whole run's claims
             return
+        self._written()
+        if self._dirty or self._names:
+            claims, names = list(self._dirty.items()), list(self._names.items())
+            self._writing = self._writer.submit(self._store.write, claims, names)
+            self._dirty.clear()
+            self._names.clear()
+        if forget or wait:
+            self._written()
+        if forget:
+            self._owner.clear()
+            self._store_empty = False
+
+    def _written(self) -> None:
+        """Wait for the write in flight; raises what it raised (the run stops before its next
+        STATE)."""
+        writing, self._writing = self._writing, None
+        if writing is None:
+            return
         try:
-            if self._dirty or self._names:
-                self._store.write(list(self._dirty.items()), list(self._names.items()))
-        except Exception as exc:  # noqa: BLE001 - the run stops before its next STATE
+            writing.result()
+        except Exception as exc:  # noqa: BLE001 - any reason, one line
             reason = shown((str(exc).splitlines() or [""])[0])
             raise TargetError(
                 f"cannot write the identity map: {type(exc).__name__}: {reason}"
             ) from None
-        self._dirty.clear()
-        self._names.clear()
-        if forget:
-            self._owner.clear()
-            self._store_empty = False
 
     def close(self, write: bool = True) -> None:
         """`write`: the run ended normally (else the claims since the last STATE are not kept:
@@ -479,7 +528,10 @@ class IdentityMap:
         try:
             if write:
                 self.flush()
+            else:
+                self._writing = None  # not waited for: its claims may not be kept
         finally:
+            self._writer.shutdown(wait=True)
             self._store.close()
 
 
