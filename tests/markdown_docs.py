@@ -122,7 +122,9 @@ def links(path: Path) -> list[tuple[int, str]]:
     for n in _fenced_lines(path):
         lines[n] = ""
     prose = re.sub(r"`[^`\n]*`", lambda code: " " * len(code[0]), "\n".join(lines))
-    return [(prose.count("\n", 0, match.start()) + 1, match["target"]) for match in LINK.finditer(prose)]
+    return [
+        (prose.count("\n", 0, match.start()) + 1, match["target"]) for match in LINK.finditer(prose)
+    ]
 
 
 def _fenced_lines(path: Path) -> set[int]:
