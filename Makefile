@@ -12,7 +12,7 @@ NIGHT  ?= 1
 # What the compiled wheel is built from: a change to any of these rebuilds it.
 PACKAGE_FILES := $(shell find target_customerio -type f -not -path '*/__pycache__/*' -not -name '*.so' -not -name '*.pyd' 2>/dev/null)
 
-.PHONY: setup compiled lint test test-plain test-compiled system-deps demo bench clean meltano-install meltano-link demo-again demo-stop demo-status
+.PHONY: setup compiled lint test test-plain test-compiled system-deps demo bench bench-pipe clean meltano-install meltano-link demo-again demo-stop demo-status
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -147,5 +147,11 @@ clean:
 
 # Throughput figures (not a test): `make bench`, or `make bench ARGS="--records 1000000"`. Of the
 # compiled form, as users of the wheels run it (.venv-compiled).
+# Then the pipe bench: tap-postgres | target-customerio against tap-postgres | no-op, over an
+# embedded PostgreSQL (bench/pipe.py; `make bench-pipe PIPE_ARGS="--customers 200000"`).
 bench: compiled
 	$(CBIN)/python bench/bench.py $(ARGS)
+	$(CBIN)/python bench/pipe.py $(PIPE_ARGS)
+
+bench-pipe: compiled
+	$(CBIN)/python bench/pipe.py $(PIPE_ARGS)

@@ -24,7 +24,7 @@ from singer_sdk.sinks import Sink
 
 from target_customerio import cli, redaction, run_end
 from target_customerio.delivery import Delivery, DryRun, make_delivery
-from target_customerio.environment import check_env, env_config
+from target_customerio.environment import check_env_reached, dotenv_here, env_config
 from target_customerio.errors import (
     ConfigError,
     TargetError,
@@ -122,7 +122,10 @@ class TargetCustomerIO(SdkTarget):
                 **env_config(dict(os.environ), schema),
             }
         else:
-            check_env(dict(os.environ))
+            schema = self.config_jsonschema
+            self.append_builtin_config(schema)
+            file_config = config if isinstance(config, dict) else {}
+            check_env_reached({**dotenv_here(), **os.environ}, file_config, schema)
         warnings = self._check_config(config, validate_config)
         super().__init__(
             config=config,
