@@ -2,12 +2,12 @@
 
 The blocks of README.md marked `<!-- docs-test: run by tests/test_readme_install.py -->` run in
 order, as written, with bash: `meltano init`, the loader added from its Meltano Hub definition
-and tap-postgres from its lock file (nothing asks Meltano Hub), the target installed from this
-checkout (`CLONE`), the tap pointed at an embedded PostgreSQL holding the sample shop (its
-`customers` and `orders` tables stand for the reader's own), the routes, and then the dry run
-through `TARGET_CUSTOMERIO_DRY_RUN=true`. The variables the README reads (`CLONE`, `PG*`,
-`CUSTOMERIO_*`) come from the test, and `TARGET_CUSTOMERIO_TRACK_API_URL` points the target at a
-sandbox workspace, as the README suggests for a first try.
+and tap-postgres and tap-mssql from their lock files (nothing asks Meltano Hub), the target
+installed from this checkout (`CLONE`), tap-postgres pointed at an embedded PostgreSQL holding
+the sample shop (its `customers` and `orders` tables stand for the reader's own), the routes,
+and then the dry run through `TARGET_CUSTOMERIO_DRY_RUN=true`. The variables the README reads
+(`CLONE`, `PG*`, `CUSTOMERIO_*`) come from the test, and `TARGET_CUSTOMERIO_TRACK_API_URL`
+points the target at a sandbox workspace, as the README suggests for a first try.
 
 The dry run must send nothing (the sandbox gets no write) and save no bookmark (a dry run emits
 no STATE, so Meltano keeps none); the real run that the README runs next sends the people and
@@ -99,6 +99,9 @@ def test_the_readme_install_section_in_a_new_project(postgres, sandbox, tmp_path
     project = tmp_path / PROJECT
     for step in setup[1:]:
         run_step(step, project, env)
+    for plugin in ("extractors/tap-postgres", "extractors/tap-mssql", "loaders/target-customerio"):
+        executable = project / ".meltano" / plugin / "venv" / "bin" / plugin.split("/")[1]
+        assert executable.exists(), f"the README's install section did not install {plugin}"
 
     run_step(dry_run, project, env)
     assert writes(sandbox) == [], "the dry run sent something"
