@@ -246,8 +246,8 @@ class Campaigns:
             )
             for row in [head, *rows]
         ]
-        verb = "would start" if self._dry_run else "can start"
-        return [f"campaigns this run {verb} ({UPPER_BOUND}):", *lines]
+        what = "this run would start" if self._dry_run else "the events this run sent can start"
+        return [f"campaigns {what} ({UPPER_BOUND}):", *lines]
 
     def sentences(self) -> list[str]:
         """`order_placed can start Post-purchase (running) for 29 people; 412 older events

@@ -77,9 +77,9 @@ def campaigns(sandbox):
 
 
 # 8 people with 10 recent orders (two with two), and 5 orders from 4 days ago
-BACKFILL = [(f"C{i}", 1) for i in range(8)] + [("C0", 2), ("C1", 3)] + [
-    (f"OLD{i}", 96) for i in range(5)
-]
+BACKFILL = (
+    [(f"C{i}", 1) for i in range(8)] + [("C0", 2), ("C1", 3)] + [(f"OLD{i}", 96) for i in range(5)]
+)
 
 
 def test_the_preview_counts_what_the_sandbox_then_records(sandbox, campaigns, tmp_path):

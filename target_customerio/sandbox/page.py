@@ -231,9 +231,11 @@ def render_index(sandbox: Sandbox) -> str:
         rows,
         "No people yet.",
     )
+    campaigns = sandbox.campaigns()  # shown once the workspace has any
     body = (
         f"{stats}<h2>Segments</h2>{_segments_table(sandbox.segments())}"
-        f"<h2>Campaigns</h2>{_campaigns_table(sandbox.campaigns())}<h2>People</h2>{table}{more}"
+        + (f"<h2>Campaigns</h2>{_campaigns_table(campaigns)}" if campaigns else "")
+        + f"<h2>People</h2>{table}{more}"
     )
     if sandbox.reject_file:
         body += _rejects_section(sandbox.reject_file)
