@@ -167,7 +167,7 @@ def definition(entry: Any) -> dict:
     unknown = sorted(set(entry) - set(_FIELDS))
     if unknown:  # a typo must not silently define a different campaign
         raise CampaignError(f"unknown field {unknown[0]!r} (known: {', '.join(sorted(_FIELDS))})")
-    return {k: entry[k] for k in _FIELDS if k in entry}
+    return {**{k: entry.get(k) for k in _FIELDS}, "state": entry.get("state", "running")}
 
 
 # ---- the simulation (called by operations.py and segments.py, holding the store's lock) ----
