@@ -533,12 +533,12 @@ def campaign_lines(report: dict[str, Any], entries: dict[int, int]) -> list[str]
         if event is None:
             continue
         stream = streams.get(f"public-{event}_events", {})  # the demo's view of each event
-        older = campaign["too_old_to_trigger"] + stream.get("skipped_by_reason", {}).get("stale", 0)
-        noun = event.split("_")[0] + "s"  # order_placed -> orders
+        stale = stream.get("skipped_by_reason", {}).get("stale", 0)  # rows past max_age
         lines.append(
-            f"  {event} can start {campaign['name']} (running) for {campaign['people']} people; "
-            f"{older} older {noun} cannot  (sandbox: {entries.get(campaign['id'], 0)} entered "
-            "in all)"
+            f"  {event} can start {campaign['name']} (running) for {campaign['people']} people "
+            f"({campaign['events']} events; the sandbox has let in "
+            f"{entries.get(campaign['id'], 0)} in all); "
+            f"{campaign['too_old_to_trigger'] + stale} older rows cannot (max_age 3d)"
         )
     return lines
 
