@@ -135,10 +135,11 @@ class StreamMapping:
                         rejected_members.append(member)
                 continue
             ops = built.operations
-            name = built.name
-            if campaign_events and name is not None and name in campaign_events:
-                when = built.timestamp if built.timestamp is not None else 0
-                campaign[len(mapped)] = (name, built.identifier, when)
+            if campaign_events:  # a campaign starts on some event name: is it this one's?
+                name = built.name
+                if name is not None and name in campaign_events:
+                    when = built.timestamp if built.timestamp is not None else 0
+                    campaign[len(mapped)] = (name, built.identifier, when)
             seen = ops[0].seen
             # an event: sent once a run, whatever its rows (the builder skips the repeats)
             if seen is not None:

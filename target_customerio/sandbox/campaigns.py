@@ -98,7 +98,9 @@ class Campaigns:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (id, name, state, event_name, json.dumps(segments or []), time.time()),
             )
-            return self.get(cursor.lastrowid)  # type: ignore[return-value]
+            added = self.get(int(cursor.lastrowid or 0))
+            assert added is not None
+            return added
 
     def get(self, campaign_id: int) -> dict | None:
         rows = self.store.rows("SELECT * FROM campaigns WHERE id = ?", (campaign_id,))

@@ -103,10 +103,10 @@ def _campaigns(sandbox: Sandbox, method: str, parts: list[str], read_body: Calla
             raise Response(200, sandbox.campaigns())
         if method == "POST":
             try:
-                campaign = sandbox.campaign_store.add(**campaign_definition(json_object(body)))
+                added = sandbox.campaign_store.add(**campaign_definition(json_object(body)))
             except CampaignError as exc:
                 raise error(400, str(exc)) from None
-            raise Response(200, campaign)
+            raise Response(200, added)
     where = f"/_sandbox/campaigns/{'/'.join(parts)}"
     if len(parts) != 1 or not re.fullmatch(r"[1-9][0-9]{0,17}", parts[0]):
         raise error(404, f"no inspection route for {method} {where}")
