@@ -247,3 +247,16 @@ def test_a_campaign_read_refused_stops_the_run_before_anything_is_sent(sandbox, 
     assert run.returncode == 3, run.stderr
     assert "app_api_key" in run.stderr and "wrong-key" not in run.stderr
     assert sandbox.events() == []
+
+
+def test_the_demo_line_reads_the_report_and_the_sandbox(sandbox, campaigns, tmp_path):
+    from demo.run_demo import campaign_lines
+
+    run = run_target(config(sandbox, tmp_path), orders(BACKFILL), tmp_path)
+    assert run.returncode == 0, run.stderr
+    entered = {c["id"]: c["entries"] for c in sandbox.campaigns()}
+    assert campaign_lines(run.report, entered)[0] == (
+        "  order_placed can start Post-purchase (running) for 8 people (10 events; the sandbox "
+        "has let in 10 in all); 5 older rows cannot (max_age 3d)"
+    )
+    assert campaign_lines({}, {}) == ["  (not read: the sync has no app_api_key)"]
