@@ -60,6 +60,7 @@ def run(cls: type[TargetCustomerIO], config: t.Any, file_input: t.IO[str] | None
     try:
         target = cls(config=config.config, validate_config=True, parse_env_config=config.parse_env)
         target.check_credentials()
+        target.read_campaigns()
         target.listen(file_input)
     except Terminated as exc:
         stop(cls, target, exc, drain=True)

@@ -15,7 +15,7 @@ import jsonschema_rs
 
 from target_customerio.errors import ConfigError, did_you_mean
 from target_customerio.redaction import SENSITIVE_SETTINGS, shown
-from target_customerio.routes import Routes
+from target_customerio.routes import Routes, max_campaign_entries_option
 from target_customerio.setting_schema import CONFIG_SCHEMA, SDK_SETTINGS_IGNORED, known_settings
 
 REGION_URLS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
@@ -89,6 +89,7 @@ class Settings:
     ledger_url: str | None
     full_resend: bool
     max_reject_ratio: float | None
+    max_campaign_entries: int | None = None  # campaigns.py: None, no guard
 
     def __repr__(self) -> str:
         return f"Settings(site_id={self.site_id!r}, base_url={self.base_url!r})"
@@ -162,6 +163,9 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
         ledger_url=config.get("ledger_url") or None,
         full_resend=bool(config.get("full_resend", False)),
         max_reject_ratio=_ratio(config.get("max_reject_ratio")),
+        max_campaign_entries=max_campaign_entries_option(
+            "setting `max_campaign_entries`", config.get("max_campaign_entries")
+        ),
     )
 
 
