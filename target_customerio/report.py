@@ -9,6 +9,7 @@ import os
 import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
@@ -137,7 +138,7 @@ class RunReport:
                 option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS,
             )
         except orjson.JSONEncodeError:  # lone surrogates, huge ints: keep the record, escaped
-            line = (json.dumps(entry, default=str, ensure_ascii=True) + "\n").encode()
+            line = _escaped_line(entry)
         line = REDACTOR.redact_json(line)
         with self._lock:
             tally = self._streams.setdefault(stream, StreamTally())
@@ -347,6 +348,26 @@ class RunReport:
             raise TargetError(
                 f"cannot write report_file {self._report_path}: {exc.strerror or exc}"
             ) from None
+
+
+def _escaped_line(entry: dict[str, Any]) -> bytes:
+    """A reject line for a record orjson cannot encode: lone surrogates escaped, and integers
+    past Python's limit on printing digits written out as decimals."""
+    try:
+        return (json.dumps(entry, default=str, ensure_ascii=True) + "\n").encode()
+    except ValueError:
+        entry = {**entry, "record": _printable(entry["record"])}
+        return (json.dumps(entry, default=str, ensure_ascii=True) + "\n").encode()
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _printable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Decimal(value)  # printed by default=str, which has no limit on digits
+    return value
 
 
 def _ends_mid_line(path: Path) -> bool:

@@ -59,12 +59,17 @@ def parse_datetime(text: str) -> dt.datetime:
         raise BadValue(f"not a date-time: {text[:40]!r}") from None
 
 
+_EXACT_INT = 2**63  # a signed 64-bit integer: what JSON encoders and Customer.io take
+
+
 def plain_number(value: Decimal | float) -> int | float:
     """A JSON number: integral values become integers, NaN and Infinity are refused."""
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise BadValue(f"{value} is not a number Customer.io accepts")
-        if value == value.to_integral_value():
+        # An integer a JSON number can carry exactly; a larger one (1E+999999 would be a
+        # million digits) goes on as a float, or is refused below when no float holds it.
+        if value == value.to_integral_value() and -_EXACT_INT < value < _EXACT_INT:
             return int(value)
         value = float(value)  # a huge exponent (1E+999) is finite as a Decimal, not as a float
     if not math.isfinite(value):
@@ -159,15 +164,25 @@ def snake_case(name: str) -> str:
     return _NON_WORD.sub("_", _CAMEL.sub("_", name.strip())).strip("_").lower()
 
 
+MAX_WHOLE = 2**63 - 1  # what a JSON encoder and Customer.io's ids and counts can hold
+
+
 def whole_number(value: Any) -> int | None:
-    """A non-negative integer, as a number (3, 3.0) or its digits ("3"); None otherwise (a
-    boolean, a fraction, a sign, NaN)."""
+    """A non-negative integer up to 2**63 - 1, as a number (3, 3.0) or its ASCII digits ("3");
+    None otherwise (a boolean, a fraction, a sign, NaN, a digit such as '²' that int() refuses,
+    a count too large to send)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
     if isinstance(value, (float, Decimal)):
-        return int(value) if math.isfinite(value) and value == int(value) and value >= 0 else None
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
+        finite = value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)
+        if not (finite and 0 <= value <= MAX_WHOLE and value == int(value)):
+            return None
+        value = int(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= 19):
+            return None
+        value = int(text)
+    if isinstance(value, int):
+        return value if 0 <= value <= MAX_WHOLE else None
     return None
