@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import unicodedata
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -155,13 +156,33 @@ def timezone(name: str | None) -> dt.tzinfo:
         ) from None
 
 
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-_NON_WORD = re.compile(r"[^0-9a-zA-Z]+")
-
-
 def snake_case(name: str) -> str:
-    """`Order Placed`, `OrderPlaced`, `order-placed` → `order_placed`."""
-    return _NON_WORD.sub("_", _CAMEL.sub("_", name.strip())).strip("_").lower()
+    """`Order Placed`, `OrderPlaced`, `order-placed` → `order_placed`; Unicode letters and
+    digits (and their combining marks) are kept, NFC and lower-cased: `Café Visité` →
+    `café_visité`, `ÜBER uns` → `über_uns`. (The target caches it per name as the source
+    spells it.)"""
+    words: list[str] = []
+    word: list[str] = []
+    previous = ""
+    for char in unicodedata.normalize("NFC", name):
+        if not _word_char(char):
+            previous = ""
+            if word:
+                words.append("".join(word))
+                word = []
+            continue
+        if char.isupper() and (previous.islower() or previous.isdigit()) and word:
+            words.append("".join(word))  # camelCase: `OrderPlaced`, `ÉtéPlus`
+            word = []
+        word.append(char)
+        previous = char
+    if word:
+        words.append("".join(word))
+    return unicodedata.normalize("NFC", "_".join(words).lower())
+
+
+def _word_char(char: str) -> bool:
+    return char.isalnum() or unicodedata.category(char).startswith("M")
 
 
 MAX_WHOLE = 2**63 - 1  # what a JSON encoder and Customer.io's ids and counts can hold
