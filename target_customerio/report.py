@@ -98,6 +98,7 @@ class RunReport:
         self.volume: dict[str, dict[str, Any]] | None = None  # max_volume_change checks
         self._mirror: dict[str, dict[str, Any]] = {}  # mirror routes, per stream (mirror.py)
         self._exits_logged = 0
+        self.idle_routes: list[str] = []  # routes that received no record (the target's)
         self.retried_requests = 0
         self.bytes = 0
 
@@ -332,6 +333,7 @@ class RunReport:
             },
             "streams": {name: tally.as_dict() for name, tally in sorted(self._streams.items())},
             "near_duplicate_event_names": self.near_duplicate_event_names(),
+            "routes_received_nothing": self.idle_routes,
         }
         if self.reconciliation is not None:
             report["reconciliation"] = self.reconciliation
