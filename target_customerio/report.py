@@ -276,9 +276,12 @@ class RunReport:
             )
         return {k: out[k] for k in ("received", "sent", "rejected", "skipped")}
 
-    def summary(self, status: str) -> str:
+    def summary(self, status: str, cause: str | None = None) -> str:
+        """The run's last line: `target-customerio failed (api_key refused): 2 stream(s), ...`
+        (the cause in a few words, since it is the line Meltano shows last)."""
         t = self.totals()
         sent = "would send" if self._dry_run else "sent"
+        status = f"{status} ({cause})" if cause else status
         return (
             f"target-customerio {status}: {len(self._streams)} stream(s), "
             f"{t['received']} received, "

@@ -489,8 +489,8 @@ class TargetCustomerIO(SdkTarget):
         if not self._busy or getattr(self, "_checking", False):
             raise Terminated(f"stopped by signal {signum} after delivering what was received")
 
-    def finish(self, status: str, error: str | None = None) -> None:
-        """Write the report and the one-line summary."""
+    def finish(self, status: str, error: str | None = None, cause: str | None = None) -> None:
+        """Write the report and the one-line summary (naming the failure's cause)."""
         self.mapping.close()
         self.report.idle_routes = self.idle_routes()
         if self.report.idle_routes:
@@ -509,7 +509,7 @@ class TargetCustomerIO(SdkTarget):
                 cli.stop(type(self), None, exc)  # exit 1: what the run did is not all on disk
             if str(exc) != error:  # not the failure the run already stopped on
                 self.logger.error("%s", exc)
-        self.logger.info("%s", self.report.summary(status))
+        self.logger.info("%s", self.report.summary(status, cause))
         names = self.report.near_duplicate_event_names()
         if names:
             self.logger.warning("event names that differ only in spelling at the source: %s", names)
