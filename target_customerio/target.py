@@ -144,7 +144,10 @@ class TargetCustomerIO(SdkTarget):
         self.mapping = make_mapping(self.settings)
         self.logger.info(
             "mapping: %s, %s",
-            "compiled" if compiled() else "interpreted (not compiled at install: slower)",
+            "compiled"
+            if compiled()
+            else "interpreted (plain Python, as expected from a source install; the compiled "
+            "wheel maps about a fifth faster: docs/performance.md)",
             f"{self.settings.mapping_workers} worker process(es)"
             if isinstance(self.mapping, ProcessMapping)
             else "in the reading thread",
@@ -492,6 +495,15 @@ class TargetCustomerIO(SdkTarget):
     def finish(self, status: str, error: str | None = None, cause: str | None = None) -> None:
         """Write the report and the one-line summary (naming the failure's cause)."""
         self.mapping.close()
+        if isinstance(self.delivery, DryRun):
+            try:
+                self.delivery.close()
+            except TargetError as exc:
+                if status == "ok":
+                    cli.stop(
+                        type(self), None, exc
+                    )  # exit 1: the would-be operations are not all on disk
+                self.logger.error("%s", exc)
         self.report.idle_routes = self.idle_routes()
         if self.report.idle_routes:
             self.logger.info(
