@@ -277,7 +277,7 @@ class TargetCustomerIO(SdkTarget):
         for stream, route in self._near_misses.items():
             if route not in self._routed:
                 raise ConfigError(
-                    f"{near_miss_text(stream, route, 'was skipped')}; if the stream is not "
+                    f"{near_miss_text(stream, route, 'was skipped')} If the stream is not "
                     f"meant for Customer.io, leave it out of the tap's `select`"
                 )
 
