@@ -130,8 +130,12 @@ class Redactor:
             value = json.loads(data.decode("utf-8", "surrogateescape"))
         except ValueError:
             return self.redact_bytes(data)
-        text = json.dumps(self._masked(value), ensure_ascii=False, indent=indent)
-        return text.encode("utf-8", "surrogateescape") + (b"\n" if data.endswith(b"\n") else b"")
+        masked = self._masked(value)
+        try:
+            out = json.dumps(masked, ensure_ascii=False, indent=indent).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: escaped, so the line stays UTF-8 JSON
+            out = json.dumps(masked, ensure_ascii=True, indent=indent).encode()
+        return out + (b"\n" if data.endswith(b"\n") else b"")
 
     def _masked(self, value: Any) -> Any:
         if isinstance(value, str):
