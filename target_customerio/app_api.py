@@ -76,7 +76,8 @@ class AppClient(ApiClient):
         if answer.status in (401, 403):
             raise CredentialsError(
                 f"the App API refused app_api_key (HTTP {answer.status}): check the setting "
-                "(Customer.io > Settings > API Credentials > App API Keys)"
+                "(Customer.io > Settings > API Credentials > App API Keys)",
+                cause="app_api_key refused",
             )
         if answer.status == 404:
             return None

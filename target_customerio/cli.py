@@ -98,6 +98,6 @@ def stop(
     message = str(error)
     cls.logger.error("%s: %s", type(error).__name__, message)
     if target is not None:
-        target.finish("failed", message)
+        target.finish("failed", message, error.cause)
     logging.shutdown()
     sys.exit(error.exit_code)

@@ -169,6 +169,41 @@ def _suggestion(column: str, declared: list[str]) -> str:
     return f" (its columns: {listed})"
 
 
+def near_miss(stream: str, routes: list[str]) -> str | None:
+    """The route name that nearly names `stream`: one holds the other (`members`,
+    `shop-members`), or a few typing mistakes apart (`public-order`, `public-orders`); None
+    when none is. Streams of one tap share a prefix (`public-`), so a plain similarity ratio
+    would call `public-secrets` a near miss of `public-customers`: edits are counted instead."""
+    folded = stream.casefold()
+    best: tuple[int, str] | None = None
+    for route in routes:
+        name = route.casefold()
+        if len(name) >= 4 and len(folded) >= 4 and (name in folded or folded in name):
+            return route
+        allowed = min(3, max(1, min(len(name), len(folded)) // 6))
+        distance = _edits(folded, name, allowed)
+        if distance <= allowed and (best is None or distance < best[0]):
+            best = (distance, route)
+    return best[1] if best else None
+
+
+def _edits(a: str, b: str, limit: int) -> int:
+    """Levenshtein distance, or limit + 1 once it is known to be larger."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    previous = list(range(len(b) + 1))
+    for i, char in enumerate(a, 1):
+        current = [i]
+        for j, other in enumerate(b, 1):
+            current.append(
+                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char != other))
+            )
+        if min(current) > limit:
+            return limit + 1
+        previous = current
+    return previous[-1]
+
+
 class Routes:
     """The `streams` setting: stream name (exact or glob) → Route."""
 

@@ -206,7 +206,8 @@ class CustomerIOSink(SdkSink):
             raise ContractError(
                 f"{self.stream_name}: {rejected} of {received} records rejected, "
                 f"more than max_reject_ratio {ratio:g}; "
-                "see the reject file for why"
+                "see the reject file for why",
+                cause="max_reject_ratio",
             )
 
     def process_batch(self, context: dict) -> None:

@@ -30,6 +30,25 @@ Item = bytes | dict  # a RECORD line, whole (the direct path), or a record the S
 _Send = tuple[bytes, str, tuple[int, int] | None]
 
 
+# The reject reason of a record whose mapping raised something no kind's checks name: a value
+# nobody foresaw ends that record, never the run (the message is the exception's).
+UNMAPPABLE = "unmappable_value"
+
+
+def failure_message(exc: BaseException) -> str:
+    """What went wrong, in one short line: the exception's type and message (cut, and safe to
+    print even when the message itself cannot be turned into text)."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a message that cannot be rendered still names its type
+        text = ""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = " ".join(text.split())
+    if len(text) > 300:
+        text = text[:300] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def compiled() -> bool:
     """Whether the record path runs compiled (mypyc, in the released wheels), not interpreted."""
     return not __file__.endswith(".py")
@@ -129,10 +148,11 @@ class StreamMapping:
                 continue
             except Rejected as rej:
                 rejects.append((index, rej.reason, rej.field, rej.message, rej.rule))
-                if self._member is not None:
-                    member = self._builder.member_key(record)
-                    if member is not None:
-                        rejected_members.append(member)
+                self._rejected_member(record, rejected_members)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a value no check foresaw: this record's fault
+                rejects.append((index, UNMAPPABLE, None, failure_message(exc), None))
+                self._rejected_member(record, rejected_members)
                 continue
             ops = built.operations
             if campaign_events:  # a campaign starts on some event name: is it this one's?
@@ -174,6 +194,18 @@ class StreamMapping:
         if self._member is not None:
             out.members, out.sent_members = self._members(mapped, unchanged, rejected_members)
         return out
+
+    def _rejected_member(self, record: dict, rejected: list[int]) -> None:
+        """A mirror route's rejected record is still about someone in the view (when its
+        identifier can be read at all)."""
+        if self._member is None:
+            return
+        try:
+            member = self._builder.member_key(record)
+        except Exception:  # noqa: BLE001 - no usable identifier: it cannot be told whom
+            member = None
+        if member is not None:
+            rejected.append(member)
 
     def _members(
         self,
