@@ -40,6 +40,7 @@ from target_customerio.reading import SingerLineReader
 from target_customerio.reconcile import Reconciler
 from target_customerio.redaction import shown
 from target_customerio.report import RunReport
+from target_customerio.run_events import RunEvents
 from target_customerio.sdk import ConfigInput, SdkTarget
 from target_customerio.setting_schema import CONFIG_SCHEMA, SDK_SETTINGS_IGNORED, about_text
 from target_customerio.settings import check_config, load_settings
@@ -163,6 +164,7 @@ class TargetCustomerIO(SdkTarget):
             self.ledger,
             self.logger,
         )
+        self.events = RunEvents()  # every event of the run, whichever stream sent it
         self.reconciler = Reconciler(self.report, self.logger)
         self.memberships = Memberships(self.report, self.logger)
         self.mirror = Mirror(self.report, self.logger)
@@ -229,6 +231,7 @@ class TargetCustomerIO(SdkTarget):
             started_at=self.started_at,
             ledger_scope=scope,
             max_reject_ratio=self.settings.max_reject_ratio,
+            events=self.events,
             members=members,
         )
 

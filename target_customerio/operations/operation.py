@@ -17,6 +17,8 @@ _new = tuple.__new__  # a named tuple without its Python-level __new__ (one per 
 class Rejected(Exception):
     """The record cannot be sent; it goes to the reject file."""
 
+    seen: int | None = None  # an event's dedupe key, when it was read before the record failed
+
     def __init__(
         self, reason: str, field: str | None, message: str, rule: str | None = None
     ) -> None:
@@ -27,9 +29,18 @@ class Rejected(Exception):
 class Skipped(Exception):
     """The record is deliberately not sent (stale, duplicate, deleted); it is counted."""
 
+    seen: int | None = None  # a repeated event's dedupe key: run_events.py counts it
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def repeated(seen: int) -> Skipped:
+    """A row of an event its mapping process built moments ago: not built again (run_events)."""
+    skip = Skipped("duplicate")
+    skip.seen = seen
+    return skip
 
 
 class Operation(NamedTuple):
@@ -57,7 +68,8 @@ class Context(NamedTuple):
 
     now: float  # when the run started: `max_age` counts from it
     ledger_scope: str | None = None  # workspace and stream; None: change detection off
-    sent_events: Container[int] = frozenset()  # dedupe keys of events already sent
+    # dedupe keys of the events this mapping process built last: a repeat is not built again
+    sent_events: Container[int] = frozenset()
     on_event_name: Callable[[str, str], None] | None = None  # a name first seen: (raw, sent)
 
 
