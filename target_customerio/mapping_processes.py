@@ -28,6 +28,7 @@ from collections import deque
 from singer_sdk.exceptions import MissingKeyPropertiesError
 
 from target_customerio.errors import ConfigError, InputError, TargetError
+from target_customerio.ledger_db import LedgerError
 from target_customerio.settings import Settings
 from target_customerio.stream_mapping import InlineMapping, Item, OnMapped, StreamSpec
 
@@ -149,6 +150,7 @@ _FAILURES: dict[str, type[Exception]] = {
     "input": InputError,
     "config": ConfigError,
     "key": MissingKeyPropertiesError,
+    "ledger": LedgerError,
 }
 
 

@@ -156,7 +156,7 @@ class TargetCustomerIO(SdkTarget):
             dry_run=self.settings.dry_run,
             logger=self.logger,
         )
-        self.ledger = open_ledger(self.settings)
+        self.ledger = open_ledger(self.settings, self.report)
         self.delivery: Delivery | DryRun = make_delivery(
             self.settings,
             str(self.config.get("api_key", "")),
