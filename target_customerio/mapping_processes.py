@@ -7,9 +7,9 @@ skipped. Chunks go to the processes in turn and their answers are taken in the o
 were sent, so the sink packs every record in the order it came, handling a few objects per
 chunk rather than several per record.
 
-An event seen twice in a run is sent once: each process skips the repeats among the events it
-sent last, and the sink drops any other (see `CustomerIOSink._account`). What a process learns
-(columns, event names) every process learns the same way.
+An event seen twice in a run is sent once: a process does not build again a row of an event it
+built moments ago, and the target decides for every event row, run-wide (run_events.py). What
+a process learns (columns, event names) every process learns the same way.
 """
 
 from __future__ import annotations
