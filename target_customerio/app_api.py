@@ -1,4 +1,5 @@
-"""The App API (bearer `app_api_key`): segment names and counts, for reconcile checks."""
+"""The App API (bearer `app_api_key`): segment names and counts, for reconcile checks; the
+campaigns and what triggers them (campaigns.py)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,16 @@ class AppClient(ApiClient):
                 f"the App API answered a segment count that is not a count: {shown(str(count), 40)}"
             )
         return count
+
+    def campaigns(self) -> list[Any]:
+        """Every campaign of the workspace, as `GET /v1/campaigns` lists them."""
+        data = self._get("/v1/campaigns", "campaigns")
+        campaigns = (data or {}).get("campaigns")
+        if not isinstance(campaigns, list):
+            raise DeliveryError(
+                f"the App API answered no list of campaigns at {self.base_url}/v1/campaigns"
+            )
+        return campaigns
 
     def _get(self, path: str, what: str) -> dict[str, Any] | None:
         url = f"{self.base_url}{path}"

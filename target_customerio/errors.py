@@ -59,6 +59,14 @@ class ExitGuardError(TargetError):
     exit_code = 8
 
 
+class CampaignGuardError(TargetError):
+    """The run's events would start a live campaign for more people than
+    `max_campaign_entries`: it stopped before the first event past the limit; what was
+    delivered before it stays, and no STATE after it was written."""
+
+    exit_code = 10
+
+
 class Terminated(TargetError):
     """SIGTERM or SIGINT: drained what could be drained, then stopped."""
 

@@ -97,6 +97,7 @@ class RunReport:
         self.taken_from_sdk = 0  # records the SDK's handling handed to a sink (stream maps, ...)
         self.reconciliation: list[dict[str, Any]] | None = None  # reconcile checks, once run
         self.volume: dict[str, dict[str, Any]] | None = None  # max_volume_change checks
+        self.campaigns: dict[str, Any] | None = None  # campaigns this run can start
         self._mirror: dict[str, dict[str, Any]] = {}  # mirror routes, per stream (mirror.py)
         self._exits_logged = 0
         self.retried_requests = 0
@@ -346,6 +347,8 @@ class RunReport:
             report["reconciliation"] = self.reconciliation
         if self.volume is not None:
             report["volume"] = self.volume
+        if self.campaigns is not None:
+            report["campaigns"] = self.campaigns
         mirror = self.mirror_sections()
         if mirror:
             report["mirror"] = dict(sorted(mirror.items()))

@@ -51,6 +51,18 @@ def max_exit_ratio_option(where: str, value: Any) -> float:
     return float(value)
 
 
+def max_campaign_entries_option(where: str, value: Any) -> int | None:
+    """The most people one run may start a live campaign for (campaigns.py); None: no limit."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(
+            f"{where}: a number of people, 0 or more (25: the run stops before the first event "
+            "that would start a running campaign for a 26th person)"
+        )
+    return value
+
+
 class KindOptions:
     """A kind's own route options (each kind module defines its class): the columns they
     name, for the check against the SCHEMA, and those that identify rather than describe."""

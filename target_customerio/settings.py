@@ -15,7 +15,7 @@ import jsonschema_rs
 
 from target_customerio.errors import ConfigError, did_you_mean
 from target_customerio.redaction import SENSITIVE_SETTINGS, shown
-from target_customerio.routes import Routes
+from target_customerio.routes import Routes, max_campaign_entries_option
 from target_customerio.setting_schema import CONFIG_SCHEMA, SDK_SETTINGS_IGNORED, known_settings
 
 REGION_URLS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
@@ -90,6 +90,7 @@ class Settings:
     ledger_lock_timeout: float  # seconds a ledger held locked by another process is waited for
     full_resend: bool
     max_reject_ratio: float | None
+    max_campaign_entries: int | None = None  # campaigns.py: None, no guard
 
     def __repr__(self) -> str:
         return f"Settings(site_id={self.site_id!r}, base_url={self.base_url!r})"
@@ -164,6 +165,9 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
         ledger_lock_timeout=_positive(config, "ledger_lock_timeout", 30),
         full_resend=bool(config.get("full_resend", False)),
         max_reject_ratio=_ratio(config.get("max_reject_ratio")),
+        max_campaign_entries=max_campaign_entries_option(
+            "setting `max_campaign_entries`", config.get("max_campaign_entries")
+        ),
     )
 
 

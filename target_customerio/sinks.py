@@ -7,6 +7,7 @@ import typing as t
 from dataclasses import dataclass
 from functools import cached_property, partial
 
+from target_customerio.campaigns import Campaigns
 from target_customerio.errors import ContractError
 from target_customerio.mapping_processes import CHUNK, ProcessMapping
 from target_customerio.mirror import RunMembers
@@ -37,6 +38,7 @@ class SinkNeeds:
     max_reject_ratio: float | None
     events: RunEvents  # the run's events, whoever sent them (one for the run)
     members: RunMembers | None = None  # a mirror route's: who this run's records are about
+    campaigns: Campaigns | None = None  # the run's campaign triggers (None: not read)
 
 
 class CustomerIOSink(SdkSink):
@@ -66,6 +68,7 @@ class CustomerIOSink(SdkSink):
             needs.started_at,
             needs.ledger_scope,
             needs.shards,
+            needs.campaigns.event_names if needs.campaigns is not None else frozenset(),
         )
         self._mapping_key = self._mapping.open(spec)
         self._chunk: list[Item] = []
@@ -75,6 +78,9 @@ class CustomerIOSink(SdkSink):
         self._events_as = needs.events.stream_id(stream_name)
         self._max_reject_ratio = needs.max_reject_ratio
         self._members = needs.members
+        self._campaigns = needs.campaigns
+        # the route's own max_campaign_entries (an event route's), else the setting's
+        self._campaign_limit: int | None = getattr(route.options, "max_campaign_entries", None)
         self._packers = [
             Packer(stream_name, partial(needs.submit, shard)) for shard in range(needs.shards)
         ]
@@ -166,8 +172,25 @@ class CustomerIOSink(SdkSink):
             self._report.skip(self.stream_name, reason, count)
         if self._members is not None and mapped.members is not None:
             self._members.add(mapped.members, mapped.sent_members or [])
+        cut = self._count_campaigns(mapped, duplicates) if mapped.campaign_events else None
+        if cut is not None:  # the guard: nothing from the first event past the limit on
+            drop = set(range(cut, len(items)))
+            segments = {shard: segment.without_items(drop) for shard, segment in segments.items()}
         for shard, segment in segments.items():
             self._packers[shard].add_segment(segment._replace(items=items))
+        if cut is not None and self._campaigns is not None:
+            for packer in self._packers:
+                packer.flush()
+            self._campaigns.stop()  # raises CampaignGuardError (exit 10)
+
+    def _count_campaigns(self, mapped: Mapped, repeated: set[int]) -> int | None:
+        """The chunk's events that may start a campaign, counted; the index of the first one
+        past max_campaign_entries when the run must stop there."""
+        events = mapped.campaign_events or []
+        if repeated:
+            events = [event for event in events if event[0] not in repeated]
+        assert self._campaigns is not None  # mapping only sends them back when it was read
+        return self._campaigns.count_events(self.stream_name, self._campaign_limit, events)
 
     def _reject(self, record: Item, rej: Rejected) -> None:
         if rej.reason in CONTRACT_REASONS and self._fail_on_violation:

@@ -58,6 +58,9 @@ class Mapped:
     # record sent, (key, fingerprint, what the ledger keeps about the member: Kind.member).
     members: array | None = None
     sent_members: list[tuple[int, int, str]] | None = None
+    # The events sent whose name starts a running campaign (campaigns.py), in record order:
+    # (index in the chunk, name, identifier, timestamp). None when no campaign could match.
+    campaign_events: list[tuple[int, str, tuple[str, str], int]] | None = None
 
 
 @dataclass
@@ -70,6 +73,8 @@ class StreamSpec:
     started_at: float
     ledger_scope: str | None
     shards: int  # delivery shards: a person's operations always go to the same one
+    # event names that start a running campaign (campaigns.py): their events are sent back
+    campaign_events: frozenset[str] = frozenset()
 
 
 class StreamMapping:
@@ -101,6 +106,7 @@ class StreamMapping:
         self._shards = spec.shards
         self._ledger = None if isinstance(ledger, NoLedger) else ledger
         self._event_names = event_names
+        self._campaign_events = spec.campaign_events
 
     def map_chunk(self, items: list[Item]) -> Mapped:
         rejects: list[tuple[int, str, str | None, str, str | None]] = []
@@ -111,6 +117,9 @@ class StreamMapping:
         fates = bytearray()
         # (index in the chunk, its place in `fates` (-1: not an event), operations)
         mapped: list[tuple[int, int, list[_Send]]] = []
+        # positions in `mapped` of events that may start a campaign: (name, person, time)
+        campaign: dict[int, tuple[str, tuple[str, str], int]] = {}
+        campaign_events = self._campaign_events
         builder = self._builder  # a native method call (compiled), not a bound-method object
         for index, item in enumerate(items):
             record, native = (
@@ -123,7 +132,7 @@ class StreamMapping:
                         f"(key_properties: {self._key_properties})"
                     )
             try:
-                ops = builder.build(record, native).operations
+                built = builder.build(record, native)
             except Skipped as skip:
                 if skip.seen is None:
                     skipped[skip.reason] += 1
@@ -143,6 +152,12 @@ class StreamMapping:
                     if member is not None:
                         rejected_members.append(member)
                 continue
+            ops = built.operations
+            if campaign_events:  # a campaign starts on some event name: is it this one's?
+                name = built.name
+                if name is not None and name in campaign_events:
+                    when = built.timestamp if built.timestamp is not None else 0
+                    campaign[len(mapped)] = (name, built.identifier, when)
             seen = ops[0].seen
             place = -1
             if seen is not None:  # an event: its later rows are not built again here
@@ -159,6 +174,7 @@ class StreamMapping:
         unchanged = self._unchanged(mapped)
         shards = self._shards
         parts = [SegmentBuilder() for _ in range(shards)]
+        sent_campaign: list[tuple[int, str, tuple[str, str], int]] = []
         for at, (index, place, sends) in enumerate(mapped):
             if at in unchanged:
                 if place < 0:
@@ -166,11 +182,15 @@ class StreamMapping:
                 else:  # counted once settled: a row of an event another stream sent is not
                     fates[place] = UNCHANGED
                 continue
+            if campaign and at in campaign:
+                sent_campaign.append((index, *campaign[at]))
             for body, shard_key, ledger in sends:
                 parts[hash(shard_key) % shards].add(body, index, ledger)
         segments = {shard: part.segment() for shard, part in enumerate(parts) if part.bodies}
         names, self._event_names[:] = list(self._event_names), []
         out = Mapped(segments, rejects, dict(skipped), event_items, event_keys, bytes(fates), names)
+        if sent_campaign:
+            out.campaign_events = sent_campaign
         if self._member is not None:
             out.members, out.sent_members = self._members(mapped, unchanged, rejected_members)
         return out

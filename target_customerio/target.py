@@ -23,8 +23,10 @@ from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.sinks import Sink
 
 from target_customerio import cli, redaction, run_end
+from target_customerio.app_api import AppClient
+from target_customerio.campaigns import Campaigns, read_triggers
 from target_customerio.delivery import Delivery, DryRun, make_delivery
-from target_customerio.environment import check_env, env_config
+from target_customerio.environment import check_env_reached, dotenv_here, env_config
 from target_customerio.errors import (
     ConfigError,
     TargetError,
@@ -123,7 +125,10 @@ class TargetCustomerIO(SdkTarget):
                 **env_config(dict(os.environ), schema),
             }
         else:
-            check_env(dict(os.environ))
+            schema = self.config_jsonschema
+            self.append_builtin_config(schema)
+            file_config = config if isinstance(config, dict) else {}
+            check_env_reached({**dotenv_here(), **os.environ}, file_config, schema)
         warnings = self._check_config(config, validate_config)
         super().__init__(
             config=config,
@@ -168,6 +173,7 @@ class TargetCustomerIO(SdkTarget):
         self.reconciler = Reconciler(self.report, self.logger)
         self.memberships = Memberships(self.report, self.logger)
         self.mirror = Mirror(self.report, self.logger)
+        self.campaigns: Campaigns | None = None  # read at start-up (read_campaigns)
         # streams whose records skip the SDK's handling
         self._direct: dict[str, CustomerIOSink | UnmappedSink] = {}
         self._age_check_every = min(1.0, self.settings.checkpoint_interval_seconds / 4)
@@ -198,6 +204,50 @@ class TargetCustomerIO(SdkTarget):
                 self.delivery.check_credentials(self.settings.region)
             finally:
                 self._checking = False
+
+    def read_campaigns(self) -> None:
+        """The running campaigns and their triggers, before anything is read (campaigns.py):
+        with `app_api_key`, when a route sends events or manual-segment memberships. A
+        `max_campaign_entries` without the key is a ConfigError: a guard that cannot look
+        must not pass."""
+        key = str(self.config.get("app_api_key") or "").strip()
+        routes = self.settings.routes.all()
+        limits = [self.settings.max_campaign_entries] + [
+            getattr(route.options, "max_campaign_entries", None) for route in routes
+        ]
+        if not key:
+            if any(limit is not None for limit in limits):
+                raise ConfigError(
+                    "max_campaign_entries needs setting `app_api_key` (the campaigns are read "
+                    "from the App API; TARGET_CUSTOMERIO_APP_API_KEY)"
+                )
+            return
+        if not {route.kind for route in routes} & {"event", "segment"}:
+            return
+        client = AppClient(
+            self.settings.app_base_url,
+            key,
+            timeout=self.settings.request_timeout,
+            max_retries=self.settings.max_retries,
+            logger=self.logger,
+        )
+        self._checking = True  # reads only: a signal stops them at once
+        try:
+            found = read_triggers(client)
+        finally:
+            self._checking = False
+        self.campaigns = Campaigns(
+            found,
+            started_at=self.started_at,
+            max_entries=self.settings.max_campaign_entries,
+            dry_run=self.settings.dry_run,
+            logger=self.logger,
+        )
+        self.campaigns.wait = self.delivery.wait
+        self.memberships.on_added = self.campaigns.segment_added
+        self.logger.info(
+            "campaigns: %d running campaign(s) started by an event or a segment", len(found)
+        )
 
     def sink_needs(self, stream: str) -> SinkNeeds:
         """What a stream's sink works with: where its kind's operations go (a reconcile route's
@@ -233,6 +283,7 @@ class TargetCustomerIO(SdkTarget):
             max_reject_ratio=self.settings.max_reject_ratio,
             events=self.events,
             members=members,
+            campaigns=self.campaigns,
         )
 
     # Routing
@@ -458,6 +509,9 @@ class TargetCustomerIO(SdkTarget):
     def finish(self, status: str, error: str | None = None) -> None:
         """Write the report and the one-line summary."""
         self.mapping.close()
+        if self.campaigns is not None:
+            self.campaigns.log()
+            self.report.campaigns = self.campaigns.section()
         try:
             self.ledger.close()
         except TargetError as exc:

@@ -35,6 +35,7 @@ from target_customerio.routes import (
     column_option,
     columns_option,
     identifier_option,
+    max_campaign_entries_option,
 )
 from target_customerio.values import parse_duration, snake_case
 
@@ -51,6 +52,7 @@ class EventOptions(KindOptions):
     timestamp: str  # the column holding when it happened
     max_age: dt.timedelta | None = None
     mirror_to_attribute: str | None = None
+    max_campaign_entries: int | None = None  # overrides the setting for this route's events
 
     def columns_named(self) -> list[tuple[str, str]]:
         named = [("identifier.field", self.identifier.field)]
@@ -98,6 +100,9 @@ def options(where: str, spec: dict[str, Any]) -> EventOptions:
         timestamp=spec["timestamp"],
         max_age=_max_age(where, spec.get("max_age")),
         mirror_to_attribute=mirror,
+        max_campaign_entries=max_campaign_entries_option(
+            f"{where}.max_campaign_entries", spec.get("max_campaign_entries")
+        ),
     )
 
 
@@ -174,7 +179,7 @@ class EventBuilder(Builder):
             raise
         if self._mirror:
             ops.append(self._mirrored(kind, value, timestamp))
-        return _new(Built, (ops, (kind, value), timestamp))
+        return _new(Built, (ops, (kind, value), timestamp, name))
 
     def _mirrored(self, kind: str, value: str, timestamp: int) -> Operation:
         """An identify setting `mirror_to_attribute` to the event's time (never tracked in the
@@ -220,5 +225,6 @@ KEYS = (
     "timestamp",
     "max_age",
     "mirror_to_attribute",
+    "max_campaign_entries",
 )
 KIND: Kind = Kind("event", KEYS, options, EventBuilder)

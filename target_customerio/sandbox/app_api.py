@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from target_customerio.sandbox import campaigns
 from target_customerio.sandbox.responses import Response
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ def handle(sandbox: Sandbox, method: str, path: str, query: dict, authorization:
     if sandbox.app_bucket is not None and not sandbox.app_bucket.allow():
         store.count("app_rate_limited")
         raise error(429, "Too many requests")
+    campaigns.answer(sandbox, method, path)  # raises for the campaign routes
     if method == "GET" and path.rstrip("/") == "/v1/segments":
         raise Response(200, {"segments": [_segment(s) for s in sandbox.segment_store.all()]})
     match = _SEGMENT.fullmatch(path)

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 
+from target_customerio.sandbox.campaigns import CampaignError
 from target_customerio.sandbox.sandbox import APP_RATE_LIMIT, Sandbox
 from target_customerio.sandbox.segments import SegmentError
 from target_customerio.sandbox.track_v1 import REGION_URLS
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--segments", metavar="FILE", help="JSON file of segments to define")
     parser.add_argument(
+        "--campaigns", metavar="FILE", help="JSON file of campaigns to define (and simulate)"
+    )
+    parser.add_argument(
         "--reject-file", metavar="FILE", help="a target's reject_file, shown on the QA page"
     )
     args = parser.parse_args(argv)
@@ -73,9 +77,12 @@ def main(argv: list[str] | None = None) -> None:
             app_rate_limit=args.app_rate_limit or None,
             segments_file=args.segments,
             reject_file=args.reject_file,
+            campaigns_file=args.campaigns,
         )
     except SegmentError as exc:
         parser.exit(2, f"target-customerio-sandbox: --segments: {exc}\n")
+    except CampaignError as exc:
+        parser.exit(2, f"target-customerio-sandbox: --campaigns: {exc}\n")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
