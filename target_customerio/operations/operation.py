@@ -17,23 +17,23 @@ _new = tuple.__new__  # a named tuple without its Python-level __new__ (one per 
 class Rejected(Exception):
     """The record cannot be sent; it goes to the reject file."""
 
-    seen: int | None = None  # an event's dedupe key, when it was read before the record failed
-
     def __init__(
         self, reason: str, field: str | None, message: str, rule: str | None = None
     ) -> None:
         super().__init__(message)
         self.reason, self.field, self.message, self.rule = reason, field, message, rule
+        # an event's dedupe key, when it was read before the record failed (set here: a
+        # compiled class has no class-level default)
+        self.seen: int | None = None
 
 
 class Skipped(Exception):
     """The record is deliberately not sent (stale, duplicate, deleted); it is counted."""
 
-    seen: int | None = None  # a repeated event's dedupe key: run_events.py counts it
-
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.seen: int | None = None  # a repeated event's dedupe key: run_events.py counts it
 
 
 def repeated(seen: int) -> Skipped:
