@@ -164,8 +164,16 @@ def _tail(proc: subprocess.CompletedProcess, lines: int = 40) -> str:
 def sandbox(tmp_path_factory) -> Iterator[Sandbox]:
     db = tmp_path_factory.mktemp("sandbox") / "sandbox.sqlite"
     segments = str(Path(__file__).resolve().parent.parent / "demo" / "segments.json")
-    with Sandbox(site_id=SITE_ID, api_key=API_KEY, db_path=str(db), segments_file=segments) as sb:
-        yield sb  # with the demo's segments: the project's segment route adds to "VIP (from SQL)"
+    # with the demo's segments (the project's segment route adds to "VIP (from SQL)") and the
+    # App API key meltano.yml's demo environment sets (campaigns are read at start-up with it)
+    with Sandbox(
+        site_id=SITE_ID,
+        api_key=API_KEY,
+        app_api_key="sandbox-app-key",
+        db_path=str(db),
+        segments_file=segments,
+    ) as sb:
+        yield sb
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +196,7 @@ def project(meltano, postgres, sandbox, tmp_path_factory) -> Project:
             "TAP_POSTGRES_HOST": "127.0.0.1",
             "TAP_POSTGRES_PORT": str(postgres.port),
             "TARGET_CUSTOMERIO_TRACK_API_URL": sandbox.url,
+            "TARGET_CUSTOMERIO_APP_API_URL": sandbox.url,
         }
     )
     return Project(root=root, meltano=meltano, env=env)
