@@ -22,7 +22,8 @@ from singer_sdk.helpers.capabilities import PluginCapabilities
 from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.sinks import Sink
 
-from target_customerio import cli, redaction, run_end
+from target_customerio import cli, redaction, run_end, verification
+from target_customerio.app_api import AppClient
 from target_customerio.delivery import Delivery, DryRun, make_delivery
 from target_customerio.environment import check_env, env_config
 from target_customerio.errors import (
@@ -40,6 +41,7 @@ from target_customerio.reading import SingerLineReader
 from target_customerio.reconcile import Reconciler
 from target_customerio.redaction import shown
 from target_customerio.report import RunReport
+from target_customerio.run_sample import RunSample
 from target_customerio.sdk import ConfigInput, SdkTarget
 from target_customerio.setting_schema import CONFIG_SCHEMA, SDK_SETTINGS_IGNORED, about_text
 from target_customerio.settings import check_config, load_settings
@@ -163,6 +165,10 @@ class TargetCustomerIO(SdkTarget):
             self.ledger,
             self.logger,
         )
+        self.sample: RunSample | None = None  # whom the run sent what, to read back
+        if isinstance(self.delivery, Delivery) and self.settings.verify_sample:
+            self.sample = self.delivery.sample = RunSample(self.settings.verify_sample)
+        self._app: AppClient | None = None
         self.reconciler = Reconciler(self.report, self.logger)
         self.memberships = Memberships(self.report, self.logger)
         self.mirror = Mirror(self.report, self.logger)
@@ -342,6 +348,7 @@ class TargetCustomerIO(SdkTarget):
             ),
             self._reconcile,
             dry_run=self.settings.dry_run,
+            verify=self._verify,
         )
 
     def _mirror(self) -> list[str]:
@@ -364,9 +371,46 @@ class TargetCustomerIO(SdkTarget):
         """The reconcile checks, after everything else is delivered and the last STATE written."""
         self._checking = True  # reads only: a signal stops them at once
         try:
-            self.reconciler.run_checks(self.settings, str(self.config.get("app_api_key", "")))
+            self.reconciler.run_checks(self.settings, self._app_client)
         finally:
             self._checking = False
+
+    def _app_client(self) -> AppClient:
+        """The run's one App API client: reconcile checks and verification share its rate."""
+        if self._app is None:
+            self._app = AppClient(
+                self.settings.app_base_url,
+                str(self.config.get("app_api_key", "")),
+                timeout=self.settings.request_timeout,
+                max_retries=self.settings.max_retries,
+                logger=self.logger,
+            )
+        return self._app
+
+    def _verify(self) -> None:
+        """The sample read back, last (verification.py): exit 9 on a discrepancy unless
+        on_verify_failure is warn. Stopped at once by a signal (reads only)."""
+        if self.sample is None or self._terminating:
+            return
+        people = self.sample.chosen()
+        self.logger.info(
+            "verification: reading back %d people from Customer.io (verify_timeout %gs)",
+            len(people),
+            self.settings.verify_timeout,
+        )
+        self._checking = True
+        try:
+            verifier = verification.Verifier(
+                self._app_client(), self.started_at, self.settings.verify_timeout, self.logger
+            )
+            section = verifier.verify(people)
+        finally:
+            self._checking = False
+        section["covered"] = self.sample.categories()
+        self.report.verification = section
+        verification.report_lines(
+            section, self.logger, warn_only=self.settings.on_verify_failure == "warn"
+        )
 
     # Termination: stop between messages, never inside one
 

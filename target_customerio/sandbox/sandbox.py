@@ -180,6 +180,44 @@ class Sandbox:
     def clear_faults(self) -> None:
         self.faults.clear()
 
+    # ---- writes accepted late, or never (write_faults.py) ----
+
+    def delay_writes(self, seconds: float) -> None:
+        """Apply accepted writes `seconds` after they were accepted (0: at once), as
+        Customer.io does asynchronously."""
+        self.store.write_faults.delay = float(seconds)
+
+    def ignore_writes(self, id: str | None = None, email: str | None = None) -> None:
+        """Accept this person's writes (200) without ever applying them."""
+        kind, value = ("id", id) if id is not None else ("email", email)
+        if value is None:
+            raise ValueError("ignore_writes needs id or email")
+        self.store.write_faults.ignore(kind, value)
+
+    def fail_events(self, name: str) -> None:
+        """Accept events of this name and record them as `failed_event` activities."""
+        self.store.write_faults.failed_events.add(name)
+
+    def flush_writes(self) -> None:
+        """Apply every write still waiting for its delay, now."""
+        self.store.write_faults.flush()
+
+    def add_person(
+        self, id: str | None = None, email: str | None = None, attributes: dict | None = None
+    ) -> dict:
+        """A profile made elsewhere (front-end tracking, an older import): `email` is its
+        identifier; an `email` in `attributes` only an attribute, as in a workspace where email
+        was not an identifier when it was made."""
+        self.store.add_person(id, email, attributes or {})
+        person = self.store.person(id=id) if id is not None else self.store.person(email=email)
+        assert person is not None
+        return person
+
+    def activities(self, id: str | None = None, email: str | None = None) -> list[dict]:
+        """A person's activities, newest first ([] when there is no such person)."""
+        person = self.store.person(id=id, email=email)
+        return [] if person is None else self.store.activities(person["cio_id"])
+
     def reset(self) -> None:
         """Empty people, events, objects, the log and counters, and the fault queue; segment
         definitions stay (their manual members and expected counts go)."""

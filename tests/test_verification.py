@@ -1,0 +1,224 @@
+"""verify_sample: the people a run sent, read back from the sandbox's App API through the real
+target process, and each way Customer.io can accept a write and not hold it found with its
+check (exit 9), while a write applied late is no discrepancy."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.harness import record, run_target, schema, state, target_config
+
+APP_KEY = "app-key-0123456789"
+PEOPLE = "public-customers"
+ORDERS = "public-orders"
+PERSON_ROUTE = {"kind": "person", "identifier": {"field": "id", "type": "id"}}
+EVENT_ROUTE = {
+    "kind": "event",
+    "identifier": {"field": "customer_id", "type": "id"},
+    "event_name": "order_placed",
+    "event_id": ["order_id"],
+    "timestamp": "placed_at",
+}
+ROUTES = {PEOPLE: PERSON_ROUTE, ORDERS: EVENT_ROUTE}
+
+
+@pytest.fixture
+def workspace(sandbox):
+    sandbox.app_api_key = APP_KEY
+    return sandbox
+
+
+def config(sandbox, tmp_path, **extra):
+    return target_config(
+        sandbox.url,
+        tmp_path,
+        ROUTES,
+        **{
+            "app_api_key": APP_KEY,
+            "app_api_url": sandbox.url,
+            "verify_sample": 50,
+            "verify_timeout": 60,
+            **extra,
+        },
+    )
+
+
+def customers(count: int) -> list[dict]:
+    return [
+        schema(
+            PEOPLE,
+            {
+                "id": {"type": "string"},
+                "email": {"type": ["string", "null"]},
+                "orders_count": {"type": "integer"},
+                "lifetime_value": {"type": "number"},
+                "vip": {"type": "boolean"},
+                "last_order_at": {"type": "string", "format": "date-time"},
+                "notes": {"type": ["string", "null"]},
+            },
+        ),
+        *[
+            record(
+                PEOPLE,
+                {
+                    "id": f"C{i}",
+                    "email": f"c{i}@example.com",
+                    "orders_count": i,
+                    "lifetime_value": 12.5 * i,
+                    "vip": i % 2 == 0,
+                    "last_order_at": "2026-11-02T10:00:00+00:00",
+                    "notes": None,
+                },
+            )
+            for i in range(count)
+        ],
+    ]
+
+
+def orders(count: int) -> list[dict]:
+    return [
+        schema(
+            ORDERS,
+            {
+                "order_id": {"type": "integer"},
+                "customer_id": {"type": "string"},
+                "placed_at": {"type": "string", "format": "date-time"},
+            },
+        ),
+        *[
+            record(
+                ORDERS,
+                {
+                    "order_id": i,
+                    "customer_id": f"C{i % 5}",
+                    "placed_at": f"2026-11-0{1 + i % 5}T10:00:00+00:00",
+                },
+            )
+            for i in range(count)
+        ],
+    ]
+
+
+def stream(people: int = 8, events: int = 6) -> list[dict]:
+    return [*customers(people), *orders(events), state({"b": 1})]
+
+
+def checks(run) -> list[tuple[str, str]]:
+    return sorted(
+        (d["identifier"], d["check"]) for d in run.report["verification"]["discrepancies"]
+    )
+
+
+def test_a_clean_sample_passes_and_lands_in_the_report(workspace, tmp_path):
+    run = run_target(config(workspace, tmp_path), stream(), tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.states == [{"b": 1}]
+    section = run.report["verification"]
+    assert section["sampled"] == section["checked"] == section["ok"] == 8
+    assert section["discrepancies"] == []
+    assert section["covered"] == {PEOPLE: ["identify"], ORDERS: ["event"]}
+    assert "verification: 8 of 8 sampled people read back from Customer.io, 8 ok" in run.stderr
+    assert APP_KEY not in run.stderr + json.dumps(run.report)
+
+
+def test_the_sample_is_bounded_and_covers_every_route(workspace, tmp_path):
+    many = [*customers(40), *orders(3), state({"b": 1})]
+    run = run_target(config(workspace, tmp_path, verify_sample=4), many, tmp_path)
+    assert run.returncode == 0, run.stderr
+    section = run.report["verification"]
+    assert section["sampled"] == 4 and section["ok"] == 4
+    # the event route's people are in the sample, not only the 40 customers'
+    reads = [r for r in workspace.requests() if "/activities" in r["path"]]
+    assert any(
+        r["path"].startswith(("/v1/customers/C0/", "/v1/customers/C1/", "/v1/customers/C2/"))
+        for r in reads
+    )
+
+
+def test_a_dropped_write_is_found_and_exits_9(workspace, tmp_path):
+    workspace.ignore_writes(id="C3")
+    run = run_target(config(workspace, tmp_path, verify_timeout=1), stream(), tmp_path)
+    assert run.returncode == 9, run.stderr
+    assert run.states == [{"b": 1}]  # everything was delivered: the STATE is written
+    assert checks(run) == [("C3", "missing_profile")]
+    assert run.report["verification"]["ok"] == 7
+    assert ': C3: missing_profile: sent "a profile", Customer.io holds null' in run.stderr
+
+
+def test_on_verify_failure_warn_exits_0(workspace, tmp_path):
+    workspace.ignore_writes(id="C3")
+    cfg = config(workspace, tmp_path, verify_timeout=1, on_verify_failure="warn")
+    run = run_target(cfg, stream(), tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert checks(run) == [("C3", "missing_profile")]
+
+
+def test_a_shared_email_is_a_duplicate_profile(workspace, tmp_path):
+    # a profile made before email was an identifier holds C2's email as an attribute
+    workspace.add_person(id="legacy-2", attributes={"email": "c2@example.com"})
+    run = run_target(config(workspace, tmp_path, verify_timeout=1), stream(), tmp_path)
+    assert run.returncode == 9, run.stderr
+    assert checks(run) == [("C2", "duplicate_profile")]
+    [item] = run.report["verification"]["discrepancies"]
+    assert item["sent"] == "c2@example.com" and item["found"] == ["C2", "legacy-2"]
+
+
+def test_an_email_held_by_another_person_is_a_failed_attribute_change(workspace, tmp_path):
+    workspace.add_person(id="someone-else", email="c4@example.com")
+    run = run_target(config(workspace, tmp_path, verify_timeout=1), stream(), tmp_path)
+    assert run.returncode == 9, run.stderr
+    assert ("C4", "failed_attribute_change") in checks(run)
+    failed = [d for d in run.report["verification"]["discrepancies"] if d["check"] != "attribute"]
+    assert failed[0]["sent"] == {"email": "c4@example.com"}
+
+
+def test_a_repeated_event_is_found(workspace, tmp_path):
+    # Customer.io already holds C1's order under another id (an earlier integration)
+    first = run_target(config(workspace, tmp_path, verify_sample=0), stream(), tmp_path)
+    assert first.returncode == 0, first.stderr
+    workspace.store.db.execute(
+        "INSERT INTO events (cio_id, id, name, timestamp, attributes, received_at)"
+        " SELECT cio_id, '01ARZ3NDEKTSV4RRFFQ69G5FAV', name, timestamp, attributes, received_at"
+        " FROM events WHERE cio_id = (SELECT cio_id FROM people WHERE id = 'C1') LIMIT 1"
+    )
+    again = [*orders(6), state({"b": 2})]
+    run = run_target(config(workspace, tmp_path, full_resend=True), again, tmp_path)
+    assert run.returncode == 9, run.stderr
+    assert checks(run) == [("C1", "event_repeated")]
+
+
+def test_a_failed_event_is_found(workspace, tmp_path):
+    workspace.fail_events("order_placed")
+    run = run_target(config(workspace, tmp_path, verify_timeout=1), stream(), tmp_path)
+    assert run.returncode == 9, run.stderr
+    found = {check for _, check in checks(run)}
+    assert found == {"failed_event", "event_missing"}
+
+
+def test_a_write_applied_after_a_delay_is_no_discrepancy(workspace, tmp_path):
+    workspace.delay_writes(2)
+    run = run_target(config(workspace, tmp_path), stream(), tmp_path)
+    assert run.returncode == 0, run.stderr
+    section = run.report["verification"]
+    assert section["ok"] == 8 and section["discrepancies"] == []
+    assert section["rounds"] > 1  # the first read found the writes not applied yet
+    assert workspace.counters()["writes_applied_late"] > 0
+
+
+def test_a_run_that_failed_verifies_nothing(workspace, tmp_path):
+    cfg = config(workspace, tmp_path, max_reject_ratio=0.0)
+    bad = [*customers(2), record(PEOPLE, {"id": None}), state({"b": 1})]
+    run = run_target(cfg, bad, tmp_path)
+    assert run.returncode != 0
+    assert "verification" not in (run.report or {})
+    assert not [r for r in workspace.requests() if r["path"].startswith("/v1/")]
+
+
+def test_verify_sample_needs_the_app_api_key(workspace, tmp_path):
+    cfg = config(workspace, tmp_path)
+    del cfg["app_api_key"]
+    run = run_target(cfg, stream(), tmp_path)
+    assert run.returncode == 2
+    assert "setting `app_api_key` is required by `verify_sample`" in run.stderr
