@@ -12,6 +12,7 @@ change or a repeated event is final at once (waiting cannot undo it).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -208,7 +209,7 @@ def stored_form(value: Any) -> str | None:
         return "true" if value else "false"
     if isinstance(value, str):
         return value
-    return orjson.dumps(value).decode()
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def stored_equal(sent: Any, held: Any) -> bool:
@@ -227,8 +228,8 @@ def stored_equal(sent: Any, held: Any) -> bool:
             return False
     if isinstance(sent, (dict, list)):
         try:
-            return orjson.loads(str(have)) == sent
-        except orjson.JSONDecodeError:
+            return json.loads(str(have)) == sent
+        except ValueError:
             return False
     return False
 
