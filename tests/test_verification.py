@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import requests
 
 from tests.harness import record, run_target, schema, state, target_config
 
@@ -139,12 +140,17 @@ def test_the_sample_is_bounded_and_covers_every_route(workspace, tmp_path):
 
 def test_a_dropped_write_is_found_and_exits_9(workspace, tmp_path):
     workspace.ignore_writes(id="C3")
+    workspace.report_file = str(tmp_path / "report.json")  # the QA page shows its verification
     run = run_target(config(workspace, tmp_path, verify_timeout=1), stream(), tmp_path)
     assert run.returncode == 9, run.stderr
     assert run.states == [{"b": 1}]  # everything was delivered: the STATE is written
     assert checks(run) == [("C3", "missing_profile")]
     assert run.report["verification"]["ok"] == 7
     assert ': C3: missing_profile: sent "a profile", Customer.io holds null' in run.stderr
+    page = requests.get(f"{workspace.url}/", timeout=10).text
+    assert "Last verification" in page and "1 discrepancies" in page
+    assert "<b>8</b> of <b>8</b> sampled people read back, <b>7</b> ok" in page
+    assert "missing_profile" in page and "<td>C3</td>" in page
 
 
 def test_on_verify_failure_warn_exits_0(workspace, tmp_path):

@@ -43,6 +43,7 @@ class Sandbox:
         app_rate_limit: float | None = APP_RATE_LIMIT,
         segments_file: str | None = None,
         reject_file: str | None = None,
+        report_file: str | None = None,
     ) -> None:
         """`store=False` keeps nothing but counters and the request log (benchmarks); with
         `validate=False` as well, a well-formed batch is accepted without checking its operations
@@ -52,7 +53,8 @@ class Sandbox:
         The App API (`/v1/...`) takes `Authorization: Bearer <app_api_key>` and answers 429
         beyond `app_rate_limit` requests a second (None: no limit). `segments_file` defines
         segments at start (segments.Segments.load_file); `reject_file` is a target's reject
-        file, whose newest run the QA page shows."""
+        file, whose newest run the QA page shows; `report_file` a target's report file, whose
+        verification the QA page shows."""
         if region not in REGION_URLS:
             raise ValueError(f"region must be one of {sorted(REGION_URLS)}")
         self.site_id, self.api_key, self.region = site_id, api_key, region
@@ -68,6 +70,7 @@ class Sandbox:
         if segments_file is not None:
             self.segment_store.load_file(segments_file)
         self.reject_file = reject_file
+        self.report_file = report_file
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
 
