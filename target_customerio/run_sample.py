@@ -81,7 +81,7 @@ class Sent:
             self.events.append((name, timestamp if type(timestamp) is int else None, stream))
 
 
-class _Category:
+class BottomK:
     """The `size` people with the smallest hashes among those in one category (a max-heap)."""
 
     def __init__(self, size: int) -> None:
@@ -114,7 +114,7 @@ class RunSample:
     def __init__(self, size: int) -> None:
         self.size = size
         self._lock = threading.Lock()
-        self._categories: dict[tuple[str, str], _Category] = {}
+        self._categories: dict[tuple[str, str], BottomK] = {}
         self._people: dict[Key, Sent] = {}
         self._held: dict[Key, int] = {}  # categories keeping each person
 
@@ -141,7 +141,7 @@ class RunSample:
         outcome = "exit" if exits else action
         category = self._categories.get((stream, outcome))
         if category is None:
-            category = self._categories[(stream, outcome)] = _Category(self.size)
+            category = self._categories[(stream, outcome)] = BottomK(self.size)
         kept, evicted = category.admit(person_rank(id_type, value), key)
         if evicted is not None:
             self._release(evicted)

@@ -35,6 +35,8 @@ class SinkNeeds:
     ledger_scope: str | None
     max_reject_ratio: float | None
     members: RunMembers | None = None  # a mirror route's: who this run's records are about
+    # A QA sync's (qa_sync.QaSync.hold): records are held until the chosen people are known.
+    hold: t.Callable[[str, Route, t.Callable[[t.Any], None], t.Any], None] | None = None
 
 
 class CustomerIOSink(SdkSink):
@@ -76,6 +78,10 @@ class CustomerIOSink(SdkSink):
         self._packers = [
             Packer(stream_name, partial(needs.submit, shard)) for shard in range(needs.shards)
         ]
+        if needs.hold is not None:  # a QA sync: both ways in hold the record back instead
+            self.receive = partial(needs.hold, stream_name, route, self._receive)  # type: ignore[method-assign]
+            self.process_record = self._hold_from_sdk  # type: ignore[method-assign]
+            self._hold = partial(needs.hold, stream_name, route, self._from_sdk)
 
     def _check_route_columns(self, route: Route) -> None:
         """Every column the route names is declared by the stream's SCHEMA (else ConfigError,
@@ -119,12 +125,24 @@ class CustomerIOSink(SdkSink):
         if len(self._chunk) >= CHUNK:
             self._send_chunk()
 
+    _receive = receive  # the sink's own, when a QA sync holds `receive` back
+
     def process_record(self, record: dict, context: dict) -> None:
         """A record through the SDK's handling (stream maps, flattening or record metadata on),
         which has counted it for the `record_count` metric already."""
         self._sdk_counted += 1
         self._report.taken_from_sdk += 1
         self.receive(record)
+
+    def _hold_from_sdk(self, record: dict, context: dict) -> None:
+        """A QA sync: the SDK's record held back (taken from the SDK, not filtered out)."""
+        self._report.taken_from_sdk += 1
+        self._hold(record)
+
+    def _from_sdk(self, record: dict) -> None:
+        """A QA sync's chosen record that came through the SDK's handling."""
+        self._sdk_counted += 1
+        self._receive(record)
 
     def _send_chunk(self) -> None:
         chunk, self._chunk = self._chunk, []

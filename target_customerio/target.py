@@ -37,6 +37,7 @@ from target_customerio.mapping_processes import ProcessMapping, make_mapping
 from target_customerio.memberships import Memberships, segment_requests
 from target_customerio.mirror import Mirror
 from target_customerio.operations import KINDS
+from target_customerio.qa_sync import QaSync
 from target_customerio.reading import SingerLineReader
 from target_customerio.reconcile import Reconciler
 from target_customerio.redaction import shown
@@ -165,9 +166,12 @@ class TargetCustomerIO(SdkTarget):
             self.ledger,
             self.logger,
         )
+        # A QA sync holds every routed record until the end of the input (qa_sync.py).
+        self.qa = self._qa_sync()
         self.sample: RunSample | None = None  # whom the run sent what, to read back
-        if isinstance(self.delivery, Delivery) and self.settings.verify_sample:
-            self.sample = self.delivery.sample = RunSample(self.settings.verify_sample)
+        size = self.settings.qa_sample or self.settings.verify_sample  # a QA sync: everyone
+        if isinstance(self.delivery, Delivery) and size:
+            self.sample = self.delivery.sample = RunSample(size)
         self._app: AppClient | None = None
         self.reconciler = Reconciler(self.report, self.logger)
         self.memberships = Memberships(self.report, self.logger)
@@ -179,6 +183,20 @@ class TargetCustomerIO(SdkTarget):
         self._busy = False
         self._checking = False  # inside the start-up credential check
         self._terminating = False
+
+    def _qa_sync(self) -> QaSync | None:
+        size = self.settings.qa_sample
+        if size is None:
+            return None
+        exact = {
+            route.pattern
+            for route in self.settings.routes.all()
+            if not any(c in route.pattern for c in "*?[")
+        }
+        self.logger.info(
+            "QA sync: at most %d people, chosen when the input ends; no STATE is written", size
+        )
+        return QaSync(size, self.settings.qa_stratify, exact, self.report, self.logger)
 
     @staticmethod
     def _check_config(config: t.Any, validate: bool) -> list[str]:
@@ -236,6 +254,7 @@ class TargetCustomerIO(SdkTarget):
             ledger_scope=scope,
             max_reject_ratio=self.settings.max_reject_ratio,
             members=members,
+            hold=self.qa.hold if self.qa is not None else None,
         )
 
     # Routing
@@ -313,8 +332,8 @@ class TargetCustomerIO(SdkTarget):
 
     def emit_state(self, state: dict) -> None:
         self._settle()
-        if self.settings.dry_run:
-            return  # nothing was sent, so no bookmark may move
+        if self.settings.dry_run or self.qa is not None:
+            return  # nothing (or a QA sample) was sent, so no bookmark may move
         try:
             self.sdk_write_state(state)
         except (
@@ -339,6 +358,10 @@ class TargetCustomerIO(SdkTarget):
         self._guarded(self._last_drain, None)
 
     def _last_drain(self, _: None) -> None:
+        if self.qa is not None:
+            self.qa.release()  # the chosen people's records, to their sinks
+            self._last_qa_drain()
+            return
         super().process_endofpipe()
         self._settle()
         run_end.after_last_state(
@@ -349,6 +372,18 @@ class TargetCustomerIO(SdkTarget):
             self._reconcile,
             dry_run=self.settings.dry_run,
             verify=self._verify,
+        )
+
+    def _last_qa_drain(self) -> None:
+        """A QA sync's end: delivered, then every person sent verified. Its sample is no view
+        and no sync volume: mirror routes tell nobody they left, the volume is neither checked
+        nor kept in the history, reconcile checks are not run."""
+        super().process_endofpipe()
+        self._settle()
+        if self.mirror.runs:
+            self.logger.info("QA sync: mirror routes tell nobody they left their view")
+        run_end.after_last_state(
+            list, dict, lambda: None, dry_run=self.settings.dry_run, verify=self._verify
         )
 
     def _mirror(self) -> list[str]:
@@ -409,7 +444,10 @@ class TargetCustomerIO(SdkTarget):
         section["covered"] = self.sample.categories()
         self.report.verification = section
         verification.report_lines(
-            section, self.logger, warn_only=self.settings.on_verify_failure == "warn"
+            section,
+            self.logger,
+            warn_only=self.settings.on_verify_failure == "warn",
+            qa=self.qa is not None,
         )
 
     # Termination: stop between messages, never inside one

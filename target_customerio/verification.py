@@ -234,9 +234,11 @@ def stored_equal(sent: Any, held: Any) -> bool:
     return False
 
 
-def report_lines(section: dict[str, Any], logger: logging.Logger, warn_only: bool) -> None:
+def report_lines(
+    section: dict[str, Any], logger: logging.Logger, warn_only: bool, qa: bool = False
+) -> None:
     """One line a discrepancy (the first LOGGED, then how many more), and the outcome; raises
-    VerifyError (exit 9) when any remains, unless `warn_only`."""
+    VerifyError (exit 9) when any remains, unless `warn_only`. `qa`: a QA sync's (no STATE)."""
     problems = section["discrepancies"]
     log = logger.warning if warn_only else logger.error
     for item in problems[:LOGGED]:
@@ -260,5 +262,9 @@ def report_lines(section: dict[str, Any], logger: logging.Logger, warn_only: boo
     raise VerifyError(
         f"verification: {bad} of {section['checked']} people read back do not hold what the run "
         f"sent them ({len(problems)} discrepancies; see the report's verification); "
-        "everything was delivered and its STATE written"
+        + (
+            "the QA sync delivered everything (no STATE)"
+            if qa
+            else "everything was delivered and its STATE written"
+        )
     )

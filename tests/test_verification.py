@@ -228,3 +228,68 @@ def test_verify_sample_needs_the_app_api_key(workspace, tmp_path):
     run = run_target(cfg, stream(), tmp_path)
     assert run.returncode == 2
     assert "setting `app_api_key` is required by `verify_sample`" in run.stderr
+
+
+STATUSES = ("new", "repeat", "refunded", "churn_risk")
+QA_ROUTES = {PEOPLE: PERSON_ROUTE, ORDERS: EVENT_ROUTE}
+
+
+def lifecycle(count: int) -> list[dict]:
+    """Customers in four lifecycle states (a quarter churn risk... as i % 4), and orders."""
+    return [
+        schema(PEOPLE, {"id": {"type": "string"}, "status": {"type": "string"}}),
+        *[record(PEOPLE, {"id": f"C{i}", "status": STATUSES[i % 4]}) for i in range(count)],
+        *orders(count)[:1],
+        *[
+            record(
+                ORDERS,
+                {"order_id": i, "customer_id": f"C{i}", "placed_at": "2026-11-01T10:00:00+00:00"},
+            )
+            for i in range(count)
+        ],
+    ]
+
+
+def qa_config(sandbox, tmp_path, **extra):
+    return config(sandbox, tmp_path, verify_sample=0, qa_sample=8, qa_stratify=["status"], **extra)
+
+
+def test_a_qa_sync_sends_n_people_of_every_state_no_state_and_verifies_them(workspace, tmp_path):
+    stream_in = [*lifecycle(40), state({"b": 1})]
+    run = run_target(qa_config(workspace, tmp_path), stream_in, tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.states == []  # the bookmark does not move
+    qa = run.report["qa_sync"]
+    assert len(qa["people"]) == 8 and len(workspace.people()) == 8
+    sent = {p["id"] for p in workspace.people()}
+    assert {f"id:{i}" for i in sent} == set(qa["people"])
+    assert {p["attributes"]["status"] for p in workspace.people()} == set(STATUSES)
+    assert {e["person_id"] for e in workspace.events()} <= sent  # their events, no one else's
+    assert run.report["streams"][PEOPLE]["sent"] == 8
+    assert run.report["streams"][PEOPLE]["skipped_by_reason"] == {"qa_sample": 32}
+    section = run.report["verification"]
+    assert section["sampled"] == section["ok"] == 8 and section["discrepancies"] == []
+    assert "QA sync of 8 people, no STATE" in run.stderr
+
+    # the same data in another order: the same people
+    again = tmp_path / "again"
+    again.mkdir()
+    workspace.reset()
+    reordered = [*lifecycle(40)[:1], *reversed(lifecycle(40)[1:41]), *lifecycle(40)[41:]]
+    other = run_target(qa_config(workspace, again), [*reordered, state({"b": 1})], again)
+    assert other.returncode == 0, other.stderr
+    assert set(other.report["qa_sync"]["people"]) == set(qa["people"])
+
+
+def test_the_real_sync_after_a_qa_sync_does_not_send_its_people_again(workspace, tmp_path):
+    stream_in = [*lifecycle(20), state({"b": 1})]
+    qa = run_target(qa_config(workspace, tmp_path), stream_in, tmp_path)
+    assert qa.returncode == 0, qa.stderr
+    real = run_target(config(workspace, tmp_path, verify_sample=0), stream_in, tmp_path)
+    assert real.returncode == 0, real.stderr
+    assert real.states == [{"b": 1}]
+    people = real.report["streams"][PEOPLE]
+    assert people["sent"] == 12 and people["skipped_by_reason"] == {"unchanged": 8}
+    events = real.report["streams"][ORDERS]
+    assert events["sent"] == 12 and events["skipped_by_reason"] == {"unchanged": 8}
+    assert len(workspace.people()) == 20 and len(workspace.events()) == 20
