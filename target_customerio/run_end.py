@@ -20,10 +20,17 @@ def after_last_state(
     *,
     dry_run: bool,
     verify: Callable[[], None] = lambda: None,
+    qa: bool = False,
 ) -> None:
     """`mirror` returns the guard's problems, `volume` the streams outside their range;
     `reconcile` raises DriftError, `verify` VerifyError. A dry run checks no volume (it
-    delivered nothing) and verifies nothing."""
+    delivered nothing) and verifies nothing. A QA sync (`qa`) only verifies: its sample is no
+    view and no sync volume (mirror routes tell nobody they left, the volume is neither checked
+    nor kept in the history), and its segments are not whole (no reconcile checks)."""
+    if qa:
+        if not dry_run:
+            verify()
+        return
     guard = mirror()
     if dry_run:
         reconcile()  # lists what it would check

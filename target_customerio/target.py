@@ -22,8 +22,7 @@ from singer_sdk.helpers.capabilities import PluginCapabilities
 from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.sinks import Sink
 
-from target_customerio import cli, redaction, run_end, verification
-from target_customerio.app_api import AppClient
+from target_customerio import cli, redaction, run_end
 from target_customerio.delivery import Delivery, DryRun, make_delivery
 from target_customerio.environment import check_env, env_config
 from target_customerio.errors import (
@@ -37,12 +36,11 @@ from target_customerio.mapping_processes import ProcessMapping, make_mapping
 from target_customerio.memberships import Memberships, segment_requests
 from target_customerio.mirror import Mirror
 from target_customerio.operations import KINDS
-from target_customerio.qa_sync import QaSync
+from target_customerio.read_back import ReadBack
 from target_customerio.reading import SingerLineReader
 from target_customerio.reconcile import Reconciler
 from target_customerio.redaction import shown
 from target_customerio.report import RunReport
-from target_customerio.run_sample import RunSample
 from target_customerio.sdk import ConfigInput, SdkTarget
 from target_customerio.setting_schema import CONFIG_SCHEMA, SDK_SETTINGS_IGNORED, about_text
 from target_customerio.settings import check_config, load_settings
@@ -166,13 +164,9 @@ class TargetCustomerIO(SdkTarget):
             self.ledger,
             self.logger,
         )
-        # A QA sync holds every routed record until the end of the input (qa_sync.py).
-        self.qa = self._qa_sync()
-        self.sample: RunSample | None = None  # whom the run sent what, to read back
-        size = self.settings.qa_sample or self.settings.verify_sample  # a QA sync: everyone
-        if isinstance(self.delivery, Delivery) and size:
-            self.sample = self.delivery.sample = RunSample(size)
-        self._app: AppClient | None = None
+        key = str(self.config.get("app_api_key", ""))
+        self.read_back = ReadBack(self.settings, key, self.delivery, self.report, self.logger)
+        self.qa = self.read_back.qa  # a QA sync holds the records until the input ends
         self.reconciler = Reconciler(self.report, self.logger)
         self.memberships = Memberships(self.report, self.logger)
         self.mirror = Mirror(self.report, self.logger)
@@ -183,20 +177,6 @@ class TargetCustomerIO(SdkTarget):
         self._busy = False
         self._checking = False  # inside the start-up credential check
         self._terminating = False
-
-    def _qa_sync(self) -> QaSync | None:
-        size = self.settings.qa_sample
-        if size is None:
-            return None
-        exact = {
-            route.pattern
-            for route in self.settings.routes.all()
-            if not any(c in route.pattern for c in "*?[")
-        }
-        self.logger.info(
-            "QA sync: at most %d people, chosen when the input ends; no STATE is written", size
-        )
-        return QaSync(size, self.settings.qa_stratify, exact, self.report, self.logger)
 
     @staticmethod
     def _check_config(config: t.Any, validate: bool) -> list[str]:
@@ -360,8 +340,6 @@ class TargetCustomerIO(SdkTarget):
     def _last_drain(self, _: None) -> None:
         if self.qa is not None:
             self.qa.release()  # the chosen people's records, to their sinks
-            self._last_qa_drain()
-            return
         super().process_endofpipe()
         self._settle()
         run_end.after_last_state(
@@ -372,18 +350,7 @@ class TargetCustomerIO(SdkTarget):
             self._reconcile,
             dry_run=self.settings.dry_run,
             verify=self._verify,
-        )
-
-    def _last_qa_drain(self) -> None:
-        """A QA sync's end: delivered, then every person sent verified. Its sample is no view
-        and no sync volume: mirror routes tell nobody they left, the volume is neither checked
-        nor kept in the history, reconcile checks are not run."""
-        super().process_endofpipe()
-        self._settle()
-        if self.mirror.runs:
-            self.logger.info("QA sync: mirror routes tell nobody they left their view")
-        run_end.after_last_state(
-            list, dict, lambda: None, dry_run=self.settings.dry_run, verify=self._verify
+            qa=self.qa is not None,
         )
 
     def _mirror(self) -> list[str]:
@@ -404,51 +371,19 @@ class TargetCustomerIO(SdkTarget):
 
     def _reconcile(self) -> None:
         """The reconcile checks, after everything else is delivered and the last STATE written."""
-        self._checking = True  # reads only: a signal stops them at once
-        try:
-            self.reconciler.run_checks(self.settings, self._app_client)
-        finally:
-            self._checking = False
-
-    def _app_client(self) -> AppClient:
-        """The run's one App API client: reconcile checks and verification share its rate."""
-        if self._app is None:
-            self._app = AppClient(
-                self.settings.app_base_url,
-                str(self.config.get("app_api_key", "")),
-                timeout=self.settings.request_timeout,
-                max_retries=self.settings.max_retries,
-                logger=self.logger,
-            )
-        return self._app
+        self._reading(partial(self.reconciler.run_checks, self.settings, self.read_back.app_client))
 
     def _verify(self) -> None:
-        """The sample read back, last (verification.py): exit 9 on a discrepancy unless
-        on_verify_failure is warn. Stopped at once by a signal (reads only)."""
-        if self.sample is None or self._terminating:
-            return
-        people = self.sample.chosen()
-        self.logger.info(
-            "verification: reading back %d people from Customer.io (verify_timeout %gs)",
-            len(people),
-            self.settings.verify_timeout,
-        )
-        self._checking = True
+        """The sample read back, last (read_back.py); not after a signal."""
+        if not self._terminating:
+            self._reading(partial(self.read_back.verify, self.started_at))
+
+    def _reading(self, read: t.Callable[[], None]) -> None:
+        self._checking = True  # reads only: a signal stops them at once
         try:
-            verifier = verification.Verifier(
-                self._app_client(), self.started_at, self.settings.verify_timeout, self.logger
-            )
-            section = verifier.verify(people)
+            read()
         finally:
             self._checking = False
-        section["covered"] = self.sample.categories()
-        self.report.verification = section
-        verification.report_lines(
-            section,
-            self.logger,
-            warn_only=self.settings.on_verify_failure == "warn",
-            qa=self.qa is not None,
-        )
 
     # Termination: stop between messages, never inside one
 
