@@ -153,12 +153,13 @@ class QaSync:
                 self._report.stream(stream).received += held_back
                 self._report.skip(stream, SKIP_REASON, held_back)
         self.people = [{"type": kind, "value": value} for kind, value in people]
+        chosen = set(people)
         self._report.qa_sync = {
             "sample": self.size,
             "people": [f"{kind}:{value}" for kind, value in people],
             "records": dict(sorted(released.items())),
             "pools": [
-                {"stream": stream, "stratum": stratum, "people": len(pool.heap)}
+                {"stream": stream, "stratum": stratum, "chosen": len(pool.members & chosen)}
                 for (stream, stratum), pool in sorted(self._pools.items())
             ],
             "stratify_unseen": [c for c in self._stratify if c not in self._strata],

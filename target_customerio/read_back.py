@@ -52,6 +52,9 @@ class ReadBack:
         if self.sample is None:
             return
         people = self.sample.chosen()
+        if not people:  # a run that sent nobody anything (a checks job, all unchanged)
+            self._logger.info("verification: the run sent nobody anything: nothing to read back")
+            return
         self._logger.info(
             "verification: reading back %d people from Customer.io (verify_timeout %gs)",
             len(people),

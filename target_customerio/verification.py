@@ -96,7 +96,7 @@ class Verifier:
             if not pending or left <= 0:
                 break
             self._logger.info(
-                "verification: %d of %d people do not match yet; reading them again in %.0fs",
+                "verification: %d of %d people do not match yet; reading them again in %.1fs",
                 len(pending),
                 len(people),
                 min(pause, left),
@@ -161,9 +161,9 @@ class Verifier:
         for activity in activities:
             kind, at = activity.get("type"), _time(activity)
             if kind in ("failed_attribute_change", "failed_event") and (at or 0) >= self._since:
-                sent = _sent_for(person, activity)
+                stream, sent = _sent_for(person, activity)
                 found = {"name": activity.get("name"), "data": activity.get("data")}
-                out.append(Discrepancy(person.stream, who, str(kind), sent, found))
+                out.append(Discrepancy(stream, who, str(kind), sent, found))
         held = Counter(
             (str(a.get("name")), _time(a)) for a in activities if a.get("type") == "event"
         )
@@ -180,13 +180,17 @@ class Verifier:
         return out
 
 
-def _sent_for(person: Sent, activity: dict[str, Any]) -> Any:
-    """What the run sent that a failed activity is about: the attribute it names, if any."""
+def _sent_for(person: Sent, activity: dict[str, Any]) -> tuple[str, Any]:
+    """The stream and what it sent that a failed activity is about: the attribute it names,
+    or the event (by name)."""
     data = activity.get("data")
     name = data.get("attribute") if isinstance(data, dict) else None
     if isinstance(name, str) and name in person.attributes:
-        return {name: person.attributes[name][0]}
-    return activity.get("name")
+        value, stream = person.attributes[name]
+        return stream, {name: value}
+    event = activity.get("name")
+    streams = [stream for sent, _, stream in person.events if sent == event]
+    return (streams[-1] if streams else person.stream), event
 
 
 def _time(activity: dict[str, Any]) -> int | None:

@@ -187,3 +187,19 @@ def test_different_values_are_not_taken_for_each_other(sent, other):
     if sent != other and not equal_numbers and not (sent in (None, "") and other in (None, "")):
         held = None if other is None or other == "" else as_stored(other)
         assert not stored_equal(sent, held) or as_stored(sent) == held
+
+
+def test_write_faults_through_the_inspection_api(sb):
+    url = f"{sb.url}/_sandbox/write_faults"
+    r = requests.post(url, json={"ignore": [{"id": "1"}], "fail_events": ["x"], "delay": 3600})
+    assert r.json() == {
+        "delay": 3600.0,
+        "ignore": [{"id": "1"}],
+        "fail_events": ["x"],
+        "pending": 0,
+    }
+    track(sb, identify("1", plan="gold"), identify("2", plan="gold"))
+    assert requests.get(url).json()["pending"] == 1 and sb.person(id="2") is None
+    assert requests.delete(url).json()["pending"] == 0  # what waited is applied, then cleared
+    assert sb.person(id="2") is not None and sb.person(id="1") is None
+    assert requests.post(url, json={"dealy": 1}).status_code == 400
