@@ -150,9 +150,11 @@ class Verifier:
             holders = people_reads.holders_of(self._client, email)
             if len(holders) > 1:
                 found = sorted(str(h.get("id") or h.get("cio_id")) for h in holders)
-                out.append(
-                    Discrepancy(person.stream, person.identifier, "duplicate_profile", email, found)
-                )
+                value, stream = person.attributes.get("email", (None, person.stream))
+                if not (isinstance(value, str) and value.lower() == email):
+                    stream = person.stream  # the identifier's email, not the attribute's
+                check = "duplicate_profile"
+                out.append(Discrepancy(stream, person.identifier, check, email, found))
         return out
 
     def _activities(self, person: Sent) -> list[Discrepancy]:
