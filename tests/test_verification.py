@@ -293,3 +293,63 @@ def test_the_real_sync_after_a_qa_sync_does_not_send_its_people_again(workspace,
     events = real.report["streams"][ORDERS]
     assert events["sent"] == 12 and events["skipped_by_reason"] == {"unchanged": 8}
     assert len(workspace.people()) == 20 and len(workspace.events()) == 20
+
+
+VIPS = "public-vip_customers"
+MIRRORED = {"kind": "person", "identifier": {"field": "id", "type": "id"}, "mirror": True}
+VIP_SCHEMA = schema(VIPS, {"id": {"type": "string"}, "vip_tier": {"type": "string"}})
+
+
+def vips(count: int, run: int) -> list[dict]:
+    rows = [record(VIPS, {"id": f"V{i}", "vip_tier": "gold"}) for i in range(count)]
+    return [VIP_SCHEMA, *rows, state({"run": run})]
+
+
+@pytest.mark.parametrize("on_exit", ["unset", "delete"])
+def test_people_who_left_a_view_are_read_back_as_left(workspace, tmp_path, on_exit):
+    route = {**MIRRORED, "on_exit": on_exit, "max_exit_ratio": 0.5}
+    cfg = target_config(
+        workspace.url,
+        tmp_path,
+        {VIPS: route},
+        app_api_key=APP_KEY,
+        app_api_url=workspace.url,
+        verify_sample=10,
+        verify_timeout=2,
+    )
+    assert run_target(cfg, vips(6, 1), tmp_path).returncode == 0
+    workspace.ignore_writes(id="V5")  # its exit is accepted and never applied
+    run = run_target(cfg, vips(4, 2), tmp_path)
+    assert run.returncode == 9, run.stderr
+    section = run.report["verification"]
+    assert section["covered"] == {VIPS: ["exit"]}  # nobody else changed: only the leavers
+    check = "attribute" if on_exit == "unset" else "missing_profile"
+    assert checks(run) == [("V5", check)]  # V4 left as told; V5 still holds what it had
+    [item] = section["discrepancies"]
+    if on_exit == "unset":
+        assert item["sent"] == {"vip_tier": None} and item["found"] == {"vip_tier": "gold"}
+    else:
+        assert item["sent"] == "no profile (deleted)"
+
+
+def test_a_deleted_row_is_read_back_as_gone(workspace, tmp_path):
+    route = {**PERSON_ROUTE, "on_delete": "delete"}
+    cfg = target_config(
+        workspace.url,
+        tmp_path,
+        {PEOPLE: route},
+        app_api_key=APP_KEY,
+        app_api_url=workspace.url,
+        verify_sample=10,
+    )
+    people = schema(
+        PEOPLE, {"id": {"type": "string"}, "_sdc_deleted_at": {"type": ["string", "null"]}}
+    )
+    first = [people, *[record(PEOPLE, {"id": f"C{i}", "_sdc_deleted_at": None}) for i in range(3)]]
+    assert run_target(cfg, [*first, state({"b": 1})], tmp_path).returncode == 0
+    gone = record(PEOPLE, {"id": "C1", "_sdc_deleted_at": "2026-11-02T10:00:00+00:00"})
+    run = run_target(cfg, [people, gone, state({"b": 2})], tmp_path)
+    assert run.returncode == 0, run.stderr
+    section = run.report["verification"]
+    assert section["covered"] == {PEOPLE: ["delete"]}
+    assert section["sampled"] == section["ok"] == 1
