@@ -353,3 +353,21 @@ def test_a_deleted_row_is_read_back_as_gone(workspace, tmp_path):
     section = run.report["verification"]
     assert section["covered"] == {PEOPLE: ["delete"]}
     assert section["sampled"] == section["ok"] == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"on_verify_failure": "ignore"}, "setting `on_verify_failure`"),
+        ({"verify_timeout": 0}, "setting `verify_timeout`"),
+        ({"qa_stratify": ["status"]}, "`qa_stratify` applies only with `qa_sample`"),
+        ({"qa_sample": 0}, "setting `qa_sample`"),
+        ({"verify_sampel": 5}, "unknown setting `verify_sampel` (did you mean `verify_sample`?)"),
+    ],
+)
+def test_a_wrong_verification_setting_stops_the_run_before_anything_is_sent(
+    workspace, tmp_path, extra, message
+):
+    run = run_target(config(workspace, tmp_path, **extra), stream(), tmp_path)
+    assert run.returncode == 2 and message in run.stderr, run.stderr
+    assert workspace.requests() == []
