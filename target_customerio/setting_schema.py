@@ -40,9 +40,10 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "type": "string",
             "secret": True,
             "writeOnly": True,
-            "description": "App API key (bearer), for reconcile routes: segment counts are read "
-            "from the App API. Secret: never logged. Required when a reconcile "
-            "route's stream arrives (unless dry_run).",
+            "description": "App API key (bearer), for reconcile routes (segment counts) and "
+            "verification (verify_sample, qa_sample: people read back). Secret: never logged. "
+            "Required when a reconcile route's stream arrives, and with verify_sample or "
+            "qa_sample (unless dry_run).",
         },
         "app_api_url": {
             "type": "string",
