@@ -32,6 +32,9 @@ from target_customerio.routes import Route
 from target_customerio.run_sample import BottomK, Key, person_rank
 
 _PRUNE_EVERY = 10_000  # records between drops of the held records no pool can take any more
+# Records held while a stream named in `streams` has not come yet (it may choose anyone): past
+# this many, it is taken for a stream this input does not carry, and no longer waited for.
+MAX_WAITING = 200_000
 SKIP_REASON = "qa_sample"
 
 
@@ -63,6 +66,7 @@ class QaSync:
         self._held: dict[Key, _Held] = {}
         self._order = 0
         self._seen: dict[str, int] = {}  # records held back per stream, before the choice
+        self._holding = 0  # records held now
         self._strata: set[str] = set()  # qa_stratify columns some person route's records had
         self.people: list[dict[str, Any]] = []
 
@@ -80,10 +84,11 @@ class QaSync:
             if pool is None:
                 pool = self._pools[(stream, stratum)] = BottomK(self.size)
                 self._expected.discard(stream)
-            pool.admit(rank, key)
-            if key in self._held or self._may_take(rank):
+            admitted, _ = pool.admit(rank, key)  # the evicted: dropped when next pruned
+            if admitted or key in self._held or self._may_take(rank):
                 held = self._held.setdefault(key, _Held(rank))
                 held.records.append((self._order, stream, deliver, item))
+                self._holding += 1
             if self._order % _PRUNE_EVERY == 0:
                 self._prune()
 
@@ -115,10 +120,19 @@ class QaSync:
         )
 
     def _prune(self) -> None:
+        if self._expected and self._holding > MAX_WAITING:
+            self._logger.warning(
+                "QA sync: %d records held and no record yet of %s: no longer waiting for "
+                "them (not in this input?); a person only they would choose may be sent "
+                "without the records read before",
+                self._holding,
+                ", ".join(sorted(self._expected)),
+            )
+            self._expected.clear()
         kept = set().union(*(pool.members for pool in self._pools.values()))
         for key in [k for k, held in self._held.items() if k not in kept]:
             if not self._may_take(self._held[key].rank):
-                del self._held[key]
+                self._holding -= len(self._held.pop(key).records)
 
     def chosen(self) -> list[Key]:
         """At most `size` people: round-robin over the pools (sorted: the same for the same
