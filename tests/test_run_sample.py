@@ -1,6 +1,7 @@
 """The sample of whom a run sent what (run_sample.py), as properties: bounded, the same people
 whatever order Customer.io accepted the requests in, every category covered, and a chosen
-person's record exactly what the run sent them; and verification's report lines."""
+person's record exactly what the run sent them; and verification's re-reads (on a fake clock:
+no wall-clock thresholds) and report lines."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from target_customerio.errors import VerifyError
 from target_customerio.operations.operation import Operation
 from target_customerio.run_sample import RunSample, Sent
-from target_customerio.verification import LOGGED, report_lines
+from target_customerio.verification import LOGGED, Verifier, report_lines
 from target_customerio.wire import Batch, Segment
 
 EXAMPLES = 1000 if os.environ.get("TARGET_CUSTOMERIO_LONG_PROPERTIES") else 100
@@ -123,3 +124,66 @@ def test_the_first_20_discrepancies_are_lines_then_a_count(caplog):
     assert "verification: 5 more discrepancies (the report's verification lists them all)" in lines
     assert failed.value.exit_code == 9
     assert "25 of 30 people read back do not hold what the run sent them" in str(failed.value)
+
+
+class _Workspace:
+    """Stands in for the App API in unit tests of the re-reads: profile `P1` holds `plan`
+    as `holds(read)` says on the read-th read; activities as given."""
+
+    def __init__(self, holds, activities=()):
+        self.reads, self._holds, self._activities = 0, holds, list(activities)
+
+    def call(self, method, path, body, what):
+        if path.startswith("/v1/customers/attributes"):
+            self.reads += 1
+            plan = self._holds(self.reads)
+            if plan is None:
+                return {"customers": []}
+            customer = {"id": "P1", "identifiers": {"id": "P1"}, "attributes": {"plan": plan}}
+            return {"customers": [{"customer": customer}]}
+        return {"activities": self._activities, "next": ""}
+
+
+def _verify(workspace, timeout=100.0):
+    now = [0.0]
+    sent = Sent("id", "P1", "s")
+    sent.apply("s", "identify", {"action": "identify", "attributes": {"plan": "gold"}})
+    verifier = Verifier(
+        workspace,
+        0,
+        timeout,
+        logging.getLogger("test-verification"),
+        clock=lambda: now[0],
+        sleep=lambda seconds: now.__setitem__(0, now[0] + seconds),
+    )
+    return verifier.verify([sent]), now[0]
+
+
+def test_a_write_applied_late_is_read_again_until_it_is_there():
+    workspace = _Workspace(lambda read: None if read == 1 else "silver" if read < 4 else "gold")
+    section, waited = _verify(workspace)
+    assert section["ok"] == 1 and section["discrepancies"] == [] and section["rounds"] == 4
+    assert waited == 1 + 2 + 4  # the pauses grow
+
+
+def test_a_mismatch_counts_once_verify_timeout_has_passed():
+    workspace = _Workspace(lambda read: "silver")
+    section, waited = _verify(workspace, timeout=20)
+    assert waited == 20 and section["ok"] == 0
+    [item] = section["discrepancies"]
+    assert (item["check"], item["sent"], item["found"]) == (
+        "attribute",
+        {"plan": "gold"},
+        {"plan": "silver"},
+    )
+
+
+def test_a_failed_change_is_final_at_once():
+    failed = {"type": "failed_attribute_change", "name": "plan", "timestamp": 5, "data": {}}
+    workspace = _Workspace(lambda read: "silver", [failed])
+    section, waited = _verify(workspace)
+    assert waited == 0 and section["rounds"] == 1
+    assert {d["check"] for d in section["discrepancies"]} == {
+        "attribute",
+        "failed_attribute_change",
+    }
