@@ -99,6 +99,9 @@ class Memberships:
         self._report, self._logger = report, logger
         self._lock = threading.Lock()
         self._pending: dict[str, dict[int, Pending]] = {}  # stream -> key -> membership
+        # (segment id, id type, ids) of each accepted add: campaigns.py counts the people a
+        # segment-triggered campaign can start
+        self.on_added: Callable[[int, str, list[str]], None] | None = None
 
     def submit(self, shard: int, batch: Batch) -> None:
         """A batch of memberships, held until `send`. The same membership twice before it is
@@ -152,6 +155,8 @@ class Memberships:
         if tries:
             self._report.request(stream, size, tries, len(entries))
         if status == 200:
+            if self.on_added is not None:
+                self.on_added(segment, kind, [e.value for e in entries])
             if ledger is not None:
                 ledger.record([(e.key, 0) for e in entries if e.key is not None])
             self._report.delivered(stream, len(entries))

@@ -9,6 +9,7 @@ import os
 import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
@@ -97,8 +98,10 @@ class RunReport:
         self.volume: dict[str, dict[str, Any]] | None = None  # max_volume_change checks
         self.verification: dict[str, Any] | None = None  # people read back (verification.py)
         self.qa_sync: dict[str, Any] | None = None  # a QA sync's whom (qa_sync.py)
+        self.campaigns: dict[str, Any] | None = None  # campaigns this run can start
         self._mirror: dict[str, dict[str, Any]] = {}  # mirror routes, per stream (mirror.py)
         self._exits_logged = 0
+        self.idle_routes: list[str] = []  # routes that received no record (the target's)
         self.retried_requests = 0
         self.bytes = 0
 
@@ -139,7 +142,7 @@ class RunReport:
                 option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS,
             )
         except orjson.JSONEncodeError:  # lone surrogates, huge ints: keep the record, escaped
-            line = (json.dumps(entry, default=str, ensure_ascii=True) + "\n").encode()
+            line = _escaped_line(entry)
         line = REDACTOR.redact_json(line)
         with self._lock:
             tally = self._streams.setdefault(stream, StreamTally())
@@ -276,9 +279,12 @@ class RunReport:
             )
         return {k: out[k] for k in ("received", "sent", "rejected", "skipped")}
 
-    def summary(self, status: str) -> str:
+    def summary(self, status: str, cause: str | None = None) -> str:
+        """The run's last line: `target-customerio failed (api_key refused): 2 stream(s), ...`
+        (the cause in a few words, since it is the line Meltano shows last)."""
         t = self.totals()
         sent = "would send" if self._dry_run else "sent"
+        status = f"{status} ({cause})" if cause else status
         return (
             f"target-customerio {status}: {len(self._streams)} stream(s), "
             f"{t['received']} received, "
@@ -347,6 +353,7 @@ class RunReport:
             },
             "streams": {name: tally.as_dict() for name, tally in sorted(self._streams.items())},
             "near_duplicate_event_names": self.near_duplicate_event_names(),
+            "routes_received_nothing": self.idle_routes,
         }
         if self.reconciliation is not None:
             report["reconciliation"] = self.reconciliation
@@ -356,6 +363,8 @@ class RunReport:
             report["qa_sync"] = self.qa_sync
         if self.verification is not None:
             report["verification"] = self.verification
+        if self.campaigns is not None:
+            report["campaigns"] = self.campaigns
         mirror = self.mirror_sections()
         if mirror:
             report["mirror"] = dict(sorted(mirror.items()))
@@ -367,6 +376,26 @@ class RunReport:
             raise TargetError(
                 f"cannot write report_file {self._report_path}: {exc.strerror or exc}"
             ) from None
+
+
+def _escaped_line(entry: dict[str, Any]) -> bytes:
+    """A reject line for a record orjson cannot encode: lone surrogates escaped, and integers
+    past Python's limit on printing digits written out as decimals."""
+    try:
+        return (json.dumps(entry, default=str, ensure_ascii=True) + "\n").encode()
+    except ValueError:
+        entry = {**entry, "record": _printable(entry["record"])}
+        return (json.dumps(entry, default=str, ensure_ascii=True) + "\n").encode()
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _printable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Decimal(value)  # printed by default=str, which has no limit on digits
+    return value
 
 
 def _ends_mid_line(path: Path) -> bool:

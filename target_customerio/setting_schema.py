@@ -40,10 +40,11 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "type": "string",
             "secret": True,
             "writeOnly": True,
-            "description": "App API key (bearer), for reconcile routes (segment counts) and "
-            "verification (verify_sample, qa_sample: people read back). Secret: never logged. "
-            "Required when a reconcile route's stream arrives, and with verify_sample or "
-            "qa_sample (unless dry_run).",
+            "description": "App API key (bearer), for reconcile routes: segment counts are read "
+            "from the App API; with it, the campaigns an event or segment route can start are "
+            "read at start-up and counted, and verification reads people back (verify_sample, "
+            "qa_sample). Secret: never logged. Required when a reconcile route's stream arrives "
+            "(unless dry_run), or with max_campaign_entries, verify_sample or qa_sample.",
         },
         "app_api_url": {
             "type": "string",
@@ -194,6 +195,14 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "description": "Fail the run when a stream's rejected/received ratio passes this "
             "(0..1; checked from 100 records on, and before each STATE). "
             "Unset: no limit.",
+        },
+        "max_campaign_entries": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "The most people one run may start a running Customer.io campaign "
+            "for (needs app_api_key): the run stops before the first event past it, exit 10 "
+            "(an event route's max_campaign_entries overrides it). Unset: no limit; the "
+            "report's campaigns section still counts them.",
         },
         "delivery_workers": {
             "type": "integer",

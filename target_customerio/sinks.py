@@ -7,6 +7,7 @@ import typing as t
 from dataclasses import dataclass
 from functools import cached_property, partial
 
+from target_customerio.campaigns import Campaigns
 from target_customerio.errors import ContractError
 from target_customerio.mapping_processes import CHUNK, ProcessMapping
 from target_customerio.mirror import RunMembers
@@ -37,6 +38,7 @@ class SinkNeeds:
     members: RunMembers | None = None  # a mirror route's: who this run's records are about
     # A QA sync's (qa_sync.QaSync.hold): records are held until the chosen people are known.
     hold: t.Callable[[str, Route, t.Callable[[t.Any], None], t.Any], None] | None = None
+    campaigns: Campaigns | None = None  # the run's campaign triggers (None: not read)
 
 
 class CustomerIOSink(SdkSink):
@@ -66,6 +68,7 @@ class CustomerIOSink(SdkSink):
             needs.started_at,
             needs.ledger_scope,
             needs.shards,
+            needs.campaigns.event_names if needs.campaigns is not None else frozenset(),
         )
         self._mapping_key = self._mapping.open(spec)
         self._chunk: list[Item] = []
@@ -75,6 +78,9 @@ class CustomerIOSink(SdkSink):
         self._seen_events: set[int] = set()
         self._max_reject_ratio = needs.max_reject_ratio
         self._members = needs.members
+        self._campaigns = needs.campaigns
+        # the route's own max_campaign_entries (an event route's), else the setting's
+        self._campaign_limit: int | None = getattr(route.options, "max_campaign_entries", None)
         self._packers = [
             Packer(stream_name, partial(needs.submit, shard)) for shard in range(needs.shards)
         ]
@@ -165,10 +171,10 @@ class CustomerIOSink(SdkSink):
             self._reject(items[index], Rejected(reason, field, message, rule))
         tally.received = received + len(items)
         segments = mapped.segments
+        repeated: set[int] = set()
         if self._seen_events.isdisjoint(mapped.event_keys):
             self._seen_events.update(mapped.event_keys)
         else:  # rare: an event repeated far apart, or in chunks that different workers mapped
-            repeated = set()
             for index, key in zip(mapped.event_items, mapped.event_keys, strict=True):
                 if key in self._seen_events:
                     repeated.add(index)
@@ -181,8 +187,25 @@ class CustomerIOSink(SdkSink):
             self._report.skip(self.stream_name, reason, count)
         if self._members is not None and mapped.members is not None:
             self._members.add(mapped.members, mapped.sent_members or [])
+        cut = self._count_campaigns(mapped, repeated) if mapped.campaign_events else None
+        if cut is not None:  # the guard: nothing from the first event past the limit on
+            drop = set(range(cut, len(items)))
+            segments = {shard: segment.without_items(drop) for shard, segment in segments.items()}
         for shard, segment in segments.items():
             self._packers[shard].add_segment(segment._replace(items=items))
+        if cut is not None and self._campaigns is not None:
+            for packer in self._packers:
+                packer.flush()
+            self._campaigns.stop()  # raises CampaignGuardError (exit 10)
+
+    def _count_campaigns(self, mapped: Mapped, repeated: set[int]) -> int | None:
+        """The chunk's events that may start a campaign, counted; the index of the first one
+        past max_campaign_entries when the run must stop there."""
+        events = mapped.campaign_events or []
+        if repeated:
+            events = [event for event in events if event[0] not in repeated]
+        assert self._campaigns is not None  # mapping only sends them back when it was read
+        return self._campaigns.count_events(self.stream_name, self._campaign_limit, events)
 
     def _reject(self, record: Item, rej: Rejected) -> None:
         if rej.reason in CONTRACT_REASONS and self._fail_on_violation:
@@ -201,7 +224,8 @@ class CustomerIOSink(SdkSink):
             raise ContractError(
                 f"{self.stream_name}: {rejected} of {received} records rejected, "
                 f"more than max_reject_ratio {ratio:g}; "
-                "see the reject file for why"
+                "see the reject file for why",
+                cause="max_reject_ratio",
             )
 
     def process_batch(self, context: dict) -> None:

@@ -30,6 +30,25 @@ Item = bytes | dict  # a RECORD line, whole (the direct path), or a record the S
 _Send = tuple[bytes, str, tuple[int, int] | None]
 
 
+# The reject reason of a record whose mapping raised something no kind's checks name: a value
+# nobody foresaw ends that record, never the run (the message is the exception's).
+UNMAPPABLE = "unmappable_value"
+
+
+def failure_message(exc: BaseException) -> str:
+    """What went wrong, in one short line: the exception's type and message (cut, and safe to
+    print even when the message itself cannot be turned into text)."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a message that cannot be rendered still names its type
+        text = ""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = " ".join(text.split())
+    if len(text) > 300:
+        text = text[:300] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def compiled() -> bool:
     """Whether the record path runs compiled (mypyc, in the released wheels), not interpreted."""
     return not __file__.endswith(".py")
@@ -52,6 +71,9 @@ class Mapped:
     # record sent, (key, fingerprint, what the ledger keeps about the member: Kind.member).
     members: array | None = None
     sent_members: list[tuple[int, int, str]] | None = None
+    # The events sent whose name starts a running campaign (campaigns.py), in record order:
+    # (index in the chunk, name, identifier, timestamp). None when no campaign could match.
+    campaign_events: list[tuple[int, str, tuple[str, str], int]] | None = None
 
 
 @dataclass
@@ -64,6 +86,8 @@ class StreamSpec:
     started_at: float
     ledger_scope: str | None
     shards: int  # delivery shards: a person's operations always go to the same one
+    # event names that start a running campaign (campaigns.py): their events are sent back
+    campaign_events: frozenset[str] = frozenset()
 
 
 class StreamMapping:
@@ -95,6 +119,7 @@ class StreamMapping:
         self._shards = spec.shards
         self._ledger = None if isinstance(ledger, NoLedger) else ledger
         self._event_names = event_names
+        self._campaign_events = spec.campaign_events
 
     def map_chunk(self, items: list[Item]) -> Mapped:
         rejects: list[tuple[int, str, str | None, str, str | None]] = []
@@ -102,6 +127,9 @@ class StreamMapping:
         rejected_members: list[int] = []
         # (index in the chunk, event dedupe key, operations)
         mapped: list[tuple[int, int | None, list[_Send]]] = []
+        # positions in `mapped` of events that may start a campaign: (name, person, time)
+        campaign: dict[int, tuple[str, tuple[str, str], int]] = {}
+        campaign_events = self._campaign_events
         builder = self._builder  # a native method call (compiled), not a bound-method object
         for index, item in enumerate(items):
             record, native = (
@@ -114,17 +142,24 @@ class StreamMapping:
                         f"(key_properties: {self._key_properties})"
                     )
             try:
-                ops = builder.build(record, native).operations
+                built = builder.build(record, native)
             except Skipped as skip:
                 skipped[skip.reason] += 1
                 continue
             except Rejected as rej:
                 rejects.append((index, rej.reason, rej.field, rej.message, rej.rule))
-                if self._member is not None:
-                    member = self._builder.member_key(record)
-                    if member is not None:
-                        rejected_members.append(member)
+                self._rejected_member(record, rejected_members)
                 continue
+            except Exception as exc:  # noqa: BLE001 - a value no check foresaw: this record's fault
+                rejects.append((index, UNMAPPABLE, None, failure_message(exc), None))
+                self._rejected_member(record, rejected_members)
+                continue
+            ops = built.operations
+            if campaign_events:  # a campaign starts on some event name: is it this one's?
+                name = built.name
+                if name is not None and name in campaign_events:
+                    when = built.timestamp if built.timestamp is not None else 0
+                    campaign[len(mapped)] = (name, built.identifier, when)
             seen = ops[0].seen
             # an event: sent once a run, whatever its rows (the builder skips the repeats)
             if seen is not None:
@@ -139,6 +174,7 @@ class StreamMapping:
         parts = [SegmentBuilder() for _ in range(shards)]
         event_items: list[int] = []
         event_keys: list[int] = []
+        sent_campaign: list[tuple[int, str, tuple[str, str], int]] = []
         for at, (index, seen, sends) in enumerate(mapped):
             if at in unchanged:
                 skipped["unchanged"] += 1
@@ -146,14 +182,30 @@ class StreamMapping:
             if seen is not None:
                 event_items.append(index)
                 event_keys.append(seen)
+                if campaign and at in campaign:
+                    sent_campaign.append((index, *campaign[at]))
             for body, shard_key, ledger in sends:
                 parts[hash(shard_key) % shards].add(body, index, ledger)
         segments = {shard: part.segment() for shard, part in enumerate(parts) if part.bodies}
         names, self._event_names[:] = list(self._event_names), []
         out = Mapped(segments, rejects, dict(skipped), event_items, event_keys, names)
+        if sent_campaign:
+            out.campaign_events = sent_campaign
         if self._member is not None:
             out.members, out.sent_members = self._members(mapped, unchanged, rejected_members)
         return out
+
+    def _rejected_member(self, record: dict, rejected: list[int]) -> None:
+        """A mirror route's rejected record is still about someone in the view (when its
+        identifier can be read at all)."""
+        if self._member is None:
+            return
+        try:
+            member = self._builder.member_key(record)
+        except Exception:  # noqa: BLE001 - no usable identifier: it cannot be told whom
+            member = None
+        if member is not None:
+            rejected.append(member)
 
     def _members(
         self,

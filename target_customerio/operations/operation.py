@@ -44,12 +44,14 @@ class Operation(NamedTuple):
 
 class Built(NamedTuple):
     """A record's operations, in the order they must be sent, with whom and when they are
-    about: the identifier (type, value) and the time at the source (None: a state, not an
-    event). Nothing else about the record is kept by the kind that built it."""
+    about: the identifier (type, value), the time at the source (None: a state, not an
+    event) and an event's name (what a campaign may be triggered by). Nothing else about the
+    record is kept by the kind that built it."""
 
     operations: list[Operation]
     identifier: tuple[str, str]
     timestamp: int | None = None
+    name: str | None = None
 
 
 class Context(NamedTuple):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from target_customerio.sandbox import app_people
+from target_customerio.sandbox import app_people, campaigns
 from target_customerio.sandbox.responses import Response
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ def handle(
         raise error(429, "Too many requests")
     if path.startswith("/v1/customers"):
         app_people.handle(sandbox, method, path, query, body)  # raises
+    campaigns.answer(sandbox, method, path)  # raises for the campaign routes
     if method == "GET" and path.rstrip("/") == "/v1/segments":
         raise Response(200, {"segments": [_segment(s) for s in sandbox.segment_store.all()]})
     match = _SEGMENT.fullmatch(path)
