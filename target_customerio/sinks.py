@@ -72,7 +72,7 @@ class CustomerIOSink(SdkSink):
         )
         self._mapping_key = self._mapping.open(spec)
         self._chunk: list[Item] = []
-        self._sdk_counted = 0  # records of the chunk that came through the SDK's handling
+        self._sdk_counted = 0  # records of the chunk counted for `record_count` already (the SDK)
         self._fail_on_violation = route.on_contract_violation == "fail"
         # dedupe keys of the events sent in this run: small at 1M events
         self._seen_events: set[int] = set()
@@ -85,9 +85,9 @@ class CustomerIOSink(SdkSink):
             Packer(stream_name, partial(needs.submit, shard)) for shard in range(needs.shards)
         ]
         if needs.hold is not None:  # a QA sync: both ways in hold the record back instead
-            self.receive = partial(needs.hold, stream_name, route, self._receive)  # type: ignore[method-assign]
+            self._hold = partial(needs.hold, stream_name, route, self._receive_counted)
+            self.receive = self._hold_direct  # type: ignore[method-assign]
             self.process_record = self._hold_from_sdk  # type: ignore[method-assign]
-            self._hold = partial(needs.hold, stream_name, route, self._from_sdk)
 
     def _check_route_columns(self, route: Route) -> None:
         """Every column the route names is declared by the stream's SCHEMA (else ConfigError,
@@ -140,15 +140,21 @@ class CustomerIOSink(SdkSink):
         self._report.taken_from_sdk += 1
         self.receive(record)
 
+    def _hold_direct(self, item: Item) -> None:
+        """A QA sync: a record from the reader held back, counted for `record_count` now (as
+        the SDK counts those it hands over), whether it is sent or not."""
+        self.record_counter_metric.increment()
+        self._hold(item)
+
     def _hold_from_sdk(self, record: dict, context: dict) -> None:
         """A QA sync: the SDK's record held back (taken from the SDK, not filtered out)."""
         self._report.taken_from_sdk += 1
         self._hold(record)
 
-    def _from_sdk(self, record: dict) -> None:
-        """A QA sync's chosen record that came through the SDK's handling."""
+    def _receive_counted(self, item: Item) -> None:
+        """A QA sync's chosen record, already counted for `record_count`."""
         self._sdk_counted += 1
-        self._receive(record)
+        self._receive(item)
 
     def _send_chunk(self) -> None:
         chunk, self._chunk = self._chunk, []
