@@ -79,6 +79,7 @@ class CampaignGuardError(TargetError):
     delivered before it stays, and no STATE after it was written."""
 
     exit_code = 10
+    cause = "max_campaign_entries"
 
 
 class VerifyError(TargetError):

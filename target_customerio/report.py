@@ -31,6 +31,7 @@ class StreamTally:
     rejected: Counter = field(default_factory=Counter)
     skipped: Counter = field(default_factory=Counter)
     violated_rules: Counter = field(default_factory=Counter)
+    duplicate_of: Counter = field(default_factory=Counter)  # other stream -> its events repeated
     retried: int = 0
     requests: int = 0
     bytes: int = 0
@@ -51,6 +52,7 @@ class StreamTally:
             "rejected_by_reason": dict(self.rejected),
             "skipped": sum(self.skipped.values()),
             "skipped_by_reason": dict(self.skipped),
+            **({"duplicate_of": dict(self.duplicate_of)} if self.duplicate_of else {}),
             "contract_rules_violated": dict(self.violated_rules),
             "retried": self.retried,
             "requests": self.requests,
@@ -191,6 +193,14 @@ class RunReport:
     def skip(self, stream: str, reason: str, count: int = 1) -> None:
         with self._lock:
             self._streams.setdefault(stream, StreamTally()).skipped[reason] += count
+
+    def duplicates(self, stream: str, of: Counter[str]) -> None:
+        """Rows of events already in this run, by the stream that had them first: skipped as
+        `duplicate`; those of another stream are listed under `duplicate_of`."""
+        with self._lock:
+            tally = self._streams.setdefault(stream, StreamTally())
+            tally.skipped["duplicate"] += sum(of.values())
+            tally.duplicate_of.update({other: n for other, n in of.items() if other != stream})
 
     def delivered(self, stream: str, sent: int) -> None:
         with self._lock:

@@ -182,6 +182,14 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "ledger_path (ephemeral runners). Secret. Needs "
             "target-customerio[postgres]. Unset: the SQLite ledger.",
         },
+        "ledger_lock_timeout": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 3600,
+            "default": 30,
+            "description": "Seconds to wait for a ledger another process holds locked (a "
+            "SQLite file in use, a lock in the Postgres ledger) before the run stops (exit 1).",
+        },
         "full_resend": {
             "type": "boolean",
             "default": False,

@@ -88,6 +88,7 @@ class Settings:
     change_detection: bool
     ledger_path: str
     ledger_url: str | None
+    ledger_lock_timeout: float  # seconds a ledger held locked by another process is waited for
     full_resend: bool
     max_reject_ratio: float | None
     verify_sample: int = 0  # people read back after the run (verification.py); 0: off
@@ -168,6 +169,7 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
         change_detection=change_detection,
         ledger_path=config.get("ledger_path") or ".customerio-ledger.sqlite",
         ledger_url=config.get("ledger_url") or None,
+        ledger_lock_timeout=_positive(config, "ledger_lock_timeout", 30),
         full_resend=bool(config.get("full_resend", False)),
         max_reject_ratio=_ratio(config.get("max_reject_ratio")),
         **verify,

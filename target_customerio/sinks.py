@@ -14,6 +14,7 @@ from target_customerio.mirror import RunMembers
 from target_customerio.operations.operation import Rejected
 from target_customerio.report import RunReport
 from target_customerio.routes import Route, check_columns
+from target_customerio.run_events import RunEvents
 from target_customerio.sdk import SdkSink
 from target_customerio.stream_mapping import InlineMapping, Item, Mapped, StreamSpec
 from target_customerio.wire import Batch, Packer
@@ -35,6 +36,7 @@ class SinkNeeds:
     started_at: float
     ledger_scope: str | None
     max_reject_ratio: float | None
+    events: RunEvents  # the run's events, whoever sent them (one for the run)
     members: RunMembers | None = None  # a mirror route's: who this run's records are about
     # A QA sync's (qa_sync.QaSync.hold): records are held until the chosen people are known.
     hold: t.Callable[[str, Route, t.Callable[[t.Any], None], t.Any], None] | None = None
@@ -74,8 +76,8 @@ class CustomerIOSink(SdkSink):
         self._chunk: list[Item] = []
         self._sdk_counted = 0  # records of the chunk counted for `record_count` already (the SDK)
         self._fail_on_violation = route.on_contract_violation == "fail"
-        # dedupe keys of the events sent in this run: small at 1M events
-        self._seen_events: set[int] = set()
+        self._events = needs.events
+        self._events_as = needs.events.stream_id(stream_name)
         self._max_reject_ratio = needs.max_reject_ratio
         self._members = needs.members
         self._campaigns = needs.campaigns
@@ -166,34 +168,35 @@ class CustomerIOSink(SdkSink):
 
     def _account(self, items: list[Item], mapped: Mapped) -> None:
         """A chunk's answer: its rejects and skips are counted, its operations packed on their
-        delivery shards (a person's always on the same one, in order), except an event that
-        another worker already sent in this run."""
+        delivery shards (a person's always on the same one, in order), except the rows of an
+        event this run already has (run_events.py): duplicates, counted with who sent it."""
         tally, received = self._tally, self._tally.received
         for raw, name in mapped.event_names:
             self._report.event_name(raw, name)
+        settled = self._events.settle(
+            self._events_as, mapped.event_items, mapped.event_keys, mapped.event_fates
+        )
+        duplicates = settled.duplicates
         for index, reason, field, message, rule in mapped.rejects:
+            if index in duplicates:
+                continue
             # as counted one by one: max_reject_ratio is checked here
             tally.received = received + index + 1
             self._reject(items[index], Rejected(reason, field, message, rule))
         tally.received = received + len(items)
         segments = mapped.segments
-        repeated: set[int] = set()
-        if self._seen_events.isdisjoint(mapped.event_keys):
-            self._seen_events.update(mapped.event_keys)
-        else:  # rare: an event repeated far apart, or in chunks that different workers mapped
-            for index, key in zip(mapped.event_items, mapped.event_keys, strict=True):
-                if key in self._seen_events:
-                    repeated.add(index)
-                self._seen_events.add(key)
+        if duplicates:
             segments = {
-                shard: segment.without_items(repeated) for shard, segment in segments.items()
+                shard: segment.without_items(duplicates) for shard, segment in segments.items()
             }
-            self._report.skip(self.stream_name, "duplicate", len(repeated))
+            self._report.duplicates(self.stream_name, settled.of)
+        if settled.unchanged:
+            self._report.skip(self.stream_name, "unchanged", settled.unchanged)
         for reason, count in mapped.skipped.items():
             self._report.skip(self.stream_name, reason, count)
         if self._members is not None and mapped.members is not None:
             self._members.add(mapped.members, mapped.sent_members or [])
-        cut = self._count_campaigns(mapped, repeated) if mapped.campaign_events else None
+        cut = self._count_campaigns(mapped, duplicates) if mapped.campaign_events else None
         if cut is not None:  # the guard: nothing from the first event past the limit on
             drop = set(range(cut, len(items)))
             segments = {shard: segment.without_items(drop) for shard, segment in segments.items()}

@@ -38,6 +38,7 @@ from target_customerio.reconcile import Reconciler
 from target_customerio.redaction import shown
 from target_customerio.report import RunReport
 from target_customerio.routes import near_miss
+from target_customerio.run_events import RunEvents
 from target_customerio.sdk import ConfigInput, SdkTarget
 from target_customerio.setting_schema import CONFIG_SCHEMA, SDK_SETTINGS_IGNORED, about_text
 from target_customerio.settings import check_config, load_settings
@@ -167,7 +168,7 @@ class TargetCustomerIO(SdkTarget):
             dry_run=self.settings.dry_run,
             logger=self.logger,
         )
-        self.ledger = open_ledger(self.settings)
+        self.ledger = open_ledger(self.settings, self.report)
         self.delivery: Delivery | DryRun = make_delivery(
             self.settings,
             str(self.config.get("api_key", "")),
@@ -178,6 +179,7 @@ class TargetCustomerIO(SdkTarget):
         key = str(self.config.get("app_api_key", ""))
         self.read_back = ReadBack(self.settings, key, self.delivery, self.report, self.logger)
         self.qa = self.read_back.qa  # a QA sync holds the records until the input ends
+        self.events = RunEvents()  # every event of the run, whichever stream sent it
         self.reconciler = Reconciler(self.report, self.logger)
         self.memberships = Memberships(self.report, self.logger)
         self.mirror = Mirror(self.report, self.logger)
@@ -284,6 +286,7 @@ class TargetCustomerIO(SdkTarget):
             started_at=self.started_at,
             ledger_scope=scope,
             max_reject_ratio=self.settings.max_reject_ratio,
+            events=self.events,
             members=members,
             hold=self.qa.hold if self.qa is not None else None,
             campaigns=self.campaigns,

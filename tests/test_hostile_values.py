@@ -238,7 +238,7 @@ def test_the_run_goes_on_past_values_no_check_foresaw(sandbox, tmp_path, workers
         "public-checks": {**ROUTES["reconcile"], "tolerance": 0},
     }
     config = target_config(sandbox.url, tmp_path, streams, mapping_workers=workers)
-    config.update(app_api_key="sandbox-app-key", app_api_url=sandbox.url, dry_run=True)
+    config.update(app_api_key=sandbox.app_api_key, app_api_url=sandbox.url, dry_run=True)
     huge = 10**5000
     messages = [
         schema("public-vip", {"who": {}, "segment": {}}),

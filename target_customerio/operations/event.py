@@ -24,6 +24,7 @@ from target_customerio.operations.operation import (
     Rejected,
     Skipped,
     encode,
+    repeated,
 )
 from target_customerio.operations.payload import Payload, normalise_email
 from target_customerio.operations.timestamps import source_time
@@ -151,7 +152,7 @@ class EventBuilder(Builder):
         self._tz = route.source_timezone
         self._oldest = context.now - o.max_age.total_seconds() if o.max_age else None
         self._max_future = o.max_future.total_seconds()
-        # dedupe keys of events already sent: a repeat is skipped before it is mapped
+        # dedupe keys of the events this process built last: a repeat is not built again
         self._sent: Container[int] = context.sent_events
         self._names: dict[str, str] = {}  # event names as the source spells them -> as sent
         self._on_name: Callable[[str, str], None] = context.on_event_name or _ignore
@@ -181,18 +182,23 @@ class EventBuilder(Builder):
             key.append(part)
         digest = event_digest(name, key)
         seen = dedupe_key(digest)
-        if seen in self._sent:  # another row of an event already sent (a view joined to line items)
-            raise Skipped("duplicate")
-        raw = record.get(self._time_column)
-        data = self._payload.of(record, (raw, timestamp) if type(raw) is str else None, native)
-        normalise_email(data)  # templates and segments compare it with the person's email
-        self._payload.check_contract(data)
-        event_id = ulid_text(digest)
-        body = encode({
-            "type": "person", "action": "event", "identifiers": {kind: value},
-            "name": name, "id": event_id, "timestamp": timestamp, "attributes": data,
-        })  # fmt: skip
-        ops = [self._finisher.finish(body, value, f"event:{event_id}", content=False, seen=seen)]
+        if seen in self._sent:  # another row of an event built moments ago (a view joined to
+            raise repeated(seen)  # line items): the run-wide dedupe counts it, unbuilt
+        try:  # a later row of an event already sent is a duplicate, not a reject (run_events)
+            raw = record.get(self._time_column)
+            data = self._payload.of(record, (raw, timestamp) if type(raw) is str else None, native)
+            normalise_email(data)  # templates and segments compare it with the person's email
+            self._payload.check_contract(data)
+            event_id = ulid_text(digest)
+            body = encode({
+                "type": "person", "action": "event", "identifiers": {kind: value},
+                "name": name, "id": event_id, "timestamp": timestamp, "attributes": data,
+            })  # fmt: skip
+            about = f"event:{event_id}"
+            ops = [self._finisher.finish(body, value, about, content=False, seen=seen)]
+        except Rejected as rej:
+            rej.seen = seen
+            raise
         if self._mirror:
             ops.append(self._mirrored(kind, value, timestamp))
         return _new(Built, (ops, (kind, value), timestamp, name))
