@@ -1,5 +1,6 @@
 """The App API (bearer `app_api_key`): segment names and counts, for reconcile checks; the
-campaigns and what triggers them (campaigns.py)."""
+campaigns and what triggers them (campaigns.py); its requests (`call`) for the people reads
+of verification (people_reads.py)."""
 
 from __future__ import annotations
 
@@ -65,9 +66,15 @@ class AppClient(ApiClient):
         return campaigns
 
     def _get(self, path: str, what: str) -> dict[str, Any] | None:
+        return self.call("GET", path, None, what)
+
+    def call(self, method: str, path: str, body: bytes | None, what: str) -> dict[str, Any] | None:
+        """One App API request under the retry policy and the shared rate limit: its JSON
+        answer, or None for a 404; a refused key is CredentialsError (exit 3), any other
+        failure DeliveryError (exit 4)."""
         url = f"{self.base_url}{path}"
         try:
-            answer, tries = self.request("GET", url, None, f"App API {what}")
+            answer, tries = self.request(method, url, body, f"App API {what}")
         except RETRY_EXCEPTIONS as exc:
             raise DeliveryError(
                 f"cannot reach the App API at {self.base_url} ({self._max_tries} tries, "

@@ -82,6 +82,13 @@ class CampaignGuardError(TargetError):
     cause = "max_campaign_entries"
 
 
+class VerifyError(TargetError):
+    """Read back after the run, Customer.io does not hold what the run sent to some of the
+    sampled people (the report's `verification` lists them); everything was delivered."""
+
+    exit_code = 9
+
+
 class Terminated(TargetError):
     """SIGTERM or SIGINT: drained what could be drained, then stopped."""
 
