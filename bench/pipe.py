@@ -18,8 +18,8 @@ that crowds the tap. This one runs the real pipe:
    (os.wait4: each process with its mapping workers), every round's wall, and the ratio of the
    median walls. No threshold is asserted; every record must be accounted for.
 
-    make bench-pipe                                   # 20,000 customers, 3 rounds (make bench runs it too)
-    make bench-pipe PIPE_ARGS="--customers 200000"    # the docs/performance.md figure
+    make bench-pipe                                  # 20,000 customers, 3 rounds (make bench too)
+    make bench-pipe PIPE_ARGS="--customers 200000"   # the docs/performance.md figure
     .venv-compiled/bin/python bench/pipe.py --mapping-workers 1 --rounds 5
 """
 

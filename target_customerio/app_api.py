@@ -1,4 +1,6 @@
-"""The App API (bearer `app_api_key`): segment names and counts, for reconcile checks."""
+"""The App API (bearer `app_api_key`): segment names and counts, for reconcile checks; the
+campaigns and what triggers them (campaigns.py); its requests (`call`) for the people reads
+of verification (people_reads.py)."""
 
 from __future__ import annotations
 
@@ -53,10 +55,26 @@ class AppClient(ApiClient):
             )
         return count
 
+    def campaigns(self) -> list[Any]:
+        """Every campaign of the workspace, as `GET /v1/campaigns` lists them."""
+        data = self._get("/v1/campaigns", "campaigns")
+        campaigns = (data or {}).get("campaigns")
+        if not isinstance(campaigns, list):
+            raise DeliveryError(
+                f"the App API answered no list of campaigns at {self.base_url}/v1/campaigns"
+            )
+        return campaigns
+
     def _get(self, path: str, what: str) -> dict[str, Any] | None:
+        return self.call("GET", path, None, what)
+
+    def call(self, method: str, path: str, body: bytes | None, what: str) -> dict[str, Any] | None:
+        """One App API request under the retry policy and the shared rate limit: its JSON
+        answer, or None for a 404; a refused key is CredentialsError (exit 3), any other
+        failure DeliveryError (exit 4)."""
         url = f"{self.base_url}{path}"
         try:
-            answer, tries = self.request("GET", url, None, f"App API {what}")
+            answer, tries = self.request(method, url, body, f"App API {what}")
         except RETRY_EXCEPTIONS as exc:
             raise DeliveryError(
                 f"cannot reach the App API at {self.base_url} ({self._max_tries} tries, "
@@ -65,7 +83,8 @@ class AppClient(ApiClient):
         if answer.status in (401, 403):
             raise CredentialsError(
                 f"the App API refused app_api_key (HTTP {answer.status}): check the setting "
-                "(Customer.io > Settings > API Credentials > App API Keys)"
+                "(Customer.io > Settings > API Credentials > App API Keys)",
+                cause="app_api_key refused",
             )
         if answer.status == 404:
             return None

@@ -19,6 +19,7 @@ from target_customerio.errors import DeliveryError, TargetError, Terminated
 from target_customerio.ledger import Ledger
 from target_customerio.redaction import REDACTOR, shown
 from target_customerio.report import RunReport, open_output
+from target_customerio.run_sample import RunSample
 from target_customerio.settings import Settings
 from target_customerio.track_api import TrackClient
 from target_customerio.wire import Batch
@@ -53,6 +54,8 @@ class Delivery:
             queue.Queue(maxsize=depth) for _ in range(workers)
         ]
         self.error: TargetError | None = None
+        # Whom the run sent what, for verification (run_sample.py); None: no verification.
+        self.sample: RunSample | None = None
         self._refused = [0] * workers  # per worker: operations refused alone since an acceptance
         # Per worker: records rejected whose last operations are still to come in a later
         # request (a record is counted once, rejected, not also sent when they are accepted).
@@ -163,6 +166,8 @@ class Delivery:
             self._refused[worker] = 0
         if answer.status == 200:
             self._ledger.record(batch.ledger_entries())
+            if self.sample is not None:
+                self.sample.accepted(batch)
             self._delivered(batch, self._sent(batch, set(), worker))
         elif answer.status == 207:
             self._record_item_errors(batch, answer.json().get("errors"), worker)
@@ -233,6 +238,8 @@ class Delivery:
                 "refused; nothing after the last STATE was confirmed"
             )
         self._ledger.record(batch.ledger_entries(rejected))
+        if self.sample is not None:
+            self.sample.accepted(batch, rejected)
         self._delivered(batch, self._sent(batch, rejected_records, worker))
 
     def _delivered(self, batch: Batch, sent: int) -> None:
@@ -301,6 +308,18 @@ class DryRun:
 
     def interrupt(self) -> None:
         return None
+
+    def close(self) -> None:
+        """At the end of the run: the file is written whole and closed (left to the garbage
+        collector, it was a ResourceWarning at the end of every dry run). Raises TargetError."""
+        if self._out.closed:
+            return
+        try:
+            self._out.close()
+        except OSError as exc:
+            raise TargetError(
+                f"cannot write dry_run_file {self._path}: {exc.strerror or exc}"
+            ) from None
 
 
 def make_delivery(

@@ -126,13 +126,13 @@ def _agrees(env: dict[str, str], config: dict[str, object]) -> bool:
 def test_a_variable_agrees_exactly_when_it_means_the_configured_value(name, values):
     """What Meltano exports for the value it passes always agrees; a different value of the
     same type never does (and is never quoted); with nothing configured, only the setting's
-    default or an empty variable gets through."""
+    default or an empty (blank) variable gets through."""
     held, other = values
     var = "TARGET_CUSTOMERIO_" + name.upper()
     assert _agrees({var: _meltano_text(held)}, {name: held})
     assert _agrees({var: _meltano_text(other)}, {name: held}) == (other == held)
     default = CONFIG_SCHEMA["properties"][name].get("default")
-    unset_ok = _meltano_text(other) == "" or (default is not None and other == default)
+    unset_ok = not _meltano_text(other).strip() or (default is not None and other == default)
     if type(default) is type(other) or default is None:
         assert _agrees({var: _meltano_text(other)}, {}) == unset_ok
 

@@ -67,7 +67,7 @@ def test_unknown_segment_is_404_with_the_app_api_error_shape(sb, app, path):
 
 
 def test_no_route_is_404(sb, app):
-    for path in ("/v1/segments/abc", "/v1/segments/0", "/v1/customers", "/v1/segments/7/x"):
+    for path in ("/v1/segments/abc", "/v1/segments/0", "/v1/customers/1/x", "/v1/segments/7/x"):
         assert app.get(f"{sb.url}{path}").status_code == 404, path
     assert app.post(f"{sb.url}/v1/segments/1/customer_count").status_code == 404
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from target_customerio.sandbox import app_people, campaigns
 from target_customerio.sandbox.responses import Response
 
 if TYPE_CHECKING:
@@ -25,7 +26,14 @@ def error(status: int, detail: str) -> Response:
     return Response(status, {"errors": [{"detail": detail, "status": str(status)}]})
 
 
-def handle(sandbox: Sandbox, method: str, path: str, query: dict, authorization: str | None):
+def handle(
+    sandbox: Sandbox,
+    method: str,
+    path: str,
+    query: dict,
+    authorization: str | None,
+    body: bytes = b"",
+):
     """Auth, rate limit, route: always raises the Response."""
     store = sandbox.store
     if not sandbox.app_authorized(authorization):
@@ -34,6 +42,9 @@ def handle(sandbox: Sandbox, method: str, path: str, query: dict, authorization:
     if sandbox.app_bucket is not None and not sandbox.app_bucket.allow():
         store.count("app_rate_limited")
         raise error(429, "Too many requests")
+    if path.startswith("/v1/customers"):
+        app_people.handle(sandbox, method, path, query, body)  # raises
+    campaigns.answer(sandbox, method, path)  # raises for the campaign routes
     if method == "GET" and path.rstrip("/") == "/v1/segments":
         raise Response(200, {"segments": [_segment(s) for s in sandbox.segment_store.all()]})
     match = _SEGMENT.fullmatch(path)

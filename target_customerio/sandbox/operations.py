@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from target_customerio.sandbox import identity
+from target_customerio.sandbox.campaigns import enter_on_event
 
 if TYPE_CHECKING:
     from target_customerio.sandbox.store import Store
@@ -108,11 +109,22 @@ def _identify(
         return
     changes = {k: v for k, v in changes.items() if k != "cio_id"}
     for kind in ("id", "email"):
-        if not _update_identifier(store, person, kind, changes, identifier):
-            del changes[kind]  # refused: neither the identifier nor the attribute changes
+        value = _held_by_another(store, person, kind, changes, identifier)
+        if value is not None:  # Customer.io: the change fails, and says so in the activity log
+            store.counters["identifier_conflicts"] += 1
+            del changes[kind]
+            store.activity(
+                person["cio_id"],
+                "failed_attribute_change",
+                kind,
+                time.time(),
+                {"attribute": kind, "value": value, "reason": f"{kind} is in use by another"},
+            )
     before = json.loads(person["attributes"])
     attributes = _merge_attributes(before, changes)
     identity.attribute_changes(store, person["cio_id"], before, attributes)
+    _update_identifier(store, person, "id", changes, identifier)
+    _update_identifier(store, person, "email", changes, identifier)
     updated = timestamp if timestamp is not None else int(time.time())
     store.db.execute(
         "UPDATE people SET attributes = ?, updated = ? WHERE cio_id = ?",
@@ -121,27 +133,38 @@ def _identify(
     store.counters["people_identified"] += 1
 
 
+def _held_by_another(
+    store: Store, person, kind: str, changes: dict, used: tuple[str, str]
+) -> str | None:
+    """The `id` / `email` value an identify sets that another person already holds, or None."""
+    if kind not in changes or used[0] == kind:
+        return None
+    value = changes[kind]
+    if value is None or value == "":
+        return None
+    value = str(value).lower() if kind == "email" else str(value)
+    if value == person[kind]:
+        return None
+    owner = _find(store, (kind, value))
+    return value if owner is not None and owner["cio_id"] != person["cio_id"] else None
+
+
 def _update_identifier(
     store: Store, person, kind: str, changes: dict, used: tuple[str, str]
-) -> bool:
-    """An `id` / `email` attribute also sets that identifier, unless another person has it:
-    then nothing changes and the person gets a `failed_attribute_change` activity (False)."""
+) -> None:
+    """An `id` / `email` attribute also sets that identifier (one another person holds was
+    taken out of the changes, as a failed attribute change)."""
     if kind not in changes or used[0] == kind:
-        return True
+        return
     value = changes[kind]
     if value is None or value == "":
         sql = f"UPDATE people SET {kind} = NULL WHERE cio_id = ?"
         store.db.execute(sql, (person["cio_id"],))
-        return True
+        return
     value = str(value).lower() if kind == "email" else str(value)
     if value == person[kind]:
-        return True
-    owner = _find(store, (kind, value))
-    if owner is not None:
-        identity.refuse_identifier(store, person, kind, value, owner)
-        return False
+        return
     store.db.execute(f"UPDATE people SET {kind} = ? WHERE cio_id = ?", (value, person["cio_id"]))
-    return True
 
 
 def _event(store: Store, op: dict, received_at: float) -> None:
@@ -158,6 +181,12 @@ def _event(store: Store, op: dict, received_at: float) -> None:
         store.counters["suppressed_dropped"] += 1
         return
     timestamp = op.get("timestamp")
+    if op["name"] in store.write_faults.failed_events:  # accepted, then refused
+        store.counters["events_failed"] += 1
+        data = {"id": event_id, "reason": "the event could not be processed"}
+        store.activity(person["cio_id"], "failed_event", op["name"], received_at, data)
+        return
+    timestamp = int(received_at) if timestamp is None else timestamp
     store.db.execute(
         "INSERT INTO events (cio_id, id, name, timestamp, attributes, received_at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
@@ -165,12 +194,13 @@ def _event(store: Store, op: dict, received_at: float) -> None:
             person["cio_id"],
             event_id,
             op["name"],
-            int(received_at) if timestamp is None else timestamp,
+            timestamp,
             _dumps(op.get("attributes") or {}),
             received_at,
         ),
     )
     store.counters["events_accepted"] += 1
+    enter_on_event(store, person["cio_id"], event_id, op["name"], timestamp, received_at)
 
 
 def _event_seen(store: Store, event_id: str) -> bool:
@@ -228,7 +258,9 @@ def _merge(store: Store, primary: tuple[str, str], secondary: tuple[str, str]) -
     moved = (target["cio_id"], source["cio_id"])
     store.db.execute("UPDATE events SET cio_id = ? WHERE cio_id = ?", moved)
     store.db.execute("UPDATE activities SET cio_id = ? WHERE cio_id = ?", moved)
-    identity.record(store, target["cio_id"], "profile_merge", None, {"merged": source["cio_id"]})
+    store.activity(
+        target["cio_id"], "profile_merge", None, time.time(), {"merged": source["cio_id"]}
+    )
     store.db.execute("UPDATE OR IGNORE segment_members SET cio_id = ? WHERE cio_id = ?", moved)
     store.db.execute("DELETE FROM segment_members WHERE cio_id = ?", (source["cio_id"],))
     store.db.execute(

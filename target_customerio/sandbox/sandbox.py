@@ -12,6 +12,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from target_customerio.sandbox import identity, rejects, track_v1, track_v2
+from target_customerio.sandbox.campaigns import Campaigns
 from target_customerio.sandbox.faults import Fault, Faults
 from target_customerio.sandbox.rate_limit import TokenBucket
 from target_customerio.sandbox.segments import Segments
@@ -43,6 +44,8 @@ class Sandbox:
         app_rate_limit: float | None = APP_RATE_LIMIT,
         segments_file: str | None = None,
         reject_file: str | None = None,
+        report_file: str | None = None,
+        campaigns_file: str | None = None,
     ) -> None:
         """`store=False` keeps nothing but counters and the request log (benchmarks); with
         `validate=False` as well, a well-formed batch is accepted without checking its operations
@@ -52,7 +55,9 @@ class Sandbox:
         The App API (`/v1/...`) takes `Authorization: Bearer <app_api_key>` and answers 429
         beyond `app_rate_limit` requests a second (None: no limit). `segments_file` defines
         segments at start (segments.Segments.load_file); `reject_file` is a target's reject
-        file, whose newest run the QA page shows."""
+        file, whose newest run the QA page shows; `report_file` a target's report file, whose
+        verification the QA page shows; `campaigns_file` defines campaigns at start
+        (campaigns.Campaigns.load_file)."""
         if region not in REGION_URLS:
             raise ValueError(f"region must be one of {sorted(REGION_URLS)}")
         self.site_id, self.api_key, self.region = site_id, api_key, region
@@ -67,7 +72,11 @@ class Sandbox:
         self.segment_store = Segments(self.store)
         if segments_file is not None:
             self.segment_store.load_file(segments_file)
+        self.campaign_store = Campaigns(self.store)
+        if campaigns_file is not None:
+            self.campaign_store.load_file(campaigns_file)
         self.reject_file = reject_file
+        self.report_file = report_file
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -149,11 +158,6 @@ class Sandbox:
     def objects(self) -> list[dict]:
         return self.store.objects()
 
-    def activities(self, cio_id: str | None = None, type: str | None = None) -> list[dict]:
-        """A person's activity log (or everyone's): `failed_attribute_change` (an identify that
-        set an email or id another person holds), `attribute_change`, `profile_merge`."""
-        return identity.activities(self.store, cio_id, type)
-
     def ghosts(self) -> set[str]:
         """The cio_ids of profiles nobody identified (created by an event for nobody)."""
         return identity.ghosts(self.store)
@@ -188,6 +192,51 @@ class Sandbox:
 
     def clear_faults(self) -> None:
         self.faults.clear()
+
+    # ---- writes accepted late, or never (write_faults.py) ----
+
+    def delay_writes(self, seconds: float) -> None:
+        """Apply accepted writes `seconds` after they were accepted (0: at once), as
+        Customer.io does asynchronously."""
+        self.store.write_faults.delay = float(seconds)
+
+    def ignore_writes(self, id: str | None = None, email: str | None = None) -> None:
+        """Accept this person's writes (200) without ever applying them."""
+        kind, value = ("id", id) if id is not None else ("email", email)
+        if value is None:
+            raise ValueError("ignore_writes needs id or email")
+        self.store.write_faults.ignore(kind, value)
+
+    def fail_events(self, name: str) -> None:
+        """Accept events of this name and record them as `failed_event` activities."""
+        self.store.write_faults.failed_events.add(name)
+
+    def flush_writes(self) -> None:
+        """Apply every write still waiting for its delay, now."""
+        self.store.write_faults.flush()
+
+    def add_person(
+        self, id: str | None = None, email: str | None = None, attributes: dict | None = None
+    ) -> dict:
+        """A profile made elsewhere (front-end tracking, an older import): `email` is its
+        identifier; an `email` in `attributes` only an attribute, as in a workspace where email
+        was not an identifier when it was made."""
+        self.store.add_person(id, email, attributes or {})
+        person = self.store.person(id=id) if id is not None else self.store.person(email=email)
+        assert person is not None
+        return person
+
+    def activities(
+        self, id: str | None = None, email: str | None = None, type: str | None = None
+    ) -> list[dict]:
+        """A person's activities, newest first ([] when there is no such person); with neither
+        `id` nor `email`, everyone's recorded ones (each with its `cio_id`): a
+        `failed_attribute_change` (an identify that set an email or id another person holds),
+        `attribute_change`, `profile_merge`, `failed_event`. `type`: only that type."""
+        if id is None and email is None:
+            return self.store.activities(None, type)
+        person = self.store.person(id=id, email=email)
+        return [] if person is None else self.store.activities(person["cio_id"], type)
 
     def reset(self) -> None:
         """Empty people, events, objects, the log and counters, and the fault queue; segment
@@ -241,6 +290,33 @@ class Sandbox:
 
     def remove_from_segment(self, segment_id: int, ids: list, id_type: str = "id") -> int:
         return self.segment_store.change_members(segment_id, ids, id_type, add=False)
+
+    # ---- campaigns ----
+
+    def add_campaign(
+        self,
+        name: str,
+        event_name: str | None = None,
+        trigger_segment_ids: list[int] | None = None,
+        state: str = "running",
+        id: int | None = None,
+    ) -> int:
+        """Define a campaign started by an event name or by manual segments; returns its id.
+        Raises campaigns.CampaignError (a ValueError)."""
+        return self.campaign_store.add(name, state, event_name, trigger_segment_ids, id)["id"]
+
+    def load_campaigns(self, path: str) -> list[int]:
+        """Define the campaigns of a JSON file (what --campaigns does); returns their ids."""
+        return self.campaign_store.load_file(path)
+
+    def campaigns(self) -> list[dict]:
+        """Every campaign's definition with its number of `entries`."""
+        counts = self.campaign_store.entry_counts()
+        return [{**c, "entries": counts.get(c["id"], 0)} for c in self.campaign_store.all()]
+
+    def campaign_entries(self, campaign_id: int) -> list[dict]:
+        """Who entered the campaign and what started them (one entry per event id)."""
+        return self.campaign_store.entries(campaign_id)
 
     def record_reconcile(self, segment_id: int, expected: int) -> None:
         """The hook for a reconcile run: the count it expected, shown beside the live one on
