@@ -29,19 +29,17 @@ needs). With change detection off the map lives in an in-memory SQLite database 
 
 from __future__ import annotations
 
-import sqlite3
+import contextlib
 import threading
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 
+from target_customerio import ledger_db
 from target_customerio.errors import ConfigError, TargetError
-from target_customerio.ledger import hash64, scope_seed
-from target_customerio.redaction import shown
+from target_customerio.ledger import _LOOKUP_CHUNK, _WRITE_BATCH, _HeldWrites, hash64, scope_seed
 
 ON_IDENTITY_CONFLICT = ("reject", "send")
 UNKNOWN_PERSON = ("send", "reject")
@@ -50,9 +48,12 @@ PERSON_KEYS = ("on_identity_conflict", "on_identifier_change")
 USE_KEYS = ("unknown_person",)
 
 CACHE_CLAIMS = 1_000_000  # claims held in memory before they are written and the cache emptied
-PENDING_NAMES = 20_000  # new people's names held before they are written
-_LOOKUP_CHUNK = 500  # keys a query (SQLite's limit on bound parameters is 999 at its smallest)
 _SLOT = {"id": 0x5A5A_0001, "email": 0x5A5A_0002, "cio_id": 0x5A5A_0003}  # see `_slot`
+# A row to write (`_Row`): [key, owner, id, email, cio_id, name]; None: as the database has it.
+# A person's own row holds which identifier values it holds (the `id`, `email`, `cio_id`
+# columns: claim keys, 0 for none) and its name; every other row is one claim, key -> owner.
+_COLUMN = {"id": 2, "email": 3, "cio_id": 4}
+_Row = list[Any]
 _ID_ATTRIBUTES = ("id", "email", "cio_id")
 
 
@@ -222,22 +223,19 @@ class StreamIdentity:
 class IdentityMap:
     """The run-wide identity map of one workspace (one per target process)."""
 
-    def __init__(self, store: _Store, dry_run: bool = False) -> None:
-        self._store = store
+    def __init__(self, store: Any, dry_run: bool = False) -> None:
+        self._store = store  # an IdentityStore behind ledger_db.GuardedLedger
         self._dry_run = dry_run
         self._owner: dict[int, int] = {}  # key -> owner (0: released); cache of the database
-        self._dirty: dict[int, int] = {}  # claims changed since the last write
-        self._names: dict[int, tuple[str, str]] = {}  # person -> (name, identifier), unwritten
-        self._store_empty = store.empty()  # nothing to look up there until the cache is emptied
+        # The rows changed since they were last handed to the store, one a key (`_Row`): a new
+        # person is its own row and one a claim of an attribute, written in one statement.
+        self._rows: dict[int, _Row] = {}
+        self._store_empty = store.identity_empty()  # nothing to look up until the cache empties
         # identifiers released in this run -> who released them: Customer.io may not have applied
         # the release yet (people travel on different delivery shards), so another person may
         # take them from the next run on
         self._released: dict[int, int] = {}
         self._lock = threading.Lock()  # sinks account in the reader's thread; flush may not
-        # Writes go to a thread of their own, one at a time (the reader's thread goes on); any
-        # read of the database first waits for the write in flight (`_written`).
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="identity-writer")
-        self._writing: Future[None] | None = None
         # The sinks of person routes: their partial chunk is sent before a chunk of a route that
         # uses people starts, so that people are known before their events (`before_chunk`).
         self._person_sinks: list[Any] = []
@@ -263,7 +261,7 @@ class IdentityMap:
                     self._person(stream.options, claim, out)
                 else:
                     self._use(stream.options, claim, out)
-            if len(self._owner) > CACHE_CLAIMS or len(self._names) > PENDING_NAMES:
+            if len(self._owner) > CACHE_CLAIMS or len(self._rows) >= _WRITE_BATCH:
                 self._write(forget=len(self._owner) > CACHE_CLAIMS)
             return out
 
@@ -277,18 +275,22 @@ class IdentityMap:
         wanted.update(claim[1] for claim in claims if claim[1])
         wanted.difference_update(owner)
         if wanted:
-            self._written()
-            owner.update(self._store.owners(wanted))
+            owner.update(self._store.identity_owners(wanted))
         if not people:
             return
-        slots = {
-            _slot(claim[1] or owner.get(claim[2][0]) or claim[2][0], kind)
+        persons = {
+            person
             for claim in claims
-            for kind in claim[4][1:]
+            if len(claim[4]) > 1
+            and (person := claim[1] or owner.get(claim[2][0]) or claim[2][0])
+            and any(_slot(person, kind) not in owner for kind in claim[4][1:])
         }
-        slots.difference_update(owner)
-        if slots:
-            owner.update(self._store.owners(slots))
+        if persons:  # which values they hold: their own rows
+            held = self._store.identity_holds(persons)
+            for person in persons:
+                values = held.get(person) or (0, 0, 0)
+                for kind, value in zip(("id", "email", "cio_id"), values, strict=True):
+                    owner.setdefault(_slot(person, kind), value or 0)
 
     def _get(self, key: int) -> int:
         return self._owner.get(key, 0)
@@ -298,17 +300,30 @@ class IdentityMap:
         person's attribute held before (rare: only when it changes) is not among the chunk's."""
         owner = self._owner.get(key)
         if owner is None and not self._store_empty:
-            self._written()
-            owner = self._owner[key] = self._store.owners([key]).get(key, 0)
+            owner = self._owner[key] = self._store.identity_owners([key]).get(key, 0)
         return owner or 0
+
+    def _row(self, key: int) -> _Row:
+        row = self._rows.get(key)
+        if row is None:
+            row = self._rows[key] = [key, None, None, None, None, None]
+        return row
 
     def _set(self, key: int, owner: int) -> None:
         self._owner[key] = owner
-        self._dirty[key] = owner
+        self._row(key)[1] = owner
+
+    def _set_slot(self, person: int, kind: str, key: int) -> None:
+        """The person holds `key` as its `kind` now (0: none)."""
+        self._owner[_slot(person, kind)] = key
+        self._row(person)[_COLUMN[kind]] = key
+
+    def _set_name(self, person: int, name: str, identifier: str) -> None:
+        self._row(person)[5] = f"{name}\x1e{identifier}" if identifier else name
 
     def _person(self, options: IdentityOptions, claim: Claim, out: Outcome) -> None:
         index, person, keys, fields, kinds, name, identifier = claim
-        owner, dirty = self._owner, self._dirty
+        owner = self._owner
         first = keys[0]
         keyed = person != 0
         if not keyed and first not in owner and self._new(claim):
@@ -326,9 +341,9 @@ class IdentityMap:
         if keyed:
             self._keyed(options, person, first, name, identifier, index, out)
         elif first not in owner:
-            self._names[person] = (name, identifier)
+            self._set_name(person, name, identifier)
         if owner.get(first) != person:
-            owner[first] = dirty[first] = person
+            self._set(first, person)
         for i in range(1, len(keys)):
             if conflict is not None and i == conflict[0]:
                 continue  # Customer.io keeps it where it was
@@ -346,20 +361,23 @@ class IdentityMap:
         keys): claimed at once unless one of its attributes is held (or was released in this
         run) by somebody, which takes the general path."""
         _, _, keys, _, kinds, name, identifier = claim
-        owner, dirty, released = self._owner, self._dirty, self._released
+        owner, rows, released = self._owner, self._rows, self._released
         for i in range(1, len(keys)):
             key = keys[i]
             if key and (owner.get(key) or released.get(key)):
                 return False
         first = keys[0]
-        self._names[first] = (name, identifier)
-        owner[first] = dirty[first] = first
+        row = [first, first, None, None, None, f"{name}\x1e{identifier}" if identifier else name]
+        owner[first] = first
         for i in range(1, len(keys)):
             key = keys[i]
             if key:
-                slot = (first ^ _SLOT[kinds[i]]) or 1
-                owner[slot] = dirty[slot] = key
-                owner[key] = dirty[key] = first
+                kind = kinds[i]
+                owner[(first ^ _SLOT[kind]) or 1] = key
+                row[_COLUMN[kind]] = key
+                owner[key] = first
+                rows[key] = [key, first, None, None, None, None]
+        rows[first] = row
         return True
 
     def _keyed(
@@ -385,7 +403,7 @@ class IdentityMap:
                     if self._held_by(previous) == person:
                         self._free(previous, person)  # merged away: the old identifier is free
         self._set(person, first)
-        self._names[person] = (name, identifier)
+        self._set_name(person, name, identifier)
 
     def _conflict(
         self, person: int, keys: tuple[int, ...], start: int
@@ -414,7 +432,7 @@ class IdentityMap:
         if previous != key:
             if previous and self._held_by(previous) == person:
                 self._free(previous, person)
-            self._set(slot, key)
+            self._set_slot(person, kind, key)
         if self._get(key) != person:
             self._set(key, person)
 
@@ -425,7 +443,7 @@ class IdentityMap:
         if previous:
             if self._held_by(previous) == person:
                 self._free(previous, person)
-            self._set(slot, 0)
+            self._set_slot(person, kind, 0)
 
     def _use(self, options: IdentityOptions, claim: Claim, out: Outcome) -> None:
         index, _, keys, fields, _, _, _ = claim
@@ -459,20 +477,25 @@ class IdentityMap:
             "refuse the change or merge the two people"
         )
 
+    def _stored_name(self, person: int) -> tuple[str, str] | None:
+        """(name, identifier) of a person: the row not yet handed over, else the database's."""
+        row = self._rows.get(person)
+        text = row[5] if row is not None else None
+        if text is None:
+            text = self._store.identity_names([person]).get(person)
+        if text is None:
+            return None
+        name, _, identifier = text.partition("\x1e")
+        return name, identifier
+
     def _name(self, person: int) -> str:
-        pending = self._names.get(person)
-        if pending is not None:
-            return pending[0]
-        self._written()
-        return self._store.names([person]).get(person, (f"person #{person & 0xFFFFFF:06x}", ""))[0]
+        found = self._stored_name(person)
+        return found[0] if found is not None else f"person #{person & 0xFFFFFF:06x}"
 
     def _merge(self, person: int, identifier: str, name: str) -> tuple[bytes, str] | None:
         """The merge that folds the profile of the person's old identifier into the new one, on
         the delivery shard of the person's key (`name`), as all its operations."""
-        old = self._names.get(person)
-        if old is None:
-            self._written()
-            old = self._store.names([person]).get(person)
+        old = self._stored_name(person)
         if old is None or not old[1] or "\x1f" not in identifier:
             return None
         old_kind, old_value = old[1].split("\x1f", 1)
@@ -492,35 +515,19 @@ class IdentityMap:
             self._write(forget=False, wait=True)
 
     def _write(self, forget: bool, wait: bool = False) -> None:
-        """Hand what is held to the writer thread; `forget`: then empty the cache (its claims
-        are read back from the database when needed)."""
+        """Hand the changed rows to the store's held writes (ledger._HeldWrites: written in one
+        statement, in a thread of their own, per batch); `wait`: return once written; `forget`:
+        then empty the cache (its claims are read back from the database when needed)."""
         if self._dry_run:  # nothing may be written: the cache keeps the whole run's claims
             return
-        self._written()
-        if self._dirty or self._names:
-            claims, names = list(self._dirty.items()), list(self._names.items())
-            self._writing = self._writer.submit(self._store.write, claims, names)
-            self._dirty.clear()
-            self._names.clear()
+        if self._rows:
+            self._store.record(list(self._rows.values()))
+            self._rows = {}
         if forget or wait:
-            self._written()
+            self._store.flush()
         if forget:
             self._owner.clear()
             self._store_empty = False
-
-    def _written(self) -> None:
-        """Wait for the write in flight; raises what it raised (the run stops before its next
-        STATE)."""
-        writing, self._writing = self._writing, None
-        if writing is None:
-            return
-        try:
-            writing.result()
-        except Exception as exc:  # noqa: BLE001 - any reason, one line
-            reason = shown((str(exc).splitlines() or [""])[0])
-            raise TargetError(
-                f"cannot write the identity map: {type(exc).__name__}: {reason}"
-            ) from None
 
     def close(self, write: bool = True) -> None:
         """`write`: the run ended normally (else the claims since the last STATE are not kept:
@@ -529,9 +536,9 @@ class IdentityMap:
             if write:
                 self.flush()
             else:
-                self._writing = None  # not waited for: its claims may not be kept
+                self._rows = {}
+                self._store.drop_held()
         finally:
-            self._writer.shutdown(wait=True)
             self._store.close()
 
 
@@ -559,178 +566,162 @@ def _slot(person: int, kind: str) -> int:
 
 # ---- the database ------------------------------------------------------------------------------
 
-
-class _Store:
-    def empty(self) -> bool:
-        raise NotImplementedError
-
-    def owners(self, keys: Iterable[int]) -> dict[int, int]:
-        raise NotImplementedError
-
-    def names(self, people: Iterable[int]) -> dict[int, tuple[str, str]]:
-        raise NotImplementedError
-
-    def write(
-        self, claims: list[tuple[int, int]], names: list[tuple[int, tuple[str, str]]]
-    ) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-
-_SQLITE = (
-    "CREATE TABLE IF NOT EXISTS identity (key INTEGER PRIMARY KEY, owner INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS identity_people "
-    "(person INTEGER PRIMARY KEY, name TEXT NOT NULL, identifier TEXT NOT NULL)",
+# One table beside the ledger's: a row a claim (key -> owner) and a person's own row (which values
+# it holds, its name), written as the ledger writes (ledger._HeldWrites): one statement a batch,
+# the rows as one JSON text in key order; a NULL column is left as it was.
+_TABLE = "identity_map"
+_SQLITE_TABLE = (
+    f"CREATE TABLE IF NOT EXISTS {_TABLE} (key INTEGER PRIMARY KEY, owner INTEGER, "
+    "id INTEGER, email INTEGER, cio_id INTEGER, name TEXT)"
+)
+_SQLITE_UPSERT = (
+    f"INSERT INTO {_TABLE} (key, owner, id, email, cio_id, name) "
+    "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5 "
+    "FROM json_each(?) ORDER BY value ->> 0 "
+    "ON CONFLICT(key) DO UPDATE SET owner = coalesce(excluded.owner, owner), "
+    "id = coalesce(excluded.id, id), email = coalesce(excluded.email, email), "
+    "cio_id = coalesce(excluded.cio_id, cio_id), name = coalesce(excluded.name, name)"
 )
 
 
-class SqliteStore(_Store):
+class _IdentityStore(_HeldWrites):
+    """The identity map's table: reads wait for the write in flight (one connection) and see
+    every row handed over (what is held is written first: reads are cache misses, rare)."""
+
+    def drop_held(self) -> None:
+        """The rows held are not written (the run failed: they may not have reached
+        Customer.io)."""
+        with self._lock:
+            self._held = []
+
+    def _read(self, sql: str, keys: Iterable[int]) -> list[tuple[Any, ...]]:
+        with self._writing:
+            self._write_held()
+            return self._select(sql, list(keys))
+
+    def _select(self, sql: str, keys: list[int]) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def identity_empty(self) -> bool:
+        return not self._read(f"SELECT 1 FROM {_TABLE} LIMIT 1", [])
+
+    def identity_owners(self, keys: Iterable[int]) -> dict[int, int]:
+        sql = f"SELECT key, coalesce(owner, 0) FROM {_TABLE} WHERE key IN "
+        return {row[0]: row[1] for row in self._read(sql, keys)}
+
+    def identity_holds(self, people: Iterable[int]) -> dict[int, tuple[int, int, int]]:
+        sql = f"SELECT key, id, email, cio_id FROM {_TABLE} WHERE key IN "
+        return {row[0]: (row[1] or 0, row[2] or 0, row[3] or 0) for row in self._read(sql, people)}
+
+    def identity_names(self, people: Iterable[int]) -> dict[int, str]:
+        sql = f"SELECT key, name FROM {_TABLE} WHERE name IS NOT NULL AND key IN "
+        return {row[0]: row[1] for row in self._read(sql, people)}
+
+
+class SqliteStore(_IdentityStore):
     """In the ledger's SQLite file (`:memory:` when change detection is off)."""
 
-    def __init__(self, path: str) -> None:
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        if path != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-        for statement in _SQLITE:
-            self._db.execute(statement)
+    def __init__(self, path: str, lock_timeout: float = 30) -> None:
+        super().__init__()
+        self._db = ledger_db.connect_sqlite(path, lock_timeout)
+        self._db.execute(_SQLITE_TABLE)
 
-    def empty(self) -> bool:
-        return self._db.execute("SELECT 1 FROM identity LIMIT 1").fetchone() is None
-
-    def _lookup(self, sql: str, keys: Iterable[int]) -> list[tuple[Any, ...]]:
-        keys = list(keys)
+    def _select(self, sql: str, keys: list[int]) -> list[tuple[Any, ...]]:
+        if not sql.endswith("IN "):
+            return list(self._db.execute(sql))
         rows: list[tuple[Any, ...]] = []
         for start in range(0, len(keys), _LOOKUP_CHUNK):
             chunk = keys[start : start + _LOOKUP_CHUNK]
-            rows += self._db.execute(f"{sql}{','.join('?' * len(chunk))})", chunk).fetchall()
+            rows += self._db.execute(f"{sql}({','.join('?' * len(chunk))})", chunk).fetchall()
         return rows
 
-    def owners(self, keys: Iterable[int]) -> dict[int, int]:
-        return dict(self._lookup("SELECT key, owner FROM identity WHERE key IN (", keys))  # type: ignore[arg-type]
-
-    def names(self, people: Iterable[int]) -> dict[int, tuple[str, str]]:
-        sql = "SELECT person, name, identifier FROM identity_people WHERE person IN ("
-        return {row[0]: (row[1], row[2]) for row in self._lookup(sql, people)}
-
-    def write(
-        self, claims: list[tuple[int, int]], names: list[tuple[int, tuple[str, str]]]
-    ) -> None:
-        """One statement a table, the rows as one JSON text, in key order (keys are random: in
-        order, each page of the table is written once)."""
-        self._db.execute("BEGIN")
-        try:
-            self._db.execute(
-                "INSERT INTO identity (key, owner) SELECT value ->> 0, value ->> 1 "
-                "FROM json_each(?) ORDER BY value ->> 0 "
-                "ON CONFLICT(key) DO UPDATE SET owner = excluded.owner",
-                (orjson.dumps(claims).decode(),),
-            )
-            rows = [[person, name, identifier] for person, (name, identifier) in names]
-            self._db.execute(
-                "INSERT INTO identity_people (person, name, identifier) "
-                "SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) "
-                "ORDER BY value ->> 0 "
-                "ON CONFLICT(person) DO UPDATE SET name = excluded.name, "
-                "identifier = excluded.identifier",
-                (orjson.dumps(rows).decode(),),
-            )
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _write(self, rows: str, at: int) -> None:
+        self._db.execute(_SQLITE_UPSERT, (rows,))
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            super().close()
+        finally:
+            self._db.close()
 
 
-class PostgresStore(_Store):
-    """Beside the ledger's table in Postgres (`ledger_url`): `<table>_identity` and
-    `<table>_identity_people`."""
+class PostgresStore(_IdentityStore):
+    """Beside the ledger's table in Postgres (`ledger_url`): `<table>_identity_map`."""
 
-    def __init__(self, dsn: str, table: str = "target_customerio_ledger") -> None:
-        import psycopg2  # noqa: PLC0415 - optional dependency, as the ledger's
+    def __init__(
+        self, dsn: str, table: str = "target_customerio_ledger", lock_timeout: float = 30
+    ) -> None:
+        super().__init__()
+        self._t = f"{table}_{_TABLE}"
+        self._pg = ledger_db.connect_postgres(dsn, lock_timeout)
+        ledger_db.create_postgres_tables(
+            self._pg,
+            table,
+            [
+                f"CREATE TABLE IF NOT EXISTS {self._t} (key BIGINT PRIMARY KEY, owner BIGINT, "
+                "id BIGINT, email BIGINT, cio_id BIGINT, name TEXT)"
+            ],
+        )
 
-        self._t = table
-        self._pg = psycopg2.connect(dsn)
-        self._pg.autocommit = True
+    def _select(self, sql: str, keys: list[int]) -> list[tuple[Any, ...]]:
+        sql = sql.replace(_TABLE, self._t)
         with self._pg.cursor() as cur:
-            cur.execute(
-                f"CREATE TABLE IF NOT EXISTS {table}_identity "
-                "(key BIGINT PRIMARY KEY, owner BIGINT NOT NULL)"
-            )
-            cur.execute(
-                f"CREATE TABLE IF NOT EXISTS {table}_identity_people "
-                "(person BIGINT PRIMARY KEY, name TEXT NOT NULL, identifier TEXT NOT NULL)"
-            )
-
-    def _select(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        with self._pg.cursor() as cur:
-            cur.execute(sql, params)
+            if sql.endswith("IN "):
+                cur.execute(sql.removesuffix("IN ") + "= ANY(%s)", (keys,))
+            else:
+                cur.execute(sql)
             return list(cur.fetchall())
 
-    def empty(self) -> bool:
-        return not self._select(f"SELECT 1 FROM {self._t}_identity LIMIT 1", ())
-
-    def owners(self, keys: Iterable[int]) -> dict[int, int]:
-        sql = f"SELECT key, owner FROM {self._t}_identity WHERE key = ANY(%s)"
-        return dict(self._select(sql, (list(keys),)))  # type: ignore[arg-type]
-
-    def names(self, people: Iterable[int]) -> dict[int, tuple[str, str]]:
-        sql = (
-            f"SELECT person, name, identifier FROM {self._t}_identity_people WHERE person = ANY(%s)"
-        )
-        return {row[0]: (row[1], row[2]) for row in self._select(sql, (list(people),))}
-
-    def write(
-        self, claims: list[tuple[int, int]], names: list[tuple[int, tuple[str, str]]]
-    ) -> None:
+    def _write(self, rows: str, at: int) -> None:
+        """One statement; a key handed over twice in the batch is folded first (Postgres
+        updates a row once a statement), its later non-NULL columns winning."""
         t = self._t
-        self._pg.autocommit = False
-        try:
-            with self._pg, self._pg.cursor() as cur:  # commits, or rolls back on an error
-                cur.execute(
-                    f"INSERT INTO {t}_identity (key, owner) "
-                    "SELECT (r ->> 0)::bigint, (r ->> 1)::bigint "
-                    "FROM json_array_elements(%s::json) AS r "
-                    "ON CONFLICT (key) DO UPDATE SET owner = EXCLUDED.owner",
-                    (orjson.dumps(claims).decode(),),
-                )
-                rows = [[person, name, identifier] for person, (name, identifier) in names]
-                cur.execute(
-                    f"INSERT INTO {t}_identity_people (person, name, identifier) "
-                    "SELECT (r ->> 0)::bigint, r ->> 1, r ->> 2 "
-                    "FROM json_array_elements(%s::json) AS r "
-                    "ON CONFLICT (person) DO UPDATE SET name = EXCLUDED.name, "
-                    "identifier = EXCLUDED.identifier",
-                    (orjson.dumps(rows).decode(),),
-                )
-        finally:
-            self._pg.autocommit = True
+
+        def last(column: str) -> str:
+            return f"(array_agg({column} ORDER BY n DESC) FILTER (WHERE {column} IS NOT NULL))[1]"
+
+        with self._pg.cursor() as cur:
+            cur.execute(
+                f"INSERT INTO {t} (key, owner, id, email, cio_id, name) "
+                f"SELECT key, {last('owner')}, {last('id')}, {last('email')}, "
+                f"{last('cio_id')}, {last('name')} FROM ("
+                "SELECT (r ->> 0)::bigint AS key, (r ->> 1)::bigint AS owner, "
+                "(r ->> 2)::bigint AS id, (r ->> 3)::bigint AS email, "
+                "(r ->> 4)::bigint AS cio_id, r ->> 5 AS name, n "
+                "FROM json_array_elements(%s::json) WITH ORDINALITY AS x(r, n)) AS rows "
+                "GROUP BY key ORDER BY key "
+                f"ON CONFLICT (key) DO UPDATE SET owner = coalesce(EXCLUDED.owner, {t}.owner), "
+                f"id = coalesce(EXCLUDED.id, {t}.id), "
+                f"email = coalesce(EXCLUDED.email, {t}.email), "
+                f"cio_id = coalesce(EXCLUDED.cio_id, {t}.cio_id), "
+                f"name = coalesce(EXCLUDED.name, {t}.name)",
+                (rows,),
+            )
 
     def close(self) -> None:
-        self._pg.close()
+        try:
+            super().close()
+        finally:
+            self._pg.close()
 
 
-def open_identity(settings: Any) -> IdentityMap:
-    """The workspace's identity map, where the ledger is (an in-memory one without it)."""
+def open_identity(settings: Any, report: Any = None) -> IdentityMap:
+    """The workspace's identity map, in the ledger's database (an in-memory one without it),
+    through ledger_db as the ledger: a lock waited for `ledger_lock_timeout` at most, every
+    failure one line (LedgerError, exit 1; opening it: ledger_db.open_failure)."""
+    wait = settings.ledger_lock_timeout
     try:
+        store: _IdentityStore
         if not settings.change_detection:
-            store: _Store = SqliteStore(":memory:")
+            store = SqliteStore(":memory:", wait)
         elif settings.ledger_url:
-            store = PostgresStore(settings.ledger_url)
+            store = PostgresStore(settings.ledger_url, lock_timeout=wait)
         else:
-            store = SqliteStore(settings.ledger_path)
-    except Exception as exc:  # noqa: BLE001 - as the ledger: any reason is a config error
-        where = "ledger_url" if settings.ledger_url else f"ledger_path {settings.ledger_path!r}"
-        reason = shown((str(exc).splitlines() or [""])[0])
-        if settings.ledger_url and "dsn" in reason.lower():
-            reason = "not a valid Postgres URL or DSN"
-        raise ConfigError(
-            f"cannot open the identity map ({where}): {type(exc).__name__}: {reason}"
-        ) from None
-    return IdentityMap(store, dry_run=settings.dry_run)
+            store = SqliteStore(settings.ledger_path, wait)
+    except Exception as exc:  # noqa: BLE001 - as the ledger: one line
+        failure: TargetError = ledger_db.open_failure(exc, settings)
+        if report is not None:
+            with contextlib.suppress(TargetError):  # its own failure is not the one to tell
+                report.close("failed", str(failure))
+        raise failure from None
+    return IdentityMap(ledger_db.GuardedLedger(store, settings), dry_run=settings.dry_run)

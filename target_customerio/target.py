@@ -170,7 +170,7 @@ class TargetCustomerIO(SdkTarget):
             logger=self.logger,
         )
         self.ledger = open_ledger(self.settings, self.report)
-        self.identity = open_identity(self.settings)  # beside the ledger (identity.py)
+        self.identity = open_identity(self.settings, self.report)  # beside the ledger
         self.delivery: Delivery | DryRun = make_delivery(
             self.settings,
             str(self.config.get("api_key", "")),

@@ -12,6 +12,7 @@ identity counts are those of a reference model of the rules (docs/identity.md).
 from __future__ import annotations
 
 import os
+import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from target_customerio.sandbox import Sandbox
-from tests.harness import API_KEY, SITE_ID, record, run_target, schema, target_config
+from tests.harness import API_KEY, SITE_ID, record, run_target, schema, state, target_config
 from tests.pg_fixtures import postgres  # noqa: F401  (module-scoped embedded Postgres)
 
 P, E, K = "public-people", "public-orders", "public-members"
@@ -188,6 +189,22 @@ def test_the_map_lives_beside_a_postgres_ledger(postgres, sandbox, tmp_path):  #
         assert run.returncode == 0, run.stderr
     assert tally(run, P)["rejected_by_reason"] == {"identifier_conflict": 1}
     assert "another person, id 1001" in run.rejects[0]["message"]
+
+
+def test_an_identity_map_that_cannot_be_written_is_one_line_and_exit_1(sandbox, tmp_path):
+    """The map goes through ledger_db as the ledger does: a database failure while the run
+    writes it is one LedgerError line naming the ledger, exit 1, no STATE."""
+    ledger = tmp_path / "ledger.sqlite"
+    db = sqlite3.connect(ledger)  # a table of that name the map cannot write its rows to
+    db.execute("CREATE TABLE identity_map (key INTEGER PRIMARY KEY, owner INTEGER)")
+    db.close()
+    config = target_config(sandbox.url, tmp_path, streams(), ledger_path=str(ledger))
+    msgs = [*messages(people=[("1001", "a@x.com")]), state({"n": 1})]
+    run = run_target(config, msgs, tmp_path)
+    line = f"cannot write the ledger (ledger_path '{ledger}'): OperationalError: table"
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert f"LedgerError: {line}" in run.stderr and "Traceback" not in run.stderr
+    assert run.states == []
 
 
 # ---- the property: generated identity histories ---------------------------------------------
