@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
+from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from target_customerio.api_client import Answer
 from target_customerio.errors import DeliveryError, TargetError, Terminated
-from target_customerio.ledger import Ledger
+from target_customerio.ledger import Ledger, person_key
 from target_customerio.redaction import REDACTOR, shown
 from target_customerio.report import RunReport, open_output
 from target_customerio.settings import Settings
@@ -47,8 +51,13 @@ class Delivery:
         *,
         workers: int = 4,
         depth: int = 2,
+        workspace: str = "",
     ) -> None:
         self._client, self._report, self._ledger = client, report, ledger
+        self._workspace = workspace  # what person_key names people in (who was deleted)
+        # (identifier type, value) of people whose identify Customer.io refused in this run:
+        # what depends on them (a membership) is not sent.
+        self.refused_people: set[tuple[str, str]] = set()
         self._queues: list[queue.Queue[Batch]] = [
             queue.Queue(maxsize=depth) for _ in range(workers)
         ]
@@ -147,9 +156,15 @@ class Delivery:
                 q.task_done()
                 self._done()
 
-    def _deliver(self, batch: Batch, worker: int) -> None:
+    def _deliver(self, batch: Batch, worker: int, mark: int | None = None) -> None:
+        """Send the batch; `mark`: the ledger's doubt mark, when a larger request that held
+        these operations made it (halving)."""
         if self.error is not None:
             return  # the run has failed: nothing more is sent, and no STATE will be
+        if mark is None:
+            # Written ahead: until Customer.io's acceptance is recorded, these keys are in
+            # doubt, whatever becomes of the request (a lost answer, a kill).
+            mark = self._ledger.in_doubt(batch.ledger_keys())
         body = batch.body()
         try:
             answer, tries = self._client.post_batch(body)
@@ -162,12 +177,17 @@ class Delivery:
         if answer.status in (200, 207):
             self._refused[worker] = 0
         if answer.status == 200:
-            self._ledger.record(batch.ledger_entries())
+            carried = self._carried[worker]
+            self._ledger.record(
+                batch.ledger_entries(self._dependents(batch, set(), carried) if carried else ()),
+                mark,
+            )
+            self._accepted_gone(batch)
             self._delivered(batch, self._sent(batch, set(), worker))
         elif answer.status == 207:
-            self._record_item_errors(batch, answer.json().get("errors"), worker)
+            self._record_item_errors(batch, answer.json().get("errors"), worker, mark)
         else:
-            self._refused_whole(batch, answer, worker)
+            self._refused_whole(batch, answer, worker, mark)
 
     def _sent(self, batch: Batch, rejected: set[tuple[int, int]], worker: int) -> int:
         """How many records this request completes that were not rejected, here or before."""
@@ -180,14 +200,14 @@ class Delivery:
         carried |= {key for key in rejected if key not in ending}  # their rest comes later
         return sent
 
-    def _refused_whole(self, batch: Batch, answer: Answer, worker: int) -> None:
+    def _refused_whole(self, batch: Batch, answer: Answer, worker: int, mark: int) -> None:
         """400/413: halve the request to isolate the bad operations and reject only them, unless
         this worker has had so many refusals in a row that they cannot be a few bad operations
         (see _MAX_REFUSED_ALONE): then the workspace refuses everything, and the run fails."""
         message = _error_message(answer.json()) or f"HTTP {answer.status}"
         if len(batch) > 1:
             for half in batch.halves():
-                self._deliver(half, worker)
+                self._deliver(half, worker, mark)
             return
         self._refused[worker] += 1
         if self._refused[worker] >= _MAX_REFUSED_ALONE:
@@ -198,11 +218,12 @@ class Delivery:
                 "confirmed"
             )
         [key] = batch.segments[0].record_keys()
+        self._note_refused(batch.ops[0].body)
         if key not in self._carried[worker]:  # its other operations were not refused already
             self._reject(batch, None, message, batch.ops[0].record)
         self._delivered(batch, self._sent(batch, {key}, worker))
 
-    def _record_item_errors(self, batch: Batch, errors: Any, worker: int) -> None:
+    def _record_item_errors(self, batch: Batch, errors: Any, worker: int, mark: int) -> None:
         """207: the refused operations' records are rejected (once each, with the first
         reason), the rest delivered. A 207 that names no operation it refused cannot be
         accounted for: the run fails rather than count them all as sent."""
@@ -222,6 +243,7 @@ class Delivery:
             if type(index) is not int or not 0 <= index < len(ops) or index in rejected:
                 continue
             rejected.add(index)
+            self._note_refused(ops[index].body)
             if keys[index] in rejected_records or keys[index] in self._carried[worker]:
                 continue
             rejected_records.add(keys[index])
@@ -232,8 +254,33 @@ class Delivery:
                 "Customer.io answered 207 but named no operation of the request it "
                 "refused; nothing after the last STATE was confirmed"
             )
-        self._ledger.record(batch.ledger_entries(rejected))
+        carried = self._carried[worker] | rejected_records
+        self._ledger.record(batch.ledger_entries(self._dependents(batch, rejected, carried)), mark)
+        self._accepted_gone(batch, rejected)
         self._delivered(batch, self._sent(batch, rejected_records, worker))
+
+    def _accepted_gone(self, batch: Batch, refused: Container[int] = ()) -> None:
+        """People this request deleted or suppressed, once Customer.io accepted it: the ledger
+        keeps them, so that no exit this target sends later re-creates them."""
+        if not any(_GONE_MARK.search(segment.data) for segment in batch.segments):
+            return  # the usual case: one scan in C
+        gone = []
+        for index, op in enumerate(batch.ops):
+            data = orjson.loads(op.body) if index not in refused else None
+            if data and data.get("type") == "person" and data.get("action") in _GONE_ACTIONS:
+                for kind, value in (data.get("identifiers") or {}).items():
+                    gone.append(person_key(self._workspace, kind, str(value)))
+        self._ledger.record_gone(gone)
+
+    @staticmethod
+    def _dependents(batch: Batch, refused: set[int], records: set[tuple[int, int]]) -> set[int]:
+        """The operations (indexes) not to record as accepted: those refused, and every other
+        operation of a record one of whose operations was refused (`records`), here or in an
+        earlier request. A record's operations depend on those before them (a merge on its
+        primary's identify, a relationship on its person): Customer.io accepting one whose
+        premise it refused changes nothing it will keep, so it is sent again next run."""
+        keys = [key for segment in batch.segments for key in segment.record_keys()]
+        return refused | {i for i, key in enumerate(keys) if key in records}
 
     def _delivered(self, batch: Batch, sent: int) -> None:
         if batch.exits:
@@ -241,11 +288,22 @@ class Delivery:
         else:
             self._report.delivered(batch.stream, sent)
 
+    def _note_refused(self, body: bytes) -> None:
+        """A refused identify: its person may not exist (error path only)."""
+        data = orjson.loads(body)
+        if data.get("type") == "person" and data.get("action") == "identify":
+            for kind, value in (data.get("identifiers") or {}).items():
+                self.refused_people.add((kind, str(value)))
+
     def _reject(self, batch: Batch, field: Any, message: str, record: Any) -> None:
         if batch.exits:  # not a record: counted and logged, not in the reject file
             self._report.exit_refused(batch.stream, message, record)
         else:
             self._report.reject(batch.stream, "rejected_by_customerio", field, message, record)
+
+
+_GONE_ACTIONS = ("delete", "suppress")
+_GONE_MARK = re.compile(rb'"action":"(?:delete|suppress)"')
 
 
 def _error_message(data: dict[str, Any]) -> str:
@@ -270,6 +328,7 @@ class DryRun:
         self._out = open_output(self._path, "dry_run_file", "wb")
         self._report = report
         self.error: TargetError | None = None
+        self.refused_people: set[tuple[str, str]] = set()  # nothing is refused in a dry run
 
     def submit(self, shard: int, batch: Batch) -> None:
         for op in batch.ops:
@@ -318,4 +377,15 @@ def make_delivery(
         max_retries=settings.max_retries,
         logger=logger,
     )
-    return Delivery(client, report, ledger, workers=settings.delivery_workers)
+    return Delivery(
+        client,
+        report,
+        ledger,
+        workers=settings.delivery_workers,
+        workspace=workspace(settings),
+    )
+
+
+def workspace(settings: Settings) -> str:
+    """The workspace a ledger's person keys belong to (`ledger.person_key`)."""
+    return f"{settings.base_url}\x1f{settings.site_id}"

@@ -24,7 +24,7 @@ from functools import partial
 import orjson
 
 from target_customerio.delivery import Delivery, DryRun
-from target_customerio.ledger import Ledger, hash64
+from target_customerio.ledger import EXIT_FINGERPRINT, Ledger
 from target_customerio.memberships import Memberships, SegmentRequests
 from target_customerio.operations import KINDS
 from target_customerio.operations.operation import Operation
@@ -32,10 +32,6 @@ from target_customerio.report import RunReport
 from target_customerio.routes import Mirror as MirrorOptions
 from target_customerio.routes import Route
 from target_customerio.wire import Packer, Segment
-
-# The fingerprint the ledger's `delivered` table holds for a member whose exit Customer.io
-# accepted: no operation a route builds has it, so a person who comes back is sent again.
-EXIT_FINGERPRINT = hash64(b"target-customerio: left a mirrored view")
 
 
 class RunMembers:
@@ -126,7 +122,9 @@ class Mirror:
         for plan in plans:
             if KINDS[plan.run.route.kind].channel == "segments":
                 leavers = {key: _membership(member) for key, member in plan.leavers.items()}
-                plan.removed = memberships.remove(segments, plan.run.stream, leavers)
+                plan.removed = memberships.remove(
+                    segments, plan.run.stream, leavers, None if dry_run else ledger
+                )
             if plan.forgotten:
                 self._report.exited(plan.run.stream, len(plan.forgotten))
         if not dry_run:
@@ -207,14 +205,13 @@ class Mirror:
             if accepted.get(key) == fingerprint
         ]
         told = {key for key in plan.exits if accepted.get(key) == EXIT_FINGERPRINT}
-        # Gone without an exit operation (forgotten, or removed from a segment): their delivered
-        # entry is marked too, so that one who comes back counts as kept only once Customer.io
-        # accepts them again (an exit's entry is marked by its delivery).
-        gone = plan.forgotten | plan.removed
-        if gone:
-            ledger.record([(key, EXIT_FINGERPRINT) for key in gone])
-            ledger.flush()
-        ledger.update_mirror(run.scope, kept, told | gone)
+        # Gone without an exit operation (forgotten): their delivered entry is marked too, so
+        # that one who comes back counts as kept only once Customer.io accepts them again (an
+        # exit's entry is marked by its delivery, a removed membership's by memberships.py).
+        if plan.forgotten:
+            ledger.record([(key, EXIT_FINGERPRINT) for key in plan.forgotten])
+        ledger.flush()
+        ledger.update_mirror(run.scope, kept, told | plan.forgotten | plan.removed)
 
 
 def _membership(member: str) -> tuple[int, str, str]:

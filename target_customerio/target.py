@@ -298,7 +298,9 @@ class TargetCustomerIO(SdkTarget):
         self.delivery.wait()
         if self.memberships.waiting:  # after the identifies received before them are accepted
             self.memberships.send(
-                segment_requests(self.delivery), None if self.settings.dry_run else self.ledger
+                segment_requests(self.delivery),
+                None if self.settings.dry_run else self.ledger,
+                self.delivery.refused_people,
             )
             self.ledger.flush()
         for sink in sinks:
