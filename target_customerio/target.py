@@ -23,7 +23,8 @@ from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.sinks import Sink
 
 from target_customerio import cli, redaction, run_end
-from target_customerio.delivery import Delivery, DryRun, make_delivery
+from target_customerio.app_api import AppClient
+from target_customerio.delivery import Delivery, DryRun, make_delivery, workspace
 from target_customerio.environment import check_env, env_config
 from target_customerio.errors import (
     ConfigError,
@@ -165,7 +166,14 @@ class TargetCustomerIO(SdkTarget):
         )
         self.reconciler = Reconciler(self.report, self.logger)
         self.memberships = Memberships(self.report, self.logger)
-        self.mirror = Mirror(self.report, self.logger)
+        self.mirror = Mirror(
+            self.report,
+            self.logger,
+            workspace(self.settings),
+            "ledger_url"
+            if self.settings.ledger_url
+            else f"ledger_path {self.settings.ledger_path}",
+        )
         # streams whose records skip the SDK's handling
         self._direct: dict[str, CustomerIOSink | UnmappedSink] = {}
         self._age_check_every = min(1.0, self.settings.checkpoint_interval_seconds / 4)
@@ -360,6 +368,21 @@ class TargetCustomerIO(SdkTarget):
             self.memberships,
             segment_requests(self.delivery),
             dry_run=self.settings.dry_run,
+            app=self._app_client(),
+        )
+
+    def _app_client(self) -> AppClient | None:
+        """The App API, when `app_api_key` is set (not on a dry run): mirror exits ask it who
+        exists, and a segment route whose ledger knows nobody reads its members back."""
+        key = str(self.config.get("app_api_key") or "").strip()
+        if not key or self.settings.dry_run:
+            return None
+        return AppClient(
+            self.settings.app_base_url,
+            key,
+            timeout=self.settings.request_timeout,
+            max_retries=self.settings.max_retries,
+            logger=self.logger,
         )
 
     def _reconcile(self) -> None:

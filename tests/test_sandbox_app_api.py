@@ -176,3 +176,34 @@ def test_console_script_takes_the_app_api_key():
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
+
+
+def test_people_by_id_leaves_out_the_absent_and_answers_strings(sb, app):
+    """POST /v1/customers/attributes: up to 100 ids, people that do not exist (or were
+    suppressed) left out, every attribute a string, as Customer.io answers."""
+    seed(
+        sb,
+        identify({"id": "a"}, email="A@x.io", orders=3, vip=True, ltv=1.5, tags=["x"]),
+        identify({"id": "b"}, plan="pro"),
+        identify({"id": "c"}, plan="pro"),
+        {"type": "person", "action": "suppress", "identifiers": {"id": "c"}},
+    )
+    r = app.post(f"{sb.url}/v1/customers/attributes", json={"ids": ["a", "nobody", "c"]})
+    assert r.status_code == 200, r.text
+    [found] = r.json()["customers"]
+    customer = found["customer"]
+    assert customer["id"] == "a"
+    assert customer["attributes"] == {
+        "email": "A@x.io",
+        "orders": "3",
+        "vip": "true",
+        "ltv": "1.5",
+        "tags": '["x"]',
+    }
+    by_email = app.post(
+        f"{sb.url}/v1/customers/attributes?id_type=email", json={"ids": ["a@x.io"]}
+    )
+    assert [c["customer"]["id"] for c in by_email.json()["customers"]] == ["a"]
+    too_many = app.post(f"{sb.url}/v1/customers/attributes", json={"ids": ["x"] * 101})
+    assert too_many.status_code == 400
+    assert app.post(f"{sb.url}/v1/customers/attributes", json={"ids": []}).status_code == 400

@@ -187,7 +187,7 @@ class Handler(BaseHTTPRequestHandler):
         authorization = self.headers.get("Authorization")
         try:
             if path.startswith("/v1/"):
-                app_api.handle(sandbox, method, path, query, authorization)  # raises
+                app_api.handle(sandbox, method, path, query, authorization, body)  # raises
             if not sandbox.authorized(authorization):
                 sandbox.store.count("unauthorized")
                 raise Response(401, UNAUTHORIZED)
