@@ -35,6 +35,8 @@ class SinkNeeds:
     ledger_scope: str | None
     max_reject_ratio: float | None
     members: RunMembers | None = None  # a mirror route's: who this run's records are about
+    # people whose identify was rejected in this run (memberships of theirs are not sent)
+    refused: set[tuple[str, str]] | None = None
 
 
 class CustomerIOSink(SdkSink):
@@ -73,6 +75,7 @@ class CustomerIOSink(SdkSink):
         self._seen_events: set[int] = set()
         self._max_reject_ratio = needs.max_reject_ratio
         self._members = needs.members
+        self._refused = needs.refused
         self._packers = [
             Packer(stream_name, partial(needs.submit, shard)) for shard in range(needs.shards)
         ]
@@ -146,6 +149,8 @@ class CustomerIOSink(SdkSink):
             tally.received = received + index + 1
             self._reject(items[index], Rejected(reason, field, message, rule))
         tally.received = received + len(items)
+        if mapped.refused and self._refused is not None:
+            self._refused.update(mapped.refused)
         segments = mapped.segments
         if self._seen_events.isdisjoint(mapped.event_keys):
             self._seen_events.update(mapped.event_keys)

@@ -52,6 +52,9 @@ class Mapped:
     # record sent, (key, fingerprint, what the ledger keeps about the member: Kind.member).
     members: array | None = None
     sent_members: list[tuple[int, int, str]] | None = None
+    # (identifier type, value) of the people whose identify a record rejected here would
+    # have sent: what depends on them (a membership) is not sent in this run.
+    refused: list[tuple[str, str]] | None = None
 
 
 @dataclass
@@ -100,6 +103,7 @@ class StreamMapping:
         rejects: list[tuple[int, str, str | None, str, str | None]] = []
         skipped: Counter[str] = Counter()
         rejected_members: list[int] = []
+        refused: list[tuple[str, str]] = []
         # (index in the chunk, event dedupe key, operations)
         mapped: list[tuple[int, int | None, list[_Send]]] = []
         builder = self._builder  # a native method call (compiled), not a bound-method object
@@ -120,6 +124,9 @@ class StreamMapping:
                 continue
             except Rejected as rej:
                 rejects.append((index, rej.reason, rej.field, rej.message, rej.rule))
+                who = self._builder.identity(record)
+                if who is not None:
+                    refused.append(who)
                 if self._member is not None:
                     member = self._builder.member_key(record)
                     if member is not None:
@@ -151,6 +158,7 @@ class StreamMapping:
         segments = {shard: part.segment() for shard, part in enumerate(parts) if part.bodies}
         names, self._event_names[:] = list(self._event_names), []
         out = Mapped(segments, rejects, dict(skipped), event_items, event_keys, names)
+        out.refused = refused or None
         if self._member is not None:
             out.members, out.sent_members = self._members(mapped, unchanged, rejected_members)
         return out

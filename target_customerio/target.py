@@ -238,6 +238,7 @@ class TargetCustomerIO(SdkTarget):
             ledger_scope=scope,
             max_reject_ratio=self.settings.max_reject_ratio,
             members=members,
+            refused=self.delivery.refused_people,
         )
 
     # Routing

@@ -200,9 +200,7 @@ def test_people_by_id_leaves_out_the_absent_and_answers_strings(sb, app):
         "ltv": "1.5",
         "tags": '["x"]',
     }
-    by_email = app.post(
-        f"{sb.url}/v1/customers/attributes?id_type=email", json={"ids": ["a@x.io"]}
-    )
+    by_email = app.post(f"{sb.url}/v1/customers/attributes?id_type=email", json={"ids": ["a@x.io"]})
     assert [c["customer"]["id"] for c in by_email.json()["customers"]] == ["a"]
     too_many = app.post(f"{sb.url}/v1/customers/attributes", json={"ids": ["x"] * 101})
     assert too_many.status_code == 400
