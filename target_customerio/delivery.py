@@ -12,7 +12,6 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +164,7 @@ class Delivery:
             # Written ahead: until Customer.io's acceptance is recorded, these keys are in
             # doubt, whatever becomes of the request (a lost answer, a kill).
             mark = self._ledger.in_doubt(batch.ledger_keys())
+            self._going(batch)
         body = batch.body()
         try:
             answer, tries = self._client.post_batch(body)
@@ -178,11 +178,9 @@ class Delivery:
             self._refused[worker] = 0
         if answer.status == 200:
             carried = self._carried[worker]
-            self._ledger.record(
-                batch.ledger_entries(self._dependents(batch, set(), carried) if carried else ()),
-                mark,
-            )
-            self._accepted_gone(batch)
+            dependent = carried or self.refused_people  # the usual case: neither
+            unrecorded = self._dependents(batch, set(), carried) if dependent else ()
+            self._ledger.record(batch.ledger_entries(unrecorded), mark)
             self._delivered(batch, self._sent(batch, set(), worker))
         elif answer.status == 207:
             self._record_item_errors(batch, answer.json().get("errors"), worker, mark)
@@ -256,31 +254,51 @@ class Delivery:
             )
         carried = self._carried[worker] | rejected_records
         self._ledger.record(batch.ledger_entries(self._dependents(batch, rejected, carried)), mark)
-        self._accepted_gone(batch, rejected)
         self._delivered(batch, self._sent(batch, rejected_records, worker))
 
-    def _accepted_gone(self, batch: Batch, refused: Container[int] = ()) -> None:
-        """People this request deleted or suppressed, once Customer.io accepted it: the ledger
-        keeps them, so that no exit this target sends later re-creates them."""
+    def _going(self, batch: Batch) -> None:
+        """People this request deletes or suppresses, kept by the ledger before it goes out
+        (written ahead, as a doubt is: a kill after Customer.io applied it must not lose them),
+        so that no exit this target sends later re-creates them."""
         if not any(_GONE_MARK.search(segment.data) for segment in batch.segments):
             return  # the usual case: one scan in C
         gone = []
-        for index, op in enumerate(batch.ops):
-            data = orjson.loads(op.body) if index not in refused else None
-            if data and data.get("type") == "person" and data.get("action") in _GONE_ACTIONS:
+        for op in batch.ops:
+            data = orjson.loads(op.body)
+            if data.get("type") == "person" and data.get("action") in _GONE_ACTIONS:
                 for kind, value in (data.get("identifiers") or {}).items():
                     gone.append(person_key(self._workspace, kind, str(value)))
         self._ledger.record_gone(gone)
 
-    @staticmethod
-    def _dependents(batch: Batch, refused: set[int], records: set[tuple[int, int]]) -> set[int]:
+    def _dependents(
+        self, batch: Batch, refused: set[int], records: set[tuple[int, int]]
+    ) -> set[int]:
         """The operations (indexes) not to record as accepted: those refused, and every other
         operation of a record one of whose operations was refused (`records`), here or in an
         earlier request. A record's operations depend on those before them (a merge on its
         primary's identify, a relationship on its person): Customer.io accepting one whose
         premise it refused changes nothing it will keep, so it is sent again next run."""
-        keys = [key for segment in batch.segments for key in segment.record_keys()]
-        return refused | {i for i, key in enumerate(keys) if key in records}
+        unrecorded = refused | self._related_to_refused(batch)
+        if records:
+            keys = [key for segment in batch.segments for key in segment.record_keys()]
+            unrecorded |= {i for i, key in enumerate(keys) if key in records}
+        return unrecorded
+
+    def _related_to_refused(self, batch: Batch) -> set[int]:
+        """Objects whose relationship names a person whose identify was refused in this run
+        (so far): Customer.io relates an object to nobody, so they are sent again next run."""
+        if not self.refused_people or not any(
+            _RELATED.search(segment.data) for segment in batch.segments
+        ):
+            return set()
+        related: set[int] = set()
+        for index, op in enumerate(batch.ops):
+            for relation in orjson.loads(op.body).get("cio_relationships") or []:
+                identifiers = relation.get("identifiers") if isinstance(relation, dict) else None
+                for kind, value in (identifiers or {}).items():
+                    if (kind, str(value)) in self.refused_people:
+                        related.add(index)
+        return related
 
     def _delivered(self, batch: Batch, sent: int) -> None:
         if batch.exits:
@@ -304,6 +322,7 @@ class Delivery:
 
 _GONE_ACTIONS = ("delete", "suppress")
 _GONE_MARK = re.compile(rb'"action":"(?:delete|suppress)"')
+_RELATED = re.compile(rb'"cio_relationships":\[\{')
 
 
 def _error_message(data: dict[str, Any]) -> str:

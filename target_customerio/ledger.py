@@ -95,7 +95,8 @@ class Ledger(Protocol):
     def fingerprints(self, keys: Collection[int]) -> dict[int, int]: ...
     def in_doubt(self, keys: Collection[int]) -> int: ...
     def record(self, entries: Iterable[tuple[int, int]], mark: int = 0) -> None: ...
-    def gone(self, keys: Collection[int]) -> set[int]: ...
+    def gone(self, keys: Collection[int]) -> dict[int, int]: ...
+    def kept_at(self, keys: Collection[int]) -> dict[int, int]: ...
     def record_gone(self, keys: Collection[int]) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
@@ -141,8 +142,11 @@ class NoLedger:
     def record(self, entries: Iterable[tuple[int, int]], mark: int = 0) -> None:
         return None
 
-    def gone(self, keys: Collection[int]) -> set[int]:
-        return set()
+    def gone(self, keys: Collection[int]) -> dict[int, int]:
+        return {}
+
+    def kept_at(self, keys: Collection[int]) -> dict[int, int]:
+        return {}
 
     def record_gone(self, keys: Collection[int]) -> None:
         return None
@@ -213,9 +217,22 @@ class _HeldWrites:
             with self._writing:
                 self._mark(orjson.dumps(list(keys)).decode(), mark)
         except Exception as exc:  # noqa: BLE001 - nothing may go out that the ledger cannot mark
-            reason = shown((str(exc).splitlines() or [""])[0])
-            raise TargetError(f"cannot write the ledger: {type(exc).__name__}: {reason}") from None
+            raise cannot_write(exc) from None
         return mark
+
+    def record_gone(self, keys: Collection[int]) -> None:
+        """People this target deletes or suppresses (`person_key`), kept before the request
+        goes out."""
+        if not keys:
+            return
+        try:
+            with self._writing:
+                self._gone(sorted(set(keys)), int(time.time()))
+        except Exception as exc:  # noqa: BLE001 - nothing may go out that the ledger cannot keep
+            raise cannot_write(exc) from None
+
+    def _gone(self, keys: list[int], at: int) -> None:
+        raise NotImplementedError
 
     def record(self, entries: Iterable[tuple[int, int]], mark: int = 0) -> None:
         """Customer.io accepted these entries, from the request `mark` names (0: none)."""
@@ -241,10 +258,7 @@ class _HeldWrites:
                     raise failed
                 self._write_held()
             except Exception as exc:  # noqa: BLE001 - the run stops before its next STATE, with the reason
-                reason = shown((str(exc).splitlines() or [""])[0])
-                raise TargetError(
-                    f"cannot write the ledger: {type(exc).__name__}: {reason}"
-                ) from None
+                raise cannot_write(exc) from None
 
     def _write_when_due(self) -> None:
         while True:
@@ -277,6 +291,12 @@ class _HeldWrites:
     def _mark(self, keys: str, mark: int) -> None:
         """Mark the keys (a JSON array) in doubt with `mark`, committed."""
         raise NotImplementedError
+
+
+def cannot_write(exc: Exception) -> TargetError:
+    """A failed ledger write, as the one line the run ends with."""
+    reason = shown((str(exc).splitlines() or [""])[0])
+    return TargetError(f"cannot write the ledger: {type(exc).__name__}: {reason}")
 
 
 def _history(rows: list[Any]) -> list[dict[str, int]]:
@@ -326,18 +346,19 @@ class SqliteLedger(_HeldWrites):
     def _mark(self, keys: str, mark: int) -> None:
         self._db.execute(_MARK_JSON, (mark, keys))
 
-    def gone(self, keys: Collection[int]) -> set[int]:
-        """The keys (`person_key`) of people this target deleted or suppressed."""
-        return set(self._lookup("SELECT key, 1 FROM gone WHERE key IN (", keys))
+    def gone(self, keys: Collection[int]) -> dict[int, int]:
+        """People (`person_key`) this target deleted or suppressed, with when (unix seconds)."""
+        return self._lookup("SELECT key, at FROM gone WHERE key IN (", keys)
 
-    def record_gone(self, keys: Collection[int]) -> None:
-        """People Customer.io confirmed this target deleted or suppressed."""
-        at = int(time.time())
-        with self._writing:
-            self._db.executemany(
-                "INSERT INTO gone (key, at) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET at = ?",
-                ((key, at, at) for key in keys),
-            )
+    def kept_at(self, keys: Collection[int]) -> dict[int, int]:
+        """When a mirror route last kept each member (the end of its last complete run)."""
+        return self._lookup("SELECT key, at FROM mirror WHERE key IN (", keys)
+
+    def _gone(self, keys: list[int], at: int) -> None:
+        self._db.executemany(
+            "INSERT INTO gone (key, at) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET at = ?",
+            ((key, at, at) for key in keys),
+        )
 
     def _lookup(self, sql: str, keys: Collection[int]) -> dict[int, Any]:
         """`sql` (ending `IN (`) for the keys, 500 at a time."""
@@ -531,20 +552,24 @@ class PostgresLedger(_HeldWrites):
         )
         return dict(self._select(sql, (list(keys),)))
 
-    def gone(self, keys: Collection[int]) -> set[int]:
+    def gone(self, keys: Collection[int]) -> dict[int, int]:
         if not keys:
-            return set()
-        sql = f"SELECT key FROM {self._table}_gone WHERE key = ANY(%s)"
-        return {key for (key,) in self._select(sql, (list(keys),))}
+            return {}
+        sql = f"SELECT key, at FROM {self._table}_gone WHERE key = ANY(%s)"
+        return dict(self._select(sql, (list(keys),)))
 
-    def record_gone(self, keys: Collection[int]) -> None:
+    def kept_at(self, keys: Collection[int]) -> dict[int, int]:
         if not keys:
-            return
-        with self._writing, self._pg.cursor() as cur:
+            return {}
+        sql = f"SELECT key, at FROM {self._table}_mirror WHERE key = ANY(%s)"
+        return dict(self._select(sql, (list(keys),)))
+
+    def _gone(self, keys: list[int], at: int) -> None:
+        with self._pg.cursor() as cur:
             cur.execute(
                 f"INSERT INTO {self._table}_gone (key, at) SELECT k, %s FROM unnest(%s) AS k "
                 "ON CONFLICT (key) DO UPDATE SET at = EXCLUDED.at",
-                (int(time.time()), sorted(set(keys))),
+                (at, keys),
             )
 
     def _mark(self, keys: str, mark: int) -> None:

@@ -242,9 +242,15 @@ class Mirror:
         people = {key: orjson.loads(member)[:2] for key, member in plan.leavers.items()}
         absent: set[int] = set()
         if run.options.on_exit == "unset":
+            # gone since the route last kept them (one re-created since is there again)
             workspace = {key: person_key(self._workspace, k, v) for key, (k, v) in people.items()}
             gone = ledger.gone(set(workspace.values()))
-            absent = {key for key, person in workspace.items() if person in gone}
+            kept = ledger.kept_at(people) if gone else {}
+            absent = {
+                key
+                for key, person in workspace.items()
+                if person in gone and gone[person] >= kept.get(key, 0)
+            }
         if app is not None:
             by_type: dict[str, list[str]] = {}
             for kind, value in people.values():

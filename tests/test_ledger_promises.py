@@ -266,3 +266,28 @@ def test_postgres_ledger_in_doubt_is_never_unchanged(postgres):  # noqa: F811
             ledger.close()
 
     check()
+
+
+def test_a_merge_whose_primary_was_refused_is_sent_again(sandbox, tmp_path):
+    """The merge's identify of its primary is refused (207 naming it), the merge itself is
+    not: the merge depends on its primary, so it is not recorded and goes out again."""
+    m = "public-registrations"
+    route = {
+        "kind": "merge",
+        "primary": {"field": "customer_id", "type": "id"},
+        "secondary": {"field": "guest_email", "type": "email"},
+    }
+    config = target_config(sandbox.url, tmp_path, {m: route})
+    rows = [
+        schema(m, {"customer_id": {"type": "string"}, "guest_email": {"type": "string"}}),
+        record(m, {"customer_id": "A", "guest_email": "guest@example.com"}),
+    ]
+    refused = {"errors": [{"batch_index": 0, "reason": "invalid", "message": "primary"}]}
+    sandbox.inject(207, body=refused, path=BATCH)  # answered, nothing applied
+    first = run_target(config, rows, tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = run_target(config, rows, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.report["streams"][m].get("skipped_by_reason", {}).get("unchanged") is None
+    merges = [r for r in sandbox.requests() if r["path"] == BATCH and r["status"] == 200]
+    assert len(merges) == 1  # the second run sent identify and merge again
