@@ -91,12 +91,16 @@ def test_an_exit_whose_answer_was_lost_is_undone_when_the_person_comes_back(
     assert back.report["streams"][V]["skipped_by_reason"] == {"unchanged": 4}
 
 
+@pytest.mark.parametrize("where", ["ledger_path", "ledger_url"])
 def test_an_identify_whose_answer_was_lost_is_sent_again_even_when_the_row_went_back(
-    sandbox, tmp_path
+    sandbox, tmp_path, request, where
 ):
     """pro -> team (applied, answer lost) -> pro: without the write-ahead, `pro` is what the
-    ledger holds and the row would be `unchanged` while Customer.io holds `team`."""
-    config = target_config(sandbox.url, tmp_path, {C: PEOPLE}, max_retries=0)
+    ledger holds and the row would be `unchanged` while Customer.io holds `team`. SQLite and
+    Postgres alike."""
+    pg = where == "ledger_url"
+    ledger = {"ledger_url": request.getfixturevalue("postgres").dsn} if pg else {}
+    config = target_config(sandbox.url, tmp_path, {C: PEOPLE}, max_retries=0, **ledger)
     assert run_target(config, [*people({"A": "pro"}), state({"n": 1})], tmp_path).returncode == 0
     sandbox.inject(0, times=1, mode="process_then_drop", path=BATCH)
     lost = run_target(config, [*people({"A": "team"}), state({"n": 2})], tmp_path)
