@@ -24,6 +24,10 @@ from target_customerio.wire import Segment, SegmentBuilder
 # A mapping process skips an event repeated among the last 20,000 it sent (the rows of one
 # order come together); the sink, which keeps every event of the run, drops any other repeat.
 RECENT_EVENTS = 20_000
+# Change detection remembers the keys it sent last (here, the last 20,000): a record whose
+# operation matches the ledger is still sent when this run already sent something else for
+# its key, which the ledger does not know yet.
+RECENT_SENT = 20_000
 
 Item = bytes | dict  # a RECORD line, whole (the direct path), or a record the SDK decoded
 # an operation to send: body, shard key, ledger entry
@@ -83,6 +87,7 @@ class StreamMapping:
         assert route is not None  # the target only maps routed streams
         # dedupe keys of the last events sent here
         self._recent: OrderedDict[int, None] = OrderedDict()
+        self._recent_sent: OrderedDict[int, int] = OrderedDict()  # key -> fingerprint sent
         context = Context(
             spec.started_at,
             spec.ledger_scope,
@@ -195,11 +200,25 @@ class StreamMapping:
         delivered = lookup(keys) if keys else None
         if not delivered:
             return set()
+        recent = self._recent_sent
         unchanged = set()
         for at, (_, _, sends) in enumerate(mapped):
             tracked = [ledger for _, _, ledger in sends if ledger is not None]
-            if tracked and all(delivered.get(key) == fingerprint for key, fingerprint in tracked):
+            if not tracked:
+                continue
+            if all(delivered.get(key) == fp and recent.get(key, fp) == fp for key, fp in tracked):
                 unchanged.add(at)
+                continue
+            # Sent while the ledger holds another fingerprint: a later record about the key that
+            # matches the ledger is not unchanged (a row changed and changed back, or deleted
+            # and inserted again, in one run). Keys the ledger does not hold need no memory: a
+            # later record finds what this one sends once it is accepted, or its doubt.
+            for key, fp in tracked:
+                if key in delivered:
+                    recent[key] = fp
+                    recent.move_to_end(key)
+            while len(recent) > RECENT_SENT:
+                recent.popitem(last=False)
         return unchanged
 
 

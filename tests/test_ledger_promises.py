@@ -295,3 +295,22 @@ def test_a_merge_whose_primary_was_refused_is_sent_again(sandbox, tmp_path):
     assert again.report["streams"][m].get("skipped_by_reason", {}).get("unchanged") is None
     merges = [r for r in sandbox.requests() if r["path"] == BATCH and r["status"] == 200]
     assert len(merges) == 1  # the second run sent identify and merge again
+
+
+def test_a_row_changed_and_changed_back_in_one_run_ends_as_the_database(sandbox, tmp_path):
+    """A log-based tap sends every change: pro -> team -> pro, or a delete and the same row
+    inserted again, in one run. The last one matches the ledger, but the run already sent
+    something else for the person, so it is not `unchanged`."""
+    config = target_config(sandbox.url, tmp_path, {C: PEOPLE | {"on_delete": "delete"}})
+    assert run_target(config, [*people({"A": "pro", "B": "pro"})], tmp_path).returncode == 0
+    deleted = record(C, {"id": "B", "plan": "pro", "_sdc_deleted_at": "2026-11-22T13:48:04Z"})
+    night = [
+        *people({"A": "team"}),
+        record(C, {"id": "A", "plan": "pro"}),
+        deleted,
+        record(C, {"id": "B", "plan": "pro"}),
+    ]
+    run = run_target(config, night, tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert sandbox.person(id="A")["attributes"] == {"plan": "pro"}
+    assert sandbox.person(id="B")["attributes"] == {"plan": "pro"}
