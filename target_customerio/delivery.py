@@ -179,7 +179,9 @@ class Delivery:
         if answer.status == 200:
             carried = self._carried[worker]
             dependent = carried or self.refused_people  # the usual case: neither
-            unrecorded = self._dependents(batch, set(), carried) if dependent else ()
+            unrecorded: set[int] | frozenset[int] = (
+                self._dependents(batch, set(), carried) if dependent else frozenset()
+            )
             self._ledger.record(batch.ledger_entries(unrecorded), mark)
             self._delivered(batch, self._sent(batch, set(), worker))
         elif answer.status == 207:

@@ -445,10 +445,15 @@ _UPSERT_JSON = (
     "ON CONFLICT(key) DO UPDATE SET fingerprint = excluded.fingerprint, at = excluded.at"
 )
 # The doubt each accepted request marked, cleared (a later request's mark stays).
+# The mark of each group read once (materialized): read per entry, the group's whole JSON text
+# would be parsed again for each of its entries.
 _CLEAR_DOUBT_JSON = (
-    "DELETE FROM doubt WHERE key IN (SELECT x.key FROM json_each(?) g, "
-    "json_each(g.value, '$[1]') e JOIN doubt x ON x.key = e.value ->> 0 "
-    "AND x.mark = g.value ->> 0 WHERE g.value ->> 0 != 0)"
+    "WITH g AS MATERIALIZED (SELECT value ->> 0 AS mark, value -> 1 AS entries "
+    "FROM json_each(?) WHERE value ->> 0 != 0), "
+    "done AS MATERIALIZED (SELECT e.value ->> 0 AS key, g.mark AS mark "
+    "FROM g, json_each(g.entries) e) "
+    "DELETE FROM doubt WHERE key IN "
+    "(SELECT x.key FROM done JOIN doubt x ON x.key = done.key AND x.mark = done.mark)"
 )
 _MARK_JSON = (
     "INSERT INTO doubt (key, mark) SELECT value, ? FROM json_each(?) WHERE true "
@@ -631,11 +636,11 @@ class PostgresLedger(_HeldWrites):
                     "at = EXCLUDED.at",
                     (at, groups),
                 )
-                cur.execute(
+                cur.execute(  # jsonb: a group's mark is read without parsing it again
                     f"DELETE FROM {t}_doubt x USING "
                     "(SELECT (grp ->> 0)::bigint AS m, (r ->> 0)::bigint AS k "
-                    "FROM json_array_elements(%s::json) AS g(grp), "
-                    "json_array_elements(grp -> 1) AS e(r)) AS done "
+                    "FROM jsonb_array_elements(%s::jsonb) AS g(grp), "
+                    "jsonb_array_elements(grp -> 1) AS e(r)) AS done "
                     "WHERE x.key = done.k AND x.mark = done.m",
                     (groups,),
                 )
