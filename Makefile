@@ -12,7 +12,7 @@ NIGHT  ?= 1
 # What the compiled wheel is built from: a change to any of these rebuilds it.
 PACKAGE_FILES := $(shell find target_customerio -type f -not -path '*/__pycache__/*' -not -name '*.so' -not -name '*.pyd' 2>/dev/null)
 
-.PHONY: setup compiled lint test test-plain test-compiled system-deps demo bench clean meltano-install meltano-link demo-again demo-stop demo-status
+.PHONY: setup compiled lint test test-plain test-compiled system-deps demo bench bench-pipe clean meltano-install meltano-link demo-again demo-stop demo-status
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -80,7 +80,7 @@ $(MELTANO):
 
 meltano-install: .meltano/.installed
 
-# `meltano` on the PATH, as the README types it: unless one is there already, a link to
+# `meltano` on the PATH, as the README and docs/meltano.md type it: unless one is there already, a link to
 # .venv-meltano's in the first of ~/.local/bin and /usr/local/bin that is on the PATH and
 # writable; else the line to add it to the PATH.
 meltano-link: $(MELTANO)
@@ -113,7 +113,7 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	  else echo "chromium missing: sudo apt-get install chromium chromium-driver (the page test will be skipped)"; fi; }
 
-# `make test`: lint, then the suite on both forms of the package (README, "Development").
+# `make test`: lint, then the suite on both forms of the package (docs/development.md).
 test: lint test-plain test-compiled
 
 # ruff (pinned in the test extra; [tool.ruff] in pyproject.toml): lint and formatting.
@@ -131,11 +131,13 @@ test-plain: setup $(MSSQL)/bin/python meltano-install system-deps
 # test-plain (about 40 s of the suite's ~225 s, keeping CI well under its budget): the Meltano
 # end-to-end runs (their target is Meltano's own editable install of the checkout, plain
 # Python), tap-mssql's and tap-postgres's own code on the sample data, the sandbox (its server
-# and its page in Chromium, not compiled), the release metadata (it asks .venv's target) and the
-# demo. Measured with --durations=30; test_properties and test_mssql_target stay (they run the
-# target, and map in the test process).
+# and its page in Chromium, not compiled), the release metadata (it asks .venv's target), the
+# demo, the README's install section (a Meltano project of its own, the target installed from the
+# checkout) and the docs' shell blocks. Measured with --durations=30; test_properties and
+# test_mssql_target stay (they run the target, and map in the test process).
 COMPILED_SKIP := tests/test_meltano_e2e.py tests/test_mssql_tap.py tests/test_sample_data.py \
-                 $(wildcard tests/test_sandbox*.py) tests/test_release.py tests/test_demo_ports.py
+                 $(wildcard tests/test_sandbox*.py) tests/test_release.py tests/test_demo_ports.py \
+                 tests/test_readme_install.py tests/test_docs.py
 test-compiled: compiled $(MSSQL)/bin/python
 	TEST_TARGET_CUSTOMERIO_INSTALLED=1 $(CBIN)/python -m pytest -q $(addprefix --ignore=,$(COMPILED_SKIP))
 
@@ -145,5 +147,11 @@ clean:
 
 # Throughput figures (not a test): `make bench`, or `make bench ARGS="--records 1000000"`. Of the
 # compiled form, as users of the wheels run it (.venv-compiled).
+# Then the pipe bench: tap-postgres | target-customerio against tap-postgres | no-op, over an
+# embedded PostgreSQL (bench/pipe.py; `make bench-pipe PIPE_ARGS="--customers 200000"`).
 bench: compiled
 	$(CBIN)/python bench/bench.py $(ARGS)
+	$(CBIN)/python bench/pipe.py $(PIPE_ARGS)
+
+bench-pipe: compiled
+	$(CBIN)/python bench/pipe.py $(PIPE_ARGS)

@@ -10,6 +10,7 @@ it measures the checkout's plain-Python sources. The form measured is printed wi
     .venv-compiled/bin/python bench/bench.py --rate-limit 0     # skip the rate-limited scenario
     .venv-compiled/bin/python bench/bench.py --no-ledger        # change_detection off
     .venv-compiled/bin/python bench/bench.py --repeat 5         # rounds per scenario (default 3)
+    .venv-compiled/bin/python bench/bench.py --mapping-workers 1  # the target's setting
 
 What it does:
 
@@ -556,8 +557,13 @@ def main(argv: list[str] | None = None) -> None:
         default=3,
         help="interleaved rounds of each throughput scenario; the median is shown (default 3)",
     )
+    parser.add_argument(
+        "--mapping-workers", type=int, help="target-customerio's mapping_workers (default: its own)"
+    )
     args = parser.parse_args(argv)
-    settings = {"change_detection": False} if args.no_ledger else {}
+    settings: dict[str, Any] = {"change_detection": False} if args.no_ledger else {}
+    if args.mapping_workers is not None:
+        settings["mapping_workers"] = args.mapping_workers
 
     form = target_form()
     print(f"target-customerio: {form}", file=sys.stderr)

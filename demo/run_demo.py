@@ -51,6 +51,7 @@ SANDBOX_LOG = DEMO_DIR / "sandbox.log"
 SITE_ID, API_KEY = "sandbox-site", "sandbox-key"  # meltano.yml, environment `demo`
 APP_API_KEY = "sandbox-app-key"  # meltano.yml, environment `demo`: TARGET_CUSTOMERIO_APP_API_KEY
 SEGMENTS_FILE = ROOT / "demo" / "segments.json"  # the canary and guardrail segments
+CAMPAIGNS_FILE = ROOT / "demo" / "campaigns.json"  # the live campaigns a sync can start
 REPORT = OUTPUT / "report.json"
 REJECTS = OUTPUT / "rejects.jsonl"
 MELTANO_LOG = OUTPUT / "meltano-demo.log"
@@ -176,6 +177,8 @@ def start_sandbox() -> None:
         APP_API_KEY,
         "--segments",
         str(SEGMENTS_FILE),
+        "--campaigns",
+        str(CAMPAIGNS_FILE),
     ]
     with open(SANDBOX_LOG, "ab") as log:
         proc = subprocess.Popen(
@@ -249,6 +252,21 @@ def define_segments() -> list[dict]:
         if current:
             _send("DELETE", f"/_sandbox/segments/{segment['id']}")
         _send("POST", "/_sandbox/segments", segment)
+    return wanted
+
+
+def define_campaigns() -> list[dict]:
+    """The campaigns of demo/campaigns.json, defined in the sandbox (the --campaigns file does it
+    at start; this redefines them in a sandbox that was already running, if they differ)."""
+    wanted = json.loads(CAMPAIGNS_FILE.read_text())
+    have = {c["id"]: c for c in _get_json("/_sandbox/campaigns") or []}
+    for campaign in wanted:
+        current = have.get(campaign["id"])
+        if current and all(current.get(k) == v for k, v in campaign.items()):
+            continue
+        if current:
+            _send("DELETE", f"/_sandbox/campaigns/{campaign['id']}")
+        _send("POST", "/_sandbox/campaigns", campaign)
     return wanted
 
 
@@ -501,6 +519,40 @@ def vip_state() -> tuple[dict[str, Any], set[str]]:
     return holders, {m["id"] for m in segment.get("members", [])}
 
 
+def campaign_lines(report: dict[str, Any], entries: dict[int, int]) -> list[str]:
+    """The report's `campaigns` section, a line per running campaign the sync could start: its
+    people (an upper bound), the older events that cannot start it (too old to trigger, and
+    those the route's max_age kept back: stale), and who the sandbox's simulator let in."""
+    section = report.get("campaigns")
+    if section is None:
+        return ["  (not read: the sync has no app_api_key)"]
+    streams = report.get("streams", {})
+    lines = []
+    for campaign in section["campaigns"]:
+        event = campaign["trigger"].get("event_name")
+        if event is None:
+            continue
+        stream = streams.get(f"public-{event}_events", {})  # the demo's view of each event
+        stale = stream.get("skipped_by_reason", {}).get("stale", 0)  # rows past max_age
+        lines.append(
+            f"  {event} can start {campaign['name']} (running) for {campaign['people']} people "
+            f"({campaign['events']} events; the sandbox has let in "
+            f"{entries.get(campaign['id'], 0)} in all); "
+            f"{campaign['too_old_to_trigger'] + stale} older rows cannot (max_age 3d)"
+        )
+    return lines
+
+
+def print_campaigns(night: int) -> None:
+    """What the sync could start in the live campaigns, and what the sandbox's simulator let in:
+    a re-sent night enters nobody twice (the event ids are deterministic)."""
+    report = json.loads(REPORT.read_text()) if REPORT.exists() else {}
+    entries = {c["id"]: c["entries"] for c in _get_json("/_sandbox/campaigns") or []}
+    say(f"\nLive campaigns (night {night}, the report's `campaigns` section; upper bounds):")
+    for line in campaign_lines(report, entries):
+        say(line)
+
+
 def _mirror_line(stream: str, section: dict[str, Any]) -> str:
     """One line of the report's `mirror` section for a route."""
     said = [f"{section.get('members', 0)} in the view", f"{section.get('left', 0)} left"]
@@ -600,6 +652,7 @@ def cmd_run() -> int:
     )
     reset_sandbox()
     define_segments()
+    define_campaigns()
     for ledger in DEMO_DIR.glob("ledger.sqlite*"):  # the target's change-detection ledger
         ledger.unlink()
     for state_id in (STATE_ID, CHECKS_STATE_ID):
@@ -611,6 +664,7 @@ def cmd_run() -> int:
     elapsed = meltano_run()
     NIGHT_FILE.write_text("1\n")
     print_summary(elapsed, night=1)
+    print_campaigns(night=1)
     print_vips(night=1)
     code = run_checks(night=1)
     say(
@@ -690,6 +744,7 @@ def cmd_again(broken: bool = False, requested: int | None = None) -> int:
     elapsed = meltano_run()
     NIGHT_FILE.write_text(f"{night}\n")
     print_summary(elapsed, night=night)
+    print_campaigns(night)
     print_vips(night, before=vips_before)
     say(
         "\nOnly rows at or after each bookmark were read (tap-postgres re-reads the row *on* the "

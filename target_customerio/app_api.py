@@ -1,6 +1,6 @@
-"""The App API (bearer `app_api_key`): segment names and counts, for reconcile checks; which
-people exist (before a mirror route's exits) and a segment's members (a segment route's
-read-back when its ledger knows nobody)."""
+"""The App API (bearer `app_api_key`): segment names and counts, for reconcile checks; the
+campaigns and what triggers them (campaigns.py); which people exist (before a mirror route's
+exits) and a segment's members (a segment route's read-back when its ledger knows nobody)."""
 
 from __future__ import annotations
 
@@ -96,6 +96,16 @@ class AppClient(ApiClient):
                 return members
         raise DeliveryError(f"the App API's membership of segment {segment_id} never ended")
 
+    def campaigns(self) -> list[Any]:
+        """Every campaign of the workspace, as `GET /v1/campaigns` lists them."""
+        data = self._get("/v1/campaigns", "campaigns")
+        campaigns = (data or {}).get("campaigns")
+        if not isinstance(campaigns, list):
+            raise DeliveryError(
+                f"the App API answered no list of campaigns at {self.base_url}/v1/campaigns"
+            )
+        return campaigns
+
     def _get(self, path: str, what: str) -> dict[str, Any] | None:
         return self._call("GET", path, None, what)
 
@@ -111,7 +121,8 @@ class AppClient(ApiClient):
         if answer.status in (401, 403):
             raise CredentialsError(
                 f"the App API refused app_api_key (HTTP {answer.status}): check the setting "
-                "(Customer.io > Settings > API Credentials > App API Keys)"
+                "(Customer.io > Settings > API Credentials > App API Keys)",
+                cause="app_api_key refused",
             )
         if answer.status == 404:
             return None

@@ -55,11 +55,12 @@ def config_input(cls: type[TargetCustomerIO], paths: tuple[str, ...]) -> t.Any:
 
 def run(cls: type[TargetCustomerIO], config: t.Any, file_input: t.IO[str] | None) -> None:
     """Start, check the credentials, read the input and finish; every failure one line on stderr
-    and its exit code (README, "Exit codes")."""
+    and its exit code (docs/guarantees.md, "Exit codes")."""
     target = None
     try:
         target = cls(config=config.config, validate_config=True, parse_env_config=config.parse_env)
         target.check_credentials()
+        target.read_campaigns()
         target.listen(file_input)
     except Terminated as exc:
         stop(cls, target, exc, drain=True)
@@ -97,6 +98,6 @@ def stop(
     message = str(error)
     cls.logger.error("%s: %s", type(error).__name__, message)
     if target is not None:
-        target.finish("failed", message)
+        target.finish("failed", message, error.cause)
     logging.shutdown()
     sys.exit(error.exit_code)

@@ -382,6 +382,18 @@ class DryRun:
     def interrupt(self) -> None:
         return None
 
+    def close(self) -> None:
+        """At the end of the run: the file is written whole and closed (left to the garbage
+        collector, it was a ResourceWarning at the end of every dry run). Raises TargetError."""
+        if self._out.closed:
+            return
+        try:
+            self._out.close()
+        except OSError as exc:
+            raise TargetError(
+                f"cannot write dry_run_file {self._path}: {exc.strerror or exc}"
+            ) from None
+
 
 def make_delivery(
     settings: Settings, api_key: str, report: RunReport, ledger: Ledger, logger: logging.Logger

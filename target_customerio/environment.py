@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from target_customerio.errors import ConfigError
@@ -27,13 +28,10 @@ _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 
 def env_config(environ: dict[str, str], schema: dict[str, Any]) -> dict[str, Any]:
     """`--config ENV`: the TARGET_CUSTOMERIO_<NAME> variables of the environment and of a
-    `.env` file in the working directory (the environment wins), each read strictly as its
-    setting's type: `maybe` is not a boolean, `10` is a number. A variable that names no setting
-    is a typo. Raises ConfigError."""
-    from dotenv import dotenv_values, find_dotenv
-
-    dotenv = {k: v for k, v in dotenv_values(find_dotenv(usecwd=True)).items() if v is not None}
-    values = {**dotenv, **environ}
+    `.env` file in the working directory, never a parent's (the environment wins), each read
+    strictly as its setting's type: `maybe` is not a boolean, `10` is a number. A variable that
+    names no setting is a typo. Raises ConfigError."""
+    values = {**dotenv_here(), **environ}
     check_env(values)
     config: dict[str, Any] = {}
     for name, spec in schema.get("properties", {}).items():
@@ -41,6 +39,80 @@ def env_config(environ: dict[str, str], schema: dict[str, Any]) -> dict[str, Any
         if var in values:
             config[name] = _from_env(var, values[var], spec, name in SENSITIVE_SETTINGS)
     return config
+
+
+def dotenv_here() -> dict[str, str]:
+    """The `.env` file of the working directory only: one in a parent directory belongs to
+    another project (it once turned a run into a dry run)."""
+    from dotenv import dotenv_values
+
+    path = Path.cwd() / ".env"
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def check_env_reached(
+    environ: dict[str, str], config: dict[str, Any], schema: dict[str, Any]
+) -> None:
+    """Settings from a file (`--config FILE`, as Meltano passes them): a TARGET_CUSTOMERIO_<NAME>
+    variable whose value the file does not hold never reached the target. Meltano passes only
+    the settings a plugin declares, so `TARGET_CUSTOMERIO_DRY_RUN=true` on an undeclared setting
+    would send for real: that is a ConfigError naming the variable and the fix. Values are never
+    quoted (they may be secrets)."""
+    check_env(environ)
+    properties = schema.get("properties", {})
+    for var, text in environ.items():
+        name = var[len(ENV_PREFIX) :].lower() if var.startswith(ENV_PREFIX) else ""
+        if name not in properties or _agrees(text, name, config, properties[name]):
+            continue
+        how = "holds another value" if name in config else "does not hold it"
+        raise ConfigError(
+            f"environment variable {var} is set, but the configuration the target was given "
+            f"{how}: declare `{name}` in the loader's settings (meltano.yml, or install it from "
+            f"hub/loaders/target-customerio.yml) or set it in --config, or unset {var}"
+        )
+
+
+def _agrees(text: str, name: str, config: dict[str, Any], spec: dict[str, Any]) -> bool:
+    """Whether a variable's text means the value the configuration holds (Meltano writes a value
+    as JSON, or a string as it is), or, when the configuration holds none, the default."""
+    if name not in config or config[name] is None:
+        return not text.strip() or _means(text, spec.get("default"))
+    return _means(text, config[name])
+
+
+def _means(text: str, value: Any) -> bool:
+    if isinstance(value, str):
+        return text == value
+    if isinstance(value, bool):
+        return text.strip().lower() in (_TRUE if value else _FALSE)
+    if isinstance(value, int | float):
+        try:
+            return float(text) == value
+        except ValueError:
+            return False
+    if value is None:
+        return False
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):
+        return text == str(value)
+    # Meltano exports an object setting with its nested keys flattened ("route.kind": "person").
+    return parsed in (value, _flattened(value)) or text == str(value)
+
+
+def _flattened(value: Any, prefix: str = "") -> Any:
+    if not isinstance(value, dict) or (prefix and not value):
+        return value
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        nested = _flattened(item, f"{prefix}{key}.")
+        if isinstance(item, dict) and item:
+            flat.update(nested)
+        else:
+            flat[f"{prefix}{key}"] = item
+    return flat
 
 
 def _from_env(var: str, text: str, spec: dict[str, Any], secret: bool) -> Any:

@@ -10,27 +10,37 @@ from collections.abc import Iterable
 
 
 class TargetError(Exception):
-    """A fatal, explained failure of the run."""
+    """A fatal, explained failure of the run. `cause` names it in a few words in the run's
+    last line (`target-customerio failed (api_key refused): ...`), the one Meltano shows."""
 
     exit_code = 1
+    cause = "error"
+
+    def __init__(self, message: str = "", *, cause: str | None = None) -> None:
+        super().__init__(message)
+        if cause:
+            self.cause = cause
 
 
 class ConfigError(TargetError):
     """A setting or route is wrong; nothing was sent."""
 
     exit_code = 2
+    cause = "configuration"
 
 
 class CredentialsError(TargetError):
     """Customer.io refused the credentials, or the workspace is in another region."""
 
     exit_code = 3
+    cause = "credentials refused"
 
 
 class DeliveryError(TargetError):
     """Customer.io could not be reached or refused a request after all retries."""
 
     exit_code = 4
+    cause = "delivery failed"
     tries = 0  # the tries a batch that was given up on took (0: not a batch's)
 
 
@@ -38,18 +48,21 @@ class InputError(TargetError):
     """The Singer stream itself is malformed."""
 
     exit_code = 5
+    cause = "bad input"
 
 
 class ContractError(TargetError):
     """A record broke its contract and the route says to fail."""
 
     exit_code = 6
+    cause = "contract violated"
 
 
 class DriftError(TargetError):
     """Customer.io disagrees with the database: a segment count outside its tolerance."""
 
     exit_code = 7
+    cause = "drift"
 
 
 class ExitGuardError(TargetError):
@@ -57,12 +70,22 @@ class ExitGuardError(TargetError):
     knows in one run: nobody left its view; everything else was delivered."""
 
     exit_code = 8
+    cause = "max_exit_ratio"
+
+
+class CampaignGuardError(TargetError):
+    """The run's events would start a live campaign for more people than
+    `max_campaign_entries`: it stopped before the first event past the limit; what was
+    delivered before it stays, and no STATE after it was written."""
+
+    exit_code = 10
 
 
 class Terminated(TargetError):
     """SIGTERM or SIGINT: drained what could be drained, then stopped."""
 
     exit_code = 143
+    cause = "stopped by signal"
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

@@ -12,20 +12,24 @@ costs a full re-send, never a missed update.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-import sqlite3
 import threading
 import time
+import typing as t
 from collections.abc import Collection, Iterable
-from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 from xxhash import xxh3_64_intdigest
 
-from target_customerio.errors import ConfigError, TargetError
+from target_customerio import ledger_db
+from target_customerio.errors import TargetError
 from target_customerio.redaction import shown
 from target_customerio.settings import Settings
+
+if t.TYPE_CHECKING:
+    from target_customerio.report import RunReport
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS delivered "
@@ -111,23 +115,26 @@ class Ledger(Protocol):
     ) -> None: ...
 
 
-def open_ledger(settings: Settings) -> Ledger:
-    """The ledger the settings ask for; a ConfigError when it cannot be opened."""
+def open_ledger(settings: Settings, report: RunReport | None = None) -> Ledger:
+    """The ledger the settings ask for, every failure of it one line (ledger_db.py): opening it
+    raises a ConfigError, or a LedgerError when another process holds it locked; the target's
+    `report` is written first (the run stops before reading anything)."""
     if not settings.change_detection:
         return NoLedger()
+    wait, resend = settings.ledger_lock_timeout, settings.full_resend
     try:
+        ledger: Ledger
         if settings.ledger_url:
-            return PostgresLedger(settings.ledger_url, full_resend=settings.full_resend)
-        return SqliteLedger(settings.ledger_path, full_resend=settings.full_resend)
-    except Exception as exc:  # noqa: BLE001 - any reason the ledger cannot open is a config error
-        where = "ledger_url" if settings.ledger_url else f"ledger_path {settings.ledger_path!r}"
-        reason = shown((str(exc).splitlines() or [""])[0])
-        # the driver quotes the DSN, secret and all
-        if settings.ledger_url and "dsn" in reason.lower():
-            reason = "not a valid Postgres URL or DSN"
-        raise ConfigError(
-            f"cannot open the ledger ({where}): {type(exc).__name__}: {reason}"
-        ) from None
+            ledger = PostgresLedger(settings.ledger_url, full_resend=resend, lock_timeout=wait)
+        else:
+            ledger = SqliteLedger(settings.ledger_path, full_resend=resend, lock_timeout=wait)
+    except Exception as exc:  # noqa: BLE001 - any reason the ledger cannot open: one line
+        failure = ledger_db.open_failure(exc, settings)
+        if report is not None:
+            with contextlib.suppress(TargetError):  # its own failure is not the one to tell
+                report.close("failed", str(failure))
+        raise failure from None
+    return t.cast(Ledger, ledger_db.GuardedLedger(ledger, settings))
 
 
 class NoLedger:
@@ -313,13 +320,9 @@ class SqliteLedger(_HeldWrites):
     """A local SQLite file: the target writes, its mapping process looks up (each with a
     connection of its own; in WAL mode a lookup never waits for a write)."""
 
-    def __init__(self, path: str, *, full_resend: bool = False) -> None:
+    def __init__(self, path: str, *, full_resend: bool = False, lock_timeout: float = 30) -> None:
         super().__init__()
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = ledger_db.connect_sqlite(path, lock_timeout)
         self._db.execute(_SCHEMA)
         self._db.execute(_RUNS)
         self._db.execute(_MIRROR)
@@ -465,47 +468,38 @@ class PostgresLedger(_HeldWrites):
     """For ephemeral runners: the ledger in a Postgres table."""
 
     def __init__(
-        self, dsn: str, *, table: str = "target_customerio_ledger", full_resend: bool = False
+        self,
+        dsn: str,
+        *,
+        table: str = "target_customerio_ledger",
+        full_resend: bool = False,
+        lock_timeout: float = 30,
     ) -> None:
         super().__init__()
-        try:
-            import psycopg2  # noqa: PLC0415  (optional dependency: pip install target-customerio[postgres])
-        except ImportError:
-            raise RuntimeError(
-                "ledger_url needs psycopg2: pip install 'target-customerio[postgres]'"
-            ) from None
         if not table.replace("_", "").isalnum():
             raise ValueError(f"ledger table name {table!r} must be letters, digits and _")
         self._table = table
-        self._pg = psycopg2.connect(dsn)
-        self._pg.autocommit = True
+        self._pg = ledger_db.connect_postgres(dsn, lock_timeout)
         self._full_resend = full_resend
-        with self._pg.cursor() as cur:
-            cur.execute(
+        ledger_db.create_postgres_tables(
+            self._pg,
+            table,
+            [
                 f"CREATE TABLE IF NOT EXISTS {table} "
-                "(key BIGINT PRIMARY KEY, fingerprint BIGINT NOT NULL, at BIGINT NOT NULL)"
-            )
-            cur.execute(
+                "(key BIGINT PRIMARY KEY, fingerprint BIGINT NOT NULL, at BIGINT NOT NULL)",
                 f"CREATE TABLE IF NOT EXISTS {table}_runs "
                 "(id BIGSERIAL PRIMARY KEY, scope TEXT NOT NULL, "
-                "at BIGINT NOT NULL, counts TEXT NOT NULL)"
-            )
-            cur.execute(
+                "at BIGINT NOT NULL, counts TEXT NOT NULL)",
                 f"CREATE TABLE IF NOT EXISTS {table}_mirror (key BIGINT PRIMARY KEY, "
                 "scope BIGINT NOT NULL, fingerprint BIGINT NOT NULL, member TEXT NOT NULL, "
-                "at BIGINT NOT NULL)"
-            )
-            cur.execute(
-                f"CREATE INDEX IF NOT EXISTS {table}_mirror_scope ON {table}_mirror (scope)"
-            )
-            cur.execute(
+                "at BIGINT NOT NULL)",
+                f"CREATE INDEX IF NOT EXISTS {table}_mirror_scope ON {table}_mirror (scope)",
                 f"CREATE TABLE IF NOT EXISTS {table}_doubt "
-                "(key BIGINT PRIMARY KEY, mark BIGINT NOT NULL)"
-            )
-            cur.execute(
+                "(key BIGINT PRIMARY KEY, mark BIGINT NOT NULL)",
                 f"CREATE TABLE IF NOT EXISTS {table}_gone "
-                "(key BIGINT PRIMARY KEY, at BIGINT NOT NULL)"
-            )
+                "(key BIGINT PRIMARY KEY, at BIGINT NOT NULL)",
+            ],
+        )
 
     def fingerprints(self, keys: Collection[int]) -> dict[int, int]:
         return {} if self._full_resend or not keys else self.accepted(keys)

@@ -7,9 +7,9 @@ skipped. Chunks go to the processes in turn and their answers are taken in the o
 were sent, so the sink packs every record in the order it came, handling a few objects per
 chunk rather than several per record.
 
-An event seen twice in a run is sent once: each process skips the repeats among the events it
-sent last, and the sink drops any other (see `CustomerIOSink._account`). What a process learns
-(columns, event names) every process learns the same way.
+An event seen twice in a run is sent once: a process does not build again a row of an event it
+built moments ago, and the target decides for every event row, run-wide (run_events.py). What
+a process learns (columns, event names) every process learns the same way.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from collections import deque
 from singer_sdk.exceptions import MissingKeyPropertiesError
 
 from target_customerio.errors import ConfigError, InputError, TargetError
+from target_customerio.ledger_db import LedgerError
 from target_customerio.settings import Settings
 from target_customerio.stream_mapping import InlineMapping, Item, OnMapped, StreamSpec
 
@@ -149,6 +150,7 @@ _FAILURES: dict[str, type[Exception]] = {
     "input": InputError,
     "config": ConfigError,
     "key": MissingKeyPropertiesError,
+    "ledger": LedgerError,
 }
 
 

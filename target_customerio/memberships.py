@@ -69,13 +69,16 @@ class TrackSegments:
 class DryRunSegments:
     """Writes each would-be request to the dry-run file, one line each."""
 
-    def __init__(self, write: Callable[[bytes], None]) -> None:
-        self._write = write
+    def __init__(self, write: Callable[[bytes], None], flush: Callable[[], None]) -> None:
+        self._write, self._flush = write, flush
 
     def change(self, segment_id: int, id_type: str, ids: list[str], add: bool) -> Answered:
         action = "add_customers" if add else "remove_customers"
         line = {"type": "segment", "action": action, "segment_id": segment_id}
         self._write(orjson.dumps({**line, "id_type": id_type, "ids": ids}))
+        # on disk now: a mirror's removals come after the run's last flush, and a buffer left
+        # to the interpreter's exit may never be written
+        self._flush()
         return Answered(200, "", 0, 0)
 
 
@@ -99,6 +102,9 @@ class Memberships:
         self._report, self._logger = report, logger
         self._lock = threading.Lock()
         self._pending: dict[str, dict[int, Pending]] = {}  # stream -> key -> membership
+        # (segment id, id type, ids) of each accepted add: campaigns.py counts the people a
+        # segment-triggered campaign can start
+        self.on_added: Callable[[int, str, list[str]], None] | None = None
 
     def submit(self, shard: int, batch: Batch) -> None:
         """A batch of memberships, held until `send`. The same membership twice before it is
@@ -172,6 +178,8 @@ class Memberships:
         if tries:
             self._report.request(stream, size, tries, len(entries))
         if status == 200:
+            if self.on_added is not None:
+                self.on_added(segment, kind, [e.value for e in entries])
             if ledger is not None:
                 ledger.record([(key, 0) for key in keys], mark)
             self._report.delivered(stream, len(entries))
@@ -238,5 +246,5 @@ def segment_requests(delivery: Any) -> SegmentRequests:
     from target_customerio.delivery import DryRun
 
     if isinstance(delivery, DryRun):
-        return DryRunSegments(delivery.write)
+        return DryRunSegments(delivery.write, delivery.wait)
     return TrackSegments(delivery.client)

@@ -59,7 +59,16 @@ def lenient_decode(line: str | bytes) -> t.Any:
     RecursionError when even this cannot read it.
     """
     text = line.decode("utf-8", errors="surrogateescape") if isinstance(line, bytes) else line
-    return json.loads(text, parse_float=Decimal, parse_constant=Decimal)
+    return json.loads(text, parse_float=Decimal, parse_constant=Decimal, parse_int=_integer)
+
+
+def _integer(digits: str) -> int | Decimal:
+    """An integer, or past Python's limit on converting digits (4300 of them) a Decimal: a
+    value the mapper rejects with its record, not a line that ends the run."""
+    try:
+        return int(digits)
+    except ValueError:
+        return Decimal(digits)
 
 
 def _decode_any(data: str | bytes) -> tuple[t.Any, bool]:

@@ -32,6 +32,8 @@ _SECRET_NAME = re.compile(
 )
 # `scheme://user:password@host`: the userinfo, whatever the scheme (a mistyped `htps://` too).
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/@\s'\"]+)@")
+# `user:password@host` after anything else (`http//user:pw@host`, a URL that does not parse).
+_LOGIN = re.compile(r"(?P<user>[^\s/@'\":]+):(?P<password>[^\s/@'\"]+)@")
 # `Authorization: Basic ...` (a server echoing the request's headers back).
 _AUTH_HEADER = re.compile(
     r"(?P<name>authorization['\"]?\s*[:=]\s*['\"]?(?:basic|bearer|token)?\s*)[^\s'\",;}]+",
@@ -105,6 +107,7 @@ class Redactor:
             text = pattern.sub(MASK, text)
         if "@" in text:
             text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+            text = _LOGIN.sub(lambda m: f"{m['user']}:{MASK}@", text)
         if "uthorization" in text or "UTHORIZATION" in text:
             text = _AUTH_HEADER.sub(lambda m: f"{m['name']}{MASK}", text)
         if "=" in text or ":" in text:
@@ -127,8 +130,12 @@ class Redactor:
             value = json.loads(data.decode("utf-8", "surrogateescape"))
         except ValueError:
             return self.redact_bytes(data)
-        text = json.dumps(self._masked(value), ensure_ascii=False, indent=indent)
-        return text.encode("utf-8", "surrogateescape") + (b"\n" if data.endswith(b"\n") else b"")
+        masked = self._masked(value)
+        try:
+            out = json.dumps(masked, ensure_ascii=False, indent=indent).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: escaped, so the line stays UTF-8 JSON
+            out = json.dumps(masked, ensure_ascii=True, indent=indent).encode()
+        return out + (b"\n" if data.endswith(b"\n") else b"")
 
     def _masked(self, value: Any) -> Any:
         if isinstance(value, str):

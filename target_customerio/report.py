@@ -9,6 +9,7 @@ import os
 import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,6 +31,7 @@ class StreamTally:
     rejected: Counter = field(default_factory=Counter)
     skipped: Counter = field(default_factory=Counter)
     violated_rules: Counter = field(default_factory=Counter)
+    duplicate_of: Counter = field(default_factory=Counter)  # other stream -> its events repeated
     retried: int = 0
     requests: int = 0
     bytes: int = 0
@@ -50,6 +52,7 @@ class StreamTally:
             "rejected_by_reason": dict(self.rejected),
             "skipped": sum(self.skipped.values()),
             "skipped_by_reason": dict(self.skipped),
+            **({"duplicate_of": dict(self.duplicate_of)} if self.duplicate_of else {}),
             "contract_rules_violated": dict(self.violated_rules),
             "retried": self.retried,
             "requests": self.requests,
@@ -95,8 +98,10 @@ class RunReport:
         self.taken_from_sdk = 0  # records the SDK's handling handed to a sink (stream maps, ...)
         self.reconciliation: list[dict[str, Any]] | None = None  # reconcile checks, once run
         self.volume: dict[str, dict[str, Any]] | None = None  # max_volume_change checks
+        self.campaigns: dict[str, Any] | None = None  # campaigns this run can start
         self._mirror: dict[str, dict[str, Any]] = {}  # mirror routes, per stream (mirror.py)
         self._exits_logged = 0
+        self.idle_routes: list[str] = []  # routes that received no record (the target's)
         self.retried_requests = 0
         self.bytes = 0
 
@@ -137,7 +142,7 @@ class RunReport:
                 option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS,
             )
         except orjson.JSONEncodeError:  # lone surrogates, huge ints: keep the record, escaped
-            line = (json.dumps(entry, default=str, ensure_ascii=True) + "\n").encode()
+            line = _escaped_line(entry)
         line = REDACTOR.redact_json(line)
         with self._lock:
             tally = self._streams.setdefault(stream, StreamTally())
@@ -186,6 +191,14 @@ class RunReport:
     def skip(self, stream: str, reason: str, count: int = 1) -> None:
         with self._lock:
             self._streams.setdefault(stream, StreamTally()).skipped[reason] += count
+
+    def duplicates(self, stream: str, of: Counter[str]) -> None:
+        """Rows of events already in this run, by the stream that had them first: skipped as
+        `duplicate`; those of another stream are listed under `duplicate_of`."""
+        with self._lock:
+            tally = self._streams.setdefault(stream, StreamTally())
+            tally.skipped["duplicate"] += sum(of.values())
+            tally.duplicate_of.update({other: n for other, n in of.items() if other != stream})
 
     def delivered(self, stream: str, sent: int) -> None:
         with self._lock:
@@ -274,9 +287,12 @@ class RunReport:
             )
         return {k: out[k] for k in ("received", "sent", "rejected", "skipped")}
 
-    def summary(self, status: str) -> str:
+    def summary(self, status: str, cause: str | None = None) -> str:
+        """The run's last line: `target-customerio failed (api_key refused): 2 stream(s), ...`
+        (the cause in a few words, since it is the line Meltano shows last)."""
         t = self.totals()
         sent = "would send" if self._dry_run else "sent"
+        status = f"{status} ({cause})" if cause else status
         return (
             f"target-customerio {status}: {len(self._streams)} stream(s), "
             f"{t['received']} received, "
@@ -331,11 +347,14 @@ class RunReport:
             },
             "streams": {name: tally.as_dict() for name, tally in sorted(self._streams.items())},
             "near_duplicate_event_names": self.near_duplicate_event_names(),
+            "routes_received_nothing": self.idle_routes,
         }
         if self.reconciliation is not None:
             report["reconciliation"] = self.reconciliation
         if self.volume is not None:
             report["volume"] = self.volume
+        if self.campaigns is not None:
+            report["campaigns"] = self.campaigns
         mirror = self.mirror_sections()
         if mirror:
             report["mirror"] = dict(sorted(mirror.items()))
@@ -347,6 +366,26 @@ class RunReport:
             raise TargetError(
                 f"cannot write report_file {self._report_path}: {exc.strerror or exc}"
             ) from None
+
+
+def _escaped_line(entry: dict[str, Any]) -> bytes:
+    """A reject line for a record orjson cannot encode: lone surrogates escaped, and integers
+    past Python's limit on printing digits written out as decimals."""
+    try:
+        return (json.dumps(entry, default=str, ensure_ascii=True) + "\n").encode()
+    except ValueError:
+        entry = {**entry, "record": _printable(entry["record"])}
+        return (json.dumps(entry, default=str, ensure_ascii=True) + "\n").encode()
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _printable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Decimal(value)  # printed by default=str, which has no limit on digits
+    return value
 
 
 def _ends_mid_line(path: Path) -> bool:

@@ -51,6 +51,18 @@ def max_exit_ratio_option(where: str, value: Any) -> float:
     return float(value)
 
 
+def max_campaign_entries_option(where: str, value: Any) -> int | None:
+    """The most people one run may start a live campaign for (campaigns.py); None: no limit."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(
+            f"{where}: a number of people, 0 or more (25: the run stops before the first event "
+            "that would start a running campaign for a 26th person)"
+        )
+    return value
+
+
 class KindOptions:
     """A kind's own route options (each kind module defines its class): the columns they
     name, for the check against the SCHEMA, and those that identify rather than describe."""
@@ -155,6 +167,41 @@ def _suggestion(column: str, declared: list[str]) -> str:
         return f" (did you mean {close[0]!r}?)"
     listed = ", ".join(declared[:12]) + (", …" if len(declared) > 12 else "")
     return f" (its columns: {listed})"
+
+
+def near_miss(stream: str, routes: list[str]) -> str | None:
+    """The route name that nearly names `stream`: one holds the other (`members`,
+    `shop-members`), or a few typing mistakes apart (`public-order`, `public-orders`); None
+    when none is. Streams of one tap share a prefix (`public-`), so a plain similarity ratio
+    would call `public-secrets` a near miss of `public-customers`: edits are counted instead."""
+    folded = stream.casefold()
+    best: tuple[int, str] | None = None
+    for route in routes:
+        name = route.casefold()
+        if len(name) >= 4 and len(folded) >= 4 and (name in folded or folded in name):
+            return route
+        allowed = min(3, max(1, min(len(name), len(folded)) // 6))
+        distance = _edits(folded, name, allowed)
+        if distance <= allowed and (best is None or distance < best[0]):
+            best = (distance, route)
+    return best[1] if best else None
+
+
+def _edits(a: str, b: str, limit: int) -> int:
+    """Levenshtein distance, or limit + 1 once it is known to be larger."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    previous = list(range(len(b) + 1))
+    for i, char in enumerate(a, 1):
+        current = [i]
+        for j, other in enumerate(b, 1):
+            current.append(
+                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char != other))
+            )
+        if min(current) > limit:
+            return limit + 1
+        previous = current
+    return previous[-1]
 
 
 class Routes:

@@ -41,8 +41,9 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "secret": True,
             "writeOnly": True,
             "description": "App API key (bearer), for reconcile routes: segment counts are read "
-            "from the App API. Secret: never logged. Required when a reconcile "
-            "route's stream arrives (unless dry_run).",
+            "from the App API; with it, the campaigns an event or segment route can start are "
+            "read at start-up and counted. Secret: never logged. Required when a reconcile "
+            "route's stream arrives (unless dry_run), or with max_campaign_entries.",
         },
         "app_api_url": {
             "type": "string",
@@ -141,6 +142,14 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "ledger_path (ephemeral runners). Secret. Needs "
             "target-customerio[postgres]. Unset: the SQLite ledger.",
         },
+        "ledger_lock_timeout": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 3600,
+            "default": 30,
+            "description": "Seconds to wait for a ledger another process holds locked (a "
+            "SQLite file in use, a lock in the Postgres ledger) before the run stops (exit 1).",
+        },
         "full_resend": {
             "type": "boolean",
             "default": False,
@@ -154,6 +163,14 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "description": "Fail the run when a stream's rejected/received ratio passes this "
             "(0..1; checked from 100 records on, and before each STATE). "
             "Unset: no limit.",
+        },
+        "max_campaign_entries": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "The most people one run may start a running Customer.io campaign "
+            "for (needs app_api_key): the run stops before the first event past it, exit 10 "
+            "(an event route's max_campaign_entries overrides it). Unset: no limit; the "
+            "report's campaigns section still counts them.",
         },
         "delivery_workers": {
             "type": "integer",

@@ -15,7 +15,7 @@ import jsonschema_rs
 
 from target_customerio.errors import ConfigError, did_you_mean
 from target_customerio.redaction import SENSITIVE_SETTINGS, shown
-from target_customerio.routes import Routes
+from target_customerio.routes import Routes, max_campaign_entries_option
 from target_customerio.setting_schema import CONFIG_SCHEMA, SDK_SETTINGS_IGNORED, known_settings
 
 REGION_URLS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
@@ -30,9 +30,10 @@ def check_config(config: dict[str, Any]) -> list[str]:
     for name in config:
         if name not in known:
             shown_name = shown(name, 60)
+            close = did_you_mean(shown_name, known)
             raise ConfigError(
-                f"unknown setting `{shown_name}`{did_you_mean(shown_name, known)}; "
-                f"settings: {', '.join(CONFIG_SCHEMA['properties'])}"
+                f"unknown setting `{shown_name}`"
+                + (close or " (`target-customerio --about` lists the settings)")
             )
     for error in _VALIDATOR.iter_errors(config):  # the SDK checks its own settings
         path = [str(p) for p in error.instance_path]
@@ -87,8 +88,10 @@ class Settings:
     change_detection: bool
     ledger_path: str
     ledger_url: str | None
+    ledger_lock_timeout: float  # seconds a ledger held locked by another process is waited for
     full_resend: bool
     max_reject_ratio: float | None
+    max_campaign_entries: int | None = None  # campaigns.py: None, no guard
 
     def __repr__(self) -> str:
         return f"Settings(site_id={self.site_id!r}, base_url={self.base_url!r})"
@@ -160,8 +163,12 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
         change_detection=change_detection,
         ledger_path=config.get("ledger_path") or ".customerio-ledger.sqlite",
         ledger_url=config.get("ledger_url") or None,
+        ledger_lock_timeout=_positive(config, "ledger_lock_timeout", 30),
         full_resend=bool(config.get("full_resend", False)),
         max_reject_ratio=_ratio(config.get("max_reject_ratio")),
+        max_campaign_entries=max_campaign_entries_option(
+            "setting `max_campaign_entries`", config.get("max_campaign_entries")
+        ),
     )
 
 
@@ -226,13 +233,19 @@ def _positive(config: dict[str, Any], name: str, default: float) -> float:
 def _check_url(
     url: str, setting: str = "track_api_url", credentials: str = "site_id and api_key"
 ) -> None:
+    # The value is never quoted: one that does not parse may still hold a password
+    # (`http//user:pw@host`), and the redaction only knows the URLs it can parse.
+    not_a_url = ConfigError(
+        f"setting `{setting}` is not an http(s) URL such as https://track.customer.io "
+        "(the value is not shown: it may hold a password)"
+    )
     try:
         parsed = urlparse(url.strip())
         parsed.port  # noqa: B018 - raises ValueError on a port that is not a number
     except ValueError:
-        raise ConfigError(f"setting `{setting}`: {url!r} is not an http(s) URL") from None
+        raise not_a_url from None
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ConfigError(f"setting `{setting}`: {url!r} is not an http(s) URL")
+        raise not_a_url
     if parsed.username or parsed.password:
         raise ConfigError(f"setting `{setting}` must not contain credentials; use {credentials}")
     if parsed.query or parsed.fragment or parsed.params:

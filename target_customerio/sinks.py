@@ -7,12 +7,14 @@ import typing as t
 from dataclasses import dataclass
 from functools import cached_property, partial
 
+from target_customerio.campaigns import Campaigns
 from target_customerio.errors import ContractError
 from target_customerio.mapping_processes import CHUNK, ProcessMapping
 from target_customerio.mirror import RunMembers
 from target_customerio.operations.operation import Rejected
 from target_customerio.report import RunReport
 from target_customerio.routes import Route, check_columns
+from target_customerio.run_events import RunEvents
 from target_customerio.sdk import SdkSink
 from target_customerio.stream_mapping import InlineMapping, Item, Mapped, StreamSpec
 from target_customerio.wire import Batch, Packer
@@ -34,9 +36,11 @@ class SinkNeeds:
     started_at: float
     ledger_scope: str | None
     max_reject_ratio: float | None
+    events: RunEvents  # the run's events, whoever sent them (one for the run)
     members: RunMembers | None = None  # a mirror route's: who this run's records are about
     # people whose identify was rejected in this run (memberships of theirs are not sent)
     refused: set[tuple[str, str]] | None = None
+    campaigns: Campaigns | None = None  # the run's campaign triggers (None: not read)
 
 
 class CustomerIOSink(SdkSink):
@@ -66,16 +70,20 @@ class CustomerIOSink(SdkSink):
             needs.started_at,
             needs.ledger_scope,
             needs.shards,
+            needs.campaigns.event_names if needs.campaigns is not None else frozenset(),
         )
         self._mapping_key = self._mapping.open(spec)
         self._chunk: list[Item] = []
         self._sdk_counted = 0  # records of the chunk that came through the SDK's handling
         self._fail_on_violation = route.on_contract_violation == "fail"
-        # dedupe keys of the events sent in this run: small at 1M events
-        self._seen_events: set[int] = set()
+        self._events = needs.events
+        self._events_as = needs.events.stream_id(stream_name)
         self._max_reject_ratio = needs.max_reject_ratio
         self._members = needs.members
         self._refused = needs.refused
+        self._campaigns = needs.campaigns
+        # the route's own max_campaign_entries (an event route's), else the setting's
+        self._campaign_limit: int | None = getattr(route.options, "max_campaign_entries", None)
         self._packers = [
             Packer(stream_name, partial(needs.submit, shard)) for shard in range(needs.shards)
         ]
@@ -139,12 +147,18 @@ class CustomerIOSink(SdkSink):
 
     def _account(self, items: list[Item], mapped: Mapped) -> None:
         """A chunk's answer: its rejects and skips are counted, its operations packed on their
-        delivery shards (a person's always on the same one, in order), except an event that
-        another worker already sent in this run."""
+        delivery shards (a person's always on the same one, in order), except the rows of an
+        event this run already has (run_events.py): duplicates, counted with who sent it."""
         tally, received = self._tally, self._tally.received
         for raw, name in mapped.event_names:
             self._report.event_name(raw, name)
+        settled = self._events.settle(
+            self._events_as, mapped.event_items, mapped.event_keys, mapped.event_fates
+        )
+        duplicates = settled.duplicates
         for index, reason, field, message, rule in mapped.rejects:
+            if index in duplicates:
+                continue
             # as counted one by one: max_reject_ratio is checked here
             tally.received = received + index + 1
             self._reject(items[index], Rejected(reason, field, message, rule))
@@ -152,24 +166,36 @@ class CustomerIOSink(SdkSink):
         if mapped.refused and self._refused is not None:
             self._refused.update(mapped.refused)
         segments = mapped.segments
-        if self._seen_events.isdisjoint(mapped.event_keys):
-            self._seen_events.update(mapped.event_keys)
-        else:  # rare: an event repeated far apart, or in chunks that different workers mapped
-            repeated = set()
-            for index, key in zip(mapped.event_items, mapped.event_keys, strict=True):
-                if key in self._seen_events:
-                    repeated.add(index)
-                self._seen_events.add(key)
+        if duplicates:
             segments = {
-                shard: segment.without_items(repeated) for shard, segment in segments.items()
+                shard: segment.without_items(duplicates) for shard, segment in segments.items()
             }
-            self._report.skip(self.stream_name, "duplicate", len(repeated))
+            self._report.duplicates(self.stream_name, settled.of)
+        if settled.unchanged:
+            self._report.skip(self.stream_name, "unchanged", settled.unchanged)
         for reason, count in mapped.skipped.items():
             self._report.skip(self.stream_name, reason, count)
         if self._members is not None and mapped.members is not None:
             self._members.add(mapped.members, mapped.sent_members or [])
+        cut = self._count_campaigns(mapped, duplicates) if mapped.campaign_events else None
+        if cut is not None:  # the guard: nothing from the first event past the limit on
+            drop = set(range(cut, len(items)))
+            segments = {shard: segment.without_items(drop) for shard, segment in segments.items()}
         for shard, segment in segments.items():
             self._packers[shard].add_segment(segment._replace(items=items))
+        if cut is not None and self._campaigns is not None:
+            for packer in self._packers:
+                packer.flush()
+            self._campaigns.stop()  # raises CampaignGuardError (exit 10)
+
+    def _count_campaigns(self, mapped: Mapped, repeated: set[int]) -> int | None:
+        """The chunk's events that may start a campaign, counted; the index of the first one
+        past max_campaign_entries when the run must stop there."""
+        events = mapped.campaign_events or []
+        if repeated:
+            events = [event for event in events if event[0] not in repeated]
+        assert self._campaigns is not None  # mapping only sends them back when it was read
+        return self._campaigns.count_events(self.stream_name, self._campaign_limit, events)
 
     def _reject(self, record: Item, rej: Rejected) -> None:
         if rej.reason in CONTRACT_REASONS and self._fail_on_violation:
@@ -188,7 +214,8 @@ class CustomerIOSink(SdkSink):
             raise ContractError(
                 f"{self.stream_name}: {rejected} of {received} records rejected, "
                 f"more than max_reject_ratio {ratio:g}; "
-                "see the reject file for why"
+                "see the reject file for why",
+                cause="max_reject_ratio",
             )
 
     def process_batch(self, context: dict) -> None:

@@ -18,11 +18,13 @@ from target_customerio.ledger import Ledger, NoLedger, open_ledger
 from target_customerio.operations import KINDS
 from target_customerio.operations.operation import Builder, Context, Rejected, Skipped
 from target_customerio.reading import decode_record
+from target_customerio.run_events import REJECTED, REPEAT, SENT, UNCHANGED
 from target_customerio.settings import Settings
 from target_customerio.wire import Segment, SegmentBuilder
 
-# A mapping process skips an event repeated among the last 20,000 it sent (the rows of one
-# order come together); the sink, which keeps every event of the run, drops any other repeat.
+# A mapping process does not build again a row of an event among the last 20,000 it built (the
+# rows of one order come together); what became of every event record is decided run-wide, in
+# the target (run_events.py).
 RECENT_EVENTS = 20_000
 # Change detection remembers the keys it sent last (here, the last 20,000): a record whose
 # operation matches the ledger is still sent when this run already sent something else for
@@ -32,6 +34,25 @@ RECENT_SENT = 20_000
 Item = bytes | dict  # a RECORD line, whole (the direct path), or a record the SDK decoded
 # an operation to send: body, shard key, ledger entry
 _Send = tuple[bytes, str, tuple[int, int] | None]
+
+
+# The reject reason of a record whose mapping raised something no kind's checks name: a value
+# nobody foresaw ends that record, never the run (the message is the exception's).
+UNMAPPABLE = "unmappable_value"
+
+
+def failure_message(exc: BaseException) -> str:
+    """What went wrong, in one short line: the exception's type and message (cut, and safe to
+    print even when the message itself cannot be turned into text)."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a message that cannot be rendered still names its type
+        text = ""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = " ".join(text.split())
+    if len(text) > 300:
+        text = text[:300] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def compiled() -> bool:
@@ -48,8 +69,12 @@ class Mapped:
     # (index in the chunk, reason, field, message, rule)
     rejects: list[tuple[int, str, str | None, str, str | None]]
     skipped: dict[str, int]  # reason -> records
-    event_items: list[int]  # the records (indexes in the chunk) that sent an event, and
-    event_keys: list[int]  # their events' dedupe keys: the sink checks them across processes
+    # The records (indexes in the chunk, in order) that are rows of an event, their events'
+    # dedupe keys, and what became of each here (run_events: SENT, UNCHANGED, REPEAT, REJECTED):
+    # the sink settles them run-wide. An UNCHANGED record is not counted in `skipped`.
+    event_items: list[int]
+    event_keys: list[int]
+    event_fates: bytes
     event_names: list[tuple[str, str]]  # names first seen: source spelling, name sent
     # A mirror route's (None for every other): the ledger keys of whom the chunk's records are
     # about, the unchanged and the rejected included (they are still in the view), and for each
@@ -59,6 +84,9 @@ class Mapped:
     # (identifier type, value) of the people whose identify a record rejected here would
     # have sent: what depends on them (a membership) is not sent in this run.
     refused: list[tuple[str, str]] | None = None
+    # The events sent whose name starts a running campaign (campaigns.py), in record order:
+    # (index in the chunk, name, identifier, timestamp). None when no campaign could match.
+    campaign_events: list[tuple[int, str, tuple[str, str], int]] | None = None
 
 
 @dataclass
@@ -71,6 +99,8 @@ class StreamSpec:
     started_at: float
     ledger_scope: str | None
     shards: int  # delivery shards: a person's operations always go to the same one
+    # event names that start a running campaign (campaigns.py): their events are sent back
+    campaign_events: frozenset[str] = frozenset()
 
 
 class StreamMapping:
@@ -85,7 +115,7 @@ class StreamMapping:
     ) -> None:
         route = settings.routes.match(spec.stream)
         assert route is not None  # the target only maps routed streams
-        # dedupe keys of the last events sent here
+        # dedupe keys of the last events built here (not built again: run_events.py)
         self._recent: OrderedDict[int, None] = OrderedDict()
         self._recent_sent: OrderedDict[int, int] = OrderedDict()  # key -> fingerprint sent
         context = Context(
@@ -103,14 +133,21 @@ class StreamMapping:
         self._shards = spec.shards
         self._ledger = None if isinstance(ledger, NoLedger) else ledger
         self._event_names = event_names
+        self._campaign_events = spec.campaign_events
 
     def map_chunk(self, items: list[Item]) -> Mapped:
         rejects: list[tuple[int, str, str | None, str, str | None]] = []
         skipped: Counter[str] = Counter()
         rejected_members: list[int] = []
-        refused: list[tuple[str, str]] = []
-        # (index in the chunk, event dedupe key, operations)
-        mapped: list[tuple[int, int | None, list[_Send]]] = []
+        event_items: list[int] = []
+        event_keys: list[int] = []
+        fates = bytearray()
+        # (index in the chunk, its place in `fates` (-1: not an event), operations)
+        mapped: list[tuple[int, int, list[_Send]]] = []
+        # positions in `mapped` of events that may start a campaign: (name, person, time)
+        campaign: dict[int, tuple[str, tuple[str, str], int]] = {}
+        campaign_events = self._campaign_events
+        refused: list[tuple[str, str]] = []  # people whose identify is rejected here
         builder = self._builder  # a native method call (compiled), not a bound-method object
         for index, item in enumerate(items):
             record, native = (
@@ -123,54 +160,98 @@ class StreamMapping:
                         f"(key_properties: {self._key_properties})"
                     )
             try:
-                ops = builder.build(record, native).operations
+                built = builder.build(record, native)
             except Skipped as skip:
-                skipped[skip.reason] += 1
+                if skip.seen is None:
+                    skipped[skip.reason] += 1
+                else:
+                    event_items.append(index)
+                    event_keys.append(skip.seen)
+                    fates.append(REPEAT)
                 continue
             except Rejected as rej:
                 rejects.append((index, rej.reason, rej.field, rej.message, rej.rule))
-                who = self._builder.identity(record)
-                if who is not None:
-                    refused.append(who)
-                if self._member is not None:
-                    member = self._builder.member_key(record)
-                    if member is not None:
-                        rejected_members.append(member)
+                if rej.seen is not None:
+                    event_items.append(index)
+                    event_keys.append(rej.seen)
+                    fates.append(REJECTED)
+                self._rejected_member(record, rejected_members)
+                self._refused_person(record, refused)
                 continue
+            except Exception as exc:  # noqa: BLE001 - a value no check foresaw: this record's fault
+                rejects.append((index, UNMAPPABLE, None, failure_message(exc), None))
+                self._rejected_member(record, rejected_members)
+                self._refused_person(record, refused)
+                continue
+            ops = built.operations
+            if campaign_events:  # a campaign starts on some event name: is it this one's?
+                name = built.name
+                if name is not None and name in campaign_events:
+                    when = built.timestamp if built.timestamp is not None else 0
+                    campaign[len(mapped)] = (name, built.identifier, when)
             seen = ops[0].seen
-            # an event: sent once a run, whatever its rows (the builder skips the repeats)
-            if seen is not None:
+            place = -1
+            if seen is not None:  # an event: its later rows are not built again here
                 self._recent[seen] = None
                 if len(self._recent) > RECENT_EVENTS:
                     self._recent.popitem(last=False)
+                place = len(fates)
+                event_items.append(index)
+                event_keys.append(seen)
+                fates.append(SENT)
             # Only what is sent is kept, not the record: freed now, its memory is reused while
             # still in cache.
-            mapped.append((index, seen, [(op.body, op.shard_key, op.ledger) for op in ops]))
+            mapped.append((index, place, [(op.body, op.shard_key, op.ledger) for op in ops]))
         unchanged = self._unchanged(mapped)
         shards = self._shards
         parts = [SegmentBuilder() for _ in range(shards)]
-        event_items: list[int] = []
-        event_keys: list[int] = []
-        for at, (index, seen, sends) in enumerate(mapped):
+        sent_campaign: list[tuple[int, str, tuple[str, str], int]] = []
+        for at, (index, place, sends) in enumerate(mapped):
             if at in unchanged:
-                skipped["unchanged"] += 1
+                if place < 0:
+                    skipped["unchanged"] += 1
+                else:  # counted once settled: a row of an event another stream sent is not
+                    fates[place] = UNCHANGED
                 continue
-            if seen is not None:
-                event_items.append(index)
-                event_keys.append(seen)
+            if campaign and at in campaign:
+                sent_campaign.append((index, *campaign[at]))
             for body, shard_key, ledger in sends:
                 parts[hash(shard_key) % shards].add(body, index, ledger)
         segments = {shard: part.segment() for shard, part in enumerate(parts) if part.bodies}
         names, self._event_names[:] = list(self._event_names), []
-        out = Mapped(segments, rejects, dict(skipped), event_items, event_keys, names)
+        out = Mapped(segments, rejects, dict(skipped), event_items, event_keys, bytes(fates), names)
+        if sent_campaign:
+            out.campaign_events = sent_campaign
         out.refused = refused or None
         if self._member is not None:
             out.members, out.sent_members = self._members(mapped, unchanged, rejected_members)
         return out
 
+    def _refused_person(self, record: dict, refused: list[tuple[str, str]]) -> None:
+        """Whom a rejected record's identify would have created or updated, when its kind
+        identifies people and its identifier reads: what depends on them is not sent."""
+        try:
+            who = self._builder.identity(record)
+        except Exception:  # noqa: BLE001 - no usable identifier: it cannot be told whom
+            who = None
+        if who is not None:
+            refused.append(who)
+
+    def _rejected_member(self, record: dict, rejected: list[int]) -> None:
+        """A mirror route's rejected record is still about someone in the view (when its
+        identifier can be read at all)."""
+        if self._member is None:
+            return
+        try:
+            member = self._builder.member_key(record)
+        except Exception:  # noqa: BLE001 - no usable identifier: it cannot be told whom
+            member = None
+        if member is not None:
+            rejected.append(member)
+
     def _members(
         self,
-        mapped: list[tuple[int, int | None, list[_Send]]],
+        mapped: list[tuple[int, int, list[_Send]]],
         unchanged: set[int],
         rejected: list[int],
     ) -> tuple[array, list[tuple[int, int, str]]]:
@@ -189,7 +270,7 @@ class StreamMapping:
                     break
         return keys, sent
 
-    def _unchanged(self, mapped: list[tuple[int, int | None, list[_Send]]]) -> set[int]:
+    def _unchanged(self, mapped: list[tuple[int, int, list[_Send]]]) -> set[int]:
         """Change detection: the records (positions in `mapped`) whose every tracked operation
         is exactly what was last delivered (one ledger query for the whole chunk). A mirror
         route's record is unchanged only if its last complete run kept it too."""

@@ -3,7 +3,7 @@ whether it holds dates, seen through `$ref` (`definitions`, `$defs`), `allOf`, `
 `oneOf`.
 
 Only the JSON types are read (`type`); other keywords (`enum`, `minimum`, `pattern`, nested
-`properties` …) are a route `contract`'s job. The rules a user sees (README, "Contracts"):
+`properties` …) are a route `contract`'s job. The rules a user sees (docs/routes.md, "Contracts"):
 
 - null is accepted in every column, declared nullable or not: taps often leave "null" out of a
   nullable column's types, and Customer.io reads null as "remove the attribute".

@@ -24,14 +24,10 @@ from singer_sdk.sinks import Sink
 
 from target_customerio import cli, redaction, run_end
 from target_customerio.app_api import AppClient
+from target_customerio.campaigns import Campaigns, read_triggers
 from target_customerio.delivery import Delivery, DryRun, make_delivery, workspace
-from target_customerio.environment import check_env, env_config
-from target_customerio.errors import (
-    ConfigError,
-    TargetError,
-    Terminated,
-    did_you_mean,
-)
+from target_customerio.environment import check_env_reached, dotenv_here, env_config
+from target_customerio.errors import ConfigError, TargetError, Terminated
 from target_customerio.ledger import open_ledger
 from target_customerio.mapping_processes import ProcessMapping, make_mapping
 from target_customerio.memberships import Memberships, segment_requests
@@ -41,12 +37,22 @@ from target_customerio.reading import SingerLineReader
 from target_customerio.reconcile import Reconciler
 from target_customerio.redaction import shown
 from target_customerio.report import RunReport
+from target_customerio.routes import near_miss
+from target_customerio.run_events import RunEvents
 from target_customerio.sdk import ConfigInput, SdkTarget
 from target_customerio.setting_schema import CONFIG_SCHEMA, SDK_SETTINGS_IGNORED, about_text
 from target_customerio.settings import check_config, load_settings
 from target_customerio.sinks import CustomerIOSink, SinkNeeds, UnmappedSink
 from target_customerio.stream_mapping import Item, compiled
 from target_customerio.volume import check_streams
+
+
+def near_miss_text(stream: str, route: str, what: str) -> str:
+    """`stream 'shop-members' has no route; the route `members` matches no stream: ...`."""
+    return (
+        f"stream {stream!r} {what}: no route in `streams` matches it, and the route `{route}` "
+        f"matches no stream of this run; did you mean to name the route `{stream}`?"
+    )
 
 
 def _silence_stdout() -> None:
@@ -123,7 +129,10 @@ class TargetCustomerIO(SdkTarget):
                 **env_config(dict(os.environ), schema),
             }
         else:
-            check_env(dict(os.environ))
+            schema = self.config_jsonschema
+            self.append_builtin_config(schema)
+            file_config = config if isinstance(config, dict) else {}
+            check_env_reached({**dotenv_here(), **os.environ}, file_config, schema)
         warnings = self._check_config(config, validate_config)
         super().__init__(
             config=config,
@@ -141,7 +150,10 @@ class TargetCustomerIO(SdkTarget):
         self.mapping = make_mapping(self.settings)
         self.logger.info(
             "mapping: %s, %s",
-            "compiled" if compiled() else "interpreted (not compiled at install: slower)",
+            "compiled"
+            if compiled()
+            else "interpreted (plain Python, as expected from a source install; the compiled "
+            "wheel maps about a fifth faster: docs/performance.md)",
             f"{self.settings.mapping_workers} worker process(es)"
             if isinstance(self.mapping, ProcessMapping)
             else "in the reading thread",
@@ -156,7 +168,7 @@ class TargetCustomerIO(SdkTarget):
             dry_run=self.settings.dry_run,
             logger=self.logger,
         )
-        self.ledger = open_ledger(self.settings)
+        self.ledger = open_ledger(self.settings, self.report)
         self.delivery: Delivery | DryRun = make_delivery(
             self.settings,
             str(self.config.get("api_key", "")),
@@ -164,6 +176,7 @@ class TargetCustomerIO(SdkTarget):
             self.ledger,
             self.logger,
         )
+        self.events = RunEvents()  # every event of the run, whichever stream sent it
         self.reconciler = Reconciler(self.report, self.logger)
         self.memberships = Memberships(self.report, self.logger)
         self.mirror = Mirror(
@@ -174,8 +187,11 @@ class TargetCustomerIO(SdkTarget):
             if self.settings.ledger_url
             else f"ledger_path {self.settings.ledger_path}",
         )
+        self.campaigns: Campaigns | None = None  # read at start-up (read_campaigns)
         # streams whose records skip the SDK's handling
         self._direct: dict[str, CustomerIOSink | UnmappedSink] = {}
+        self._routed: dict[str, set[str]] = {}  # route name -> the streams it matched
+        self._near_misses: dict[str, str] = {}  # a skipped stream -> the route it nearly named
         self._age_check_every = min(1.0, self.settings.checkpoint_interval_seconds / 4)
         self._next_age_check = 0.0
         self._busy = False
@@ -204,6 +220,50 @@ class TargetCustomerIO(SdkTarget):
                 self.delivery.check_credentials(self.settings.region)
             finally:
                 self._checking = False
+
+    def read_campaigns(self) -> None:
+        """The running campaigns and their triggers, before anything is read (campaigns.py):
+        with `app_api_key`, when a route sends events or manual-segment memberships. A
+        `max_campaign_entries` without the key is a ConfigError: a guard that cannot look
+        must not pass."""
+        key = str(self.config.get("app_api_key") or "").strip()
+        routes = self.settings.routes.all()
+        limits = [self.settings.max_campaign_entries] + [
+            getattr(route.options, "max_campaign_entries", None) for route in routes
+        ]
+        if not key:
+            if any(limit is not None for limit in limits):
+                raise ConfigError(
+                    "max_campaign_entries needs setting `app_api_key` (the campaigns are read "
+                    "from the App API; TARGET_CUSTOMERIO_APP_API_KEY)"
+                )
+            return
+        if not {route.kind for route in routes} & {"event", "segment"}:
+            return
+        client = AppClient(
+            self.settings.app_base_url,
+            key,
+            timeout=self.settings.request_timeout,
+            max_retries=self.settings.max_retries,
+            logger=self.logger,
+        )
+        self._checking = True  # reads only: a signal stops them at once
+        try:
+            found = read_triggers(client)
+        finally:
+            self._checking = False
+        self.campaigns = Campaigns(
+            found,
+            started_at=self.started_at,
+            max_entries=self.settings.max_campaign_entries,
+            dry_run=self.settings.dry_run,
+            logger=self.logger,
+        )
+        self.campaigns.wait = self.delivery.wait
+        self.memberships.on_added = self.campaigns.segment_added
+        self.logger.info(
+            "campaigns: %d running campaign(s) started by an event or a segment", len(found)
+        )
 
     def sink_needs(self, stream: str) -> SinkNeeds:
         """What a stream's sink works with: where its kind's operations go (a reconcile route's
@@ -237,29 +297,60 @@ class TargetCustomerIO(SdkTarget):
             started_at=self.started_at,
             ledger_scope=scope,
             max_reject_ratio=self.settings.max_reject_ratio,
+            events=self.events,
             members=members,
             refused=self.delivery.refused_people,
+            campaigns=self.campaigns,
         )
 
     # Routing
 
     def get_sink_class(self, stream_name: str) -> type[Sink]:
-        if self.settings.routes.match(stream_name) is not None:
+        route = self.settings.routes.match(stream_name)
+        if route is not None:
+            self._routed.setdefault(route.pattern, set()).add(stream_name)
             return CustomerIOSink
-        close = did_you_mean(stream_name, self.settings.routes.names)
+        near = self._near_route(stream_name)
         if self.settings.unmapped_streams == "skip":
-            if close:  # most likely a typo in the route's name, not a stream to skip
-                self.logger.warning(
-                    "stream %r has no route, its records are skipped%s",
-                    stream_name,
-                    close.replace("did you mean", "did you mean the route"),
-                )
+            if near is not None:  # most likely a typo in the route's name: checked before STATE
+                self._near_misses[stream_name] = near
+                self.logger.warning("%s", near_miss_text(stream_name, near, "skipped"))
             return UnmappedSink
         routes = ", ".join(self.settings.routes.names)
+        if near is not None:
+            raise ConfigError(
+                f"{near_miss_text(stream_name, near, 'has no route')} (routes: {routes})"
+            )
         raise ConfigError(
-            f"stream {stream_name!r} has no route in `streams`{close} (routes: {routes}); "
+            f"stream {stream_name!r} has no route in `streams` (routes: {routes}); "
             "add one or set unmapped_streams: skip"
         )
+
+    def _near_route(self, stream: str) -> str | None:
+        """The route whose name nearly names a stream no route matched, if it has matched no
+        stream of this run (a route that has its stream is not a typo)."""
+        idle = [name for name in self.settings.routes.names if name not in self._routed]
+        return near_miss(stream, idle)
+
+    def _check_near_misses(self) -> None:
+        """Under `unmapped_streams: skip`, a skipped stream whose name is a near miss of a route
+        that has received nothing is a typo, not a stream to skip: exit 2, before any STATE
+        covers the people it skipped."""
+        for stream, route in self._near_misses.items():
+            if route not in self._routed:
+                raise ConfigError(
+                    f"{near_miss_text(stream, route, 'was skipped')} If the stream is not "
+                    f"meant for Customer.io, leave it out of the tap's `select`"
+                )
+
+    def idle_routes(self) -> list[str]:
+        """The routes that received no record in this run (no stream matched them, or the
+        streams they matched were empty), for the report."""
+        return [
+            name
+            for name in self.settings.routes.names
+            if not any(self.report.stream(s).received for s in self._routed.get(name, ()))
+        ]
 
     def get_sink(
         self,
@@ -317,6 +408,7 @@ class TargetCustomerIO(SdkTarget):
         self.report.flush()
 
     def emit_state(self, state: dict) -> None:
+        self._check_near_misses()
         self._settle()
         if self.settings.dry_run:
             return  # nothing was sent, so no bookmark may move
@@ -345,6 +437,7 @@ class TargetCustomerIO(SdkTarget):
 
     def _last_drain(self, _: None) -> None:
         super().process_endofpipe()
+        self._check_near_misses()
         self._settle()
         run_end.after_last_state(
             self._mirror,
@@ -478,9 +571,26 @@ class TargetCustomerIO(SdkTarget):
         if not self._busy or getattr(self, "_checking", False):
             raise Terminated(f"stopped by signal {signum} after delivering what was received")
 
-    def finish(self, status: str, error: str | None = None) -> None:
-        """Write the report and the one-line summary."""
+    def finish(self, status: str, error: str | None = None, cause: str | None = None) -> None:
+        """Write the report and the one-line summary (naming the failure's cause)."""
         self.mapping.close()
+        if self.campaigns is not None:
+            self.campaigns.log()
+            self.report.campaigns = self.campaigns.section()
+        if isinstance(self.delivery, DryRun):
+            try:
+                self.delivery.close()
+            except TargetError as exc:
+                if status == "ok":
+                    cli.stop(
+                        type(self), None, exc
+                    )  # exit 1: the would-be operations are not all on disk
+                self.logger.error("%s", exc)
+        self.report.idle_routes = self.idle_routes()
+        if self.report.idle_routes:
+            self.logger.info(
+                "route(s) that received nothing in this run: %s", ", ".join(self.report.idle_routes)
+            )
         try:
             self.ledger.close()
         except TargetError as exc:
@@ -493,7 +603,7 @@ class TargetCustomerIO(SdkTarget):
                 cli.stop(type(self), None, exc)  # exit 1: what the run did is not all on disk
             if str(exc) != error:  # not the failure the run already stopped on
                 self.logger.error("%s", exc)
-        self.logger.info("%s", self.report.summary(status))
+        self.logger.info("%s", self.report.summary(status, cause))
         names = self.report.near_duplicate_event_names()
         if names:
             self.logger.warning("event names that differ only in spelling at the source: %s", names)

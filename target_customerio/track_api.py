@@ -53,7 +53,8 @@ class TrackClient(ApiClient):
         if status in (401, 403):
             raise CredentialsError(
                 f"Customer.io refused site_id/api_key (HTTP {status}) at "
-                f"{self.base_url}: check both settings"
+                f"{self.base_url}: check both settings",
+                cause="api_key refused",
             )
         check_answer(answer, url)
         if status != 200:
@@ -65,7 +66,8 @@ class TrackClient(ApiClient):
         if region and actual and actual != region:
             raise CredentialsError(
                 f"these credentials belong to a workspace in region {actual!r}, but region is "
-                f"{region!r}: set region: {actual}"
+                f"{region!r}: set region: {actual}",
+                cause="wrong region",
             )
 
     def post_batch(self, body: bytes) -> tuple[Answer, int]:
@@ -80,7 +82,8 @@ class TrackClient(ApiClient):
             raise self._gave_up(tries, f"HTTP {status}")
         if status in (401, 403):
             raise CredentialsError(
-                f"Customer.io refused site_id/api_key (HTTP {status}): check both settings"
+                f"Customer.io refused site_id/api_key (HTTP {status}): check both settings",
+                cause="api_key refused",
             )
         check_answer(answer, url)
         if status not in (200, 207, 400, 413):
@@ -117,7 +120,8 @@ class TrackClient(ApiClient):
             )
         if status in (401, 403):
             raise CredentialsError(
-                f"Customer.io refused site_id/api_key (HTTP {status}): check both settings"
+                f"Customer.io refused site_id/api_key (HTTP {status}): check both settings",
+                cause="api_key refused",
             )
         if status == 200 and not answer.body.strip():  # v1 may answer an empty 200
             return answer, tries

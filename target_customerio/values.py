@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import unicodedata
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -59,12 +60,17 @@ def parse_datetime(text: str) -> dt.datetime:
         raise BadValue(f"not a date-time: {text[:40]!r}") from None
 
 
+_EXACT_INT = 2**63  # a signed 64-bit integer: what JSON encoders and Customer.io take
+
+
 def plain_number(value: Decimal | float) -> int | float:
     """A JSON number: integral values become integers, NaN and Infinity are refused."""
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise BadValue(f"{value} is not a number Customer.io accepts")
-        if value == value.to_integral_value():
+        # An integer a JSON number can carry exactly; a larger one (1E+999999 would be a
+        # million digits) goes on as a float, or is refused below when no float holds it.
+        if value == value.to_integral_value() and -_EXACT_INT < value < _EXACT_INT:
             return int(value)
         value = float(value)  # a huge exponent (1E+999) is finite as a Decimal, not as a float
     if not math.isfinite(value):
@@ -150,24 +156,54 @@ def timezone(name: str | None) -> dt.tzinfo:
         ) from None
 
 
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-_NON_WORD = re.compile(r"[^0-9a-zA-Z]+")
-
-
 def snake_case(name: str) -> str:
-    """`Order Placed`, `OrderPlaced`, `order-placed` → `order_placed`."""
-    return _NON_WORD.sub("_", _CAMEL.sub("_", name.strip())).strip("_").lower()
+    """`Order Placed`, `OrderPlaced`, `order-placed` → `order_placed`; Unicode letters and
+    digits (and their combining marks) are kept, NFC and lower-cased: `Café Visité` →
+    `café_visité`, `ÜBER uns` → `über_uns`. (The target caches it per name as the source
+    spells it.)"""
+    words: list[str] = []
+    word: list[str] = []
+    previous = ""
+    for char in unicodedata.normalize("NFC", name):
+        if not _word_char(char):
+            previous = ""
+            if word:
+                words.append("".join(word))
+                word = []
+            continue
+        if char.isupper() and (previous.islower() or previous.isdigit()) and word:
+            words.append("".join(word))  # camelCase: `OrderPlaced`, `ÉtéPlus`
+            word = []
+        word.append(char)
+        previous = char
+    if word:
+        words.append("".join(word))
+    return unicodedata.normalize("NFC", "_".join(words).lower())
+
+
+def _word_char(char: str) -> bool:
+    return char.isalnum() or unicodedata.category(char).startswith("M")
+
+
+MAX_WHOLE = 2**63 - 1  # what a JSON encoder and Customer.io's ids and counts can hold
 
 
 def whole_number(value: Any) -> int | None:
-    """A non-negative integer, as a number (3, 3.0) or its digits ("3"); None otherwise (a
-    boolean, a fraction, a sign, NaN)."""
+    """A non-negative integer up to 2**63 - 1, as a number (3, 3.0) or its ASCII digits ("3");
+    None otherwise (a boolean, a fraction, a sign, NaN, a digit such as '²' that int() refuses,
+    a count too large to send)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
     if isinstance(value, (float, Decimal)):
-        return int(value) if math.isfinite(value) and value == int(value) and value >= 0 else None
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
+        finite = value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)
+        if not (finite and 0 <= value <= MAX_WHOLE and value == int(value)):
+            return None
+        value = int(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= 19):
+            return None
+        value = int(text)
+    if isinstance(value, int):
+        return value if 0 <= value <= MAX_WHOLE else None
     return None

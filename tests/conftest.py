@@ -1,4 +1,4 @@
-"""Which form of the package the tests run (README, "Development"; tests/test_build.py checks it):
+"""Which form of the package the tests run (docs/development.md; tests/test_build.py checks it):
 
 - by default (`make test-plain`, `.venv`): the checkout's sources, plain Python, in this process
   and in the target processes the tests start (`.venv`'s console script, an editable install);

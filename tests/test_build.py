@@ -1,4 +1,4 @@
-"""Both forms of the package (hatch_build.py; README, "Development"). `make test` runs the suite on
+"""Both forms of the package (hatch_build.py; docs/development.md). `make test` runs the suite on
 the checkout's sources (plain Python, `.venv`), then on the compiled wheel installed in
 `.venv-compiled` (TEST_TARGET_CUSTOMERIO_INSTALLED=1, tests/conftest.py). Which modules are
 compiled is the build hook's `include` in pyproject.toml: everything here is derived from it.

@@ -6,7 +6,7 @@ not a Singer message) and configurations (random route options and typos in them
 values for every setting, secrets in the settings and in the records). Each example runs the
 real target process against the sandbox, and checks:
 
-* the exit code is one the README documents for a run that was not killed, and nothing
+* the exit code is one docs/guarantees.md documents for a run that was not killed, and nothing
   printed a traceback;
 * no secret appears in stdout, stderr, the report, the reject file or the dry-run file;
 * with exit 0, every record received is sent, rejected or skipped (the report adds up, per

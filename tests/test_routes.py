@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from target_customerio.errors import ConfigError
 from target_customerio.routes import Routes
@@ -109,3 +112,35 @@ def test_loopback_http_and_regions_resolve():
 )
 def test_snake_case(raw, name):
     assert snake_case(raw) == name
+
+
+@pytest.mark.parametrize(
+    "raw, name",
+    [
+        ("Café Visité", "café_visité"),
+        ("ÜBER uns", "über_uns"),
+        ("Cafe\u0301 Visite\u0301", "café_visité"),  # decomposed: NFC, the same name
+        ("ÉtéPlus", "été_plus"),
+        ("日本語 イベント", "日本語_イベント"),
+    ],
+)
+def test_snake_case_keeps_unicode_letters(raw, name):
+    assert snake_case(raw) == name
+
+
+@given(st.text(max_size=40))
+def test_snake_case_keeps_every_letter_and_digit_and_only_them(raw):
+    """Unicode letters and digits (with their combining marks) are kept, lower-cased and NFC,
+    joined by single underscores; nothing else is."""
+    name = snake_case(raw)
+    assert unicodedata.is_normalized("NFC", name)
+    assert snake_case(name) == name
+    assert "__" not in name and not name.startswith("_") and not name.endswith("_")
+    kept = [c for c in unicodedata.normalize("NFC", raw) if c.isalnum() or _mark(c)]
+    assert name.replace("_", "").casefold() == unicodedata.normalize(
+        "NFC", "".join(kept).lower()
+    ).casefold().replace("_", "")
+
+
+def _mark(char: str) -> bool:
+    return unicodedata.category(char).startswith("M")

@@ -63,8 +63,45 @@ def test_an_unknown_setting_stops_the_run_naming_the_closest_one(
     assert run.returncode == 2
     line = one_error_line(run.stderr)
     assert f"`{typo}`" in line and f"did you mean `{suggestion}`?" in line
+    assert "max_requests_per_second" not in line.replace(suggestion, "")  # not all the settings
+    assert len(line) < 200
     assert sandbox.requests() == [] and run.states == []
     assert "sk_typo_value_1234" not in run.stderr  # a typo of a secret setting is masked too
+
+
+def test_an_unknown_setting_with_no_close_name_points_to_the_list(sandbox, tmp_path):
+    config = {**target_config(sandbox.url, tmp_path, ROUTES), "zzzz": 1}
+    run = run_target(config, [SCHEMA, *people(1)], tmp_path)
+    assert run.returncode == 2
+    line = one_error_line(run.stderr)
+    assert line.endswith("unknown setting `zzzz` (`target-customerio --about` lists the settings)")
+
+
+def last_line(stderr: str) -> str:
+    return stderr.strip().splitlines()[-1]
+
+
+def test_the_last_line_of_a_failed_run_names_its_cause(sandbox, tmp_path):
+    """Meltano shows the target's last line: it says why, not only that it failed."""
+    config = {**target_config(sandbox.url, tmp_path, ROUTES), "api_key": "wrong-key-123"}
+    run = run_target(config, [SCHEMA, *people(1)], tmp_path)
+    assert run.returncode == 3
+    assert "target-customerio failed (api_key refused): " in last_line(run.stderr)
+    checks = {"public-checks": {"kind": "reconcile", "segment_id": "s", "expected_count": "n"}}
+    config = target_config(sandbox.url, tmp_path, checks)
+    config.update(app_api_url=sandbox.url, app_api_key="wrong-app-key")
+    messages = [
+        {"type": "SCHEMA", "stream": "public-checks", "schema": {"properties": {"s": {}, "n": {}}}},
+        record("public-checks", {"s": 7, "n": 1}),
+    ]
+    run = run_target(config, messages, tmp_path)
+    assert run.returncode == 3, run.stderr
+    assert "target-customerio failed (app_api_key refused): " in last_line(run.stderr)
+    config = {**target_config(sandbox.url, tmp_path, ROUTES), "max_reject_ratio": 0.1}
+    rows = [record(P, {"id": ""}) for _ in range(150)]
+    run = run_target(config, [SCHEMA, *rows], tmp_path)
+    assert run.returncode == 6, run.stderr
+    assert "target-customerio failed (max_reject_ratio): " in last_line(run.stderr)
 
 
 def test_sdk_settings_are_accepted_and_the_ignored_ones_are_named(sandbox, tmp_path):
@@ -130,6 +167,9 @@ SECRET = "sk_live_0123456789abcdef"
             "setting `api_key` holds characters an HTTP header cannot carry",
         ),
         ({"track_api_url": f"htps://admin:{SECRET}@proxy.example.com"}, "is not an http(s) URL"),
+        # does not parse as a URL, so the redaction cannot learn its password from it
+        ({"track_api_url": f"http//admin:{SECRET}@proxy.example.com"}, "is not an http(s) URL"),
+        ({"app_api_url": f"https:admin:{SECRET}@api.example.com"}, "is not an http(s) URL"),
         (
             {"track_api_url": f"https://proxy.example.com/?token={SECRET}", "region": "mars"},
             "setting `region`",

@@ -5,6 +5,7 @@ person (`mirror_to_attribute`)."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from target_customerio.operations.operation import (
     Rejected,
     Skipped,
     encode,
+    repeated,
 )
 from target_customerio.operations.payload import Payload, normalise_email
 from target_customerio.operations.timestamps import source_time
@@ -34,10 +36,14 @@ from target_customerio.routes import (
     column_option,
     columns_option,
     identifier_option,
+    max_campaign_entries_option,
 )
 from target_customerio.values import parse_duration, snake_case
 
 MAX_EVENT_NAME_BYTES = 100
+# An event stamped later than this past now is refused: a future replication-key value would
+# become the tap's INCREMENTAL bookmark and hide every row until then (docs/meltano.md).
+DEFAULT_MAX_FUTURE = dt.timedelta(hours=1)
 _new = tuple.__new__
 
 
@@ -50,6 +56,8 @@ class EventOptions(KindOptions):
     timestamp: str  # the column holding when it happened
     max_age: dt.timedelta | None = None
     mirror_to_attribute: str | None = None
+    max_campaign_entries: int | None = None  # overrides the setting for this route's events
+    max_future: dt.timedelta = DEFAULT_MAX_FUTURE
 
     def columns_named(self) -> list[tuple[str, str]]:
         named = [("identifier.field", self.identifier.field)]
@@ -97,7 +105,24 @@ def options(where: str, spec: dict[str, Any]) -> EventOptions:
         timestamp=spec["timestamp"],
         max_age=_max_age(where, spec.get("max_age")),
         mirror_to_attribute=mirror,
+        max_campaign_entries=max_campaign_entries_option(
+            f"{where}.max_campaign_entries", spec.get("max_campaign_entries")
+        ),
+        max_future=_max_future(where, spec.get("max_future")),
     )
+
+
+def _max_future(where: str, value: Any) -> dt.timedelta:
+    if value is None:
+        return DEFAULT_MAX_FUTURE
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{where}.max_future: must be text such as 1h, not {type(value).__name__}"
+        )
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}.max_future: {exc}") from None
 
 
 def _max_age(where: str, value: Any) -> dt.timedelta | None:
@@ -126,7 +151,8 @@ class EventBuilder(Builder):
         self._mirror = o.mirror_to_attribute
         self._tz = route.source_timezone
         self._oldest = context.now - o.max_age.total_seconds() if o.max_age else None
-        # dedupe keys of events already sent: a repeat is skipped before it is mapped
+        self._max_future = o.max_future.total_seconds()
+        # dedupe keys of the events this process built last: a repeat is not built again
         self._sent: Container[int] = context.sent_events
         self._names: dict[str, str] = {}  # event names as the source spells them -> as sent
         self._on_name: Callable[[str, str], None] = context.on_event_name or _ignore
@@ -141,6 +167,8 @@ class EventBuilder(Builder):
         timestamp = source_time(record, self._time_column, self._tz)
         if self._oldest is not None and timestamp < self._oldest:
             raise Skipped("stale")
+        if timestamp > time.time() + self._max_future:
+            raise self._future(record, timestamp)
         name = self._event_name(record)
         key = []
         for column in self._key_columns:
@@ -154,21 +182,37 @@ class EventBuilder(Builder):
             key.append(part)
         digest = event_digest(name, key)
         seen = dedupe_key(digest)
-        if seen in self._sent:  # another row of an event already sent (a view joined to line items)
-            raise Skipped("duplicate")
-        raw = record.get(self._time_column)
-        data = self._payload.of(record, (raw, timestamp) if type(raw) is str else None, native)
-        normalise_email(data)  # templates and segments compare it with the person's email
-        self._payload.check_contract(data)
-        event_id = ulid_text(digest)
-        body = encode({
-            "type": "person", "action": "event", "identifiers": {kind: value},
-            "name": name, "id": event_id, "timestamp": timestamp, "attributes": data,
-        })  # fmt: skip
-        ops = [self._finisher.finish(body, value, f"event:{event_id}", content=False, seen=seen)]
+        if seen in self._sent:  # another row of an event built moments ago (a view joined to
+            raise repeated(seen)  # line items): the run-wide dedupe counts it, unbuilt
+        try:  # a later row of an event already sent is a duplicate, not a reject (run_events)
+            raw = record.get(self._time_column)
+            data = self._payload.of(record, (raw, timestamp) if type(raw) is str else None, native)
+            normalise_email(data)  # templates and segments compare it with the person's email
+            self._payload.check_contract(data)
+            event_id = ulid_text(digest)
+            body = encode({
+                "type": "person", "action": "event", "identifiers": {kind: value},
+                "name": name, "id": event_id, "timestamp": timestamp, "attributes": data,
+            })  # fmt: skip
+            about = f"event:{event_id}"
+            ops = [self._finisher.finish(body, value, about, content=False, seen=seen)]
+        except Rejected as rej:
+            rej.seen = seen
+            raise
         if self._mirror:
             ops.append(self._mirrored(kind, value, timestamp))
-        return _new(Built, (ops, (kind, value), timestamp))
+        return _new(Built, (ops, (kind, value), timestamp, name))
+
+    def _future(self, record: dict[str, Any], timestamp: int) -> Rejected:
+        ahead = (timestamp - time.time()) / 3600
+        when = dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat()
+        return Rejected(
+            "future_timestamp",
+            self._time_column,
+            f"{self._time_column} is {when}, {ahead:.1f}h from now, past max_future "
+            f"({self._max_future / 3600:g}h): a wrong clock or time zone at the source? As the "
+            "tap's bookmark it would hide the rows until then (docs/meltano.md)",
+        )
 
     def _mirrored(self, kind: str, value: str, timestamp: int) -> Operation:
         """An identify setting `mirror_to_attribute` to the event's time (never tracked in the
@@ -214,5 +258,7 @@ KEYS = (
     "timestamp",
     "max_age",
     "mirror_to_attribute",
+    "max_campaign_entries",
+    "max_future",
 )
 KIND: Kind = Kind("event", KEYS, options, EventBuilder)

@@ -12,14 +12,39 @@ _BLAKE2B_128 = hashlib.blake2b(digest_size=16)
 _from_bytes = int.from_bytes
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _CROCKFORD_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> 2 characters
+_SEPARATOR = "\x1f"
+_ESCAPED = b"\xff"  # never in UTF-8: the start of a key that holds a separator
 
 
 def event_digest(event_name: str, key: list[Any]) -> bytes:
-    """128 bits that are a pure function of the event name and its dedupe key."""
-    text = "\x1f".join([event_name, *[str(v if type(v) in SCALARS else plain(v)) for v in key]])
+    """128 bits that are a pure function of the event name and its dedupe key (`key_bytes`)."""
     digest = _BLAKE2B_128.copy()  # a copy skips the constructor's keyword parsing
-    digest.update(text.encode())
+    digest.update(key_bytes(event_name, key))
     return digest.digest()
+
+
+def key_bytes(event_name: str, key: list[Any]) -> bytes:
+    """What an event's id is a hash of: the name and the key's values as text, one-to-one.
+
+    A key whose values hold no separator (U+001F) is its text joined by it, as it always was,
+    so its event keeps its id. Any other (a separator in a value, or text that is not valid
+    UTF-8) is encoded with each part's length in front, behind a 0xFF byte: UTF-8 never holds
+    that byte, so the two forms cannot meet, and neither form maps two keys to the same bytes.
+    A value is its text: 7 and "7" are the same key (a column's type may change, its event not).
+    """
+    parts = [str(v if type(v) in SCALARS else plain(v)) for v in key]
+    text = _SEPARATOR.join([event_name, *parts])
+    if text.count(_SEPARATOR) == len(parts):  # the usual key: only the joins hold one
+        try:
+            return text.encode()
+        except UnicodeEncodeError:  # a lone surrogate: not UTF-8 text
+            pass
+    return _ESCAPED + b"".join(_counted(part) for part in (event_name, *parts))
+
+
+def _counted(part: str) -> bytes:
+    data = part.encode("utf-8", "surrogatepass")
+    return len(data).to_bytes(4, "big") + data
 
 
 def dedupe_key(digest: bytes) -> int:

@@ -22,6 +22,9 @@ class Rejected(Exception):
     ) -> None:
         super().__init__(message)
         self.reason, self.field, self.message, self.rule = reason, field, message, rule
+        # an event's dedupe key, when it was read before the record failed (set here: a
+        # compiled class has no class-level default)
+        self.seen: int | None = None
 
 
 class Skipped(Exception):
@@ -30,6 +33,14 @@ class Skipped(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.seen: int | None = None  # a repeated event's dedupe key: run_events.py counts it
+
+
+def repeated(seen: int) -> Skipped:
+    """A row of an event its mapping process built moments ago: not built again (run_events)."""
+    skip = Skipped("duplicate")
+    skip.seen = seen
+    return skip
 
 
 class Operation(NamedTuple):
@@ -44,12 +55,14 @@ class Operation(NamedTuple):
 
 class Built(NamedTuple):
     """A record's operations, in the order they must be sent, with whom and when they are
-    about: the identifier (type, value) and the time at the source (None: a state, not an
-    event). Nothing else about the record is kept by the kind that built it."""
+    about: the identifier (type, value), the time at the source (None: a state, not an
+    event) and an event's name (what a campaign may be triggered by). Nothing else about the
+    record is kept by the kind that built it."""
 
     operations: list[Operation]
     identifier: tuple[str, str]
     timestamp: int | None = None
+    name: str | None = None
 
 
 class Context(NamedTuple):
@@ -57,7 +70,8 @@ class Context(NamedTuple):
 
     now: float  # when the run started: `max_age` counts from it
     ledger_scope: str | None = None  # workspace and stream; None: change detection off
-    sent_events: Container[int] = frozenset()  # dedupe keys of events already sent
+    # dedupe keys of the events this mapping process built last: a repeat is not built again
+    sent_events: Container[int] = frozenset()
     on_event_name: Callable[[str, str], None] | None = None  # a name first seen: (raw, sent)
 
 

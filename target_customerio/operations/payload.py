@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from target_customerio.operations.identifiers import as_sent
 from target_customerio.operations.operation import Rejected
 from target_customerio.redaction import shown
 from target_customerio.routes import Route
@@ -153,11 +154,12 @@ class Payload:
 
 
 def normalise_email(payload: dict[str, Any]) -> None:
-    """An `email` attribute or event field is trimmed and lower-cased, as Customer.io compares
-    emails (case-insensitively); a blank one is sent as null (removed)."""
+    """An `email` attribute or event field is sent as an email identifier is (trimmed, NFC,
+    lower-cased: Customer.io compares emails case-insensitively); a blank one is sent as null
+    (removed)."""
     email = payload.get("email")
     if isinstance(email, str):
-        payload["email"] = email.strip().lower() or None
+        payload["email"] = as_sent(email, "email") or None
 
 
 def check_person_limits(attributes: dict[str, Any]) -> None:

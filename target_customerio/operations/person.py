@@ -102,7 +102,7 @@ class PersonBuilder(Builder):
             value = identifier_value(record, self._field, kind)
             body = self._identify(record, kind, value, native)
         op = self._finisher.finish(body, value, f"person:{kind}:{value}")
-        return _new(Built, ([op], (kind, value), None))
+        return _new(Built, ([op], (kind, value), None, None))
 
     def member_key(self, record: dict[str, Any]) -> int | None:
         """The ledger key of the person a rejected record is about, when its identifier reads:

@@ -87,7 +87,7 @@ class SegmentBuilder(Builder):
         op = self._finisher.finish(
             body, str(segment), f"segment:{segment}:{kind}:{value}", content=False
         )
-        return _new(Built, ([op], (kind, value), None))
+        return _new(Built, ([op], (kind, value), None, None))
 
 
 def membership(segment: int, kind: str, value: str) -> bytes:

@@ -14,6 +14,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
+from target_customerio.sandbox import campaigns
 from target_customerio.sandbox.responses import Response
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ def handle(
     if sandbox.app_bucket is not None and not sandbox.app_bucket.allow():
         store.count("app_rate_limited")
         raise error(429, "Too many requests")
+    campaigns.answer(sandbox, method, path)  # raises for the campaign routes
     if method == "GET" and path.rstrip("/") == "/v1/segments":
         raise Response(200, {"segments": [_segment(s) for s in sandbox.segment_store.all()]})
     if path.rstrip("/") == "/v1/customers/attributes":

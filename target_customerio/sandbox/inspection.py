@@ -9,6 +9,8 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from target_customerio.sandbox.campaigns import CampaignError
+from target_customerio.sandbox.campaigns import definition as campaign_definition
 from target_customerio.sandbox.responses import Response, error, json_object
 from target_customerio.sandbox.segments import SegmentError, definition
 
@@ -23,6 +25,8 @@ def route(
     name = path[len("/_sandbox/") :].strip("/")
     if name == "segments" or name.startswith("segments/"):
         return _segments(sandbox, method, name.split("/")[1:], read_body)
+    if name == "campaigns" or name.startswith("campaigns/"):
+        return _campaigns(sandbox, method, name.split("/")[1:], read_body)
     if method == "GET":
         first = {k: v[0] for k, v in query.items() if k in ("id", "email", "cio_id")}
         getters = {
@@ -88,3 +92,31 @@ def _segments(sandbox: Sandbox, method: str, parts: list[str], read_body: Callab
             raise error(400, str(exc)) from None
         raise Response(200, sandbox.segment(segment_id))
     raise error(404, f"no inspection route for {method} /_sandbox/segments/{'/'.join(parts)}")
+
+
+def _campaigns(sandbox: Sandbox, method: str, parts: list[str], read_body: Callable) -> None:
+    """`/_sandbox/campaigns` (GET list with entry counts, POST define) and
+    `/_sandbox/campaigns/{id}` (GET with its entries, DELETE)."""
+    body = read_body()
+    if not parts:
+        if method == "GET":
+            raise Response(200, sandbox.campaigns())
+        if method == "POST":
+            try:
+                added = sandbox.campaign_store.add(**campaign_definition(json_object(body)))
+            except CampaignError as exc:
+                raise error(400, str(exc)) from None
+            raise Response(200, added)
+    where = f"/_sandbox/campaigns/{'/'.join(parts)}"
+    if len(parts) != 1 or not re.fullmatch(r"[1-9][0-9]{0,17}", parts[0]):
+        raise error(404, f"no inspection route for {method} {where}")
+    campaign_id = int(parts[0])
+    campaign = sandbox.campaign_store.get(campaign_id)
+    if campaign is None:
+        raise error(404, f"no campaign {campaign_id}")
+    if method == "GET":
+        raise Response(200, {**campaign, "entries": sandbox.campaign_entries(campaign_id)})
+    if method == "DELETE":
+        sandbox.campaign_store.delete(campaign_id)
+        raise Response(200, {})
+    raise error(404, f"no inspection route for {method} {where}")

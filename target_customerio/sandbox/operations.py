@@ -13,6 +13,8 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
+from target_customerio.sandbox.campaigns import enter_on_event
+
 if TYPE_CHECKING:
     from target_customerio.sandbox.store import Store
 
@@ -151,6 +153,7 @@ def _event(store: Store, op: dict, received_at: float) -> None:
         store.counters["suppressed_dropped"] += 1
         return
     timestamp = op.get("timestamp")
+    timestamp = int(received_at) if timestamp is None else timestamp
     store.db.execute(
         "INSERT INTO events (cio_id, id, name, timestamp, attributes, received_at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
@@ -158,12 +161,13 @@ def _event(store: Store, op: dict, received_at: float) -> None:
             person["cio_id"],
             event_id,
             op["name"],
-            int(received_at) if timestamp is None else timestamp,
+            timestamp,
             _dumps(op.get("attributes") or {}),
             received_at,
         ),
     )
     store.counters["events_accepted"] += 1
+    enter_on_event(store, person["cio_id"], event_id, op["name"], timestamp, received_at)
 
 
 def _event_seen(store: Store, event_id: str) -> bool:

@@ -1,10 +1,11 @@
 """Server-rendered QA pages: what would land in Customer.io, and what a retention team would regret.
 
 `/` shows the segments with their live counts (and the count a reconcile run expected), the
-people with their flags (checks.py), and the newest run of the target's reject file; `/people/ID`
-one profile; `/segments/ID` one segment's members. Every table sorts (click a heading) and
-filters (the search box) with the little script below: no external assets, the page works
-offline. The state is kept in the URL's fragment (`#q.people=bob&sort.people=-2`), so a view
+campaigns with their entries, the people with their flags (checks.py), and the newest run of
+the target's reject file; `/people/ID` one profile; `/segments/ID` one segment's members;
+`/campaigns/ID` who entered one campaign. Every table sorts (click a heading) and filters
+(the search box) with the little script below: no external assets, the page works offline.
+The state is kept in the URL's fragment (`#q.people=bob&sort.people=-2`), so a view
 can be shared, and reloaded by a headless browser in the tests.
 """
 
@@ -102,6 +103,8 @@ def render(sandbox: Sandbox, path: str) -> tuple[int, str]:
         html = render_person(sandbox, unquote(path[len("/people/") :]))
     elif path.startswith("/segments/") and path[len("/segments/") :].isdigit():
         html = render_segment(sandbox, int(path[len("/segments/") :]))
+    elif path.startswith("/campaigns/") and path[len("/campaigns/") :].isdigit():
+        html = render_campaign(sandbox, int(path[len("/campaigns/") :]))
     if html is None:
         return 404, render_not_found(path)
     return 200, html
@@ -228,8 +231,11 @@ def render_index(sandbox: Sandbox) -> str:
         rows,
         "No people yet.",
     )
+    campaigns = sandbox.campaigns()  # shown once the workspace has any
     body = (
-        f"{stats}<h2>Segments</h2>{_segments_table(sandbox.segments())}<h2>People</h2>{table}{more}"
+        f"{stats}<h2>Segments</h2>{_segments_table(sandbox.segments())}"
+        + (f"<h2>Campaigns</h2>{_campaigns_table(campaigns)}" if campaigns else "")
+        + f"<h2>People</h2>{table}{more}"
     )
     if sandbox.reject_file:
         body += _rejects_section(sandbox.reject_file)
@@ -252,6 +258,67 @@ def _segments_table(segments: list[dict]) -> str:
         rows,
         "No segments: POST /_sandbox/segments, or start with --segments FILE.",
     )
+
+
+def _trigger(campaign: dict) -> str:
+    if campaign["event_name"]:
+        return f"event <code>{escape(campaign['event_name'])}</code>"
+    return "segment " + ", ".join(
+        f"<a href='/segments/{s}'>{s}</a>" for s in campaign["trigger_segment_ids"]
+    )
+
+
+def _campaigns_table(campaigns: list[dict]) -> str:
+    rows = [
+        f"<tr><td class=num data-sort={c['id']}>{c['id']}</td>"
+        f"<td><a href='/campaigns/{c['id']}'>{escape(c['name'])}</a></td>"
+        f"<td>{_flag(c['state'], 'ok' if c['state'] == 'running' else 'muted')}</td>"
+        f"<td>{_trigger(c)}</td>{_num(c['entries'])}</tr>"
+        for c in campaigns
+    ]
+    return _table(
+        "campaigns",
+        "campaigns",
+        ["id", "name", "state", "trigger", "entries"],
+        rows,
+        "No campaigns: POST /_sandbox/campaigns, or start with --campaigns FILE.",
+    )
+
+
+def render_campaign(sandbox: Sandbox, campaign_id: int) -> str | None:
+    """One campaign: who entered it, and what started each entry (an event id, a segment)."""
+    campaign = sandbox.campaign_store.get(campaign_id)
+    if campaign is None:
+        return None
+    entries = sandbox.campaign_entries(campaign_id)
+    summary = (
+        "<table><tbody>"
+        f"<tr><th>id</th><td>{campaign['id']}</td></tr>"
+        f"<tr><th>state</th><td>{escape(campaign['state'])}</td></tr>"
+        f"<tr><th>trigger</th><td>{_trigger(campaign)} <span class=muted>(events more than 72 "
+        "hours old start nobody; one entry per event id)</span></td></tr>"
+        f"<tr><th>entries</th><td>{len(entries)}</td></tr></tbody></table>"
+    )
+    rows = [
+        f"<tr><td>{_person_link(e['cio_id'])}</td><td>{_or_dash(e['person_id'])}</td>"
+        f"<td>{_or_dash(e['person_email'])}</td><td><code>{escape(e['trigger'])}</code></td>"
+        f"<td data-sort={int(e['entered_at'])}>{_utc(e['entered_at'])}</td></tr>"
+        for e in entries[:MAX_PEOPLE]
+    ]
+    table = _table(
+        "entries",
+        "entries",
+        ["cio_id", "id", "email", "started by", "entered"],
+        rows,
+        "Nobody entered.",
+    )
+    more = (
+        f"<p class=muted>Showing the first {MAX_PEOPLE} of {len(entries)}.</p>"
+        if len(entries) > MAX_PEOPLE
+        else ""
+    )
+    body = f"<h2>{escape(campaign['name'])}</h2>{summary}<h3>Entries</h3>{table}{more}"
+    return _layout(f"{campaign['name']} · Customer.io sandbox", body)
 
 
 def _rejects_section(path: str) -> str:

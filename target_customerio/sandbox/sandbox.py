@@ -12,6 +12,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from target_customerio.sandbox import rejects, track_v1, track_v2
+from target_customerio.sandbox.campaigns import Campaigns
 from target_customerio.sandbox.faults import Fault, Faults
 from target_customerio.sandbox.rate_limit import TokenBucket
 from target_customerio.sandbox.segments import Segments
@@ -43,6 +44,7 @@ class Sandbox:
         app_rate_limit: float | None = APP_RATE_LIMIT,
         segments_file: str | None = None,
         reject_file: str | None = None,
+        campaigns_file: str | None = None,
     ) -> None:
         """`store=False` keeps nothing but counters and the request log (benchmarks); with
         `validate=False` as well, a well-formed batch is accepted without checking its operations
@@ -52,7 +54,8 @@ class Sandbox:
         The App API (`/v1/...`) takes `Authorization: Bearer <app_api_key>` and answers 429
         beyond `app_rate_limit` requests a second (None: no limit). `segments_file` defines
         segments at start (segments.Segments.load_file); `reject_file` is a target's reject
-        file, whose newest run the QA page shows."""
+        file, whose newest run the QA page shows; `campaigns_file` defines campaigns at start
+        (campaigns.Campaigns.load_file)."""
         if region not in REGION_URLS:
             raise ValueError(f"region must be one of {sorted(REGION_URLS)}")
         self.site_id, self.api_key, self.region = site_id, api_key, region
@@ -67,6 +70,9 @@ class Sandbox:
         self.segment_store = Segments(self.store)
         if segments_file is not None:
             self.segment_store.load_file(segments_file)
+        self.campaign_store = Campaigns(self.store)
+        if campaigns_file is not None:
+            self.campaign_store.load_file(campaigns_file)
         self.reject_file = reject_file
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
@@ -234,6 +240,33 @@ class Sandbox:
 
     def remove_from_segment(self, segment_id: int, ids: list, id_type: str = "id") -> int:
         return self.segment_store.change_members(segment_id, ids, id_type, add=False)
+
+    # ---- campaigns ----
+
+    def add_campaign(
+        self,
+        name: str,
+        event_name: str | None = None,
+        trigger_segment_ids: list[int] | None = None,
+        state: str = "running",
+        id: int | None = None,
+    ) -> int:
+        """Define a campaign started by an event name or by manual segments; returns its id.
+        Raises campaigns.CampaignError (a ValueError)."""
+        return self.campaign_store.add(name, state, event_name, trigger_segment_ids, id)["id"]
+
+    def load_campaigns(self, path: str) -> list[int]:
+        """Define the campaigns of a JSON file (what --campaigns does); returns their ids."""
+        return self.campaign_store.load_file(path)
+
+    def campaigns(self) -> list[dict]:
+        """Every campaign's definition with its number of `entries`."""
+        counts = self.campaign_store.entry_counts()
+        return [{**c, "entries": counts.get(c["id"], 0)} for c in self.campaign_store.all()]
+
+    def campaign_entries(self, campaign_id: int) -> list[dict]:
+        """Who entered the campaign and what started them (one entry per event id)."""
+        return self.campaign_store.entries(campaign_id)
 
     def record_reconcile(self, segment_id: int, expected: int) -> None:
         """The hook for a reconcile run: the count it expected, shown beside the live one on

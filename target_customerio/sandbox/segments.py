@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from target_customerio.sandbox.campaigns import enter_on_segment
 from target_customerio.sandbox.conditions import ConditionError, Node, Subject, events_used, parse
 from target_customerio.sandbox.store import Store, person_from_row
 
@@ -153,7 +154,10 @@ class Segments:
                 else:
                     sql = "DELETE FROM segment_members WHERE segment_id = ? AND cio_id = ?"
                     params = (segment_id, row["cio_id"])
-                changed += self.store.db.execute(sql, params).rowcount
+                done = self.store.db.execute(sql, params).rowcount
+                changed += done
+                if add and done:  # a new member: the campaigns this segment triggers start
+                    enter_on_segment(self.store, segment_id, row["cio_id"], now)
         return changed
 
     # ---- counts and members ----

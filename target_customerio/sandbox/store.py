@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 
+from target_customerio.sandbox.campaigns import SCHEMA as CAMPAIGN_SCHEMA
 from target_customerio.sandbox.operations import ItemError, apply_one
 
 REQUEST_LOG_MAX = 50_000  # rows kept in the request log; older ones are trimmed
@@ -85,6 +86,7 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        self.db.executescript(CAMPAIGN_SCHEMA)
 
     # ---- writes ---------------------------------------------------------------------------
 
@@ -134,12 +136,13 @@ class Store:
             return dict(self.counters)
 
     def reset(self) -> None:
-        """Empty the data; segment definitions stay (they are the workspace's set-up, like the
-        --segments file), their manual members and recorded expected counts go."""
+        """Empty the data; segment and campaign definitions stay (they are the workspace's
+        set-up, like the --segments file), their manual members, recorded expected counts and
+        campaign entries go."""
         with self.lock:
             self.db.executescript(
                 "DELETE FROM people; DELETE FROM events; DELETE FROM objects; DELETE FROM requests;"
-                " DELETE FROM segment_members;"
+                " DELETE FROM segment_members; DELETE FROM campaign_entries;"
                 " UPDATE segments SET expected = NULL, expected_at = NULL;"
             )
             self.counters.clear()

@@ -170,3 +170,51 @@ def test_a_deleted_event_row_is_skipped(marker):
         Kind(EVENT).map(
             {"order_id": 7, "customer_id": 42, "placed_at": "2026-11-22T11:00:00Z", **marker}
         )
+
+
+def _in_hours(hours: float) -> str:
+    moment = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=hours)
+    return moment.isoformat()
+
+
+@pytest.mark.parametrize(
+    "spec, hours, future",
+    [
+        ({}, 0.5, False),  # the default max_future is 1h: clocks a little apart are fine
+        ({}, 48, True),  # the issue's row dated two days ahead
+        ({"max_future": "3d"}, 48, False),
+        ({"max_future": "0s"}, 0.1, True),
+    ],
+)
+def test_an_event_later_than_now_plus_max_future_is_rejected(spec, hours, future):
+    """A future event time would become the tap's INCREMENTAL bookmark and hide the rows until
+    then (docs/meltano.md): it is refused, naming the column, not sent."""
+    m = Kind({**EVENT, **spec})
+    row = {"order_id": 1, "customer_id": 1, "placed_at": _in_hours(hours)}
+    if not future:
+        assert op(m, row)["name"] == "order_placed"
+        return
+    with pytest.raises(Rejected) as err:
+        m.map(row)
+    assert (err.value.reason, err.value.field) == ("future_timestamp", "placed_at")
+    assert "max_future" in err.value.message
+
+
+@pytest.mark.parametrize("value", ["soon", 3600, "1 year", "-1h"])
+def test_max_future_is_a_duration(value):
+    from target_customerio.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_future"):
+        Kind({**EVENT, "max_future": value})
+
+
+def test_event_names_keep_their_unicode_letters_and_collapsed_spellings_are_reported():
+    names: list = []
+    m = Kind({**EVENT, "event_name": None, "event_name_field": "event_name"}, names=names)
+    base = {"customer_id": 1, "placed_at": "2026-11-22T11:00:00Z"}
+    sent = [
+        op(m, {**base, "order_id": i, "event_name": raw})["name"]
+        for i, raw in enumerate(["Café Visité", "ÜBER uns", "über uns", "ber uns"])
+    ]
+    assert sent == ["café_visité", "über_uns", "über_uns", "ber_uns"]
+    assert ("ÜBER uns", "über_uns") in names and ("über uns", "über_uns") in names
