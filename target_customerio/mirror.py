@@ -98,6 +98,7 @@ class Mirror:
         self._workspace = workspace  # what ledger.person_key names people in
         self._ledger_setting = ledger_setting  # where the ledger is: `ledger_url` or its path
         self.runs: dict[str, RunMembers] = {}
+        self.finished = False  # `finish` ran (the run's members are settled)
 
     def members(self, stream: str, route: Route, scope: str) -> RunMembers:
         """The stream's members (one for every sink the stream has in the run)."""
@@ -130,6 +131,8 @@ class Mirror:
             plan = self._plan(run, ledger, problems, app)
             if plan is not None:
                 plans.append(plan)
+            elif not dry_run:  # not read whole: nobody left, but whom it sent is known
+                self._learn(run, ledger)
         for plan in plans:
             self._absent_forgotten(plan, ledger, app)
             self._exit_operations(plan, delivery)
@@ -145,7 +148,23 @@ class Mirror:
         if not dry_run:
             for plan in plans:
                 self._keep(plan, ledger)
+        self.finished = True
         return problems
+
+    def learn(self, ledger: Ledger) -> None:
+        """A run that did not end normally: nobody left, but whom each route sent (accepted,
+        in doubt or queued) is kept as a member, so that one who leaves before the next complete
+        run is told then (their fingerprint counts only where the ledger confirms it)."""
+        if self.finished:
+            return
+        for run in self.runs.values():
+            self._learn(run, ledger)
+
+    @staticmethod
+    def _learn(run: RunMembers, ledger: Ledger) -> None:
+        if run.sent:
+            members = [(key, fp, member) for key, (fp, member) in run.sent.items()]
+            ledger.update_mirror(run.scope, members, ())
 
     def _plan(
         self, run: RunMembers, ledger: Ledger, problems: list[str], app: AppClient | None

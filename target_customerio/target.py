@@ -591,6 +591,12 @@ class TargetCustomerIO(SdkTarget):
             self.logger.info(
                 "route(s) that received nothing in this run: %s", ", ".join(self.report.idle_routes)
             )
+        if status != "ok" and not self.settings.dry_run and self.mirror.runs:
+            try:
+                self.ledger.flush()
+                self.mirror.learn(self.ledger)
+            except TargetError as exc:  # the run has failed already: this is not its cause
+                self.logger.warning("mirror: the members sent in this run are not kept: %s", exc)
         try:
             self.ledger.close()
         except TargetError as exc:

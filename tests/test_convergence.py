@@ -182,6 +182,8 @@ class Nights(RuleBasedStateMachine):
         self.unsent_deletes: set[str] = set()  # deleted rows the tap sends until a night ends
         self.unknown_vip: set[str] = set()  # who may hold a VIP tier a lost ledger forgot
         self.unknown_members: set[str] = set()
+        self.known_vip: set[str] = set()  # whom the ledger knows as members of the views
+        self.known_members: set[str] = set()
         self.serial = 0
         self.nights = 0
         self.checked = 0
@@ -308,6 +310,7 @@ class Nights(RuleBasedStateMachine):
             path.unlink()
         self.unknown_vip = set(self.people)
         self.unknown_members = set(self.people)
+        self.known_vip, self.known_members = set(), set()
 
     def _messages(self) -> list[dict]:
         customers = [
@@ -360,10 +363,19 @@ class Nights(RuleBasedStateMachine):
 
     def _settle(self, run) -> None:
         """A night's end: a documented exit (or the kill), never a traceback; the invariant
-        after an exit 0."""
+        after an exit 0. A failed run keeps whom its mirror routes sent; a killed one cannot:
+        who joined a view in it and leaves before it is known again may keep what the view
+        set (docs/ledger.md)."""
         assert "Traceback" not in run.stderr, run.stderr[-3000:]
         assert run.returncode in (0, 1, 4, -signal.SIGKILL), (run.returncode, run.stderr[-3000:])
-        if run.returncode == 0:
+        if run.returncode == -signal.SIGKILL:
+            self.unknown_vip |= set(self.vip) - self.known_vip
+            self.unknown_members |= self.members - self.known_members
+        else:
+            self.known_vip |= set(self.vip)
+            self.known_members |= self.members
+        if run.returncode == 0:  # who left was told: the ledger knows the views as they are
+            self.known_vip, self.known_members = set(self.vip), set(self.members)
             self.unsent_deletes.clear()
             self.unknown_vip -= set(self.vip)
             self.unknown_members -= self.members
