@@ -193,7 +193,7 @@ class Nights(RuleBasedStateMachine):
             if self.people or self.deleted:  # a last, clean night: it must end well, converged
                 run = self._night()
                 assert run.returncode == 0, run.stderr[-3000:]
-                self._check()
+                self._settle(run)
         finally:
             self.sandbox.stop()
 
