@@ -5,6 +5,9 @@
     python -m demo.run_demo again --broken   # a later night whose sync loses last_order_at
                                              # (also NIGHT=3 in the environment: `make
                                              # demo-again NIGHT=3`, `make demo NIGHT=3`)
+    python -m demo.run_demo again --lost-writes   # a night whose writes for two customers
+                                             # Customer.io accepts and never applies: the
+                                             # verification finds them, exit 9 (NIGHT=4)
     python -m demo.run_demo up       # only start the services (idempotent)
     python -m demo.run_demo status
     python -m demo.run_demo stop     # stop the sandbox and PostgreSQL
@@ -66,6 +69,9 @@ CHECKS_REJECTS = OUTPUT / "rejects-reconcile.jsonl"
 CHECKS_LOG = OUTPUT / "meltano-reconcile.log"
 EXIT_DRIFT = 7  # target-customerio's exit code when Customer.io disagrees with the database
 BROKEN_NIGHT = 3  # NIGHT=3 is the night whose sync stops sending last_order_at
+LOST_WRITES_NIGHT = 4  # NIGHT=4: the sandbox accepts two customers' writes and drops them
+LOST_WRITES = 2
+EXIT_VERIFY = 9  # target-customerio's exit code when the read-back finds a discrepancy
 CHANGES_SPAN_S = 61  # mutate() stamps its changes within the minute before its `now`
 NEW_REPEAT_BUYERS = 3  # one-time buyers who place their second order on the broken night
 DEMOTED_VIPS = 2  # VIPs whose refund takes them out of vip_customers on the second night
@@ -79,6 +85,7 @@ _SHOW = (
     "Run completed",
     "No state was found",
     "reconcile:",
+    "verification:",
 )
 
 
@@ -177,6 +184,8 @@ def start_sandbox() -> None:
         APP_API_KEY,
         "--segments",
         str(SEGMENTS_FILE),
+        "--report-file",  # the QA page shows the sync's last verification
+        str(REPORT.relative_to(ROOT)),
         "--campaigns",
         str(CAMPAIGNS_FILE),
     ]
@@ -305,16 +314,25 @@ def bookmarks() -> dict[str, Any]:
     return {stream: mark.get("replication_key_value") for stream, mark in marks.items()}
 
 
-def meltano_run() -> float:
-    """`meltano --environment=demo run tap-postgres target-customerio`, log to output/."""
+def meltano_run(lost_writes: bool = False) -> float:
+    """`meltano --environment=demo run tap-postgres target-customerio`, log to output/. On the
+    lost-writes night the target may fail with its verification's discrepancies (exit 9: the
+    run report says so; `meltano run` itself exits 1 whichever code a plugin exited with)."""
     OUTPUT.mkdir(exist_ok=True)
     REPORT.unlink(missing_ok=True)
     REJECTS.unlink(missing_ok=True)
     elapsed, code, _ = _meltano_streamed(["run", "tap-postgres", "target-customerio"], MELTANO_LOG)
-    if code != 0:
+    if code != 0 and not (lost_writes and _failed_verification()):
         say(_tail(MELTANO_LOG, 25))
         raise SystemExit(f"meltano run failed (exit {code}); full log: {MELTANO_LOG}")
     return elapsed
+
+
+def _failed_verification() -> bool:
+    """The sync's report says it failed on its verification's discrepancies (exit 9)."""
+    report = json.loads(REPORT.read_text()) if REPORT.exists() else {}
+    found = report.get("verification") or {}
+    return bool(found.get("discrepancies")) and "verification:" in str(report.get("error"))
 
 
 def _meltano_streamed(
@@ -502,7 +520,28 @@ def print_summary(elapsed: float, night: int) -> None:
         f"{counters.get('duplicate_events_dropped', 0)} re-sent event(s) were dropped by id "
         "(deterministic ULIDs), as Customer.io does."
     )
+    print_verification(report)
     say(f"Open {SANDBOX_URL}/ to inspect people, attribute types and each person's activity.")
+
+
+def print_verification(report: dict[str, Any]) -> None:
+    """The report's `verification`: the sample read back from the workspace's App API."""
+    found = report.get("verification")
+    if not found:
+        return
+    problems = found["discrepancies"]
+    say(
+        f"Verification: {found['checked']} of {found['sampled']} sampled people read back from "
+        f"the App API, {found['ok']} ok, {len(problems)} discrepancies "
+        f"({found['rounds']} read(s); covered: "
+        + "; ".join(f"{s} {'/'.join(o)}" for s, o in found.get("covered", {}).items())
+        + ")"
+    )
+    for item in problems[:10]:
+        sent, found = json.dumps(item["sent"]), json.dumps(item["found"])
+        say(f"  {item['identifier']:>8} {item['check']:15} sent {sent}, holds {found}"[:118])
+    if len(problems) > 10:
+        say(f"  ... and {len(problems) - 10} more in the report's verification")
 
 
 def vip_state() -> tuple[dict[str, Any], set[str]]:
@@ -670,12 +709,14 @@ def cmd_run() -> int:
     say(
         "\nNext: `make demo-again` changes a few rows and syncs again: only the changes are sent. "
         f"`make demo-again NIGHT={BROKEN_NIGHT}` is a night whose sync stops sending "
-        "last_order_at: the checks job fails with exit 7."
+        "last_order_at: the checks job fails with exit 7. `make demo-again "
+        f"NIGHT={LOST_WRITES_NIGHT}` is a night whose writes for {LOST_WRITES} customers are "
+        f"lost: the verification finds them, exit {EXIT_VERIFY}."
     )
     return code
 
 
-def cmd_again(broken: bool = False, requested: int | None = None) -> int:
+def cmd_again(broken: bool = False, requested: int | None = None, lost: bool = False) -> int:
     """Night 2 (and later): change some rows, sync again from the bookmarks in Meltano's state
     backend, run the checks. `broken`: first redeploy customer_profiles with a bug that
     publishes last_order_at as NULL, so every profile that changes tonight loses it."""
@@ -704,7 +745,8 @@ def cmd_again(broken: bool = False, requested: int | None = None) -> int:
     try:
         already_broken = profiles_broken(server.dsn)
         changes = mutate(server.dsn)
-        demoted = {"customer_ids": []} if broken else demote_vips(server.dsn, DEMOTED_VIPS)
+        quiet = broken or lost  # one thing goes wrong a night: nobody is demoted
+        demoted = {"customer_ids": []} if quiet else demote_vips(server.dsn, DEMOTED_VIPS)
         if broken:
             repeat = second_orders(server.dsn, NEW_REPEAT_BUYERS)
             break_profiles(server.dsn)
@@ -741,7 +783,13 @@ def cmd_again(broken: bool = False, requested: int | None = None) -> int:
     for stream, value in sorted(marks.items()):
         say(f"  {stream:34} {value if value is not None else '(none: FULL_TABLE, read whole)'}")
     vips_before = vip_state()
-    elapsed = meltano_run()
+    if lost:
+        lose_writes(changes["changed_customer_ids"][:LOST_WRITES])
+    try:
+        elapsed = meltano_run(lost_writes=lost)
+    finally:
+        if lost:
+            _send("DELETE", "/_sandbox/write_faults")
     NIGHT_FILE.write_text(f"{night}\n")
     print_summary(elapsed, night=night)
     print_campaigns(night)
@@ -752,6 +800,8 @@ def cmd_again(broken: bool = False, requested: int | None = None) -> int:
         "the VIP views are read whole (FULL_TABLE), and their unchanged rows skipped."
     )
     code = run_checks(night=night)
+    if lost:
+        return explain_lost_writes(code)
     if (broken or already_broken) and code == EXIT_DRIFT:
         refused = _sync_rejects("public-customer_profiles", "contract_violation")
         say(
@@ -777,6 +827,31 @@ def cmd_again(broken: bool = False, requested: int | None = None) -> int:
             "Customer.io holds."
         )
     return code
+
+
+def lose_writes(ids: list[str]) -> None:
+    """Tell the sandbox to accept these customers' writes tonight and never apply them (what
+    Customer.io does to some writes: the Track API still answers 200)."""
+    _send("POST", "/_sandbox/write_faults", {"ignore": [{"id": i} for i in ids]})
+    say(
+        f"Lost writes tonight: the workspace will accept every write for {', '.join(ids)} "
+        "(HTTP 200) and never apply it."
+    )
+
+
+def explain_lost_writes(checks: int) -> int:
+    """The lost-writes night's ending: the sync's exit 9, and what the verification found."""
+    report = json.loads(REPORT.read_text()) if REPORT.exists() else {}
+    found = report.get("verification") or {}
+    say(
+        f"\nWhat happened: Customer.io (the sandbox) answered 200 to every request, so the "
+        f"delivery, the STATE and the segment checks (exit {checks}) saw nothing wrong. The "
+        f"verification read {found.get('checked', 0)} of the people sent back and found "
+        f"{len(found.get('discrepancies', []))} discrepancies: the sync exited "
+        f"{EXIT_VERIFY} (docs/verification.md). Its STATE was written: re-sending needs "
+        "`full_resend: true` for those people, or `make demo`."
+    )
+    return EXIT_VERIFY
 
 
 def _wait_past(marks: dict[str, Any]) -> None:
@@ -840,12 +915,19 @@ def main(argv: list[str] | None = None) -> int:
         help=f"(again) a night whose sync stops sending last_order_at; also "
         f"NIGHT={BROKEN_NIGHT} in the environment",
     )
+    parser.add_argument(
+        "--lost-writes",
+        action="store_true",
+        help=f"(again) a night whose writes for {LOST_WRITES} customers Customer.io accepts and "
+        f"never applies: the verification exits {EXIT_VERIFY}; also NIGHT={LOST_WRITES_NIGHT}",
+    )
     args = parser.parse_args(argv)
     os.chdir(ROOT)
     requested = _requested_night()
     broken = args.broken or requested == BROKEN_NIGHT
-    if args.command == "again" or (args.command == "run" and broken):  # `make demo NIGHT=3`
-        return cmd_again(broken=broken, requested=requested)
+    lost = args.lost_writes or requested == LOST_WRITES_NIGHT
+    if args.command == "again" or (args.command == "run" and (broken or lost)):
+        return cmd_again(broken=broken, requested=requested, lost=lost)
     if args.command == "run":
         return cmd_run()
     {"up": cmd_up, "status": cmd_status, "stop": cmd_stop}[args.command]()

@@ -1,6 +1,7 @@
 """The App API (bearer `app_api_key`): segment names and counts, for reconcile checks; the
-campaigns and what triggers them (campaigns.py); which people exist (before a mirror route's
-exits) and a segment's members (a segment route's read-back when its ledger knows nobody)."""
+campaigns and what triggers them (campaigns.py); its requests (`call`) for the people reads
+of verification (people_reads.py); which people exist (before a mirror route's exits) and a
+segment's members (a segment route's read-back when its ledger knows nobody)."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ class AppClient(ApiClient):
             part = ids[start : start + MAX_PEOPLE]
             body = orjson.dumps({"ids": part})
             path = f"/v1/customers/attributes?id_type={id_type}"
-            data = self._call("POST", path, body, "people") or {}
+            data = self.call("POST", path, body, "people") or {}
             customers = data.get("customers")
             if not isinstance(customers, list):
                 raise DeliveryError("the App API answered people without a `customers` list")
@@ -107,9 +108,12 @@ class AppClient(ApiClient):
         return campaigns
 
     def _get(self, path: str, what: str) -> dict[str, Any] | None:
-        return self._call("GET", path, None, what)
+        return self.call("GET", path, None, what)
 
-    def _call(self, method: str, path: str, body: bytes | None, what: str) -> dict[str, Any] | None:
+    def call(self, method: str, path: str, body: bytes | None, what: str) -> dict[str, Any] | None:
+        """One App API request under the retry policy and the shared rate limit: its JSON
+        answer, or None for a 404; a refused key is CredentialsError (exit 3), any other
+        failure DeliveryError (exit 4)."""
         url = f"{self.base_url}{path}"
         try:
             answer, tries = self.request(method, url, body, f"App API {what}")

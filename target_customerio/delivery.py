@@ -22,6 +22,7 @@ from target_customerio.errors import DeliveryError, TargetError, Terminated
 from target_customerio.ledger import Ledger, person_key
 from target_customerio.redaction import REDACTOR, shown
 from target_customerio.report import RunReport, open_output
+from target_customerio.run_sample import RunSample
 from target_customerio.settings import Settings
 from target_customerio.track_api import TrackClient
 from target_customerio.wire import Batch
@@ -61,6 +62,8 @@ class Delivery:
             queue.Queue(maxsize=depth) for _ in range(workers)
         ]
         self.error: TargetError | None = None
+        # Whom the run sent what, for verification (run_sample.py); None: no verification.
+        self.sample: RunSample | None = None
         self._refused = [0] * workers  # per worker: operations refused alone since an acceptance
         # Per worker: records rejected whose last operations are still to come in a later
         # request (a record is counted once, rejected, not also sent when they are accepted).
@@ -183,6 +186,8 @@ class Delivery:
                 self._dependents(batch, set(), carried) if dependent else frozenset()
             )
             self._ledger.record(batch.ledger_entries(unrecorded), mark)
+            if self.sample is not None:
+                self.sample.accepted(batch)
             self._delivered(batch, self._sent(batch, set(), worker))
         elif answer.status == 207:
             self._record_item_errors(batch, answer.json().get("errors"), worker, mark)
@@ -256,6 +261,8 @@ class Delivery:
             )
         carried = self._carried[worker] | rejected_records
         self._ledger.record(batch.ledger_entries(self._dependents(batch, rejected, carried)), mark)
+        if self.sample is not None:
+            self.sample.accepted(batch, rejected)
         self._delivered(batch, self._sent(batch, rejected_records, worker))
 
     def _going(self, batch: Batch) -> None:

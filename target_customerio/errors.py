@@ -79,6 +79,14 @@ class CampaignGuardError(TargetError):
     delivered before it stays, and no STATE after it was written."""
 
     exit_code = 10
+    cause = "max_campaign_entries"
+
+
+class VerifyError(TargetError):
+    """Read back after the run, Customer.io does not hold what the run sent to some of the
+    sampled people (the report's `verification` lists them); everything was delivered."""
+
+    exit_code = 9
 
 
 class Terminated(TargetError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -71,21 +72,14 @@ class Reconciler:
             self.checks += checks
         self._report.delivered(batch.stream, batch.records)
 
-    def run_checks(self, settings: Settings, app_api_key: str) -> None:
-        """Every check, against the App API the settings name (none on a dry run)."""
+    def run_checks(self, settings: Settings, client: Callable[[], AppClient]) -> None:
+        """Every check, against the run's App API client (none on a dry run)."""
         if not self.checks:
             return
         if settings.dry_run:
             self._logger.info("dry run: %d reconcile check(s) not run", len(self.checks))
             return
-        client = AppClient(
-            settings.app_base_url,
-            app_api_key,
-            timeout=settings.request_timeout,
-            max_retries=settings.max_retries,
-            logger=self._logger,
-        )
-        self.run(client)
+        self.run(client())
         self._logger.info("reconcile: %d segment check(s) within tolerance", len(self.checks))
 
     def run(self, client: AppClient) -> list[Check]:

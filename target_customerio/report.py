@@ -98,6 +98,8 @@ class RunReport:
         self.taken_from_sdk = 0  # records the SDK's handling handed to a sink (stream maps, ...)
         self.reconciliation: list[dict[str, Any]] | None = None  # reconcile checks, once run
         self.volume: dict[str, dict[str, Any]] | None = None  # max_volume_change checks
+        self.verification: dict[str, Any] | None = None  # people read back (verification.py)
+        self.qa_sync: dict[str, Any] | None = None  # a QA sync's whom (qa_sync.py)
         self.campaigns: dict[str, Any] | None = None  # campaigns this run can start
         self._mirror: dict[str, dict[str, Any]] = {}  # mirror routes, per stream (mirror.py)
         self._exits_logged = 0
@@ -299,7 +301,21 @@ class RunReport:
             f"{t['sent']} {sent}, {t['rejected']} rejected, {t['skipped']} skipped; "
             f"{self.requests} request(s), {self.bytes / 1e6:.1f} MB, "
             f"{self.retried_requests} retried{self._mirror_summary()}"
+            f"{self._verification_summary()}"
         )
+
+    def _verification_summary(self) -> str:
+        """`; QA sync of 50 people`, `; verified 50 of 50 sampled: 49 ok`, for what ran."""
+        said = []
+        if self.qa_sync is not None:
+            said.append(f"QA sync of {len(self.qa_sync['people'])} people, no STATE")
+        section = self.verification
+        if section is not None:
+            said.append(
+                f"verified {section['checked']} of {section['sampled']} sampled: "
+                f"{section['ok']} ok, {len(section['discrepancies'])} discrepancies"
+            )
+        return "".join(f"; {part}" for part in said)
 
     def _mirror_summary(self) -> str:
         """`; mirror: 3 left their view, 12 segment add(s), 4 removal(s)`, for what happened."""
@@ -353,6 +369,10 @@ class RunReport:
             report["reconciliation"] = self.reconciliation
         if self.volume is not None:
             report["volume"] = self.volume
+        if self.qa_sync is not None:
+            report["qa_sync"] = self.qa_sync
+        if self.verification is not None:
+            report["verification"] = self.verification
         if self.campaigns is not None:
             report["campaigns"] = self.campaigns
         mirror = self.mirror_sections()

@@ -1,6 +1,8 @@
 """What a run does after its last STATE, in order: mirror routes tell Customer.io who left
 their views (unless the guard holds them back: exit 8), the sync volume is checked and the
-reconcile checks run (exit 7). Everything before is delivered and its STATE written, so these
+reconcile checks run (exit 7), and last a sample of the people sent is read back (exit 9,
+verification.py) when all of that passed: a run that already failed verifies nothing.
+Everything before is delivered and its STATE written, so these
 failures cost no data; when both happen, exit 8 wins (held-back exits need a decision) and its
 message carries the drift too."""
 
@@ -17,9 +19,18 @@ def after_last_state(
     reconcile: Callable[[], None],
     *,
     dry_run: bool,
+    verify: Callable[[], None] = lambda: None,
+    qa: bool = False,
 ) -> None:
     """`mirror` returns the guard's problems, `volume` the streams outside their range;
-    `reconcile` raises DriftError. A dry run checks no volume (it delivered nothing)."""
+    `reconcile` raises DriftError, `verify` VerifyError. A dry run checks no volume (it
+    delivered nothing) and verifies nothing. A QA sync (`qa`) only verifies: its sample is no
+    view and no sync volume (mirror routes tell nobody they left, the volume is neither checked
+    nor kept in the history), and its segments are not whole (no reconcile checks)."""
+    if qa:
+        if not dry_run:
+            verify()
+        return
     guard = mirror()
     if dry_run:
         reconcile()  # lists what it would check
@@ -36,6 +47,7 @@ def after_last_state(
         raise_guard(guard, drift)
         raise drift
     raise_guard(guard)
+    verify()
 
 
 def raise_guard(problems: list[str], drift: DriftError | None = None) -> None:

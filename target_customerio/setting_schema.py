@@ -42,13 +42,53 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "writeOnly": True,
             "description": "App API key (bearer), for reconcile routes: segment counts are read "
             "from the App API; with it, the campaigns an event or segment route can start are "
-            "read at start-up and counted. Secret: never logged. Required when a reconcile "
-            "route's stream arrives (unless dry_run), or with max_campaign_entries.",
+            "read at start-up and counted, and verification reads people back (verify_sample, "
+            "qa_sample). Secret: never logged. Required when a reconcile route's stream arrives "
+            "(unless dry_run), or with max_campaign_entries, verify_sample or qa_sample.",
         },
         "app_api_url": {
             "type": "string",
             "description": "Overrides the region's App API base URL (https://api.customer.io, EU "
             "https://api-eu.customer.io); plain http:// only for loopback hosts.",
+        },
+        "verify_sample": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 10000,
+            "default": 0,
+            "description": "Read back up to this many people the run sent something to, from "
+            "Customer.io's App API, after everything else (needs app_api_key): profile, "
+            "emails, attributes, failed changes, events. A discrepancy exits 9. 0: off.",
+        },
+        "verify_timeout": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 86400,
+            "default": 300,
+            "description": "Seconds a verification keeps reading a mismatch again before it "
+            "counts (Customer.io applies writes asynchronously).",
+        },
+        "on_verify_failure": {
+            "type": "string",
+            "enum": ["fail", "warn"],
+            "default": "fail",
+            "description": "A verification discrepancy: fail exits 9; warn logs it and exits 0 "
+            "(the report's verification lists it either way).",
+        },
+        "qa_sample": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 10000,
+            "description": "A QA sync: send at most this many people (the same ones every time "
+            "for the same data, covering every person route and each qa_stratify value), with "
+            "their events, write no STATE, and verify every one of them (needs app_api_key). "
+            "Unset: a normal run.",
+        },
+        "qa_stratify": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "description": "Columns of person routes whose every value a QA sync covers (the "
+            "lifecycle states: status, segment, ...). Unset: routes only.",
         },
         "streams": {
             "type": ["object", "string"],

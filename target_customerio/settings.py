@@ -91,6 +91,11 @@ class Settings:
     ledger_lock_timeout: float  # seconds a ledger held locked by another process is waited for
     full_resend: bool
     max_reject_ratio: float | None
+    verify_sample: int = 0  # people read back after the run (verification.py); 0: off
+    verify_timeout: float = 300.0
+    on_verify_failure: str = "fail"
+    qa_sample: int | None = None  # a QA sync's most people (qa_sync.py); None: a normal run
+    qa_stratify: tuple[str, ...] = ()
     max_campaign_entries: int | None = None  # campaigns.py: None, no guard
 
     def __repr__(self) -> str:
@@ -131,6 +136,7 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
     if violation not in ("reject", "fail"):
         raise ConfigError(f"setting `on_contract_violation`: {violation!r} is not reject or fail")
     _distinct_outputs(config, dry_run)
+    verify = _verification(config, dry_run)
     routes = Routes(streams, base_dir, violation)
     change_detection = bool(config.get("change_detection", True))
     mirrored = [route.pattern for route in routes.all() if route.mirror is not None]
@@ -166,10 +172,42 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
         ledger_lock_timeout=_positive(config, "ledger_lock_timeout", 30),
         full_resend=bool(config.get("full_resend", False)),
         max_reject_ratio=_ratio(config.get("max_reject_ratio")),
+        **verify,
         max_campaign_entries=max_campaign_entries_option(
             "setting `max_campaign_entries`", config.get("max_campaign_entries")
         ),
     )
+
+
+def _verification(config: dict[str, Any], dry_run: bool) -> dict[str, Any]:
+    """verify_sample, verify_timeout, on_verify_failure, qa_sample and qa_stratify, checked:
+    reading back needs the App API key (not on a dry run, which reads nothing back)."""
+    sample = int(config.get("verify_sample") or 0)
+    qa = config.get("qa_sample")
+    failure = config.get("on_verify_failure", "fail")
+    if failure not in ("fail", "warn"):
+        raise ConfigError(f"setting `on_verify_failure`: {failure!r} is not fail or warn")
+    stratify = config.get("qa_stratify") or []
+    if stratify and qa is None:
+        raise ConfigError(
+            "setting `qa_stratify` applies only with `qa_sample` (a QA sync): it would do nothing"
+        )
+    if stratify != list(dict.fromkeys(stratify)):
+        raise ConfigError("setting `qa_stratify` names a column twice")
+    no_key = not str(config.get("app_api_key") or "").strip()
+    if (sample or qa is not None) and not dry_run and no_key:
+        which = "qa_sample" if qa is not None else "verify_sample"
+        raise ConfigError(
+            f"setting `app_api_key` is required by `{which}`: people are read back from "
+            "the App API (TARGET_CUSTOMERIO_APP_API_KEY)"
+        )
+    return {
+        "verify_sample": sample,
+        "verify_timeout": _positive(config, "verify_timeout", 300),
+        "on_verify_failure": failure,
+        "qa_sample": None if qa is None else int(qa),
+        "qa_stratify": tuple(stratify),
+    }
 
 
 def _distinct_outputs(config: dict[str, Any], dry_run: bool) -> None:

@@ -40,6 +40,8 @@ class SinkNeeds:
     members: RunMembers | None = None  # a mirror route's: who this run's records are about
     # people whose identify was rejected in this run (memberships of theirs are not sent)
     refused: set[tuple[str, str]] | None = None
+    # A QA sync's (qa_sync.QaSync.hold): records are held until the chosen people are known.
+    hold: t.Callable[[str, Route, t.Callable[[t.Any], None], t.Any], None] | None = None
     campaigns: Campaigns | None = None  # the run's campaign triggers (None: not read)
 
 
@@ -74,7 +76,7 @@ class CustomerIOSink(SdkSink):
         )
         self._mapping_key = self._mapping.open(spec)
         self._chunk: list[Item] = []
-        self._sdk_counted = 0  # records of the chunk that came through the SDK's handling
+        self._sdk_counted = 0  # records of the chunk counted for `record_count` already (the SDK)
         self._fail_on_violation = route.on_contract_violation == "fail"
         self._events = needs.events
         self._events_as = needs.events.stream_id(stream_name)
@@ -87,6 +89,10 @@ class CustomerIOSink(SdkSink):
         self._packers = [
             Packer(stream_name, partial(needs.submit, shard)) for shard in range(needs.shards)
         ]
+        if needs.hold is not None:  # a QA sync: both ways in hold the record back instead
+            self._hold = partial(needs.hold, stream_name, route, self._receive_counted)
+            self.receive = self._hold_direct  # type: ignore[method-assign]
+            self.process_record = self._hold_from_sdk  # type: ignore[method-assign]
 
     def _check_route_columns(self, route: Route) -> None:
         """Every column the route names is declared by the stream's SCHEMA (else ConfigError,
@@ -130,12 +136,30 @@ class CustomerIOSink(SdkSink):
         if len(self._chunk) >= CHUNK:
             self._send_chunk()
 
+    _receive = receive  # the sink's own, when a QA sync holds `receive` back
+
     def process_record(self, record: dict, context: dict) -> None:
         """A record through the SDK's handling (stream maps, flattening or record metadata on),
         which has counted it for the `record_count` metric already."""
         self._sdk_counted += 1
         self._report.taken_from_sdk += 1
         self.receive(record)
+
+    def _hold_direct(self, item: Item) -> None:
+        """A QA sync: a record from the reader held back, counted for `record_count` now (as
+        the SDK counts those it hands over), whether it is sent or not."""
+        self.record_counter_metric.increment()
+        self._hold(item)
+
+    def _hold_from_sdk(self, record: dict, context: dict) -> None:
+        """A QA sync: the SDK's record held back (taken from the SDK, not filtered out)."""
+        self._report.taken_from_sdk += 1
+        self._hold(record)
+
+    def _receive_counted(self, item: Item) -> None:
+        """A QA sync's chosen record, already counted for `record_count`."""
+        self._sdk_counted += 1
+        self._receive(item)
 
     def _send_chunk(self) -> None:
         chunk, self._chunk = self._chunk, []

@@ -33,6 +33,7 @@ from target_customerio.mapping_processes import ProcessMapping, make_mapping
 from target_customerio.memberships import Memberships, segment_requests
 from target_customerio.mirror import Mirror
 from target_customerio.operations import KINDS
+from target_customerio.read_back import ReadBack
 from target_customerio.reading import SingerLineReader
 from target_customerio.reconcile import Reconciler
 from target_customerio.redaction import shown
@@ -176,6 +177,9 @@ class TargetCustomerIO(SdkTarget):
             self.ledger,
             self.logger,
         )
+        key = str(self.config.get("app_api_key", ""))
+        self.read_back = ReadBack(self.settings, key, self.delivery, self.report, self.logger)
+        self.qa = self.read_back.qa  # a QA sync holds the records until the input ends
         self.events = RunEvents()  # every event of the run, whichever stream sent it
         self.reconciler = Reconciler(self.report, self.logger)
         self.memberships = Memberships(self.report, self.logger)
@@ -240,16 +244,9 @@ class TargetCustomerIO(SdkTarget):
             return
         if not {route.kind for route in routes} & {"event", "segment"}:
             return
-        client = AppClient(
-            self.settings.app_base_url,
-            key,
-            timeout=self.settings.request_timeout,
-            max_retries=self.settings.max_retries,
-            logger=self.logger,
-        )
         self._checking = True  # reads only: a signal stops them at once
-        try:
-            found = read_triggers(client)
+        try:  # the run's one App API client: its 10 requests a second shared (read_back.py)
+            found = read_triggers(self.read_back.app_client())
         finally:
             self._checking = False
         self.campaigns = Campaigns(
@@ -300,6 +297,7 @@ class TargetCustomerIO(SdkTarget):
             events=self.events,
             members=members,
             refused=self.delivery.refused_people,
+            hold=self.qa.hold if self.qa is not None else None,
             campaigns=self.campaigns,
         )
 
@@ -410,8 +408,8 @@ class TargetCustomerIO(SdkTarget):
     def emit_state(self, state: dict) -> None:
         self._check_near_misses()
         self._settle()
-        if self.settings.dry_run:
-            return  # nothing was sent, so no bookmark may move
+        if self.settings.dry_run or self.qa is not None:
+            return  # nothing (or a QA sample) was sent, so no bookmark may move
         try:
             self.sdk_write_state(state)
         except (
@@ -436,6 +434,8 @@ class TargetCustomerIO(SdkTarget):
         self._guarded(self._last_drain, None)
 
     def _last_drain(self, _: None) -> None:
+        if self.qa is not None:
+            self.qa.release()  # the chosen people's records, to their sinks
         super().process_endofpipe()
         self._check_near_misses()
         self._settle()
@@ -446,6 +446,8 @@ class TargetCustomerIO(SdkTarget):
             ),
             self._reconcile,
             dry_run=self.settings.dry_run,
+            verify=self._verify,
+            qa=self.qa is not None,
         )
 
     def _mirror(self) -> list[str]:
@@ -466,24 +468,27 @@ class TargetCustomerIO(SdkTarget):
         )
 
     def _app_client(self) -> AppClient | None:
-        """The App API, when `app_api_key` is set (not on a dry run): mirror exits ask it who
-        exists, and a segment route whose ledger knows nobody reads its members back."""
+        """The run's App API client (read_back.py), when `app_api_key` is set (not on a dry
+        run): mirror exits ask it who exists, and a segment route whose ledger knows nobody
+        reads its members back."""
         key = str(self.config.get("app_api_key") or "").strip()
         if not key or self.settings.dry_run:
             return None
-        return AppClient(
-            self.settings.app_base_url,
-            key,
-            timeout=self.settings.request_timeout,
-            max_retries=self.settings.max_retries,
-            logger=self.logger,
-        )
+        return self.read_back.app_client()
 
     def _reconcile(self) -> None:
         """The reconcile checks, after everything else is delivered and the last STATE written."""
+        self._reading(partial(self.reconciler.run_checks, self.settings, self.read_back.app_client))
+
+    def _verify(self) -> None:
+        """The sample read back, last (read_back.py); not after a signal."""
+        if not self._terminating:
+            self._reading(partial(self.read_back.verify, self.started_at))
+
+    def _reading(self, read: t.Callable[[], None]) -> None:
         self._checking = True  # reads only: a signal stops them at once
         try:
-            self.reconciler.run_checks(self.settings, str(self.config.get("app_api_key", "")))
+            read()
         finally:
             self._checking = False
 

@@ -156,6 +156,7 @@ def test_the_guard_stops_a_backfill_before_the_first_person_past_the_limit(
     )
     assert run.returncode == 10, run.stderr
     assert "CampaignGuardError" in run.stderr
+    assert "target-customerio failed (max_campaign_entries)" in run.stderr.splitlines()[-1]
     assert "'Post-purchase' (id 1, running) for more than max_campaign_entries 600" in run.stderr
     assert "order_placed" in run.stderr
     entered = entries(sandbox, campaigns["running"])

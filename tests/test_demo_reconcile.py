@@ -238,11 +238,14 @@ def test_meltano_json_log_lines_become_text_and_give_the_exit_codes():
     ("argv", "night", "expected"),
     [
         (["run"], None, ("run",)),
-        (["run"], "3", ("again", True, 3)),  # make demo NIGHT=3
-        (["again"], None, ("again", False, None)),  # make demo-again
-        (["again"], "3", ("again", True, 3)),  # make demo-again NIGHT=3
-        (["again", "--broken"], None, ("again", True, None)),
-        (["again"], "2", ("again", False, 2)),
+        (["run"], "3", ("again", True, 3, False)),  # make demo NIGHT=3
+        (["again"], None, ("again", False, None, False)),  # make demo-again
+        (["again"], "3", ("again", True, 3, False)),  # make demo-again NIGHT=3
+        (["again", "--broken"], None, ("again", True, None, False)),
+        (["again"], "2", ("again", False, 2, False)),
+        (["again"], "4", ("again", False, 4, True)),  # make demo-again NIGHT=4: lost writes
+        (["run"], "4", ("again", False, 4, True)),
+        (["again", "--lost-writes"], None, ("again", False, None, True)),
     ],
 )
 def test_night_3_is_the_broken_night_however_it_is_asked_for(monkeypatch, argv, night, expected):
@@ -251,7 +254,7 @@ def test_night_3_is_the_broken_night_however_it_is_asked_for(monkeypatch, argv, 
     monkeypatch.setattr(
         run_demo,
         "cmd_again",
-        lambda broken, requested: calls.append(("again", broken, requested)) or 7,
+        lambda broken, requested, lost: calls.append(("again", broken, requested, lost)) or 7,
     )
     if night is None:
         monkeypatch.delenv("NIGHT", raising=False)

@@ -138,3 +138,10 @@ def test_a_broken_link_is_found(tmp_path):
         "page.md:3: #nope: no heading with that anchor",
     ]
     assert [target for _, target in links(doc)][-1] == "page.md#title"
+
+
+def test_every_docs_page_is_in_the_readme_table():
+    """A newcomer finds the reference from the README: each page of docs/ has its row."""
+    readme = (REPO / "README.md").read_text()
+    pages = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md"))
+    assert [page for page in pages if f"]({page})" not in readme] == []

@@ -45,6 +45,7 @@ PLUGIN_EXECUTABLES = [
     SYS_DIR / "loaders" / "target-customerio" / "venv" / "bin" / "target-customerio",
 ]
 SITE_ID, API_KEY = "sandbox-site", "sandbox-key"  # the demo environment's sandbox credentials
+APP_API_KEY = "sandbox-app-key"
 STATE_ID = "demo:tap-postgres-to-target-customerio"
 RUN_TIMEOUT_S = 150
 ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
@@ -164,7 +165,13 @@ def _tail(proc: subprocess.CompletedProcess, lines: int = 40) -> str:
 def sandbox(tmp_path_factory) -> Iterator[Sandbox]:
     db = tmp_path_factory.mktemp("sandbox") / "sandbox.sqlite"
     segments = str(Path(__file__).resolve().parent.parent / "demo" / "segments.json")
-    with Sandbox(site_id=SITE_ID, api_key=API_KEY, db_path=str(db), segments_file=segments) as sb:
+    with Sandbox(
+        site_id=SITE_ID,
+        api_key=API_KEY,
+        app_api_key=APP_API_KEY,  # the demo environment verifies 50 people and reads campaigns
+        db_path=str(db),
+        segments_file=segments,
+    ) as sb:
         yield sb  # with the demo's segments: the project's segment route adds to "VIP (from SQL)"
 
 
@@ -188,6 +195,7 @@ def project(meltano, postgres, sandbox, tmp_path_factory) -> Project:
             "TAP_POSTGRES_HOST": "127.0.0.1",
             "TAP_POSTGRES_PORT": str(postgres.port),
             "TARGET_CUSTOMERIO_TRACK_API_URL": sandbox.url,
+            "TARGET_CUSTOMERIO_APP_API_URL": sandbox.url,
         }
     )
     return Project(root=root, meltano=meltano, env=env)
@@ -268,6 +276,9 @@ def test_meltano_run_twice_sends_everything_then_only_changes(project, postgres,
     night1_end = int(time.time())
     streams = report["streams"]
     assert report["status"] == "ok", report
+    # the demo environment's verify_sample: 50 people read back, every route covered
+    assert report["verification"]["ok"] == report["verification"]["sampled"] == 50
+    assert set(report["verification"]["covered"]) == set(streams) - {"public-vip_segment"}
     assert set(streams) == {f"public-{view}" for view in [*rows, *MIRROR_VIEWS]}
     vips = query(dsn, "SELECT count(*) FROM vip_customers")[0][0]
     for view in MIRROR_VIEWS:  # read whole (FULL_TABLE); their own tests: tests/test_demo_mirror.py

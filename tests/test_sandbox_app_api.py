@@ -67,7 +67,7 @@ def test_unknown_segment_is_404_with_the_app_api_error_shape(sb, app, path):
 
 
 def test_no_route_is_404(sb, app):
-    for path in ("/v1/segments/abc", "/v1/segments/0", "/v1/customers", "/v1/segments/7/x"):
+    for path in ("/v1/segments/abc", "/v1/segments/0", "/v1/customers/1/x", "/v1/segments/7/x"):
         assert app.get(f"{sb.url}{path}").status_code == 404, path
     assert app.post(f"{sb.url}/v1/segments/1/customer_count").status_code == 404
 
@@ -176,32 +176,3 @@ def test_console_script_takes_the_app_api_key():
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
-
-
-def test_people_by_id_leaves_out_the_absent_and_answers_strings(sb, app):
-    """POST /v1/customers/attributes: up to 100 ids, people that do not exist (or were
-    suppressed) left out, every attribute a string, as Customer.io answers."""
-    seed(
-        sb,
-        identify({"id": "a"}, email="A@x.io", orders=3, vip=True, ltv=1.5, tags=["x"]),
-        identify({"id": "b"}, plan="pro"),
-        identify({"id": "c"}, plan="pro"),
-        {"type": "person", "action": "suppress", "identifiers": {"id": "c"}},
-    )
-    r = app.post(f"{sb.url}/v1/customers/attributes", json={"ids": ["a", "nobody", "c"]})
-    assert r.status_code == 200, r.text
-    [found] = r.json()["customers"]
-    customer = found["customer"]
-    assert customer["id"] == "a"
-    assert customer["attributes"] == {
-        "email": "A@x.io",
-        "orders": "3",
-        "vip": "true",
-        "ltv": "1.5",
-        "tags": '["x"]',
-    }
-    by_email = app.post(f"{sb.url}/v1/customers/attributes?id_type=email", json={"ids": ["a@x.io"]})
-    assert [c["customer"]["id"] for c in by_email.json()["customers"]] == ["a"]
-    too_many = app.post(f"{sb.url}/v1/customers/attributes", json={"ids": ["x"] * 101})
-    assert too_many.status_code == 400
-    assert app.post(f"{sb.url}/v1/customers/attributes", json={"ids": []}).status_code == 400

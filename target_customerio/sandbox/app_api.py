@@ -1,7 +1,5 @@
-"""The App API's reads, served on `/v1/...` by the same sandbox (Customer.io serves them from
-api.customer.io): the segment reads a reconcile run compares with the database, a segment's
-members, and people by id (`POST /v1/customers/attributes`: up to 100 a request, those that do
-not exist left out, every attribute as a string).
+"""The App API's segment reads, served on `/v1/...` by the same sandbox (Customer.io serves them
+from api.customer.io): what a reconcile run asks to compare a segment with the database.
 
 Bearer auth with the App API key (not the Track API's Basic site_id:api_key), its own rate limit
 (10 requests a second by default, as Customer.io documents), and the App API's error shape
@@ -10,18 +8,15 @@ Bearer auth with the App API key (not the Track API's Basic site_id:api_key), it
 
 from __future__ import annotations
 
-import json
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from target_customerio.sandbox import campaigns
+from target_customerio.sandbox import app_people, campaigns
 from target_customerio.sandbox.responses import Response
 
 if TYPE_CHECKING:
     from target_customerio.sandbox.sandbox import Sandbox
 
-MAX_PEOPLE = 100  # ids one POST /v1/customers/attributes may ask for
-ID_TYPES = ("id", "email", "cio_id")
 MEMBERSHIP_LIMIT = 30_000  # the most people one membership page returns
 _ID = r"([1-9][0-9]{0,17})"  # SQLite integers are 64-bit: a longer id cannot name a segment
 _SEGMENT = re.compile(rf"/v1/segments/{_ID}(/customer_count|/membership)?")
@@ -47,13 +42,11 @@ def handle(
     if sandbox.app_bucket is not None and not sandbox.app_bucket.allow():
         store.count("app_rate_limited")
         raise error(429, "Too many requests")
+    if path.startswith("/v1/customers"):
+        app_people.handle(sandbox, method, path, query, body)  # raises
     campaigns.answer(sandbox, method, path)  # raises for the campaign routes
     if method == "GET" and path.rstrip("/") == "/v1/segments":
         raise Response(200, {"segments": [_segment(s) for s in sandbox.segment_store.all()]})
-    if path.rstrip("/") == "/v1/customers/attributes":
-        if method != "POST":
-            raise error(405, f"{method} /v1/customers/attributes: POST only")
-        raise Response(200, _people(sandbox, query, body))
     match = _SEGMENT.fullmatch(path)
     if match is None or method != "GET":
         raise error(404, f"no App API route for {method} {path}")
@@ -87,48 +80,6 @@ def _membership(sandbox: Sandbox, segment_id: int, query: dict) -> dict:
         "ids": [p["id"] for p in page if p["id"] is not None],
         "next": str(start + limit) if more else "",
     }
-
-
-def _people(sandbox: Sandbox, query: dict, body: bytes) -> dict:
-    """The people of `{"ids": [...]}` that exist (not the suppressed: Customer.io deleted
-    them), each with its attributes as strings."""
-    id_type = query.get("id_type", ["id"])[0]
-    if id_type not in ID_TYPES:
-        raise error(400, f"id_type must be one of {', '.join(ID_TYPES)}")
-    try:
-        ids = json.loads(body or b"{}").get("ids")
-    except (ValueError, AttributeError):
-        raise error(400, "the body must be a JSON object with `ids`") from None
-    if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_PEOPLE:
-        raise error(400, f"`ids` must be a list of 1 to {MAX_PEOPLE} identifiers")
-    found = []
-    for value in ids:
-        person = sandbox.person(**{id_type: str(value)})
-        if person is None or person["suppressed"]:
-            continue
-        attributes = {name: _text(v) for name, v in person["attributes"].items() if v is not None}
-        identifiers = {k: person[k] for k in ID_TYPES if person[k] is not None}
-        customer = {
-            "id": person["id"],
-            "identifiers": identifiers,
-            "attributes": attributes,
-            "timestamps": {},
-            "unsubscribed": attributes.get("unsubscribed") == "true",
-            "devices": [],
-        }
-        found.append({"customer": customer})
-    return {"customers": found}
-
-
-def _text(value: Any) -> str:
-    """An attribute as the App API answers it: a string (a number as its digits)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)):
-        return str(value)
-    return json.dumps(value, separators=(",", ":"))
 
 
 def _segment(segment: dict) -> dict:

@@ -89,6 +89,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--reject-file", metavar="FILE", help="a target's reject_file, shown on the QA page"
     )
+    parser.add_argument(
+        "--report-file",
+        metavar="FILE",
+        help="a target's report_file, whose last verification the QA page shows",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -104,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             app_rate_limit=args.app_rate_limit or None,
             segments_file=args.segments,
             reject_file=args.reject_file,
+            report_file=args.report_file,
             campaigns_file=args.campaigns,
         )
     except SegmentError as exc:

@@ -51,6 +51,8 @@ def route(
     if method == "DELETE" and name == "faults":
         sandbox.clear_faults()
         raise Response(200, [])
+    if name == "write_faults":
+        raise Response(200, _write_faults(sandbox, method, body))
     if method == "POST" and name == "reset":
         sandbox.reset()
         raise Response(200, {})
@@ -92,6 +94,38 @@ def _segments(sandbox: Sandbox, method: str, parts: list[str], read_body: Callab
             raise error(400, str(exc)) from None
         raise Response(200, sandbox.segment(segment_id))
     raise error(404, f"no inspection route for {method} /_sandbox/segments/{'/'.join(parts)}")
+
+
+def _write_faults(sandbox: Sandbox, method: str, body: bytes) -> dict:
+    """`/_sandbox/write_faults`: POST `{"delay": seconds, "ignore": [{"id": ...} or
+    {"email": ...}], "fail_events": [names]}` (each optional) adds to them, DELETE clears
+    them (a write still waiting is applied first), GET shows them."""
+    faults = sandbox.store.write_faults
+    if method == "POST":
+        spec = json_object(body)
+        unknown = sorted(set(spec) - {"delay", "ignore", "fail_events"})
+        if unknown:
+            raise error(400, f"unknown write fault {unknown[0]!r}: delay, ignore, fail_events")
+        try:
+            if "delay" in spec:
+                sandbox.delay_writes(float(spec["delay"]))
+            for person in spec.get("ignore") or []:
+                sandbox.ignore_writes(**person)
+            for name in spec.get("fail_events") or []:
+                sandbox.fail_events(str(name))
+        except (TypeError, ValueError) as exc:
+            raise error(400, f"write_faults: {exc}") from None
+    elif method == "DELETE":
+        sandbox.flush_writes()
+        faults.clear()
+    elif method != "GET":
+        raise error(405, "write_faults: GET, POST or DELETE")
+    return {
+        "delay": faults.delay,
+        "ignore": [{kind: value} for kind, value in sorted(faults.ignored)],
+        "fail_events": sorted(faults.failed_events),
+        "pending": faults.pending(),
+    }
 
 
 def _campaigns(sandbox: Sandbox, method: str, parts: list[str], read_body: Callable) -> None:

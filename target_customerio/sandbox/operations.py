@@ -107,6 +107,18 @@ def _identify(
         store.counters["suppressed_dropped"] += 1
         return
     changes = {k: v for k, v in changes.items() if k != "cio_id"}
+    for kind in ("id", "email"):
+        value = _held_by_another(store, person, kind, changes, identifier)
+        if value is not None:  # Customer.io: the change fails, and says so in the activity log
+            store.counters["identifier_conflicts"] += 1
+            del changes[kind]
+            store.activity(
+                person["cio_id"],
+                "failed_attribute_change",
+                kind,
+                time.time(),
+                {"attribute": kind, "value": value, "reason": f"{kind} is in use by another"},
+            )
     attributes = _merge_attributes(json.loads(person["attributes"]), changes)
     _update_identifier(store, person, "id", changes, identifier)
     _update_identifier(store, person, "email", changes, identifier)
@@ -118,10 +130,27 @@ def _identify(
     store.counters["people_identified"] += 1
 
 
+def _held_by_another(
+    store: Store, person, kind: str, changes: dict, used: tuple[str, str]
+) -> str | None:
+    """The `id` / `email` value an identify sets that another person already holds, or None."""
+    if kind not in changes or used[0] == kind:
+        return None
+    value = changes[kind]
+    if value is None or value == "":
+        return None
+    value = str(value).lower() if kind == "email" else str(value)
+    if value == person[kind]:
+        return None
+    owner = _find(store, (kind, value))
+    return value if owner is not None and owner["cio_id"] != person["cio_id"] else None
+
+
 def _update_identifier(
     store: Store, person, kind: str, changes: dict, used: tuple[str, str]
 ) -> None:
-    """An `id` / `email` attribute also sets that identifier, unless another person has it."""
+    """An `id` / `email` attribute also sets that identifier (one another person holds was
+    taken out of the changes, as a failed attribute change)."""
     if kind not in changes or used[0] == kind:
         return
     value = changes[kind]
@@ -131,10 +160,6 @@ def _update_identifier(
         return
     value = str(value).lower() if kind == "email" else str(value)
     if value == person[kind]:
-        return
-    owner = _find(store, (kind, value))
-    if owner is not None:
-        store.counters["identifier_conflicts"] += 1  # kept as an attribute; the page flags it
         return
     store.db.execute(f"UPDATE people SET {kind} = ? WHERE cio_id = ?", (value, person["cio_id"]))
 
@@ -153,6 +178,11 @@ def _event(store: Store, op: dict, received_at: float) -> None:
         store.counters["suppressed_dropped"] += 1
         return
     timestamp = op.get("timestamp")
+    if op["name"] in store.write_faults.failed_events:  # accepted, then refused
+        store.counters["events_failed"] += 1
+        data = {"id": event_id, "reason": "the event could not be processed"}
+        store.activity(person["cio_id"], "failed_event", op["name"], received_at, data)
+        return
     timestamp = int(received_at) if timestamp is None else timestamp
     store.db.execute(
         "INSERT INTO events (cio_id, id, name, timestamp, attributes, received_at)"
@@ -208,6 +238,7 @@ def _forget(store: Store, cio_id: str) -> None:
     """What a deleted or suppressed person leaves behind: its events and segment memberships."""
     store.db.execute("DELETE FROM events WHERE cio_id = ?", (cio_id,))
     store.db.execute("DELETE FROM segment_members WHERE cio_id = ?", (cio_id,))
+    store.db.execute("DELETE FROM activities WHERE cio_id = ?", (cio_id,))
 
 
 def _merge(store: Store, primary: tuple[str, str], secondary: tuple[str, str]) -> None:
@@ -223,6 +254,7 @@ def _merge(store: Store, primary: tuple[str, str], secondary: tuple[str, str]) -
     store.db.execute("DELETE FROM people WHERE cio_id = ?", (source["cio_id"],))
     moved = (target["cio_id"], source["cio_id"])
     store.db.execute("UPDATE events SET cio_id = ? WHERE cio_id = ?", moved)
+    store.db.execute("UPDATE activities SET cio_id = ? WHERE cio_id = ?", moved)
     store.db.execute("UPDATE OR IGNORE segment_members SET cio_id = ? WHERE cio_id = ?", moved)
     store.db.execute("DELETE FROM segment_members WHERE cio_id = ?", (source["cio_id"],))
     store.db.execute(

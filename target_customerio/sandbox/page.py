@@ -1,8 +1,9 @@
 """Server-rendered QA pages: what would land in Customer.io, and what a retention team would regret.
 
 `/` shows the segments with their live counts (and the count a reconcile run expected), the
-campaigns with their entries, the people with their flags (checks.py), and the newest run of
-the target's reject file; `/people/ID` one profile; `/segments/ID` one segment's members;
+campaigns with their entries, the people with their flags (checks.py), the last verification
+of the target's run report (verification_page.py) and the newest run of the target's reject
+file; `/people/ID` one profile; `/segments/ID` one segment's members;
 `/campaigns/ID` who entered one campaign. Every table sorts (click a heading) and filters
 (the search box) with the little script below: no external assets, the page works offline.
 The state is kept in the URL's fragment (`#q.people=bob&sort.people=-2`), so a view
@@ -17,7 +18,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
-from target_customerio.sandbox import rejects
+from target_customerio.sandbox import rejects, verification_page
 from target_customerio.sandbox.checks import (
     attribute_issues,
     duplicates,
@@ -237,6 +238,8 @@ def render_index(sandbox: Sandbox) -> str:
         + (f"<h2>Campaigns</h2>{_campaigns_table(campaigns)}" if campaigns else "")
         + f"<h2>People</h2>{table}{more}"
     )
+    if sandbox.report_file:
+        body += verification_page.section(sandbox.report_file, _table)
     if sandbox.reject_file:
         body += _rejects_section(sandbox.reject_file)
     return _layout("People · Customer.io sandbox", body)

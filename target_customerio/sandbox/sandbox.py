@@ -44,6 +44,7 @@ class Sandbox:
         app_rate_limit: float | None = APP_RATE_LIMIT,
         segments_file: str | None = None,
         reject_file: str | None = None,
+        report_file: str | None = None,
         campaigns_file: str | None = None,
     ) -> None:
         """`store=False` keeps nothing but counters and the request log (benchmarks); with
@@ -54,7 +55,8 @@ class Sandbox:
         The App API (`/v1/...`) takes `Authorization: Bearer <app_api_key>` and answers 429
         beyond `app_rate_limit` requests a second (None: no limit). `segments_file` defines
         segments at start (segments.Segments.load_file); `reject_file` is a target's reject
-        file, whose newest run the QA page shows; `campaigns_file` defines campaigns at start
+        file, whose newest run the QA page shows; `report_file` a target's report file, whose
+        verification the QA page shows; `campaigns_file` defines campaigns at start
         (campaigns.Campaigns.load_file)."""
         if region not in REGION_URLS:
             raise ValueError(f"region must be one of {sorted(REGION_URLS)}")
@@ -74,6 +76,7 @@ class Sandbox:
         if campaigns_file is not None:
             self.campaign_store.load_file(campaigns_file)
         self.reject_file = reject_file
+        self.report_file = report_file
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -187,6 +190,44 @@ class Sandbox:
 
     def clear_faults(self) -> None:
         self.faults.clear()
+
+    # ---- writes accepted late, or never (write_faults.py) ----
+
+    def delay_writes(self, seconds: float) -> None:
+        """Apply accepted writes `seconds` after they were accepted (0: at once), as
+        Customer.io does asynchronously."""
+        self.store.write_faults.delay = float(seconds)
+
+    def ignore_writes(self, id: str | None = None, email: str | None = None) -> None:
+        """Accept this person's writes (200) without ever applying them."""
+        kind, value = ("id", id) if id is not None else ("email", email)
+        if value is None:
+            raise ValueError("ignore_writes needs id or email")
+        self.store.write_faults.ignore(kind, value)
+
+    def fail_events(self, name: str) -> None:
+        """Accept events of this name and record them as `failed_event` activities."""
+        self.store.write_faults.failed_events.add(name)
+
+    def flush_writes(self) -> None:
+        """Apply every write still waiting for its delay, now."""
+        self.store.write_faults.flush()
+
+    def add_person(
+        self, id: str | None = None, email: str | None = None, attributes: dict | None = None
+    ) -> dict:
+        """A profile made elsewhere (front-end tracking, an older import): `email` is its
+        identifier; an `email` in `attributes` only an attribute, as in a workspace where email
+        was not an identifier when it was made."""
+        self.store.add_person(id, email, attributes or {})
+        person = self.store.person(id=id) if id is not None else self.store.person(email=email)
+        assert person is not None
+        return person
+
+    def activities(self, id: str | None = None, email: str | None = None) -> list[dict]:
+        """A person's activities, newest first ([] when there is no such person)."""
+        person = self.store.person(id=id, email=email)
+        return [] if person is None else self.store.activities(person["cio_id"])
 
     def reset(self) -> None:
         """Empty people, events, objects, the log and counters, and the fault queue; segment

@@ -9,6 +9,7 @@ the counters and the reads.
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -16,6 +17,7 @@ from collections import Counter
 
 from target_customerio.sandbox.campaigns import SCHEMA as CAMPAIGN_SCHEMA
 from target_customerio.sandbox.operations import ItemError, apply_one
+from target_customerio.sandbox.write_faults import WriteFaults
 
 REQUEST_LOG_MAX = 50_000  # rows kept in the request log; older ones are trimmed
 _TRIM_EVERY = 1_000
@@ -64,6 +66,15 @@ CREATE TABLE IF NOT EXISTS segment_members (
     PRIMARY KEY (segment_id, cio_id)
 );
 CREATE INDEX IF NOT EXISTS segment_members_cio_id ON segment_members (cio_id);
+CREATE TABLE IF NOT EXISTS activities (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    cio_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    name TEXT,
+    timestamp INTEGER NOT NULL,
+    data TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS activities_cio_id ON activities (cio_id);
 CREATE TABLE IF NOT EXISTS requests (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     method TEXT, path TEXT, status INTEGER, bytes INTEGER, ops INTEGER, errors INTEGER, at REAL
@@ -79,6 +90,7 @@ class Store:
         self.lock = threading.RLock()
         self.counters: Counter[str] = Counter()
         self.seen_event_ids: set[str] = set()  # dedupe when not persisting
+        self.write_faults = WriteFaults()  # late and dropped writes (write_faults.py)
         self._log_inserts = 0
         self.db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
         self.db.row_factory = sqlite3.Row
@@ -91,8 +103,24 @@ class Store:
     # ---- writes ---------------------------------------------------------------------------
 
     def apply(self, ops: list[tuple[int, dict]], received_at: float | None = None) -> list[dict]:
-        """Apply validated ops (batch index, op) in one transaction; return apply-time errors."""
+        """Apply validated ops (batch index, op) in one transaction; return apply-time errors.
+        Write faults first: a person's writes dropped, or all applied after a delay (their
+        apply-time errors are then only counted, as Customer.io's would not be answered)."""
         received_at = time.time() if received_at is None else received_at
+        faults = self.write_faults
+        if faults.ignored:
+            kept = [(index, op) for index, op in ops if not faults.dropped(op)]
+            self.count("writes_ignored", len(ops) - len(kept))
+            ops = kept
+        if faults.later(ops, received_at, self._apply_late):
+            return []
+        return self._apply_now(ops, received_at)
+
+    def _apply_late(self, ops: list[tuple[int, dict]], received_at: float) -> None:
+        self.count("writes_applied_late", len(ops))
+        self.count("late_item_errors", len(self._apply_now(ops, received_at)))
+
+    def _apply_now(self, ops: list[tuple[int, dict]], received_at: float) -> list[dict]:
         errors: list[dict] = []
         with self.lock:
             self.db.execute("BEGIN")
@@ -143,10 +171,12 @@ class Store:
             self.db.executescript(
                 "DELETE FROM people; DELETE FROM events; DELETE FROM objects; DELETE FROM requests;"
                 " DELETE FROM segment_members; DELETE FROM campaign_entries;"
+                " DELETE FROM activities;"
                 " UPDATE segments SET expected = NULL, expected_at = NULL;"
             )
             self.counters.clear()
             self.seen_event_ids.clear()
+        self.write_faults.clear()
 
     # ---- reads ----------------------------------------------------------------------------
 
@@ -182,6 +212,47 @@ class Store:
     def event_counts(self) -> dict[str, int]:
         rows = self.rows("SELECT cio_id, COUNT(*) AS n FROM events GROUP BY cio_id")
         return {row["cio_id"]: row["n"] for row in rows}
+
+    def add_person(self, id: str | None, email: str | None, attributes: dict) -> None:
+        """A profile inserted as it is (Sandbox.add_person)."""
+        with self.lock:
+            self.db.execute(
+                "INSERT INTO people (cio_id, id, email, attributes, updated)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    secrets.token_hex(6),
+                    id,
+                    email.lower() if email else None,
+                    json.dumps(attributes, separators=(",", ":")),
+                    int(time.time()),
+                ),
+            )
+
+    def activity(self, cio_id: str, kind: str, name: str | None, at: float, data: dict) -> None:
+        """Record an activity (inside a transaction: the caller holds the lock)."""
+        self.db.execute(
+            "INSERT INTO activities (cio_id, type, name, timestamp, data) VALUES (?, ?, ?, ?, ?)",
+            (cio_id, kind, name, int(at), json.dumps(data, separators=(",", ":"))),
+        )
+
+    def activities(self, cio_id: str) -> list[dict]:
+        """A person's activities, newest first: the recorded ones and their events (an event's
+        activity carries the event's own time)."""
+        rows = self.rows(
+            "SELECT type, name, timestamp, data, seq FROM activities WHERE cio_id = ?"
+            " UNION ALL SELECT 'event', name, timestamp, attributes, seq FROM events"
+            " WHERE cio_id = ? ORDER BY timestamp DESC, seq DESC",
+            (cio_id, cio_id),
+        )
+        return [
+            {
+                "type": row["type"],
+                "name": row["name"],
+                "timestamp": row["timestamp"],
+                "data": json.loads(row["data"]),
+            }
+            for row in rows
+        ]
 
     def objects(self) -> list[dict]:
         rows = self.rows("SELECT * FROM objects ORDER BY object_type_id, object_id")
