@@ -26,7 +26,18 @@ if t.TYPE_CHECKING:
     from target_customerio.settings import Settings
 
 # Ledger methods that only read: their failure is `cannot read the ledger`.
-READS = frozenset({"fingerprints", "accepted", "mirrored", "mirror_keys", "mirror_members", "runs"})
+READS = frozenset(
+    {
+        "fingerprints",
+        "accepted",
+        "mirrored",
+        "mirror_keys",
+        "mirror_members",
+        "runs",
+        "gone",
+        "kept_at",
+    }
+)
 _LOCK_NOT_AVAILABLE = "55P03"  # Postgres: lock_timeout passed
 
 

@@ -38,6 +38,8 @@ class SinkNeeds:
     max_reject_ratio: float | None
     events: RunEvents  # the run's events, whoever sent them (one for the run)
     members: RunMembers | None = None  # a mirror route's: who this run's records are about
+    # people whose identify was rejected in this run (memberships of theirs are not sent)
+    refused: set[tuple[str, str]] | None = None
     # A QA sync's (qa_sync.QaSync.hold): records are held until the chosen people are known.
     hold: t.Callable[[str, Route, t.Callable[[t.Any], None], t.Any], None] | None = None
     campaigns: Campaigns | None = None  # the run's campaign triggers (None: not read)
@@ -80,6 +82,7 @@ class CustomerIOSink(SdkSink):
         self._events_as = needs.events.stream_id(stream_name)
         self._max_reject_ratio = needs.max_reject_ratio
         self._members = needs.members
+        self._refused = needs.refused
         self._campaigns = needs.campaigns
         # the route's own max_campaign_entries (an event route's), else the setting's
         self._campaign_limit: int | None = getattr(route.options, "max_campaign_entries", None)
@@ -184,6 +187,8 @@ class CustomerIOSink(SdkSink):
             tally.received = received + index + 1
             self._reject(items[index], Rejected(reason, field, message, rule))
         tally.received = received + len(items)
+        if mapped.refused and self._refused is not None:
+            self._refused.update(mapped.refused)
         segments = mapped.segments
         if duplicates:
             segments = {
