@@ -1,12 +1,14 @@
 """The App API (bearer `app_api_key`): segment names and counts, for reconcile checks; the
 campaigns and what triggers them (campaigns.py); its requests (`call`) for the people reads
-of verification (people_reads.py)."""
+of verification (people_reads.py); which people exist (before a mirror route's exits) and a
+segment's members (a segment route's read-back when its ledger knows nobody)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+import orjson
 import requests
 
 from target_customerio.api_client import RETRY_EXCEPTIONS, RETRY_STATUSES, ApiClient, check_answer
@@ -14,6 +16,7 @@ from target_customerio.errors import CredentialsError, DeliveryError
 from target_customerio.redaction import shown
 
 MAX_REQUESTS_PER_SECOND = 10  # the App API's documented limit
+MAX_PEOPLE = 100  # ids one POST /v1/customers/attributes may ask for
 
 
 class AppClient(ApiClient):
@@ -54,6 +57,45 @@ class AppClient(ApiClient):
                 f"the App API answered a segment count that is not a count: {shown(str(count), 40)}"
             )
         return count
+
+    def existing(self, id_type: str, ids: list[str]) -> set[str]:
+        """Which of `ids` (of `id_type`) are people Customer.io holds, asked 100 at a time
+        (`POST /v1/customers/attributes`, which leaves out people that do not exist)."""
+        found: set[str] = set()
+        for start in range(0, len(ids), MAX_PEOPLE):
+            part = ids[start : start + MAX_PEOPLE]
+            body = orjson.dumps({"ids": part})
+            path = f"/v1/customers/attributes?id_type={id_type}"
+            data = self.call("POST", path, body, "people") or {}
+            customers = data.get("customers")
+            if not isinstance(customers, list):
+                raise DeliveryError("the App API answered people without a `customers` list")
+            for entry in customers:
+                customer = entry.get("customer") if isinstance(entry, dict) else None
+                identifiers = customer.get("identifiers") if isinstance(customer, dict) else None
+                value = identifiers.get(id_type) if isinstance(identifiers, dict) else None
+                if value is not None:
+                    found.add(str(value).lower() if id_type == "email" else str(value))
+        return found
+
+    def segment_members(self, segment_id: int, id_type: str) -> list[str] | None:
+        """The `id_type` identifiers of a segment's members (`GET /v1/segments/{id}/membership`,
+        paged by `start`/`next`); None when Customer.io has no such segment."""
+        members: list[str] = []
+        start = ""
+        for _ in range(100_000):  # a bound: a cursor that never ends is an App API fault
+            query = f"?start={start}" if start else ""
+            data = self._get(f"/v1/segments/{segment_id}/membership{query}", "segment members")
+            if data is None:
+                return None
+            for identifiers in data.get("identifiers") or []:
+                value = identifiers.get(id_type) if isinstance(identifiers, dict) else None
+                if value is not None:
+                    members.append(str(value))
+            start = str(data.get("next") or "")
+            if not start:
+                return members
+        raise DeliveryError(f"the App API's membership of segment {segment_id} never ended")
 
     def campaigns(self) -> list[Any]:
         """Every campaign of the workspace, as `GET /v1/campaigns` lists them."""

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from target_customerio.api_client import Answer
 from target_customerio.errors import DeliveryError, TargetError, Terminated
-from target_customerio.ledger import Ledger
+from target_customerio.ledger import Ledger, person_key
 from target_customerio.redaction import REDACTOR, shown
 from target_customerio.report import RunReport, open_output
 from target_customerio.run_sample import RunSample
@@ -48,8 +51,13 @@ class Delivery:
         *,
         workers: int = 4,
         depth: int = 2,
+        workspace: str = "",
     ) -> None:
         self._client, self._report, self._ledger = client, report, ledger
+        self._workspace = workspace  # what person_key names people in (who was deleted)
+        # (identifier type, value) of people whose identify Customer.io refused in this run:
+        # what depends on them (a membership) is not sent.
+        self.refused_people: set[tuple[str, str]] = set()
         self._queues: list[queue.Queue[Batch]] = [
             queue.Queue(maxsize=depth) for _ in range(workers)
         ]
@@ -150,9 +158,16 @@ class Delivery:
                 q.task_done()
                 self._done()
 
-    def _deliver(self, batch: Batch, worker: int) -> None:
+    def _deliver(self, batch: Batch, worker: int, mark: int | None = None) -> None:
+        """Send the batch; `mark`: the ledger's doubt mark, when a larger request that held
+        these operations made it (halving)."""
         if self.error is not None:
             return  # the run has failed: nothing more is sent, and no STATE will be
+        if mark is None:
+            # Written ahead: until Customer.io's acceptance is recorded, these keys are in
+            # doubt, whatever becomes of the request (a lost answer, a kill).
+            mark = self._ledger.in_doubt(batch.ledger_keys())
+            self._going(batch)
         body = batch.body()
         try:
             answer, tries = self._client.post_batch(body)
@@ -165,14 +180,19 @@ class Delivery:
         if answer.status in (200, 207):
             self._refused[worker] = 0
         if answer.status == 200:
-            self._ledger.record(batch.ledger_entries())
+            carried = self._carried[worker]
+            dependent = carried or self.refused_people  # the usual case: neither
+            unrecorded: set[int] | frozenset[int] = (
+                self._dependents(batch, set(), carried) if dependent else frozenset()
+            )
+            self._ledger.record(batch.ledger_entries(unrecorded), mark)
             if self.sample is not None:
                 self.sample.accepted(batch)
             self._delivered(batch, self._sent(batch, set(), worker))
         elif answer.status == 207:
-            self._record_item_errors(batch, answer.json().get("errors"), worker)
+            self._record_item_errors(batch, answer.json().get("errors"), worker, mark)
         else:
-            self._refused_whole(batch, answer, worker)
+            self._refused_whole(batch, answer, worker, mark)
 
     def _sent(self, batch: Batch, rejected: set[tuple[int, int]], worker: int) -> int:
         """How many records this request completes that were not rejected, here or before."""
@@ -185,14 +205,14 @@ class Delivery:
         carried |= {key for key in rejected if key not in ending}  # their rest comes later
         return sent
 
-    def _refused_whole(self, batch: Batch, answer: Answer, worker: int) -> None:
+    def _refused_whole(self, batch: Batch, answer: Answer, worker: int, mark: int) -> None:
         """400/413: halve the request to isolate the bad operations and reject only them, unless
         this worker has had so many refusals in a row that they cannot be a few bad operations
         (see _MAX_REFUSED_ALONE): then the workspace refuses everything, and the run fails."""
         message = _error_message(answer.json()) or f"HTTP {answer.status}"
         if len(batch) > 1:
             for half in batch.halves():
-                self._deliver(half, worker)
+                self._deliver(half, worker, mark)
             return
         self._refused[worker] += 1
         if self._refused[worker] >= _MAX_REFUSED_ALONE:
@@ -203,11 +223,12 @@ class Delivery:
                 "confirmed"
             )
         [key] = batch.segments[0].record_keys()
+        self._note_refused(batch.ops[0].body)
         if key not in self._carried[worker]:  # its other operations were not refused already
             self._reject(batch, None, message, batch.ops[0].record)
         self._delivered(batch, self._sent(batch, {key}, worker))
 
-    def _record_item_errors(self, batch: Batch, errors: Any, worker: int) -> None:
+    def _record_item_errors(self, batch: Batch, errors: Any, worker: int, mark: int) -> None:
         """207: the refused operations' records are rejected (once each, with the first
         reason), the rest delivered. A 207 that names no operation it refused cannot be
         accounted for: the run fails rather than count them all as sent."""
@@ -227,6 +248,7 @@ class Delivery:
             if type(index) is not int or not 0 <= index < len(ops) or index in rejected:
                 continue
             rejected.add(index)
+            self._note_refused(ops[index].body)
             if keys[index] in rejected_records or keys[index] in self._carried[worker]:
                 continue
             rejected_records.add(keys[index])
@@ -237,10 +259,55 @@ class Delivery:
                 "Customer.io answered 207 but named no operation of the request it "
                 "refused; nothing after the last STATE was confirmed"
             )
-        self._ledger.record(batch.ledger_entries(rejected))
+        carried = self._carried[worker] | rejected_records
+        self._ledger.record(batch.ledger_entries(self._dependents(batch, rejected, carried)), mark)
         if self.sample is not None:
             self.sample.accepted(batch, rejected)
         self._delivered(batch, self._sent(batch, rejected_records, worker))
+
+    def _going(self, batch: Batch) -> None:
+        """People this request deletes or suppresses, kept by the ledger before it goes out
+        (written ahead, as a doubt is: a kill after Customer.io applied it must not lose them),
+        so that no exit this target sends later re-creates them."""
+        if not any(_GONE_MARK.search(segment.data) for segment in batch.segments):
+            return  # the usual case: one scan in C
+        gone = []
+        for op in batch.ops:
+            data = orjson.loads(op.body)
+            if data.get("type") == "person" and data.get("action") in _GONE_ACTIONS:
+                for kind, value in (data.get("identifiers") or {}).items():
+                    gone.append(person_key(self._workspace, kind, str(value)))
+        self._ledger.record_gone(gone)
+
+    def _dependents(
+        self, batch: Batch, refused: set[int], records: set[tuple[int, int]]
+    ) -> set[int]:
+        """The operations (indexes) not to record as accepted: those refused, and every other
+        operation of a record one of whose operations was refused (`records`), here or in an
+        earlier request. A record's operations depend on those before them (a merge on its
+        primary's identify, a relationship on its person): Customer.io accepting one whose
+        premise it refused changes nothing it will keep, so it is sent again next run."""
+        unrecorded = refused | self._related_to_refused(batch)
+        if records:
+            keys = [key for segment in batch.segments for key in segment.record_keys()]
+            unrecorded |= {i for i, key in enumerate(keys) if key in records}
+        return unrecorded
+
+    def _related_to_refused(self, batch: Batch) -> set[int]:
+        """Objects whose relationship names a person whose identify was refused in this run
+        (so far): Customer.io relates an object to nobody, so they are sent again next run."""
+        if not self.refused_people or not any(
+            _RELATED.search(segment.data) for segment in batch.segments
+        ):
+            return set()
+        related: set[int] = set()
+        for index, op in enumerate(batch.ops):
+            for relation in orjson.loads(op.body).get("cio_relationships") or []:
+                identifiers = relation.get("identifiers") if isinstance(relation, dict) else None
+                for kind, value in (identifiers or {}).items():
+                    if (kind, str(value)) in self.refused_people:
+                        related.add(index)
+        return related
 
     def _delivered(self, batch: Batch, sent: int) -> None:
         if batch.exits:
@@ -248,11 +315,23 @@ class Delivery:
         else:
             self._report.delivered(batch.stream, sent)
 
+    def _note_refused(self, body: bytes) -> None:
+        """A refused identify: its person may not exist (error path only)."""
+        data = orjson.loads(body)
+        if data.get("type") == "person" and data.get("action") == "identify":
+            for kind, value in (data.get("identifiers") or {}).items():
+                self.refused_people.add((kind, str(value)))
+
     def _reject(self, batch: Batch, field: Any, message: str, record: Any) -> None:
         if batch.exits:  # not a record: counted and logged, not in the reject file
             self._report.exit_refused(batch.stream, message, record)
         else:
             self._report.reject(batch.stream, "rejected_by_customerio", field, message, record)
+
+
+_GONE_ACTIONS = ("delete", "suppress")
+_GONE_MARK = re.compile(rb'"action":"(?:delete|suppress)"')
+_RELATED = re.compile(rb'"cio_relationships":\[\{')
 
 
 def _error_message(data: dict[str, Any]) -> str:
@@ -277,6 +356,7 @@ class DryRun:
         self._out = open_output(self._path, "dry_run_file", "wb")
         self._report = report
         self.error: TargetError | None = None
+        self.refused_people: set[tuple[str, str]] = set()  # nothing is refused in a dry run
 
     def submit(self, shard: int, batch: Batch) -> None:
         for op in batch.ops:
@@ -337,4 +417,15 @@ def make_delivery(
         max_retries=settings.max_retries,
         logger=logger,
     )
-    return Delivery(client, report, ledger, workers=settings.delivery_workers)
+    return Delivery(
+        client,
+        report,
+        ledger,
+        workers=settings.delivery_workers,
+        workspace=workspace(settings),
+    )
+
+
+def workspace(settings: Settings) -> str:
+    """The workspace a ledger's person keys belong to (`ledger.person_key`)."""
+    return f"{settings.base_url}\x1f{settings.site_id}"

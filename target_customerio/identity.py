@@ -39,7 +39,7 @@ import orjson
 
 from target_customerio import ledger_db
 from target_customerio.errors import ConfigError, TargetError
-from target_customerio.ledger import _LOOKUP_CHUNK, _WRITE_BATCH, _HeldWrites, hash64, scope_seed
+from target_customerio.ledger import _LOOKUP_CHUNK, _WRITE_BATCH, HeldRows, hash64, scope_seed
 
 ON_IDENTITY_CONFLICT = ("reject", "send")
 UNKNOWN_PERSON = ("send", "reject")
@@ -576,28 +576,44 @@ _SQLITE_TABLE = (
 )
 _SQLITE_UPSERT = (
     f"INSERT INTO {_TABLE} (key, owner, id, email, cio_id, name) "
-    "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5 "
-    "FROM json_each(?) ORDER BY value ->> 0 "
+    "SELECT r.value ->> 0, r.value ->> 1, r.value ->> 2, r.value ->> 3, r.value ->> 4, "
+    "r.value ->> 5 FROM json_each(?) AS g, json_each(g.value, '$[1]') AS r "
+    "ORDER BY r.value ->> 0, g.key, r.key "  # a key handed over twice: the later one last
     "ON CONFLICT(key) DO UPDATE SET owner = coalesce(excluded.owner, owner), "
     "id = coalesce(excluded.id, id), email = coalesce(excluded.email, email), "
     "cio_id = coalesce(excluded.cio_id, cio_id), name = coalesce(excluded.name, name)"
 )
 
 
-class _IdentityStore(_HeldWrites):
-    """The identity map's table: reads wait for the write in flight (one connection) and see
-    every row handed over (what is held is written first: reads are cache misses, rare)."""
+class _IdentityStore:
+    """The identity map's table, written as the ledger writes (ledger.HeldRows): reads wait for
+    the write in flight (one connection) and see every row handed over (what is held is
+    written first: reads are cache misses, rare)."""
+
+    def __init__(self) -> None:
+        self._held = HeldRows(self._write)
+
+    def record(self, rows: list[_Row]) -> None:
+        self._held.record(rows)  # type: ignore[arg-type]
+
+    def flush(self) -> None:
+        self._held.flush()
 
     def drop_held(self) -> None:
         """The rows held are not written (the run failed: they may not have reached
         Customer.io)."""
-        with self._lock:
-            self._held = []
+        self._held.drop()
+
+    def close(self) -> None:
+        self._held.close()
+
+    def _write(self, groups: str, at: int) -> None:
+        raise NotImplementedError
 
     def _read(self, sql: str, keys: Iterable[int]) -> list[tuple[Any, ...]]:
-        with self._writing:
-            self._write_held()
-            return self._select(sql, list(keys))
+        wanted = list(keys)
+        rows: list[tuple[Any, ...]] = self._held.read(lambda: self._select(sql, wanted))
+        return rows
 
     def _select(self, sql: str, keys: list[int]) -> list[tuple[Any, ...]]:
         raise NotImplementedError
@@ -635,8 +651,9 @@ class SqliteStore(_IdentityStore):
             rows += self._db.execute(f"{sql}({','.join('?' * len(chunk))})", chunk).fetchall()
         return rows
 
-    def _write(self, rows: str, at: int) -> None:
-        self._db.execute(_SQLITE_UPSERT, (rows,))
+    def _write(self, groups: str, at: int) -> None:
+        """`[[0, [row, ...]], ...]` (ledger._HeldWrites: no marks here), in one statement."""
+        self._db.execute(_SQLITE_UPSERT, (groups,))
 
     def close(self) -> None:
         try:
@@ -672,13 +689,17 @@ class PostgresStore(_IdentityStore):
                 cur.execute(sql)
             return list(cur.fetchall())
 
-    def _write(self, rows: str, at: int) -> None:
-        """One statement; a key handed over twice in the batch is folded first (Postgres
-        updates a row once a statement), its later non-NULL columns winning."""
+    def _write(self, groups: str, at: int) -> None:
+        """`[[0, [row, ...]], ...]` in one statement; a key handed over twice in the batch is
+        folded first (Postgres updates a row once a statement), its later non-NULL columns
+        winning."""
         t = self._t
 
         def last(column: str) -> str:
-            return f"(array_agg({column} ORDER BY n DESC) FILTER (WHERE {column} IS NOT NULL))[1]"
+            return (
+                f"(array_agg({column} ORDER BY gn DESC, rn DESC) "
+                f"FILTER (WHERE {column} IS NOT NULL))[1]"
+            )
 
         with self._pg.cursor() as cur:
             cur.execute(
@@ -687,15 +708,16 @@ class PostgresStore(_IdentityStore):
                 f"{last('cio_id')}, {last('name')} FROM ("
                 "SELECT (r ->> 0)::bigint AS key, (r ->> 1)::bigint AS owner, "
                 "(r ->> 2)::bigint AS id, (r ->> 3)::bigint AS email, "
-                "(r ->> 4)::bigint AS cio_id, r ->> 5 AS name, n "
-                "FROM json_array_elements(%s::json) WITH ORDINALITY AS x(r, n)) AS rows "
+                "(r ->> 4)::bigint AS cio_id, r ->> 5 AS name, gn, rn "
+                "FROM json_array_elements(%s::json) WITH ORDINALITY AS g(grp, gn), "
+                "json_array_elements(grp -> 1) WITH ORDINALITY AS x(r, rn)) AS rows "
                 "GROUP BY key ORDER BY key "
                 f"ON CONFLICT (key) DO UPDATE SET owner = coalesce(EXCLUDED.owner, {t}.owner), "
                 f"id = coalesce(EXCLUDED.id, {t}.id), "
                 f"email = coalesce(EXCLUDED.email, {t}.email), "
                 f"cio_id = coalesce(EXCLUDED.cio_id, {t}.cio_id), "
                 f"name = coalesce(EXCLUDED.name, {t}.name)",
-                (rows,),
+                (groups,),
             )
 
     def close(self) -> None:

@@ -1,14 +1,19 @@
-"""The ledger: what was last delivered to a workspace, so unchanged rows are not sent again.
+"""The ledger: what Customer.io confirmed it holds, so unchanged rows are not sent again.
 
 Keys and fingerprints are 64-bit hashes. A person's key is (workspace, stream, identifier) and
 its fingerprint is the hash of the operation last accepted for it; an event's key is
-(workspace, event ULID). Entries are written only after Customer.io accepted the operation, so
-losing the ledger costs a full re-send, never a missed update.
+(workspace, event ULID). The ledger is written ahead: before a request that changes what
+Customer.io holds goes out, the keys it is about are marked *in doubt* (`in_doubt`, written
+before it returns); only Customer.io's acceptance records the new fingerprint and clears the
+mark it made (`record(entries, mark)`). A lost answer, exhausted retries or a kill leave the
+mark, and a key in doubt is never `unchanged`: the next run sends it again. Losing the ledger
+costs a full re-send, never a missed update.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import time
 import typing as t
@@ -44,6 +49,13 @@ _MIRROR = (
     "fingerprint INTEGER NOT NULL, member TEXT NOT NULL, at INTEGER NOT NULL)"
 )
 _MIRROR_SCOPE = "CREATE INDEX IF NOT EXISTS mirror_scope ON mirror (scope)"
+# Keys whose last request's outcome is not known (yet): `mark` names the request that marked
+# them, so an earlier request's acceptance does not clear a later one's doubt. Small: a row
+# lives from the request's start until its acceptance is written.
+_DOUBT = "CREATE TABLE IF NOT EXISTS doubt (key INTEGER PRIMARY KEY, mark INTEGER NOT NULL)"
+# People this target deleted or suppressed (a workspace key: `person_key`), so that nothing it
+# sends on its own account (an exit, a membership) re-creates them.
+_GONE = "CREATE TABLE IF NOT EXISTS gone (key INTEGER PRIMARY KEY, at INTEGER NOT NULL)"
 
 
 _SIGNED = 1 << 63
@@ -61,6 +73,18 @@ def scope_id(scope: str) -> int:
     return hash64(scope.encode())
 
 
+def person_key(workspace: str, kind: str, value: str) -> int:
+    """A person's key in a workspace, whatever the stream (who this target deleted)."""
+    return hash64(f"{kind}:{value}".encode(), scope_seed(workspace))
+
+
+# The fingerprint the `delivered` table holds for a member whose exit (or membership removal)
+# Customer.io accepted: no operation a route builds has it, so one who comes back is sent again.
+EXIT_FINGERPRINT = hash64(b"target-customerio: left a mirrored view")
+
+_marks = itertools.count(time.time_ns())  # request marks: unique in a process, rising across runs
+
+
 def scope_seed(scope: str) -> int:
     """The seed that makes ledger keys of one workspace and stream their own:
     key = hash64(dedupe, seed)."""
@@ -73,7 +97,11 @@ _WRITE_BATCH = 20_000  # accepted entries held before they are written in one tr
 
 class Ledger(Protocol):
     def fingerprints(self, keys: Collection[int]) -> dict[int, int]: ...
-    def record(self, entries: Iterable[tuple[int, int]]) -> None: ...
+    def in_doubt(self, keys: Collection[int]) -> int: ...
+    def record(self, entries: Iterable[tuple[int, int]], mark: int = 0) -> None: ...
+    def gone(self, keys: Collection[int]) -> dict[int, int]: ...
+    def kept_at(self, keys: Collection[int]) -> dict[int, int]: ...
+    def record_gone(self, keys: Collection[int]) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
     def runs(self, scope: str) -> list[dict[str, int]]: ...
@@ -115,7 +143,19 @@ class NoLedger:
     def fingerprints(self, keys: Collection[int]) -> dict[int, int]:
         return {}
 
-    def record(self, entries: Iterable[tuple[int, int]]) -> None:
+    def in_doubt(self, keys: Collection[int]) -> int:
+        return 0
+
+    def record(self, entries: Iterable[tuple[int, int]], mark: int = 0) -> None:
+        return None
+
+    def gone(self, keys: Collection[int]) -> dict[int, int]:
+        return {}
+
+    def kept_at(self, keys: Collection[int]) -> dict[int, int]:
+        return {}
+
+    def record_gone(self, keys: Collection[int]) -> None:
         return None
 
     def flush(self) -> None:
@@ -156,12 +196,15 @@ class _HeldWrites:
     Delivery threads only hold entries, never wait for a write: at a million people one pass
     over the table takes long enough to stall every shard behind it. The rows travel as one
     JSON text that the database unpacks and sorts (the later entry for a key wins), not as bound
-    tuples. An entry lost in a crash costs a re-send, never a missed update."""
+    tuples. Each request's entries are held with the mark its `in_doubt` made, and the write
+    that records them clears those marks in the same transaction: an entry lost in a crash
+    leaves its key in doubt, which costs a re-send, never a missed update."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # guards _held
         self._writing = threading.Lock()  # one write at a time, on one connection
-        self._held: list[tuple[int, int]] = []
+        self._held: list[tuple[int, list[tuple[int, int]]]] = []  # (mark, entries) per request
+        self._count = 0  # entries held
         self._due = threading.Event()
         self._writer: threading.Thread | None = (
             None  # started by the first full batch (only the target writes)
@@ -171,10 +214,40 @@ class _HeldWrites:
         )
         self._closing = False
 
-    def record(self, entries: Iterable[tuple[int, int]]) -> None:
+    def in_doubt(self, keys: Collection[int]) -> int:
+        """Mark the keys in doubt before the request about them goes out: written (committed)
+        before this returns. Returns the mark that the request's `record` clears."""
+        mark = next(_marks)
+        if not keys:
+            return mark
+        try:
+            with self._writing:
+                self._mark(orjson.dumps(list(keys)).decode(), mark)
+        except Exception as exc:  # noqa: BLE001 - nothing may go out that the ledger cannot mark
+            raise cannot_write(exc) from None
+        return mark
+
+    def record_gone(self, keys: Collection[int]) -> None:
+        """People this target deletes or suppresses (`person_key`), kept before the request
+        goes out."""
+        if not keys:
+            return
+        try:
+            with self._writing:
+                self._gone(sorted(set(keys)), int(time.time()))
+        except Exception as exc:  # noqa: BLE001 - nothing may go out that the ledger cannot keep
+            raise cannot_write(exc) from None
+
+    def _gone(self, keys: list[int], at: int) -> None:
+        raise NotImplementedError
+
+    def record(self, entries: Iterable[tuple[int, int]], mark: int = 0) -> None:
+        """Customer.io accepted these entries, from the request `mark` names (0: none)."""
+        held = entries if isinstance(entries, list) else list(entries)
         with self._lock:
-            self._held.extend(entries)
-            if len(self._held) < _WRITE_BATCH:
+            self._held.append((mark, held))
+            self._count += len(held)
+            if self._count < _WRITE_BATCH:
                 return
             if self._writer is None:
                 self._writer = threading.Thread(
@@ -192,10 +265,7 @@ class _HeldWrites:
                     raise failed
                 self._write_held()
             except Exception as exc:  # noqa: BLE001 - the run stops before its next STATE, with the reason
-                reason = shown((str(exc).splitlines() or [""])[0])
-                raise TargetError(
-                    f"cannot write the ledger: {type(exc).__name__}: {reason}"
-                ) from None
+                raise cannot_write(exc) from None
 
     def _write_when_due(self) -> None:
         while True:
@@ -211,9 +281,9 @@ class _HeldWrites:
 
     def _write_held(self) -> None:
         with self._lock:
-            rows, self._held = self._held, []
-        if rows:
-            self._write(orjson.dumps(rows).decode(), int(time.time()))
+            groups, self._held, self._count = self._held, [], 0
+        if groups:
+            self._write(orjson.dumps(groups).decode(), int(time.time()))
 
     def close(self) -> None:
         """Stop the writer thread and write what is held."""
@@ -221,8 +291,43 @@ class _HeldWrites:
         self._due.set()
         self.flush()
 
-    def _write(self, rows: str, at: int) -> None:
+    def _write(self, groups: str, at: int) -> None:
+        """Record `[[mark, [[key, fingerprint], ...]], ...]` (later wins) and clear the marks."""
         raise NotImplementedError
+
+    def _mark(self, keys: str, mark: int) -> None:
+        """Mark the keys (a JSON array) in doubt with `mark`, committed."""
+        raise NotImplementedError
+
+
+class HeldRows(_HeldWrites):
+    """The held writes of a table another module keeps in the ledger's database (identity.py:
+    a compiled class is not subclassed outside its module): `write` writes one batch, the
+    groups as `_write` gets them."""
+
+    def __init__(self, write: t.Callable[[str, int], None]) -> None:
+        super().__init__()
+        self._write_rows = write
+
+    def _write(self, groups: str, at: int) -> None:
+        self._write_rows(groups, at)
+
+    def drop(self) -> None:
+        """Forget what is held (the run failed: it may not have reached Customer.io)."""
+        with self._lock:
+            self._held, self._count = [], 0
+
+    def read(self, query: t.Callable[[], t.Any]) -> t.Any:
+        """`query` on the writers' connection: after the write in flight and what is held."""
+        with self._writing:
+            self._write_held()
+            return query()
+
+
+def cannot_write(exc: Exception) -> TargetError:
+    """A failed ledger write, as the one line the run ends with."""
+    reason = shown((str(exc).splitlines() or [""])[0])
+    return TargetError(f"cannot write the ledger: {type(exc).__name__}: {reason}")
 
 
 def _history(rows: list[Any]) -> list[dict[str, int]]:
@@ -246,6 +351,8 @@ class SqliteLedger(_HeldWrites):
         self._db.execute(_RUNS)
         self._db.execute(_MIRROR)
         self._db.execute(_MIRROR_SCOPE)
+        self._db.execute(_DOUBT)
+        self._db.execute(_GONE)
         self._full_resend = full_resend
 
     def fingerprints(self, keys: Collection[int]) -> dict[int, int]:
@@ -253,8 +360,32 @@ class SqliteLedger(_HeldWrites):
         with full_resend), in one query per 500 keys."""
         return {} if self._full_resend or not keys else self.accepted(keys)
 
-    def _write(self, rows: str, at: int) -> None:
-        self._db.execute(_UPSERT_JSON, (at, rows))
+    def _write(self, groups: str, at: int) -> None:
+        self._db.execute("BEGIN")
+        try:
+            self._db.execute(_UPSERT_JSON, (at, groups))
+            self._db.execute(_CLEAR_DOUBT_JSON, (groups,))
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _mark(self, keys: str, mark: int) -> None:
+        self._db.execute(_MARK_JSON, (mark, keys))
+
+    def gone(self, keys: Collection[int]) -> dict[int, int]:
+        """People (`person_key`) this target deleted or suppressed, with when (unix seconds)."""
+        return self._lookup("SELECT key, at FROM gone WHERE key IN (", keys)
+
+    def kept_at(self, keys: Collection[int]) -> dict[int, int]:
+        """When a mirror route last kept each member (the end of its last complete run)."""
+        return self._lookup("SELECT key, at FROM mirror WHERE key IN (", keys)
+
+    def _gone(self, keys: list[int], at: int) -> None:
+        self._db.executemany(
+            "INSERT INTO gone (key, at) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET at = ?",
+            ((key, at, at) for key in keys),
+        )
 
     def _lookup(self, sql: str, keys: Collection[int]) -> dict[int, Any]:
         """`sql` (ending `IN (`) for the keys, 500 at a time."""
@@ -272,13 +403,17 @@ class SqliteLedger(_HeldWrites):
             return {}
         return self._lookup(
             "SELECT d.key, d.fingerprint FROM delivered d JOIN mirror m ON m.key = d.key "
-            "AND m.fingerprint = d.fingerprint WHERE d.key IN (",
+            f"AND m.fingerprint = d.fingerprint WHERE {_CONFIRMED} AND d.key IN (",
             keys,
         )
 
     def accepted(self, keys: Collection[int]) -> dict[int, int]:
-        """The delivered fingerprint of each key that has one (full_resend or not)."""
-        return self._lookup("SELECT key, fingerprint FROM delivered WHERE key IN (", keys)
+        """The confirmed fingerprint of each key that has one and is not in doubt (full_resend
+        or not)."""
+        return self._lookup(
+            f"SELECT d.key, d.fingerprint FROM delivered d WHERE {_CONFIRMED} AND d.key IN (",
+            keys,
+        )
 
     def mirror_keys(self, scope: str) -> set[int]:
         rows = self._db.execute("SELECT key FROM mirror WHERE scope = ?", (scope_id(scope),))
@@ -327,10 +462,29 @@ class SqliteLedger(_HeldWrites):
         self._db.close()
 
 
+# A delivered entry counts only while no request about its key is in doubt.
+_CONFIRMED = "NOT EXISTS (SELECT 1 FROM doubt x WHERE x.key = d.key)"
+# The held groups `[[mark, [[key, fingerprint], ...]], ...]`, in key order, the later winning.
 _UPSERT_JSON = (
     "INSERT INTO delivered (key, fingerprint, at) "
-    "SELECT value ->> 0, value ->> 1, ? FROM json_each(?) ORDER BY value ->> 0, key "
+    "SELECT e.value ->> 0, e.value ->> 1, ? FROM json_each(?) g, json_each(g.value, '$[1]') e "
+    "WHERE true ORDER BY e.value ->> 0, g.key, e.key "
     "ON CONFLICT(key) DO UPDATE SET fingerprint = excluded.fingerprint, at = excluded.at"
+)
+# The doubt each accepted request marked, cleared (a later request's mark stays).
+# The mark of each group read once (materialized): read per entry, the group's whole JSON text
+# would be parsed again for each of its entries.
+_CLEAR_DOUBT_JSON = (
+    "WITH g AS MATERIALIZED (SELECT value ->> 0 AS mark, value -> 1 AS entries "
+    "FROM json_each(?) WHERE value ->> 0 != 0), "
+    "done AS MATERIALIZED (SELECT e.value ->> 0 AS key, g.mark AS mark "
+    "FROM g, json_each(g.entries) e) "
+    "DELETE FROM doubt WHERE key IN "
+    "(SELECT x.key FROM done JOIN doubt x ON x.key = done.key AND x.mark = done.mark)"
+)
+_MARK_JSON = (
+    "INSERT INTO doubt (key, mark) SELECT value, ? FROM json_each(?) WHERE true "
+    "ON CONFLICT(key) DO UPDATE SET mark = excluded.mark"
 )
 
 
@@ -364,6 +518,10 @@ class PostgresLedger(_HeldWrites):
                 "scope BIGINT NOT NULL, fingerprint BIGINT NOT NULL, member TEXT NOT NULL, "
                 "at BIGINT NOT NULL)",
                 f"CREATE INDEX IF NOT EXISTS {table}_mirror_scope ON {table}_mirror (scope)",
+                f"CREATE TABLE IF NOT EXISTS {table}_doubt "
+                "(key BIGINT PRIMARY KEY, mark BIGINT NOT NULL)",
+                f"CREATE TABLE IF NOT EXISTS {table}_gone "
+                "(key BIGINT PRIMARY KEY, at BIGINT NOT NULL)",
             ],
         )
 
@@ -398,16 +556,53 @@ class PostgresLedger(_HeldWrites):
         t = self._table
         rows = self._select(
             f"SELECT d.key, d.fingerprint FROM {t} d JOIN {t}_mirror m ON m.key = d.key "
-            "AND m.fingerprint = d.fingerprint WHERE d.key = ANY(%s)",
+            f"AND m.fingerprint = d.fingerprint WHERE d.key = ANY(%s) AND {self._confirmed}",
             (list(keys),),
         )
         return dict(rows)
 
+    @property
+    def _confirmed(self) -> str:
+        """A delivered entry counts only while no request about its key is in doubt."""
+        return f"NOT EXISTS (SELECT 1 FROM {self._table}_doubt x WHERE x.key = d.key)"
+
     def accepted(self, keys: Collection[int]) -> dict[int, int]:
         if not keys:
             return {}
-        sql = f"SELECT key, fingerprint FROM {self._table} WHERE key = ANY(%s)"
+        sql = (
+            f"SELECT d.key, d.fingerprint FROM {self._table} d "
+            f"WHERE d.key = ANY(%s) AND {self._confirmed}"
+        )
         return dict(self._select(sql, (list(keys),)))
+
+    def gone(self, keys: Collection[int]) -> dict[int, int]:
+        if not keys:
+            return {}
+        sql = f"SELECT key, at FROM {self._table}_gone WHERE key = ANY(%s)"
+        return dict(self._select(sql, (list(keys),)))
+
+    def kept_at(self, keys: Collection[int]) -> dict[int, int]:
+        if not keys:
+            return {}
+        sql = f"SELECT key, at FROM {self._table}_mirror WHERE key = ANY(%s)"
+        return dict(self._select(sql, (list(keys),)))
+
+    def _gone(self, keys: list[int], at: int) -> None:
+        with self._pg.cursor() as cur:
+            cur.execute(
+                f"INSERT INTO {self._table}_gone (key, at) SELECT k, %s FROM unnest(%s) AS k "
+                "ON CONFLICT (key) DO UPDATE SET at = EXCLUDED.at",
+                (at, keys),
+            )
+
+    def _mark(self, keys: str, mark: int) -> None:
+        with self._pg.cursor() as cur:
+            cur.execute(
+                f"INSERT INTO {self._table}_doubt (key, mark) "
+                "SELECT DISTINCT k::bigint, %s FROM json_array_elements_text(%s::json) AS k "
+                "ORDER BY 1 ON CONFLICT (key) DO UPDATE SET mark = EXCLUDED.mark",
+                (mark, keys),
+            )
 
     def mirror_keys(self, scope: str) -> set[int]:
         sql = f"SELECT key FROM {self._table}_mirror WHERE scope = %s"
@@ -443,18 +638,32 @@ class PostgresLedger(_HeldWrites):
             finally:
                 self._pg.autocommit = True
 
-    def _write(self, rows: str, at: int) -> None:
-        with self._pg.cursor() as cur:
-            cur.execute(
-                f"INSERT INTO {self._table} (key, fingerprint, at) "
-                "SELECT DISTINCT ON (k) k, f, %s FROM "
-                "(SELECT (r ->> 0)::bigint AS k, (r ->> 1)::bigint AS f, n "
-                "FROM json_array_elements(%s::json) WITH ORDINALITY AS e(r, n)) AS rows "
-                "ORDER BY k, n DESC "
-                "ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, "
-                "at = EXCLUDED.at",
-                (at, rows),
-            )
+    def _write(self, groups: str, at: int) -> None:
+        t = self._table
+        self._pg.autocommit = False
+        try:
+            with self._pg, self._pg.cursor() as cur:  # one transaction: recorded and cleared
+                cur.execute(
+                    f"INSERT INTO {t} (key, fingerprint, at) "
+                    "SELECT DISTINCT ON (k) k, f, %s FROM "
+                    "(SELECT (r ->> 0)::bigint AS k, (r ->> 1)::bigint AS f, gn, n "
+                    "FROM json_array_elements(%s::json) WITH ORDINALITY AS g(grp, gn), "
+                    "json_array_elements(grp -> 1) WITH ORDINALITY AS e(r, n)) AS rows "
+                    "ORDER BY k, gn DESC, n DESC "
+                    "ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, "
+                    "at = EXCLUDED.at",
+                    (at, groups),
+                )
+                cur.execute(  # jsonb: a group's mark is read without parsing it again
+                    f"DELETE FROM {t}_doubt x USING "
+                    "(SELECT (grp ->> 0)::bigint AS m, (r ->> 0)::bigint AS k "
+                    "FROM jsonb_array_elements(%s::jsonb) AS g(grp), "
+                    "jsonb_array_elements(grp -> 1) AS e(r)) AS done "
+                    "WHERE x.key = done.k AND x.mark = done.m",
+                    (groups,),
+                )
+        finally:
+            self._pg.autocommit = True
 
     def close(self) -> None:
         super().close()

@@ -26,10 +26,22 @@ if t.TYPE_CHECKING:
     from target_customerio.settings import Settings
 
 # Ledger methods that only read: their failure is `cannot read the ledger`.
-READS = frozenset({
-    "fingerprints", "accepted", "mirrored", "mirror_keys", "mirror_members", "runs",
-    "identity_empty", "identity_owners", "identity_holds", "identity_names",
-})  # fmt: skip
+READS = frozenset(
+    {
+        "fingerprints",
+        "accepted",
+        "mirrored",
+        "mirror_keys",
+        "mirror_members",
+        "runs",
+        "gone",
+        "kept_at",
+        "identity_empty",
+        "identity_owners",
+        "identity_holds",
+        "identity_names",
+    }
+)
 _LOCK_NOT_AVAILABLE = "55P03"  # Postgres: lock_timeout passed
 
 

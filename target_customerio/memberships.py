@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import orjson
 
-from target_customerio.ledger import Ledger
+from target_customerio.ledger import EXIT_FINGERPRINT, Ledger
 from target_customerio.report import RunReport
 from target_customerio.track_api import TrackClient
 from target_customerio.wire import Batch
@@ -129,14 +129,32 @@ class Memberships:
         with self._lock:
             return sum(len(pending) for pending in self._pending.values())
 
-    def send(self, requests: SegmentRequests, ledger: Ledger | None) -> None:
+    def send(
+        self,
+        requests: SegmentRequests,
+        ledger: Ledger | None,
+        refused: Container[tuple[str, str]] = (),
+    ) -> None:
         """Add every membership received so far (call once the identifies received before
-        them are accepted). Accepted adds go in the ledger (`ledger`; None: a dry run)."""
+        them are accepted). Accepted adds go in the ledger (`ledger`; None: a dry run). A
+        membership of a person whose identify Customer.io refused in this run (`refused`:
+        (identifier type, value)) is not sent: Customer.io ignores an add for nobody, so it
+        is rejected, and added once the person is."""
         with self._lock:
             taken, self._pending = self._pending, {}
         for stream, pending in taken.items():
             by_request: dict[tuple[int, str], list[Pending]] = {}
             for entry in pending.values():
+                if (entry.id_type, entry.value) in refused:
+                    self._report.reject(
+                        stream,
+                        "person_refused",
+                        None,
+                        f"Customer.io refused the identify of {entry.id_type} {entry.value!r} "
+                        "in this run: the membership is added once the person is accepted",
+                        entry.record,
+                    )
+                    continue
                 by_request.setdefault((entry.segment_id, entry.id_type), []).append(entry)
             for (segment, kind), entries in by_request.items():
                 for start in range(0, len(entries), MAX_IDS):
@@ -152,6 +170,8 @@ class Memberships:
         kind: str,
         entries: list[Pending],
     ) -> None:
+        keys = [e.key for e in entries if e.key is not None]
+        mark = ledger.in_doubt(keys) if ledger is not None else 0  # written ahead
         status, message, tries, size = requests.change(
             segment, kind, [e.value for e in entries], True
         )
@@ -161,7 +181,7 @@ class Memberships:
             if self.on_added is not None:
                 self.on_added(segment, kind, [e.value for e in entries])
             if ledger is not None:
-                ledger.record([(e.key, 0) for e in entries if e.key is not None])
+                ledger.record([(key, 0) for key in keys], mark)
             self._report.delivered(stream, len(entries))
             self._report.mirror_count(stream, "segment_adds", len(entries))
             return
@@ -170,10 +190,16 @@ class Memberships:
             self._report.reject(stream, reason, None, text, entry.record)
 
     def remove(
-        self, requests: SegmentRequests, stream: str, leavers: dict[int, tuple[int, str, str]]
+        self,
+        requests: SegmentRequests,
+        stream: str,
+        leavers: dict[int, tuple[int, str, str]],
+        ledger: Ledger | None,
     ) -> set[int]:
         """Remove memberships that left the view (key -> (segment, id type, value)); returns
-        the keys done with: removed, or in a segment Customer.io no longer has (404)."""
+        the keys done with: removed, or in a segment Customer.io no longer has (404). Each
+        request's keys are in doubt until its answer; those done with are recorded as left
+        (`ledger`; None: a dry run)."""
         by_request: dict[tuple[int, str], list[tuple[int, str]]] = {}
         for key, (segment, kind, value) in leavers.items():
             by_request.setdefault((segment, kind), []).append((key, value))
@@ -181,11 +207,14 @@ class Memberships:
         for (segment, kind), members in by_request.items():
             for start in range(0, len(members), MAX_IDS):
                 part = members[start : start + MAX_IDS]
+                mark = ledger.in_doubt([key for key, _ in part]) if ledger is not None else 0
                 status, message, tries, size = requests.change(
                     segment, kind, [v for _, v in part], False
                 )
                 if tries:
                     self._report.request(stream, size, tries, len(part))
+                if status in (200, 404) and ledger is not None:
+                    ledger.record([(key, EXIT_FINGERPRINT) for key, _ in part], mark)
                 if status == 200:
                     done.update(key for key, _ in part)
                     self._report.mirror_count(stream, "segment_removes", len(part))

@@ -40,6 +40,8 @@ class SinkNeeds:
     events: RunEvents  # the run's events, whoever sent them (one for the run)
     members: RunMembers | None = None  # a mirror route's: who this run's records are about
     identity: IdentityMap | None = None  # the workspace's identity map (identity.py)
+    # people whose identify was rejected in this run (memberships of theirs are not sent)
+    refused: set[tuple[str, str]] | None = None
     # A QA sync's (qa_sync.QaSync.hold): records are held until the chosen people are known.
     hold: t.Callable[[str, Route, t.Callable[[t.Any], None], t.Any], None] | None = None
     campaigns: Campaigns | None = None  # the run's campaign triggers (None: not read)
@@ -87,6 +89,7 @@ class CustomerIOSink(SdkSink):
         self._identity_stream = (
             StreamIdentity(identity, route.kind == "person") if identity is not None else None
         )
+        self._refused = needs.refused
         self._campaigns = needs.campaigns
         # the route's own max_campaign_entries (an event route's), else the setting's
         self._campaign_limit: int | None = getattr(route.options, "max_campaign_entries", None)
@@ -198,6 +201,8 @@ class CustomerIOSink(SdkSink):
             tally.received = received + index + 1
             self._reject(items[index], Rejected(reason, field, message, rule))
         tally.received = received + len(items)
+        if mapped.refused and self._refused is not None:
+            self._refused.update(mapped.refused)
         segments = mapped.segments
         if duplicates:
             segments = {

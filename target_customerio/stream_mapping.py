@@ -27,6 +27,10 @@ from target_customerio.wire import Segment, SegmentBuilder
 # rows of one order come together); what became of every event record is decided run-wide, in
 # the target (run_events.py).
 RECENT_EVENTS = 20_000
+# Change detection remembers the keys it sent last (here, the last 20,000): a record whose
+# operation matches the ledger is still sent when this run already sent something else for
+# its key, which the ledger does not know yet.
+RECENT_SENT = 20_000
 
 Item = bytes | dict  # a RECORD line, whole (the direct path), or a record the SDK decoded
 # an operation to send: body, shard key, ledger entry
@@ -80,6 +84,9 @@ class Mapped:
     sent_members: list[tuple[int, int, str]] | None = None
     # The identity claims of the records sent, in order (identity.py); None: the kind makes none
     identity: list[Claim] | None = None
+    # (identifier type, value) of the people whose identify a record rejected here would
+    # have sent: what depends on them (a membership) is not sent in this run.
+    refused: list[tuple[str, str]] | None = None
     # The events sent whose name starts a running campaign (campaigns.py), in record order:
     # (index in the chunk, name, identifier, timestamp). None when no campaign could match.
     campaign_events: list[tuple[int, str, tuple[str, str], int]] | None = None
@@ -113,6 +120,7 @@ class StreamMapping:
         assert route is not None  # the target only maps routed streams
         # dedupe keys of the last events built here (not built again: run_events.py)
         self._recent: OrderedDict[int, None] = OrderedDict()
+        self._recent_sent: OrderedDict[int, int] = OrderedDict()  # key -> fingerprint sent
         context = Context(
             spec.started_at,
             spec.ledger_scope,
@@ -155,6 +163,7 @@ class StreamMapping:
         campaign_events = self._campaign_events
         made: list[Claim | None] = []  # each mapped record's identity claim
         claims = self._claims
+        refused: list[tuple[str, str]] = []  # people whose identify is rejected here
         builder = self._builder  # a native method call (compiled), not a bound-method object
         for index, item in enumerate(items):
             record, native = (
@@ -183,10 +192,12 @@ class StreamMapping:
                     event_keys.append(rej.seen)
                     fates.append(REJECTED)
                 self._rejected_member(record, rejected_members)
+                self._refused_person(record, refused)
                 continue
             except Exception as exc:  # noqa: BLE001 - a value no check foresaw: this record's fault
                 rejects.append((index, UNMAPPABLE, None, failure_message(exc), None))
                 self._rejected_member(record, rejected_members)
+                self._refused_person(record, refused)
                 continue
             ops = built.operations
             if campaign_events:  # a campaign starts on some event name: is it this one's?
@@ -235,9 +246,20 @@ class StreamMapping:
         if sent_campaign:
             out.campaign_events = sent_campaign
         out.identity = identity
+        out.refused = refused or None
         if self._member is not None:
             out.members, out.sent_members = self._members(mapped, unchanged, rejected_members)
         return out
+
+    def _refused_person(self, record: dict, refused: list[tuple[str, str]]) -> None:
+        """Whom a rejected record's identify would have created or updated, when its kind
+        identifies people and its identifier reads: what depends on them is not sent."""
+        try:
+            who = self._builder.identity(record)
+        except Exception:  # noqa: BLE001 - no usable identifier: it cannot be told whom
+            who = None
+        if who is not None:
+            refused.append(who)
 
     def _rejected_member(self, record: dict, rejected: list[int]) -> None:
         """A mirror route's rejected record is still about someone in the view (when its
@@ -283,11 +305,25 @@ class StreamMapping:
         delivered = lookup(keys) if keys else None
         if not delivered:
             return set()
+        recent = self._recent_sent
         unchanged = set()
         for at, (_, _, sends) in enumerate(mapped):
             tracked = [ledger for _, _, ledger in sends if ledger is not None]
-            if tracked and all(delivered.get(key) == fingerprint for key, fingerprint in tracked):
+            if not tracked:
+                continue
+            if all(delivered.get(key) == fp and recent.get(key, fp) == fp for key, fp in tracked):
                 unchanged.add(at)
+                continue
+            # Sent while the ledger holds another fingerprint: a later record about the key that
+            # matches the ledger is not unchanged (a row changed and changed back, or deleted
+            # and inserted again, in one run). Keys the ledger does not hold need no memory: a
+            # later record finds what this one sends once it is accepted, or its doubt.
+            for key, fp in tracked:
+                if key in delivered:
+                    recent[key] = fp
+                    recent.move_to_end(key)
+            while len(recent) > RECENT_SENT:
+                recent.popitem(last=False)
         return unchanged
 
 

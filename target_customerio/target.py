@@ -23,8 +23,9 @@ from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.sinks import Sink
 
 from target_customerio import cli, redaction, run_end
+from target_customerio.app_api import AppClient
 from target_customerio.campaigns import Campaigns, read_triggers
-from target_customerio.delivery import Delivery, DryRun, make_delivery
+from target_customerio.delivery import Delivery, DryRun, make_delivery, workspace
 from target_customerio.environment import check_env_reached, dotenv_here, env_config
 from target_customerio.errors import ConfigError, TargetError, Terminated
 from target_customerio.identity import open_identity
@@ -184,7 +185,14 @@ class TargetCustomerIO(SdkTarget):
         self.events = RunEvents()  # every event of the run, whichever stream sent it
         self.reconciler = Reconciler(self.report, self.logger)
         self.memberships = Memberships(self.report, self.logger)
-        self.mirror = Mirror(self.report, self.logger)
+        self.mirror = Mirror(
+            self.report,
+            self.logger,
+            workspace(self.settings),
+            "ledger_url"
+            if self.settings.ledger_url
+            else f"ledger_path {self.settings.ledger_path}",
+        )
         self.campaigns: Campaigns | None = None  # read at start-up (read_campaigns)
         # streams whose records skip the SDK's handling
         self._direct: dict[str, CustomerIOSink | UnmappedSink] = {}
@@ -291,6 +299,7 @@ class TargetCustomerIO(SdkTarget):
             events=self.events,
             members=members,
             identity=self.identity,
+            refused=self.delivery.refused_people,
             hold=self.qa.hold if self.qa is not None else None,
             campaigns=self.campaigns,
         )
@@ -390,7 +399,9 @@ class TargetCustomerIO(SdkTarget):
         self.delivery.wait()
         if self.memberships.waiting:  # after the identifies received before them are accepted
             self.memberships.send(
-                segment_requests(self.delivery), None if self.settings.dry_run else self.ledger
+                segment_requests(self.delivery),
+                None if self.settings.dry_run else self.ledger,
+                self.delivery.refused_people,
             )
             self.ledger.flush()
         for sink in sinks:
@@ -457,7 +468,17 @@ class TargetCustomerIO(SdkTarget):
             self.memberships,
             segment_requests(self.delivery),
             dry_run=self.settings.dry_run,
+            app=self._app_client(),
         )
+
+    def _app_client(self) -> AppClient | None:
+        """The run's App API client (read_back.py), when `app_api_key` is set (not on a dry
+        run): mirror exits ask it who exists, and a segment route whose ledger knows nobody
+        reads its members back."""
+        key = str(self.config.get("app_api_key") or "").strip()
+        if not key or self.settings.dry_run:
+            return None
+        return self.read_back.app_client()
 
     def _reconcile(self) -> None:
         """The reconcile checks, after everything else is delivered and the last STATE written."""
@@ -579,6 +600,12 @@ class TargetCustomerIO(SdkTarget):
             self.logger.info(
                 "route(s) that received nothing in this run: %s", ", ".join(self.report.idle_routes)
             )
+        if status != "ok" and not self.settings.dry_run and self.mirror.runs:
+            try:
+                self.ledger.flush()
+                self.mirror.learn(self.ledger)
+            except TargetError as exc:  # the run has failed already: this is not its cause
+                self.logger.warning("mirror: the members sent in this run are not kept: %s", exc)
         try:
             self.identity.close(write=status == "ok")
             self.ledger.close()

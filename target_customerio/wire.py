@@ -196,6 +196,13 @@ class Batch:
     def ops(self) -> list[Operation]:
         return [op for segment in self.segments for op in segment.operations()]
 
+    def ledger_keys(self) -> list[int]:
+        """The ledger keys of the request's operations: what it marks in doubt."""
+        keys: list[int] = []
+        for segment in self.segments:
+            keys += segment.ledger[1::3]
+        return keys
+
     def ledger_entries(
         self, rejected: frozenset[int] | set[int] = frozenset()
     ) -> list[tuple[int, int]]:

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 TARGET = str(Path(sys.executable).with_name("target-customerio"))
+# Longer property runs (`TARGET_CUSTOMERIO_LONG_PROPERTIES=1`): read here, and taken out of the
+# environment, as the target would take a TARGET_CUSTOMERIO_ variable for a misspelt setting.
+LONG_PROPERTIES = bool(os.environ.pop("TARGET_CUSTOMERIO_LONG_PROPERTIES", None))
 SITE_ID, API_KEY = "test-site", "sk_test_5ecret_never_logged"
 
 

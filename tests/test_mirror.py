@@ -96,9 +96,14 @@ def test_leavers_are_unset_and_unchanged_people_are_still_in_the_view(sandbox, t
     cfg = config(sandbox, tmp_path, {P: ROUTE})
     first = run_target(cfg, vips(ids(20)), tmp_path)
     assert first.returncode == 0, first.stderr
+    knew_nobody = (
+        "the ledger (ledger_path .customerio-ledger.sqlite) holds nobody for this route (a "
+        "first run, or a lost ledger), so nobody could leave the view in this run"
+    )
+    assert f"mirror: {P}: {knew_nobody}" in first.stderr
     assert first.report["mirror"][P] == {
         "complete": True,
-        "reason": None,
+        "reason": knew_nobody,
         "on_exit": "unset",
         "max_exit_ratio": 0.1,
         "members": 20,

@@ -21,6 +21,8 @@ from target_customerio.sandbox import Sandbox
 AUTH = ("site", "secret")
 ULID_A = "01J0000000000000000000000A"
 ULID_B = "01J0000000000000000000000B"
+ULID_C = "01J0000000000000000000000C"
+ULID_D = "01J0000000000000000000000D"
 
 
 @pytest.fixture
@@ -354,6 +356,18 @@ def test_fault_process_then_500_stores_the_data(sb, http):
     # The client retries the same event: deduplicated, stored once.
     assert batch(http, sb, event({"id": "1"}, "order_placed", ULID_A)).status_code == 200
     assert len(sb.events()) == 1 and sb.counters()["duplicate_events_dropped"] == 1
+
+
+def test_fault_skip_lets_requests_through_first(sb, http):
+    """`skip`: the fault applies after that many matching requests were answered normally (a
+    run's later request: an exit, not its first batch)."""
+    sb.inject(500, mode="process_then", skip=2, path="/api/v2/batch")
+    codes = [batch(http, sb, event({"id": "1"}, "e", u)).status_code for u in (ULID_A, ULID_B)]
+    assert codes == [200, 200]
+    assert batch(http, sb, event({"id": "2"}, "e", ULID_C)).status_code == 500
+    assert batch(http, sb, event({"id": "3"}, "e", ULID_D)).status_code == 200
+    with pytest.raises(ValueError, match="skip"):
+        sb.inject(500, skip=-1)
 
 
 def test_fault_drop_closes_the_connection(sb, http):

@@ -93,6 +93,11 @@ class Builder:
         usable identifier) or the kind does not mirror."""
         return None
 
+    def identity(self, record: dict[str, Any]) -> tuple[str, str] | None:
+        """For a kind that creates people (an identify): whom a record that `build` rejected
+        was to create or update, (identifier type, value), when its identifier reads."""
+        return None
+
 
 class Finisher:
     """Makes encoded operations ready to send: within Customer.io's size limit, and with their

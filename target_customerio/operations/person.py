@@ -115,6 +115,12 @@ class PersonBuilder(Builder):
             return None
         return self._finisher.key(f"person:{self._type}:{value}")
 
+    def identity(self, record: dict[str, Any]) -> tuple[str, str] | None:
+        try:
+            return self._type, identifier_value(record, self._field, self._type)
+        except Rejected:
+            return None
+
     def _identify(self, record: dict[str, Any], kind: str, value: str, native: bool) -> bytes:
         """The encoded identify. Checks run in this order: limits, contract, encoding."""
         attributes = self._payload.of(record, native=native)

@@ -37,6 +37,9 @@ class Fault:
     delay: float = 5.0
     # Only requests to this path prefix, e.g. "/api/v2/batch"; None = any API path.
     path: str | None = None
+    # Matching requests let through (answered normally) before the fault applies: a fault in
+    # the middle of a run (an exit, the last request), not at its first request.
+    skip: int = 0
 
     def applies_to(self, path: str) -> bool:
         return self.path is None or path.startswith(self.path)
@@ -54,6 +57,8 @@ class Faults:
             raise ValueError(f"mode must be one of {FAULT_MODES}, not {fault.mode!r}")
         if fault.times < 1:
             raise ValueError("times must be >= 1")
+        if fault.skip < 0:
+            raise ValueError("skip must be >= 0")
         if fault.mode != "slow" and "drop" not in fault.mode and not 100 <= fault.status <= 599:
             raise ValueError(f"status must be an HTTP status, not {fault.status!r}")
         with self._lock:
@@ -65,6 +70,9 @@ class Faults:
             if not self._queue or not self._queue[0].applies_to(path):
                 return None
             fault = self._queue[0]
+            if fault.skip:
+                fault.skip -= 1
+                return None
             fault.times -= 1
             if fault.times <= 0:
                 self._queue.popleft()

@@ -185,10 +185,12 @@ class Sandbox:
         mode: str = "respond",
         delay: float = 5.0,
         path: str | None = None,
+        skip: int = 0,
     ) -> None:
         """Queue a fault for the next `times` API requests to `path` (any, if None; see
-        faults.FAULT_MODES)."""
-        self.faults.add(Fault(int(status), int(times), retry_after, body, mode, float(delay), path))
+        faults.FAULT_MODES), after `skip` of them are let through."""
+        delay, skip = float(delay), int(skip)
+        self.faults.add(Fault(int(status), int(times), retry_after, body, mode, delay, path, skip))
 
     def clear_faults(self) -> None:
         self.faults.clear()
