@@ -256,6 +256,8 @@ class IdentityMap:
         with self._lock:
             self._load(claims, stream.person)
             out = Outcome([], {})
+            if stream.person and self._new_people(claims):
+                claims = []  # the usual first sync: all claimed at once
             for claim in claims:
                 if stream.person:
                     self._person(stream.options, claim, out)
@@ -307,7 +309,46 @@ class IdentityMap:
         row = self._rows.get(key)
         if row is None:
             row = self._rows[key] = [key, None, None, None, None, None]
+        elif len(row) < 6:  # a claim's row (key, owner) that is a person's too
+            row.extend([None] * (6 - len(row)))
         return row
+
+    def _new_people(self, claims: list[Claim]) -> bool:
+        """The usual first sync, in bulk: a chunk of people none keyed, named by identifiers
+        the map has never seen (none twice in the chunk, none released in this run): each
+        claims its own at once, with no check a record (`_new`'s, for the whole chunk)."""
+        owner, released = self._owner, self._released
+        keys = [key for claim in claims for key in claim[2] if key]
+        unique = set(keys)
+        if (
+            len(unique) != len(keys)
+            or not owner.keys().isdisjoint(unique)  # a view: iterates the smaller side
+            or (released and not released.keys().isdisjoint(unique))
+            or any(claim[1] for claim in claims)
+        ):
+            return False
+        rows = self._rows
+        for _, _, named, _, kinds, name, identifier in claims:
+            first = named[0]
+            row = [
+                first,
+                first,
+                None,
+                None,
+                None,
+                f"{name}\x1e{identifier}" if identifier else name,
+            ]
+            owner[first] = first
+            for i in range(1, len(named)):
+                key = named[i]
+                if key:
+                    kind = kinds[i]
+                    owner[(first ^ _SLOT[kind]) or 1] = key
+                    row[_COLUMN[kind]] = key
+                    owner[key] = first
+                    rows[key] = [key, first]  # a claim's row: the columns after are NULL
+            rows[first] = row
+        return True
 
     def _set(self, key: int, owner: int) -> None:
         self._owner[key] = owner
@@ -376,7 +417,7 @@ class IdentityMap:
                 owner[(first ^ _SLOT[kind]) or 1] = key
                 row[_COLUMN[kind]] = key
                 owner[key] = first
-                rows[key] = [key, first, None, None, None, None]
+                rows[key] = [key, first]  # a claim's row: the columns after are NULL
         rows[first] = row
         return True
 

@@ -161,7 +161,8 @@ class StreamMapping:
         # positions in `mapped` of events that may start a campaign: (name, person, time)
         campaign: dict[int, tuple[str, tuple[str, str], int]] = {}
         campaign_events = self._campaign_events
-        made: list[Claim | None] = []  # each mapped record's identity claim
+        # each mapped record and its identifier: claimed once known not to be unchanged
+        made: list[tuple[dict, tuple[str, str]]] = []
         claims = self._claims
         refused: list[tuple[str, str]] = []  # people whose identify is rejected here
         builder = self._builder  # a native method call (compiled), not a bound-method object
@@ -206,7 +207,7 @@ class StreamMapping:
                     when = built.timestamp if built.timestamp is not None else 0
                     campaign[len(mapped)] = (name, built.identifier, when)
             if claims is not None:
-                made.append(claims.of(index, record, built.identifier))
+                made.append((record, built.identifier))
             seen = ops[0].seen
             place = -1
             if seen is not None:  # an event: its later rows are not built again here
@@ -233,9 +234,12 @@ class StreamMapping:
                     fates[place] = UNCHANGED
                 continue
             person = None  # a keyed person's operations travel by its key (identity.py)
-            if identity is not None and (claim := made[at]) is not None:
-                identity.append(claim)
-                person = claim[5] if claim[1] else None
+            if identity is not None and claims is not None:
+                source, identifier = made[at]
+                claim = claims.of(index, source, identifier)
+                if claim is not None:
+                    identity.append(claim)
+                    person = claim[5] if claim[1] else None
             if campaign and at in campaign:
                 sent_campaign.append((index, *campaign[at]))
             for body, shard_key, ledger in sends:
