@@ -87,6 +87,7 @@ class VerifyError(TargetError):
     sampled people (the report's `verification` lists them); everything was delivered."""
 
     exit_code = 9
+    cause = "verification"
 
 
 class Terminated(TargetError):

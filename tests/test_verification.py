@@ -143,6 +143,7 @@ def test_a_dropped_write_is_found_and_exits_9(workspace, tmp_path):
     workspace.report_file = str(tmp_path / "report.json")  # the QA page shows its verification
     run = run_target(config(workspace, tmp_path, verify_timeout=1), stream(), tmp_path)
     assert run.returncode == 9, run.stderr
+    assert "target-customerio failed (verification)" in run.stderr.splitlines()[-1]
     assert run.states == [{"b": 1}]  # everything was delivered: the STATE is written
     assert checks(run) == [("C3", "missing_profile")]
     assert run.report["verification"]["ok"] == 7
