@@ -20,11 +20,12 @@ The sink hands each chunk's claims to the run-wide `IdentityMap` in record order
   target claimed in the workspace is an unknown person: counted (`unknown_people`), and with
   `unknown_person: reject` rejected instead of creating an empty profile.
 
-What is kept: in memory, a bounded cache of claims (hashes only: key -> owner), and at most a
-few thousand pending names; in the ledger's database (the same file or Postgres database as the
-ledger, tables `identity` and `identity_people`), every claim (two 64-bit integers) and one name
-a person (for the reject message that names the other person, and the old identifier a merge
-needs). With change detection off the map lives in an in-memory SQLite database for the run.
+What is kept: in memory, a bounded cache of claims (hashes only: key -> owner), and the rows
+changed since the last batch; in the ledger's database (the same file or Postgres database as
+the ledger, table `identity_map`, through ledger_db.py and the ledger's held writes), a row a
+person (the values it holds, and its name: for the reject message that names the other person,
+and the old identifier a merge needs) and a row a claim of an attribute (two 64-bit integers).
+With change detection off the map lives in an in-memory SQLite database for the run.
 """
 
 from __future__ import annotations
