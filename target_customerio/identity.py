@@ -124,6 +124,7 @@ class Claims:
         self._as_sent = as_sent
         self._marks_delete, self._is_delete = delete.marks_delete, delete.is_delete
         self._seed, self._stream = seed, stream
+        self._shapes: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._kind = route.kind
         options = route.options
         identifier = getattr(options, "identifier", None)
@@ -159,6 +160,9 @@ class Claims:
                     keys.append(self._attribute(name, record[column]))
                     fields.append(column)
                     kinds.append(name)
+            # one tuple object a shape: a chunk's claims are pickled back from the mapping
+            # process, and pickle writes an object it has seen once as a reference
+            shape = self._shapes.setdefault((*fields, *kinds), (tuple(fields), tuple(kinds)))
             if self._key:
                 parts = [record.get(column) for column in self._key]
                 text = orjson.dumps(parts, default=str)
@@ -166,10 +170,9 @@ class Claims:
                 shown_key = ", ".join(str(part) for part in parts)
                 name = f"{', '.join(self._key)} {shown_key} of {self._stream}"
                 return (
-                    index, person, tuple(keys), tuple(fields), tuple(kinds), name,
-                    f"{kind}\x1f{value}",
+                    index, person, tuple(keys), shape[0], shape[1], name, f"{kind}\x1f{value}",
                 )  # fmt: skip
-            return (index, 0, tuple(keys), tuple(fields), tuple(kinds), f"{kind} {value}", "")
+            return (index, 0, tuple(keys), shape[0], shape[1], f"{kind} {value}", "")
         if self._kind == "object":
             keys, fields, kinds = [], [], []
             for rel in self._relationships:
