@@ -152,6 +152,7 @@ clean:
 bench: compiled
 	$(CBIN)/python bench/bench.py $(ARGS)
 	$(CBIN)/python bench/pipe.py $(PIPE_ARGS)
+	$(CBIN)/python bench/identity.py
 
 bench-pipe: compiled
 	$(CBIN)/python bench/pipe.py $(PIPE_ARGS)

@@ -478,6 +478,20 @@ def _strip_log_prefix(line: str) -> str:
 # ---- the summary -------------------------------------------------------------------------------
 
 
+def say_identity(streams: dict[str, Any]) -> None:
+    """The identity map's counts (docs/identity.md): events for people this target never
+    identified, people refused for an email another holds, keyed identifiers that changed."""
+    unknown = {name: s.get("unknown_people", 0) for name, s in streams.items()}
+    where = ", ".join(f"{name} {count}" for name, count in unknown.items() if count)
+    say(
+        f"  unknown_people (events for people this target never identified): "
+        f"{sum(unknown.values())}" + (f" ({where})" if where else "")
+    )
+    conflicts = sum(s.get("identity_conflicts", 0) for s in streams.values())
+    changes = sum(s.get("identifier_changes", 0) for s in streams.values())
+    say(f"  identity conflicts: {conflicts}, identifier changes: {changes}")
+
+
 def print_summary(elapsed: float, night: int) -> None:
     if not REPORT.exists():
         raise SystemExit(f"no run report at {REPORT}")
@@ -503,6 +517,7 @@ def print_summary(elapsed: float, night: int) -> None:
     )
     if report.get("near_duplicate_event_names"):
         say(f"  near-duplicate event names: {report['near_duplicate_event_names']}")
+    say_identity(report["streams"])
     if REJECTS.exists():
         reasons: dict[str, int] = {}
         for line in REJECTS.read_text().splitlines():

@@ -300,6 +300,30 @@ class _HeldWrites:
         raise NotImplementedError
 
 
+class HeldRows(_HeldWrites):
+    """The held writes of a table another module keeps in the ledger's database (identity.py:
+    a compiled class is not subclassed outside its module): `write` writes one batch, the
+    groups as `_write` gets them."""
+
+    def __init__(self, write: t.Callable[[str, int], None]) -> None:
+        super().__init__()
+        self._write_rows = write
+
+    def _write(self, groups: str, at: int) -> None:
+        self._write_rows(groups, at)
+
+    def drop(self) -> None:
+        """Forget what is held (the run failed: it may not have reached Customer.io)."""
+        with self._lock:
+            self._held, self._count = [], 0
+
+    def read(self, query: t.Callable[[], t.Any]) -> t.Any:
+        """`query` on the writers' connection: after the write in flight and what is held."""
+        with self._writing:
+            self._write_held()
+            return query()
+
+
 def cannot_write(exc: Exception) -> TargetError:
     """A failed ledger write, as the one line the run ends with."""
     reason = shown((str(exc).splitlines() or [""])[0])

@@ -36,6 +36,10 @@ READS = frozenset(
         "runs",
         "gone",
         "kept_at",
+        "identity_empty",
+        "identity_owners",
+        "identity_holds",
+        "identity_names",
     }
 )
 _LOCK_NOT_AVAILABLE = "55P03"  # Postgres: lock_timeout passed

@@ -35,6 +35,11 @@ class StreamTally:
     retried: int = 0
     requests: int = 0
     bytes: int = 0
+    # the identity map's (identity.py): people claimed by another, people never identified,
+    # keyed people whose identifier changed
+    identity_conflicts: int = 0
+    unknown_people: int = 0
+    identifier_changes: int = 0
 
     def counts(self) -> dict[str, int]:
         return {
@@ -57,6 +62,9 @@ class StreamTally:
             "retried": self.retried,
             "requests": self.requests,
             "bytes": self.bytes,
+            "identity_conflicts": self.identity_conflicts,
+            "unknown_people": self.unknown_people,
+            "identifier_changes": self.identifier_changes,
         }
 
 
@@ -193,6 +201,14 @@ class RunReport:
     def skip(self, stream: str, reason: str, count: int = 1) -> None:
         with self._lock:
             self._streams.setdefault(stream, StreamTally()).skipped[reason] += count
+
+    def identity(self, stream: str, conflicts: int, unknown: int, changes: int) -> None:
+        """What the identity map found in a chunk of the stream (identity.py)."""
+        with self._lock:
+            tally = self._streams.setdefault(stream, StreamTally())
+            tally.identity_conflicts += conflicts
+            tally.unknown_people += unknown
+            tally.identifier_changes += changes
 
     def duplicates(self, stream: str, of: Counter[str]) -> None:
         """Rows of events already in this run, by the stream that had them first: skipped as

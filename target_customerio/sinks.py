@@ -9,6 +9,7 @@ from functools import cached_property, partial
 
 from target_customerio.campaigns import Campaigns
 from target_customerio.errors import ContractError
+from target_customerio.identity import IdentityMap, StreamIdentity, with_after
 from target_customerio.mapping_processes import CHUNK, ProcessMapping
 from target_customerio.mirror import RunMembers
 from target_customerio.operations.operation import Rejected
@@ -38,6 +39,7 @@ class SinkNeeds:
     max_reject_ratio: float | None
     events: RunEvents  # the run's events, whoever sent them (one for the run)
     members: RunMembers | None = None  # a mirror route's: who this run's records are about
+    identity: IdentityMap | None = None  # the workspace's identity map (identity.py)
     # people whose identify was rejected in this run (memberships of theirs are not sent)
     refused: set[tuple[str, str]] | None = None
     # A QA sync's (qa_sync.QaSync.hold): records are held until the chosen people are known.
@@ -82,6 +84,11 @@ class CustomerIOSink(SdkSink):
         self._events_as = needs.events.stream_id(stream_name)
         self._max_reject_ratio = needs.max_reject_ratio
         self._members = needs.members
+        self._identity = needs.identity
+        identity = getattr(route.options, "identity", None)
+        self._identity_stream = (
+            StreamIdentity(identity, route.kind == "person") if identity is not None else None
+        )
         self._refused = needs.refused
         self._campaigns = needs.campaigns
         # the route's own max_campaign_entries (an event route's), else the setting's
@@ -132,6 +139,8 @@ class CustomerIOSink(SdkSink):
         """A record straight from the reader (the target's direct path: no stream maps): its
         RECORD line, undecoded, or the record when the line is not in the form the reader
         matches (an unusual key order, a non-ASCII stream name)."""
+        if not self._chunk and self._identity_stream is not None and self._identity is not None:
+            self._identity.before_chunk(self, self._identity_stream.person)
         self._chunk.append(item)
         if len(self._chunk) >= CHUNK:
             self._send_chunk()
@@ -144,6 +153,11 @@ class CustomerIOSink(SdkSink):
         self._sdk_counted += 1
         self._report.taken_from_sdk += 1
         self.receive(record)
+
+    def send_partial_chunk(self) -> None:
+        """The records waiting for a full chunk are mapped now (identity.py: people first)."""
+        if self._chunk:
+            self._send_chunk()
 
     def _hold_direct(self, item: Item) -> None:
         """A QA sync: a record from the reader held back, counted for `record_count` now (as
@@ -201,7 +215,12 @@ class CustomerIOSink(SdkSink):
             self._report.skip(self.stream_name, reason, count)
         if self._members is not None and mapped.members is not None:
             self._members.add(mapped.members, mapped.sent_members or [])
-        cut = self._count_campaigns(mapped, duplicates) if mapped.campaign_events else None
+        not_sent = duplicates
+        if mapped.identity:
+            segments, rejected = self._check_identity(items, mapped.identity, segments, duplicates)
+            if rejected:  # an event rejected for its unknown person starts no campaign
+                not_sent = duplicates | rejected
+        cut = self._count_campaigns(mapped, not_sent) if mapped.campaign_events else None
         if cut is not None:  # the guard: nothing from the first event past the limit on
             drop = set(range(cut, len(items)))
             segments = {shard: segment.without_items(drop) for shard, segment in segments.items()}
@@ -220,6 +239,32 @@ class CustomerIOSink(SdkSink):
             events = [event for event in events if event[0] not in repeated]
         assert self._campaigns is not None  # mapping only sends them back when it was read
         return self._campaigns.count_events(self.stream_name, self._campaign_limit, events)
+
+    def _check_identity(
+        self, items: list[Item], claims: list, segments: dict, duplicates: set[int]
+    ) -> tuple[dict, set[int]]:
+        """The run-wide identity check, in record order (identity.py): rejected records leave
+        their segments, a keyed person's merge follows its identify on the same shard; the
+        rows of an event this run already has (`duplicates`) are not sent, so claim nothing."""
+        assert self._identity is not None and self._identity_stream is not None
+        if duplicates:
+            claims = [claim for claim in claims if claim[0] not in duplicates]
+        outcome = self._identity.account(self._identity_stream, claims)
+        self._report.identity(self.stream_name, outcome.conflicts, outcome.unknown, outcome.changes)
+        rejected: set[int] = set()
+        for index, reason, field, message in outcome.rejects:
+            self._reject(items[index], Rejected(reason, field, message))
+            rejected.add(index)
+        shards = len(self._packers)
+        merges: dict[int, dict[int, bytes]] = {}
+        for index, (body, shard_key) in outcome.merges.items():
+            merges.setdefault(hash(shard_key) % shards, {})[index] = body
+        if not rejected and not merges:
+            return segments, rejected
+        return {
+            shard: with_after(segment.without_items(rejected), merges.get(shard, {}))
+            for shard, segment in segments.items()
+        }, rejected
 
     def _reject(self, record: Item, rej: Rejected) -> None:
         if rej.reason in CONTRACT_REASONS and self._fail_on_violation:

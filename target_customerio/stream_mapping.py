@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from singer_sdk.exceptions import MissingKeyPropertiesError
 
+from target_customerio.identity import Claim, Claims, workspace_seed
 from target_customerio.ledger import Ledger, NoLedger, open_ledger
 from target_customerio.operations import KINDS
 from target_customerio.operations.operation import Builder, Context, Rejected, Skipped
@@ -81,6 +82,8 @@ class Mapped:
     # record sent, (key, fingerprint, what the ledger keeps about the member: Kind.member).
     members: array | None = None
     sent_members: list[tuple[int, int, str]] | None = None
+    # The identity claims of the records sent, in order (identity.py); None: the kind makes none
+    identity: list[Claim] | None = None
     # (identifier type, value) of the people whose identify a record rejected here would
     # have sent: what depends on them (a membership) is not sent in this run.
     refused: list[tuple[str, str]] | None = None
@@ -133,6 +136,17 @@ class StreamMapping:
         self._shards = spec.shards
         self._ledger = None if isinstance(ledger, NoLedger) else ledger
         self._event_names = event_names
+        self._claims: Claims | None = (
+            Claims(
+                route,
+                spec.schema,
+                spec.stream,
+                spec.key_properties,
+                workspace_seed(settings.base_url, settings.site_id),
+            )
+            if route.kind in ("person", "event", "segment", "object")
+            else None
+        )
         self._campaign_events = spec.campaign_events
 
     def map_chunk(self, items: list[Item]) -> Mapped:
@@ -147,6 +161,9 @@ class StreamMapping:
         # positions in `mapped` of events that may start a campaign: (name, person, time)
         campaign: dict[int, tuple[str, tuple[str, str], int]] = {}
         campaign_events = self._campaign_events
+        # each mapped record and its identifier: claimed once known not to be unchanged
+        made: list[tuple[dict, tuple[str, str]]] = []
+        claims = self._claims
         refused: list[tuple[str, str]] = []  # people whose identify is rejected here
         builder = self._builder  # a native method call (compiled), not a bound-method object
         for index, item in enumerate(items):
@@ -189,6 +206,8 @@ class StreamMapping:
                 if name is not None and name in campaign_events:
                     when = built.timestamp if built.timestamp is not None else 0
                     campaign[len(mapped)] = (name, built.identifier, when)
+            if claims is not None:
+                made.append((record, built.identifier))
             seen = ops[0].seen
             place = -1
             if seen is not None:  # an event: its later rows are not built again here
@@ -205,6 +224,7 @@ class StreamMapping:
         unchanged = self._unchanged(mapped)
         shards = self._shards
         parts = [SegmentBuilder() for _ in range(shards)]
+        identity: list[Claim] | None = [] if claims is not None else None
         sent_campaign: list[tuple[int, str, tuple[str, str], int]] = []
         for at, (index, place, sends) in enumerate(mapped):
             if at in unchanged:
@@ -213,15 +233,23 @@ class StreamMapping:
                 else:  # counted once settled: a row of an event another stream sent is not
                     fates[place] = UNCHANGED
                 continue
+            person = None  # a keyed person's operations travel by its key (identity.py)
+            if identity is not None and claims is not None:
+                source, identifier = made[at]
+                claim = claims.of(index, source, identifier)
+                if claim is not None:
+                    identity.append(claim)
+                    person = claim[5] if claim[1] else None
             if campaign and at in campaign:
                 sent_campaign.append((index, *campaign[at]))
             for body, shard_key, ledger in sends:
-                parts[hash(shard_key) % shards].add(body, index, ledger)
+                parts[hash(person or shard_key) % shards].add(body, index, ledger)
         segments = {shard: part.segment() for shard, part in enumerate(parts) if part.bodies}
         names, self._event_names[:] = list(self._event_names), []
         out = Mapped(segments, rejects, dict(skipped), event_items, event_keys, bytes(fates), names)
         if sent_campaign:
             out.campaign_events = sent_campaign
+        out.identity = identity
         out.refused = refused or None
         if self._member is not None:
             out.members, out.sent_members = self._members(mapped, unchanged, rejected_members)

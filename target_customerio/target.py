@@ -28,6 +28,7 @@ from target_customerio.campaigns import Campaigns, read_triggers
 from target_customerio.delivery import Delivery, DryRun, make_delivery, workspace
 from target_customerio.environment import check_env_reached, dotenv_here, env_config
 from target_customerio.errors import ConfigError, TargetError, Terminated
+from target_customerio.identity import open_identity
 from target_customerio.ledger import open_ledger
 from target_customerio.mapping_processes import ProcessMapping, make_mapping
 from target_customerio.memberships import Memberships, segment_requests
@@ -170,6 +171,7 @@ class TargetCustomerIO(SdkTarget):
             logger=self.logger,
         )
         self.ledger = open_ledger(self.settings, self.report)
+        self.identity = open_identity(self.settings, self.report)  # beside the ledger
         self.delivery: Delivery | DryRun = make_delivery(
             self.settings,
             str(self.config.get("api_key", "")),
@@ -296,6 +298,7 @@ class TargetCustomerIO(SdkTarget):
             max_reject_ratio=self.settings.max_reject_ratio,
             events=self.events,
             members=members,
+            identity=self.identity,
             refused=self.delivery.refused_people,
             hold=self.qa.hold if self.qa is not None else None,
             campaigns=self.campaigns,
@@ -403,6 +406,7 @@ class TargetCustomerIO(SdkTarget):
             self.ledger.flush()
         for sink in sinks:
             sink.check_reject_ratio()
+        self.identity.flush()
         self.report.flush()
 
     def emit_state(self, state: dict) -> None:
@@ -603,6 +607,7 @@ class TargetCustomerIO(SdkTarget):
             except TargetError as exc:  # the run has failed already: this is not its cause
                 self.logger.warning("mirror: the members sent in this run are not kept: %s", exc)
         try:
+            self.identity.close(write=status == "ok")
             self.ledger.close()
         except TargetError as exc:
             # after the last STATE: the entries not written cost a re-send next run

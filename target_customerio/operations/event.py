@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from target_customerio.errors import ConfigError
+from target_customerio.identity import USE_KEYS, IdentityOptions, identity_options
 from target_customerio.operations import delete
 from target_customerio.operations.event_ids import dedupe_key, event_digest, ulid_text
 from target_customerio.operations.identifiers import identifier_value
@@ -56,6 +57,7 @@ class EventOptions(KindOptions):
     timestamp: str  # the column holding when it happened
     max_age: dt.timedelta | None = None
     mirror_to_attribute: str | None = None
+    identity: IdentityOptions = IdentityOptions()  # identity.py
     max_campaign_entries: int | None = None  # overrides the setting for this route's events
     max_future: dt.timedelta = DEFAULT_MAX_FUTURE
 
@@ -105,6 +107,7 @@ def options(where: str, spec: dict[str, Any]) -> EventOptions:
         timestamp=spec["timestamp"],
         max_age=_max_age(where, spec.get("max_age")),
         mirror_to_attribute=mirror,
+        identity=identity_options(where, spec),
         max_campaign_entries=max_campaign_entries_option(
             f"{where}.max_campaign_entries", spec.get("max_campaign_entries")
         ),
@@ -258,6 +261,7 @@ KEYS = (
     "timestamp",
     "max_age",
     "mirror_to_attribute",
+    *USE_KEYS,
     "max_campaign_entries",
     "max_future",
 )

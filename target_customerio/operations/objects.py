@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from target_customerio.errors import ConfigError
+from target_customerio.identity import USE_KEYS, IdentityOptions, identity_options
 from target_customerio.operations import delete
 from target_customerio.operations.identifiers import identifier_value
 from target_customerio.operations.operation import Builder, Built, Context, Finisher, Kind, encode
@@ -24,6 +25,7 @@ class ObjectOptions(KindOptions):
     object_type_id: str
     object_id: str  # the column holding the object's id
     relationships: tuple[Identifier, ...] = ()
+    identity: IdentityOptions = IdentityOptions()  # identity.py
 
     def columns_named(self) -> list[tuple[str, str]]:
         named = [("object_id", self.object_id)]
@@ -53,6 +55,7 @@ def options(where: str, spec: dict[str, Any]) -> ObjectOptions:
         relationships=tuple(
             identifier_option(f"{where}.relationships[{i}]", r) for i, r in enumerate(relations)
         ),
+        identity=identity_options(where, spec),
     )
 
 
@@ -90,5 +93,5 @@ class ObjectBuilder(Builder):
 
 
 KIND: Kind = Kind(
-    "object", ("object_type_id", "object_id", "relationships"), options, ObjectBuilder
+    "object", ("object_type_id", "object_id", "relationships", *USE_KEYS), options, ObjectBuilder
 )

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from target_customerio.errors import ConfigError
+from target_customerio.identity import PERSON_KEYS, IdentityOptions, identity_options
 from target_customerio.operations import delete
 from target_customerio.operations.identifiers import identifier_value
 from target_customerio.operations.operation import (
@@ -47,6 +48,7 @@ _new = tuple.__new__
 class PersonOptions(KindOptions):
     identifier: Identifier
     mirror: Mirror | None = None  # `mirror: true`: people who leave the view are noticed
+    identity: IdentityOptions = IdentityOptions()  # identity.py
 
     def columns_named(self) -> list[tuple[str, str]]:
         return [("identifier.field", self.identifier.field)]
@@ -70,7 +72,7 @@ def options(where: str, spec: dict[str, Any]) -> PersonOptions:
                     f"{where}.{key}: applies only with `mirror: true` (without it nobody leaves "
                     "the view, so it would do nothing)"
                 )
-        return PersonOptions(identifier)
+        return PersonOptions(identifier, identity=identity_options(where, spec))
     on_exit = spec.get("on_exit", "unset")
     if on_exit not in ON_EXIT:
         raise ConfigError(f"{where}.on_exit: {on_exit!r} is not one of {', '.join(ON_EXIT)}")
@@ -80,7 +82,7 @@ def options(where: str, spec: dict[str, Any]) -> PersonOptions:
             "whole every run, so a deleted row is a person who left it (`on_exit`)"
         )
     ratio = max_exit_ratio_option(f"{where}.max_exit_ratio", spec.get("max_exit_ratio"))
-    return PersonOptions(identifier, Mirror(on_exit, ratio))
+    return PersonOptions(identifier, Mirror(on_exit, ratio), identity_options(where, spec))
 
 
 class PersonBuilder(Builder):
@@ -167,7 +169,7 @@ def exit_operation(on_exit: str, member: str) -> bytes | None:
     return encode(op)
 
 
-KEYS = ("identifier", "mirror", "on_exit", "max_exit_ratio")
+KEYS = ("identifier", "mirror", "on_exit", "max_exit_ratio", *PERSON_KEYS)
 KIND: Kind = Kind(
     "person", KEYS, options, PersonBuilder, delete.ON_DELETE, member=member, exit=exit_operation
 )

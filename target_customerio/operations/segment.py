@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from target_customerio.identity import USE_KEYS, IdentityOptions, identity_options
 from target_customerio.operations.identifiers import identifier_value
 from target_customerio.operations.operation import (
     Builder,
@@ -43,6 +44,7 @@ class SegmentOptions(KindOptions):
     identifier: Identifier
     segment_id: str  # the column holding the manual segment's id
     mirror: Mirror = Mirror("remove")
+    identity: IdentityOptions = IdentityOptions()  # identity.py
 
     def columns_named(self) -> list[tuple[str, str]]:
         return [("identifier.field", self.identifier.field), ("segment_id", self.segment_id)]
@@ -58,7 +60,9 @@ def options(where: str, spec: dict[str, Any]) -> SegmentOptions:
     identifier = identifier_option(f"{where}.identifier", spec.get("identifier"))
     segment = column_option(f"{where}.segment_id", spec.get("segment_id"))
     ratio = max_exit_ratio_option(f"{where}.max_exit_ratio", spec.get("max_exit_ratio"))
-    return SegmentOptions(identifier, segment, Mirror("remove", ratio))
+    return SegmentOptions(
+        identifier, segment, Mirror("remove", ratio), identity_options(where, spec)
+    )
 
 
 def segment_id_value(value: Any) -> int | None:
@@ -100,7 +104,7 @@ def member(body: bytes) -> str:
     return body.decode()
 
 
-KEYS = ("identifier", "segment_id", "max_exit_ratio")
+KEYS = ("identifier", "segment_id", "max_exit_ratio", *USE_KEYS)
 KIND: Kind = Kind(
     "segment",
     KEYS,

@@ -13,6 +13,7 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
+from target_customerio.sandbox import identity
 from target_customerio.sandbox.campaigns import enter_on_event
 
 if TYPE_CHECKING:
@@ -119,7 +120,9 @@ def _identify(
                 time.time(),
                 {"attribute": kind, "value": value, "reason": f"{kind} is in use by another"},
             )
-    attributes = _merge_attributes(json.loads(person["attributes"]), changes)
+    before = json.loads(person["attributes"])
+    attributes = _merge_attributes(before, changes)
+    identity.attribute_changes(store, person["cio_id"], before, attributes)
     _update_identifier(store, person, "id", changes, identifier)
     _update_identifier(store, person, "email", changes, identifier)
     updated = timestamp if timestamp is not None else int(time.time())
@@ -255,6 +258,9 @@ def _merge(store: Store, primary: tuple[str, str], secondary: tuple[str, str]) -
     moved = (target["cio_id"], source["cio_id"])
     store.db.execute("UPDATE events SET cio_id = ? WHERE cio_id = ?", moved)
     store.db.execute("UPDATE activities SET cio_id = ? WHERE cio_id = ?", moved)
+    store.activity(
+        target["cio_id"], "profile_merge", None, time.time(), {"merged": source["cio_id"]}
+    )
     store.db.execute("UPDATE OR IGNORE segment_members SET cio_id = ? WHERE cio_id = ?", moved)
     store.db.execute("DELETE FROM segment_members WHERE cio_id = ?", (source["cio_id"],))
     store.db.execute(

@@ -18,7 +18,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
-from target_customerio.sandbox import rejects, verification_page
+from target_customerio.sandbox import identity, rejects, verification_page
 from target_customerio.sandbox.checks import (
     attribute_issues,
     duplicates,
@@ -167,8 +167,26 @@ def _utc(timestamp: Any) -> str:
         return "out of range"
 
 
-def person_flags(person: dict, dupes: dict[str, set[str]]) -> list[str]:
+def person_flags(
+    person: dict,
+    dupes: dict[str, set[str]],
+    ghosts: set[str] | frozenset[str] = frozenset(),
+    refused: int = 0,
+) -> list[str]:
     flags = []
+    if person["cio_id"] in ghosts:
+        flags.append(
+            _flag("ghost profile", "bad", "created by an event or a reference, never identified")
+        )
+    if refused:
+        flags.append(
+            _flag(
+                f"identity conflict ×{refused}",
+                "bad",
+                "an identify set an email or id another person holds: Customer.io refused it "
+                "(failed_attribute_change)",
+            )
+        )
     for other in sorted(dupes.get(person["cio_id"], ())):
         href = escape(f"/people/{quote(other, safe='')}")
         flags.append(
@@ -201,15 +219,20 @@ def render_index(sandbox: Sandbox) -> str:
     people = store.people()
     counts = store.event_counts()
     dupes = duplicates(people)
+    ghosts, refused = identity.ghosts(store), identity.conflicts(store)
+
+    def flags(p: dict) -> list[str]:
+        return person_flags(p, dupes, ghosts, refused.get(p["cio_id"], 0))
+
     rows = [
         "<tr>"
         f"<td>{_person_link(p['cio_id'])}</td><td>{_or_dash(p['id'])}</td>"
         f"<td>{_or_dash(p['email'])}</td>{_num(len(p['attributes']))}"
         f"{_num(counts.get(p['cio_id'], 0))}"
-        f"<td>{''.join(person_flags(p, dupes))}</td></tr>"
+        f"<td>{''.join(flags(p))}</td></tr>"
         for p in people[:MAX_PEOPLE]
     ]
-    flagged = sum(1 for p in people if person_flags(p, dupes))
+    flagged = sum(1 for p in people if flags(p))
     more = (
         f"<p class=muted>Showing the first {MAX_PEOPLE} of {len(people)}.</p>"
         if len(people) > MAX_PEOPLE
@@ -220,6 +243,8 @@ def render_index(sandbox: Sandbox) -> str:
         f"<span><b>{len(people)}</b> people</span>"
         f"<span><b>{sum(counts.values())}</b> events</span>"
         f"<span><b>{flagged}</b> flagged</span>"
+        f"<span><b>{sum(refused.values())}</b> identity conflicts</span>"
+        f"<span><b>{len(ghosts)}</b> ghost profiles</span>"
         f"<span><b>{counters.get('requests', 0)}</b> API requests</span>"
         f"<span><b>{counters.get('duplicate_events_dropped', 0)}</b> duplicate events dropped"
         "</span>"
@@ -366,6 +391,8 @@ def render_person(sandbox: Sandbox, cio_id: str) -> str | None:
     if person is None:
         return None
     dupes = duplicates(store.people())
+    refused = identity.conflicts(store).get(person["cio_id"], 0)
+    flags = person_flags(person, dupes, identity.ghosts(store), refused)
     by_id = {s["id"]: s for s in sandbox.segment_store.all()}
     member_of = [by_id[i] for i in sandbox.segment_store.of_person(person["cio_id"])]
     updated = _utc(person["updated"]) if person["updated"] else "—"
@@ -375,7 +402,7 @@ def render_person(sandbox: Sandbox, cio_id: str) -> str | None:
         f"<tr><th>id</th><td>{_or_dash(person['id'])}</td></tr>"
         f"<tr><th>email</th><td>{_or_dash(person['email'])}</td></tr>"
         f"<tr><th>updated</th><td>{updated}</td></tr>"
-        f"<tr><th>flags</th><td>{''.join(person_flags(person, dupes)) or '—'}</td></tr>"
+        f"<tr><th>flags</th><td>{''.join(flags) or '—'}</td></tr>"
         f"<tr><th>segments</th><td>{', '.join(_segment_link(s) for s in member_of) or '—'}"
         "</td></tr></tbody></table>"
     )
@@ -384,6 +411,7 @@ def render_person(sandbox: Sandbox, cio_id: str) -> str | None:
         f"<h2>{escape(title)}</h2>{identifiers}"
         f"<h3>Attributes ({len(person['attributes'])})</h3>{_attributes_table(person)}"
         f"<h3>Activity</h3>{_events_table(store.events(cio_id=person['cio_id']))}"
+        f"<h3>Identity activity</h3>{_identity_table(store, person['cio_id'])}"
     )
     return _layout(f"{title} · Customer.io sandbox", body)
 
@@ -450,6 +478,35 @@ def _events_table(events: list[dict]) -> str:
         "events", "events", ["event", "id (ULID)", "timestamp", "data", "flags"], rows, "No events."
     )
     return table + more
+
+
+def _identity_table(store: Any, cio_id: str) -> str:
+    """The person's refused identifier changes and merges (the store's activity log)."""
+    rows = []
+    for a in reversed(store.activities(cio_id)):
+        if a["type"] not in ("failed_attribute_change", "profile_merge"):
+            continue
+        data = a["data"]
+        attribute, value = data.get("attribute"), data.get("value")
+        holder = (
+            store.person(**{attribute: value})
+            if attribute in ("id", "email") and isinstance(value, str)
+            else None
+        )
+        what = (
+            f"{escape(str(attribute))} = {escape(str(value))}, held by "
+            f"{_person_link(holder['cio_id'])}"
+            if holder is not None and holder["cio_id"] != cio_id
+            else escape(json.dumps(data, ensure_ascii=False))
+        )
+        kind = "bad" if a["type"] == "failed_attribute_change" else "muted"
+        rows.append(
+            f"<tr><td>{_flag(a['type'], kind)}</td><td>{what}</td>"
+            f"<td data-sort={a['timestamp']}>{_utc(a['timestamp'])}</td></tr>"
+        )
+    return _table(
+        "identity", "identity activity", ["type", "what", "when"], rows, "No identity activity."
+    )
 
 
 def render_not_found(path: str) -> str:

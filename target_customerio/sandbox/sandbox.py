@@ -11,7 +11,7 @@ import hmac
 import threading
 from typing import TYPE_CHECKING
 
-from target_customerio.sandbox import rejects, track_v1, track_v2
+from target_customerio.sandbox import identity, rejects, track_v1, track_v2
 from target_customerio.sandbox.campaigns import Campaigns
 from target_customerio.sandbox.faults import Fault, Faults
 from target_customerio.sandbox.rate_limit import TokenBucket
@@ -158,6 +158,10 @@ class Sandbox:
     def objects(self) -> list[dict]:
         return self.store.objects()
 
+    def ghosts(self) -> set[str]:
+        """The cio_ids of profiles nobody identified (created by an event for nobody)."""
+        return identity.ghosts(self.store)
+
     def requests(self) -> list[dict]:
         return self.store.requests()
 
@@ -224,10 +228,17 @@ class Sandbox:
         assert person is not None
         return person
 
-    def activities(self, id: str | None = None, email: str | None = None) -> list[dict]:
-        """A person's activities, newest first ([] when there is no such person)."""
+    def activities(
+        self, id: str | None = None, email: str | None = None, type: str | None = None
+    ) -> list[dict]:
+        """A person's activities, newest first ([] when there is no such person); with neither
+        `id` nor `email`, everyone's recorded ones (each with its `cio_id`): a
+        `failed_attribute_change` (an identify that set an email or id another person holds),
+        `attribute_change`, `profile_merge`, `failed_event`. `type`: only that type."""
+        if id is None and email is None:
+            return self.store.activities(None, type)
         person = self.store.person(id=id, email=email)
-        return [] if person is None else self.store.activities(person["cio_id"])
+        return [] if person is None else self.store.activities(person["cio_id"], type)
 
     def reset(self) -> None:
         """Empty people, events, objects, the log and counters, and the fault queue; segment

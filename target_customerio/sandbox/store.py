@@ -235,24 +235,31 @@ class Store:
             (cio_id, kind, name, int(at), json.dumps(data, separators=(",", ":"))),
         )
 
-    def activities(self, cio_id: str) -> list[dict]:
+    def activities(self, cio_id: str | None = None, kind: str | None = None) -> list[dict]:
         """A person's activities, newest first: the recorded ones and their events (an event's
-        activity carries the event's own time)."""
-        rows = self.rows(
-            "SELECT type, name, timestamp, data, seq FROM activities WHERE cio_id = ?"
-            " UNION ALL SELECT 'event', name, timestamp, attributes, seq FROM events"
-            " WHERE cio_id = ? ORDER BY timestamp DESC, seq DESC",
-            (cio_id, cio_id),
-        )
-        return [
+        activity carries the event's own time); without `cio_id`, everyone's recorded ones
+        (each with its `cio_id`); `kind`: only that type."""
+        if cio_id is None:
+            sql, params = "SELECT cio_id, type, name, timestamp, data, seq FROM activities", ()
+        else:
+            sql = (
+                "SELECT cio_id, type, name, timestamp, data, seq FROM activities WHERE cio_id = ?"
+                " UNION ALL SELECT cio_id, 'event', name, timestamp, attributes, seq FROM events"
+                " WHERE cio_id = ?"
+            )
+            params = (cio_id, cio_id)
+        rows = self.rows(f"SELECT * FROM ({sql}) ORDER BY timestamp DESC, seq DESC", params)
+        found = [
             {
                 "type": row["type"],
                 "name": row["name"],
                 "timestamp": row["timestamp"],
                 "data": json.loads(row["data"]),
             }
+            | ({} if cio_id is not None else {"cio_id": row["cio_id"]})
             for row in rows
         ]
+        return found if kind is None else [a for a in found if a["type"] == kind]
 
     def objects(self) -> list[dict]:
         rows = self.rows("SELECT * FROM objects ORDER BY object_type_id, object_id")

@@ -1,0 +1,794 @@
+"""The workspace identity map: which id, email and cio_id values this target has sent as one
+person, so that two people never become one profile (issue 23).
+
+Mapping (stream_mapping.py, in the mapping processes) turns each record it sends into a claim
+(`Claims.of`): 64-bit hashes of the identifiers it names, and for a person record who it is.
+The sink hands each chunk's claims to the run-wide `IdentityMap` in record order
+(`CustomerIOSink._account`), which decides, record after record:
+
+- a person record whose email (identifier or attribute), id or cio_id belongs to another person
+  is an identity conflict: rejected `identifier_conflict` (`on_identity_conflict: reject`, the
+  default) or sent and counted (`send`); its claim is not taken (Customer.io keeps the value
+  where it was: a `failed_attribute_change`);
+- a person whose attribute email changes releases the old one, so emails that move between
+  people are resolved in the order the rows arrive;
+- on a route keyed by the tap's `key_properties` (not by its identifier), a key known with
+  another identifier is the same person with a new one: with `on_identifier_change: merge` (the
+  default) the old profile is merged into the new identifier, right after its identify, on the
+  same delivery shard;
+- an event, membership or object relationship naming an identifier no person record of this
+  target claimed in the workspace is an unknown person: counted (`unknown_people`), and with
+  `unknown_person: reject` rejected instead of creating an empty profile.
+
+What is kept: in memory, a bounded cache of claims (hashes only: key -> owner), and the rows
+changed since the last batch; in the ledger's database (the same file or Postgres database as
+the ledger, table `identity_map`, through ledger_db.py and the ledger's held writes), a row a
+person (the values it holds, and its name: for the reject message that names the other person,
+and the old identifier a merge needs) and a row a claim of an attribute (two 64-bit integers).
+With change detection off the map lives in an in-memory SQLite database for the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from target_customerio import ledger_db
+from target_customerio.errors import ConfigError, TargetError
+from target_customerio.ledger import _LOOKUP_CHUNK, _WRITE_BATCH, HeldRows, hash64, scope_seed
+
+ON_IDENTITY_CONFLICT = ("reject", "send")
+UNKNOWN_PERSON = ("send", "reject")
+ON_IDENTIFIER_CHANGE = ("merge", "new")
+PERSON_KEYS = ("on_identity_conflict", "on_identifier_change")
+USE_KEYS = ("unknown_person",)
+
+CACHE_CLAIMS = 1_000_000  # claims held in memory before they are written and the cache emptied
+_SLOT = {"id": 0x5A5A_0001, "email": 0x5A5A_0002, "cio_id": 0x5A5A_0003}  # see `_slot`
+# A row to write (`_Row`): [key, owner, id, email, cio_id, name]; None: as the database has it.
+# A person's own row holds which identifier values it holds (the `id`, `email`, `cio_id`
+# columns: claim keys, 0 for none) and its name; every other row is one claim, key -> owner.
+_COLUMN = {"id": 2, "email": 3, "cio_id": 4}
+_Row = list[Any]
+_ID_ATTRIBUTES = ("id", "email", "cio_id")
+
+
+@dataclass(frozen=True)
+class IdentityOptions:
+    """A route's identity options (the keys its kind declares; the others keep their default)."""
+
+    on_identity_conflict: str = "reject"
+    unknown_person: str = "send"
+    on_identifier_change: str = "merge"
+
+
+def identity_options(where: str, spec: dict[str, Any]) -> IdentityOptions:
+    """The identity options of a route; ConfigError for a value that is not one of the choices
+    (which keys a kind takes is its KEYS: a key of another kind is an error there)."""
+    values = {}
+    for key, choices in (
+        ("on_identity_conflict", ON_IDENTITY_CONFLICT),
+        ("unknown_person", UNKNOWN_PERSON),
+        ("on_identifier_change", ON_IDENTIFIER_CHANGE),
+    ):
+        if key in spec:
+            if spec[key] not in choices:
+                raise ConfigError(
+                    f"{where}.{key}: {spec[key]!r} is not one of {', '.join(choices)}"
+                )
+            values[key] = spec[key]
+    return IdentityOptions(**values)
+
+
+def workspace_seed(base_url: str, site_id: str) -> int:
+    """The hash seed of one workspace: its claims are its own."""
+    return scope_seed(f"identity\x1f{base_url}\x1f{site_id}")
+
+
+def claim_key(kind: str, value: str, seed: int) -> int:
+    """An identifier as the map knows it (value as sent: identifiers.as_sent)."""
+    return hash64(f"{kind}\x1f{value}".encode(), seed)
+
+
+# ---- mapping's side: a record's claim -----------------------------------------------------------
+
+# A claim, as it travels from mapping to the sink:
+# (index in the chunk, person, keys, fields, kinds, name, identifier)
+# person: a keyed person's hash, else 0 (a person named by its identifier, keys[0], or a record
+# that only uses people: an event, a membership, object relationships); keys[i] is 0 where
+# the record clears that attribute (blank email: the person's email is released), fields[i]
+# the column it comes from and kinds[i] the identifier it is (id, email, cio_id); name and
+# identifier (`kind\x1fvalue`, keyed routes) only for person records.
+Claim = tuple[int, int, tuple[int, ...], tuple[str, ...], tuple[str, ...], str, str]
+
+
+class Claims:
+    """A stream's claims, made in the mapping process."""
+
+    def __init__(
+        self,
+        route: Any,
+        schema: dict[str, Any],
+        stream: str,
+        key_properties: list[str],
+        seed: int,
+    ) -> None:
+        from target_customerio.operations import delete  # noqa: PLC0415 - a cycle
+        from target_customerio.operations.identifiers import as_sent  # noqa: PLC0415 - a cycle
+
+        self._as_sent = as_sent
+        self._marks_delete, self._is_delete = delete.marks_delete, delete.is_delete
+        self._seed, self._stream = seed, stream
+        self._shapes: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._kind = route.kind
+        options = route.options
+        identifier = getattr(options, "identifier", None)
+        self._field = identifier.field if identifier is not None else ""
+        self._type = identifier.type if identifier is not None else ""
+        self._relationships = tuple(getattr(options, "relationships", ()))
+        # Keyed: the row's key says who, the identifier may change (issue 23, item 4).
+        self._key = (
+            list(key_properties)
+            if route.kind == "person" and key_properties and self._field not in key_properties
+            else []
+        )
+        properties = schema.get("properties") if isinstance(schema, dict) else None
+        columns = list(properties) if isinstance(properties, dict) else []
+        # The columns sent as an identifier attribute (`email`, `id`, `cio_id`): Customer.io
+        # sets that identifier from them.
+        self._attributes = [
+            (column, name)
+            for column in columns
+            if (name := route.attribute_name(column)) in _ID_ATTRIBUTES and name != self._type
+        ]
+
+    def of(self, index: int, record: dict[str, Any], identifier: tuple[str, str]) -> Claim | None:
+        kind, value = identifier
+        seed = self._seed
+        if self._kind == "person":
+            if self._deleted(record):
+                return None  # a delete or suppress claims nothing (what it held stays held)
+            keys = [claim_key(kind, value, seed)]
+            fields, kinds = [self._field], [kind]
+            for column, name in self._attributes:
+                if column in record:
+                    keys.append(self._attribute(name, record[column]))
+                    fields.append(column)
+                    kinds.append(name)
+            # one tuple object a shape: a chunk's claims are pickled back from the mapping
+            # process, and pickle writes an object it has seen once as a reference
+            shape = self._shapes.setdefault((*fields, *kinds), (tuple(fields), tuple(kinds)))
+            if self._key:
+                parts = [record.get(column) for column in self._key]
+                text = orjson.dumps(parts, default=str)
+                person = hash64(b"key\x1f" + self._stream.encode() + b"\x1f" + text, seed) or 1
+                shown_key = ", ".join(str(part) for part in parts)
+                name = f"{', '.join(self._key)} {shown_key} of {self._stream}"
+                return (
+                    index, person, tuple(keys), shape[0], shape[1], name, f"{kind}\x1f{value}",
+                )  # fmt: skip
+            return (index, 0, tuple(keys), shape[0], shape[1], f"{kind} {value}", "")
+        if self._kind == "object":
+            keys, fields, kinds = [], [], []
+            for rel in self._relationships:
+                raw = record.get(rel.field)
+                sent = self._as_sent(raw if type(raw) is str else str(raw), rel.type)
+                keys.append(claim_key(rel.type, sent, seed))
+                fields.append(rel.field)
+                kinds.append(rel.type)
+            return (index, 0, tuple(keys), tuple(fields), tuple(kinds), "", "") if keys else None
+        if self._kind in ("event", "segment"):
+            return (index, 0, (claim_key(kind, value, seed),), (self._field,), (kind,), "", "")
+        return None
+
+    def _deleted(self, record: dict[str, Any]) -> bool:
+        return self._marks_delete(record) and self._is_delete(record)
+
+    def _attribute(self, name: str, raw: Any) -> int:
+        """The claim an identifier attribute makes; 0 when it clears it (blank) or is not a
+        usable identifier (Customer.io would not set it)."""
+        if raw is None or type(raw) is bool or isinstance(raw, (dict, list)):
+            return 0
+        value = self._as_sent(raw if type(raw) is str else str(raw), name)
+        if not value or not value.isprintable() or len(value.encode()) > 150:
+            return 0
+        if name == "email" and "@" not in value:
+            return 0
+        return claim_key(name, value, self._seed)
+
+
+# ---- the sink's side: the run-wide map ----------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What the map decided for one chunk's claims."""
+
+    rejects: list[tuple[int, str, str, str]]  # (index, reason, field, message)
+    merges: dict[int, tuple[bytes, str]]  # index -> (merge operation, its shard key)
+    conflicts: int = 0
+    unknown: int = 0
+    changes: int = 0
+
+
+@dataclass(frozen=True)
+class StreamIdentity:
+    """What the map needs to know about one stream's route."""
+
+    options: IdentityOptions
+    person: bool  # a person route (claims), else one that uses people
+
+
+class IdentityMap:
+    """The run-wide identity map of one workspace (one per target process)."""
+
+    def __init__(self, store: Any, dry_run: bool = False) -> None:
+        self._store = store  # an IdentityStore behind ledger_db.GuardedLedger
+        self._dry_run = dry_run
+        self._owner: dict[int, int] = {}  # key -> owner (0: released); cache of the database
+        # The rows changed since they were last handed to the store, one a key (`_Row`): a new
+        # person is its own row and one a claim of an attribute, written in one statement.
+        self._rows: dict[int, _Row] = {}
+        self._store_empty = store.identity_empty()  # nothing to look up until the cache empties
+        # identifiers released in this run -> who released them: Customer.io may not have applied
+        # the release yet (people travel on different delivery shards), so another person may
+        # take them from the next run on
+        self._released: dict[int, int] = {}
+        self._lock = threading.Lock()  # sinks account in the reader's thread; flush may not
+        # The sinks of person routes: their partial chunk is sent before a chunk of a route that
+        # uses people starts, so that people are known before their events (`before_chunk`).
+        self._person_sinks: list[Any] = []
+
+    # -- one chunk, in record order --
+
+    def before_chunk(self, sink: Any, person: bool) -> None:
+        """A sink starts a chunk: a person route's registers; any other sends the person
+        routes' partial chunks first (a stream's records wait for a full chunk of 500)."""
+        if person:
+            if sink not in self._person_sinks:
+                self._person_sinks.append(sink)
+            return
+        for other in self._person_sinks:
+            other.send_partial_chunk()
+
+    def account(self, stream: StreamIdentity, claims: list[Claim]) -> Outcome:
+        with self._lock:
+            self._load(claims, stream.person)
+            out = Outcome([], {})
+            if stream.person and self._new_people(claims):
+                claims = []  # the usual first sync: all claimed at once
+            for claim in claims:
+                if stream.person:
+                    self._person(stream.options, claim, out)
+                else:
+                    self._use(stream.options, claim, out)
+            if len(self._owner) > CACHE_CLAIMS or len(self._rows) >= _WRITE_BATCH:
+                self._write(forget=len(self._owner) > CACHE_CLAIMS)
+            return out
+
+    def _load(self, claims: list[Claim], people: bool) -> None:
+        """The chunk's keys the cache misses, read from the database in one query a 500:
+        identifiers and keyed people first, then the attribute slots of the people named."""
+        if self._store_empty:
+            return
+        owner = self._owner
+        wanted = {key for claim in claims for key in claim[2] if key}
+        wanted.update(claim[1] for claim in claims if claim[1])
+        wanted.difference_update(owner)
+        if wanted:
+            owner.update(self._store.identity_owners(wanted))
+        if not people:
+            return
+        persons = {
+            person
+            for claim in claims
+            if len(claim[4]) > 1
+            and (person := claim[1] or owner.get(claim[2][0]) or claim[2][0])
+            and any(_slot(person, kind) not in owner for kind in claim[4][1:])
+        }
+        if persons:  # which values they hold: their own rows
+            held = self._store.identity_holds(persons)
+            for person in persons:
+                values = held.get(person) or (0, 0, 0)
+                for kind, value in zip(("id", "email", "cio_id"), values, strict=True):
+                    owner.setdefault(_slot(person, kind), value or 0)
+
+    def _get(self, key: int) -> int:
+        return self._owner.get(key, 0)
+
+    def _held_by(self, key: int) -> int:
+        """Who holds `key`, read from the database when the cache misses it: the value a
+        person's attribute held before (rare: only when it changes) is not among the chunk's."""
+        owner = self._owner.get(key)
+        if owner is None and not self._store_empty:
+            owner = self._owner[key] = self._store.identity_owners([key]).get(key, 0)
+        return owner or 0
+
+    def _row(self, key: int) -> _Row:
+        row = self._rows.get(key)
+        if row is None:
+            row = self._rows[key] = [key, None, None, None, None, None]
+        elif len(row) < 6:  # a claim's row (key, owner) that is a person's too
+            row.extend([None] * (6 - len(row)))
+        return row
+
+    def _new_people(self, claims: list[Claim]) -> bool:
+        """The usual first sync, in bulk: a chunk of people none keyed, named by identifiers
+        the map has never seen (none twice in the chunk, none released in this run): each
+        claims its own at once, with no check a record (`_new`'s, for the whole chunk)."""
+        owner, released = self._owner, self._released
+        keys = [key for claim in claims for key in claim[2] if key]
+        unique = set(keys)
+        if (
+            len(unique) != len(keys)
+            or not owner.keys().isdisjoint(unique)  # a view: iterates the smaller side
+            or (released and not released.keys().isdisjoint(unique))
+            or any(claim[1] for claim in claims)
+        ):
+            return False
+        rows = self._rows
+        for _, _, named, _, kinds, name, identifier in claims:
+            first = named[0]
+            row = [
+                first,
+                first,
+                None,
+                None,
+                None,
+                f"{name}\x1e{identifier}" if identifier else name,
+            ]
+            owner[first] = first
+            for i in range(1, len(named)):
+                key = named[i]
+                if key:
+                    kind = kinds[i]
+                    owner[(first ^ _SLOT[kind]) or 1] = key
+                    row[_COLUMN[kind]] = key
+                    owner[key] = first
+                    rows[key] = [key, first]  # a claim's row: the columns after are NULL
+            rows[first] = row
+        return True
+
+    def _set(self, key: int, owner: int) -> None:
+        self._owner[key] = owner
+        self._row(key)[1] = owner
+
+    def _set_slot(self, person: int, kind: str, key: int) -> None:
+        """The person holds `key` as its `kind` now (0: none)."""
+        self._owner[_slot(person, kind)] = key
+        self._row(person)[_COLUMN[kind]] = key
+
+    def _set_name(self, person: int, name: str, identifier: str) -> None:
+        self._row(person)[5] = f"{name}\x1e{identifier}" if identifier else name
+
+    def _person(self, options: IdentityOptions, claim: Claim, out: Outcome) -> None:
+        index, person, keys, fields, kinds, name, identifier = claim
+        owner = self._owner
+        first = keys[0]
+        keyed = person != 0
+        if not keyed and first not in owner and self._new(claim):
+            return  # the usual first sync: somebody nobody named before
+        if not keyed:
+            person = owner.get(first) or first
+        conflict = self._conflict(person, keys, 0 if keyed else 1)
+        if conflict is not None:
+            out.conflicts += 1
+            if options.on_identity_conflict == "reject":
+                field = fields[conflict[0]]
+                message = self._message(field, conflict[1], conflict[2])
+                out.rejects.append((index, "identifier_conflict", field, message))
+                return
+        if keyed:
+            self._keyed(options, person, first, name, identifier, index, out)
+        elif first not in owner:
+            self._set_name(person, name, identifier)
+        if owner.get(first) != person:
+            self._set(first, person)
+        for i in range(1, len(keys)):
+            if conflict is not None and i == conflict[0]:
+                continue  # Customer.io keeps it where it was
+            key = keys[i]
+            slot = (person ^ _SLOT[kinds[i]]) or 1
+            if key and owner.get(slot) == key and owner.get(key) == person:
+                continue  # as it was: the usual case
+            if key:
+                self._claim_attribute(person, key, kinds[i])
+            else:
+                self._release(person, kinds[i])
+
+    def _new(self, claim: Claim) -> bool:
+        """A person named by an identifier the map has never seen (`_load` read the chunk's
+        keys): claimed at once unless one of its attributes is held (or was released in this
+        run) by somebody, which takes the general path."""
+        _, _, keys, _, kinds, name, identifier = claim
+        owner, rows, released = self._owner, self._rows, self._released
+        for i in range(1, len(keys)):
+            key = keys[i]
+            if key and (owner.get(key) or released.get(key)):
+                return False
+        first = keys[0]
+        row = [first, first, None, None, None, f"{name}\x1e{identifier}" if identifier else name]
+        owner[first] = first
+        for i in range(1, len(keys)):
+            key = keys[i]
+            if key:
+                kind = kinds[i]
+                owner[(first ^ _SLOT[kind]) or 1] = key
+                row[_COLUMN[kind]] = key
+                owner[key] = first
+                rows[key] = [key, first]  # a claim's row: the columns after are NULL
+        rows[first] = row
+        return True
+
+    def _keyed(
+        self,
+        options: IdentityOptions,
+        person: int,
+        first: int,
+        name: str,
+        identifier: str,
+        index: int,
+        out: Outcome,
+    ) -> None:
+        """A keyed person: its identifier now is `first`; a change is followed (item 4)."""
+        previous = self._get(person)
+        if previous == first:
+            return
+        if previous:
+            out.changes += 1
+            if options.on_identifier_change == "merge":
+                merge = self._merge(person, identifier, name)
+                if merge is not None:
+                    out.merges[index] = merge
+                    if self._held_by(previous) == person:
+                        self._free(previous, person)  # merged away: the old identifier is free
+        self._set(person, first)
+        self._set_name(person, name, identifier)
+
+    def _conflict(
+        self, person: int, keys: tuple[int, ...], start: int
+    ) -> tuple[int, int, bool] | None:
+        """The first identifier the record names that another person holds, or released in this
+        run: (position, owner, released)."""
+        for i in range(start, len(keys)):
+            key = keys[i]
+            if key:
+                owner = self._get(key)
+                released = not owner
+                owner = owner or self._released.get(key, 0)
+                if owner and owner != person:
+                    return i, owner, released
+        return None
+
+    def _free(self, key: int, person: int) -> None:
+        """`person` no longer holds `key`."""
+        self._set(key, 0)
+        self._released[key] = person
+
+    def _claim_attribute(self, person: int, key: int, kind: str) -> None:
+        """The person's `kind` attribute is `key` now: the value it held before is free."""
+        slot = _slot(person, kind)
+        previous = self._get(slot)
+        if previous != key:
+            if previous and self._held_by(previous) == person:
+                self._free(previous, person)
+            self._set_slot(person, kind, key)
+        if self._get(key) != person:
+            self._set(key, person)
+
+    def _release(self, person: int, kind: str) -> None:
+        """The record clears the person's `kind` attribute: its value is free."""
+        slot = _slot(person, kind)
+        previous = self._get(slot)
+        if previous:
+            if self._held_by(previous) == person:
+                self._free(previous, person)
+            self._set_slot(person, kind, 0)
+
+    def _use(self, options: IdentityOptions, claim: Claim, out: Outcome) -> None:
+        index, _, keys, fields, _, _, _ = claim
+        for key, field in zip(keys, fields, strict=True):
+            if not self._get(key):
+                out.unknown += 1
+                if options.unknown_person == "reject":
+                    out.rejects.append(
+                        (
+                            index,
+                            "unknown_person",
+                            field,
+                            f"{field} names a person this target never identified in this "
+                            "workspace (unknown_person: reject; an event for nobody would create "
+                            "an empty profile)",
+                        )
+                    )
+                return
+
+    def _message(self, field: str, other: int, released: bool) -> str:
+        if released:
+            return (
+                f"the {field} value was released by {self._name(other)} earlier in this run; "
+                "Customer.io may not have applied that yet (people are delivered in parallel), "
+                "so another person can take it from the next run on (on_identity_conflict: "
+                "reject)"
+            )
+        return (
+            f"the {field} value belongs to another person, {self._name(other)} (sent earlier "
+            "in this run or by an earlier one; on_identity_conflict: reject): Customer.io would "
+            "refuse the change or merge the two people"
+        )
+
+    def _stored_name(self, person: int) -> tuple[str, str] | None:
+        """(name, identifier) of a person: the row not yet handed over, else the database's."""
+        row = self._rows.get(person)
+        text = row[5] if row is not None else None
+        if text is None:
+            text = self._store.identity_names([person]).get(person)
+        if text is None:
+            return None
+        name, _, identifier = text.partition("\x1e")
+        return name, identifier
+
+    def _name(self, person: int) -> str:
+        found = self._stored_name(person)
+        return found[0] if found is not None else f"person #{person & 0xFFFFFF:06x}"
+
+    def _merge(self, person: int, identifier: str, name: str) -> tuple[bytes, str] | None:
+        """The merge that folds the profile of the person's old identifier into the new one, on
+        the delivery shard of the person's key (`name`), as all its operations."""
+        old = self._stored_name(person)
+        if old is None or not old[1] or "\x1f" not in identifier:
+            return None
+        old_kind, old_value = old[1].split("\x1f", 1)
+        kind, value = identifier.split("\x1f", 1)
+        body = orjson.dumps({
+            "type": "person", "action": "merge",
+            "primary": {kind: value}, "secondary": {old_kind: old_value},
+        })  # fmt: skip
+        return body, name
+
+    # -- writing --
+
+    def flush(self) -> None:
+        """Write every claim and name held, and return once written (the target calls it
+        before each STATE)."""
+        with self._lock:
+            self._write(forget=False, wait=True)
+
+    def _write(self, forget: bool, wait: bool = False) -> None:
+        """Hand the changed rows to the store's held writes (ledger._HeldWrites: written in one
+        statement, in a thread of their own, per batch); `wait`: return once written; `forget`:
+        then empty the cache (its claims are read back from the database when needed)."""
+        if self._dry_run:  # nothing may be written: the cache keeps the whole run's claims
+            return
+        if self._rows:
+            self._store.record(list(self._rows.values()))
+            self._rows = {}
+        if forget or wait:
+            self._store.flush()
+        if forget:
+            self._owner.clear()
+            self._store_empty = False
+
+    def close(self, write: bool = True) -> None:
+        """`write`: the run ended normally (else the claims since the last STATE are not kept:
+        what they claim may not have reached Customer.io)."""
+        try:
+            if write:
+                self.flush()
+            else:
+                self._rows = {}
+                self._store.drop_held()
+        finally:
+            self._store.close()
+
+
+def with_after(segment: Any, after: dict[int, bytes]) -> Any:
+    """The segment (wire.Segment) with an operation added after the last one of each record
+    (index) in `after`: a keyed person's merge, right behind its identify."""
+    if not after:
+        return segment
+    from target_customerio.wire import SegmentBuilder  # noqa: PLC0415 - wire imports the kinds
+
+    builder, entries = SegmentBuilder(), segment.ledger_at()
+    items = segment.item_of
+    for i, item in enumerate(items):
+        builder.add(segment.body(i), item, entries.get(i))
+        last = i + 1 == len(items) or items[i + 1] != item
+        if last and item in after:
+            builder.add(after[item], item, None)
+    return builder.segment(segment.items)
+
+
+def _slot(person: int, kind: str) -> int:
+    """Where the map keeps which value of an identifier attribute (`kind`) a person holds."""
+    return (person ^ _SLOT[kind]) or 1
+
+
+# ---- the database ------------------------------------------------------------------------------
+
+# One table beside the ledger's: a row a claim (key -> owner) and a person's own row (which values
+# it holds, its name), written as the ledger writes (ledger._HeldWrites): one statement a batch,
+# the rows as one JSON text in key order; a NULL column is left as it was.
+_TABLE = "identity_map"
+_SQLITE_TABLE = (
+    f"CREATE TABLE IF NOT EXISTS {_TABLE} (key INTEGER PRIMARY KEY, owner INTEGER, "
+    "id INTEGER, email INTEGER, cio_id INTEGER, name TEXT)"
+)
+_SQLITE_UPSERT = (
+    f"INSERT INTO {_TABLE} (key, owner, id, email, cio_id, name) "
+    "SELECT r.value ->> 0, r.value ->> 1, r.value ->> 2, r.value ->> 3, r.value ->> 4, "
+    "r.value ->> 5 FROM json_each(?) AS g, json_each(g.value, '$[1]') AS r "
+    "ORDER BY r.value ->> 0, g.key, r.key "  # a key handed over twice: the later one last
+    "ON CONFLICT(key) DO UPDATE SET owner = coalesce(excluded.owner, owner), "
+    "id = coalesce(excluded.id, id), email = coalesce(excluded.email, email), "
+    "cio_id = coalesce(excluded.cio_id, cio_id), name = coalesce(excluded.name, name)"
+)
+
+
+class _IdentityStore:
+    """The identity map's table, written as the ledger writes (ledger.HeldRows): reads wait for
+    the write in flight (one connection) and see every row handed over (what is held is
+    written first: reads are cache misses, rare)."""
+
+    def __init__(self) -> None:
+        self._held = HeldRows(self._write)
+
+    def record(self, rows: list[_Row]) -> None:
+        self._held.record(rows)  # type: ignore[arg-type]
+
+    def flush(self) -> None:
+        self._held.flush()
+
+    def drop_held(self) -> None:
+        """The rows held are not written (the run failed: they may not have reached
+        Customer.io)."""
+        self._held.drop()
+
+    def close(self) -> None:
+        self._held.close()
+
+    def _write(self, groups: str, at: int) -> None:
+        raise NotImplementedError
+
+    def _read(self, sql: str, keys: Iterable[int]) -> list[tuple[Any, ...]]:
+        wanted = list(keys)
+        rows: list[tuple[Any, ...]] = self._held.read(lambda: self._select(sql, wanted))
+        return rows
+
+    def _select(self, sql: str, keys: list[int]) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def identity_empty(self) -> bool:
+        return not self._read(f"SELECT 1 FROM {_TABLE} LIMIT 1", [])
+
+    def identity_owners(self, keys: Iterable[int]) -> dict[int, int]:
+        sql = f"SELECT key, coalesce(owner, 0) FROM {_TABLE} WHERE key IN "
+        return {row[0]: row[1] for row in self._read(sql, keys)}
+
+    def identity_holds(self, people: Iterable[int]) -> dict[int, tuple[int, int, int]]:
+        sql = f"SELECT key, id, email, cio_id FROM {_TABLE} WHERE key IN "
+        return {row[0]: (row[1] or 0, row[2] or 0, row[3] or 0) for row in self._read(sql, people)}
+
+    def identity_names(self, people: Iterable[int]) -> dict[int, str]:
+        sql = f"SELECT key, name FROM {_TABLE} WHERE name IS NOT NULL AND key IN "
+        return {row[0]: row[1] for row in self._read(sql, people)}
+
+
+class SqliteStore(_IdentityStore):
+    """In the ledger's SQLite file (`:memory:` when change detection is off)."""
+
+    def __init__(self, path: str, lock_timeout: float = 30) -> None:
+        super().__init__()
+        self._db = ledger_db.connect_sqlite(path, lock_timeout)
+        self._db.execute(_SQLITE_TABLE)
+
+    def _select(self, sql: str, keys: list[int]) -> list[tuple[Any, ...]]:
+        if not sql.endswith("IN "):
+            return list(self._db.execute(sql))
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(keys), _LOOKUP_CHUNK):
+            chunk = keys[start : start + _LOOKUP_CHUNK]
+            rows += self._db.execute(f"{sql}({','.join('?' * len(chunk))})", chunk).fetchall()
+        return rows
+
+    def _write(self, groups: str, at: int) -> None:
+        """`[[0, [row, ...]], ...]` (ledger._HeldWrites: no marks here), in one statement."""
+        self._db.execute(_SQLITE_UPSERT, (groups,))
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._db.close()
+
+
+class PostgresStore(_IdentityStore):
+    """Beside the ledger's table in Postgres (`ledger_url`): `<table>_identity_map`."""
+
+    def __init__(
+        self, dsn: str, table: str = "target_customerio_ledger", lock_timeout: float = 30
+    ) -> None:
+        super().__init__()
+        self._t = f"{table}_{_TABLE}"
+        self._pg = ledger_db.connect_postgres(dsn, lock_timeout)
+        ledger_db.create_postgres_tables(
+            self._pg,
+            table,
+            [
+                f"CREATE TABLE IF NOT EXISTS {self._t} (key BIGINT PRIMARY KEY, owner BIGINT, "
+                "id BIGINT, email BIGINT, cio_id BIGINT, name TEXT)"
+            ],
+        )
+
+    def _select(self, sql: str, keys: list[int]) -> list[tuple[Any, ...]]:
+        sql = sql.replace(_TABLE, self._t)
+        with self._pg.cursor() as cur:
+            if sql.endswith("IN "):
+                cur.execute(sql.removesuffix("IN ") + "= ANY(%s)", (keys,))
+            else:
+                cur.execute(sql)
+            return list(cur.fetchall())
+
+    def _write(self, groups: str, at: int) -> None:
+        """`[[0, [row, ...]], ...]` in one statement; a key handed over twice in the batch is
+        folded first (Postgres updates a row once a statement), its later non-NULL columns
+        winning."""
+        t = self._t
+
+        def last(column: str) -> str:
+            return (
+                f"(array_agg({column} ORDER BY gn DESC, rn DESC) "
+                f"FILTER (WHERE {column} IS NOT NULL))[1]"
+            )
+
+        with self._pg.cursor() as cur:
+            cur.execute(
+                f"INSERT INTO {t} (key, owner, id, email, cio_id, name) "
+                f"SELECT key, {last('owner')}, {last('id')}, {last('email')}, "
+                f"{last('cio_id')}, {last('name')} FROM ("
+                "SELECT (r ->> 0)::bigint AS key, (r ->> 1)::bigint AS owner, "
+                "(r ->> 2)::bigint AS id, (r ->> 3)::bigint AS email, "
+                "(r ->> 4)::bigint AS cio_id, r ->> 5 AS name, gn, rn "
+                "FROM json_array_elements(%s::json) WITH ORDINALITY AS g(grp, gn), "
+                "json_array_elements(grp -> 1) WITH ORDINALITY AS x(r, rn)) AS rows "
+                "GROUP BY key ORDER BY key "
+                f"ON CONFLICT (key) DO UPDATE SET owner = coalesce(EXCLUDED.owner, {t}.owner), "
+                f"id = coalesce(EXCLUDED.id, {t}.id), "
+                f"email = coalesce(EXCLUDED.email, {t}.email), "
+                f"cio_id = coalesce(EXCLUDED.cio_id, {t}.cio_id), "
+                f"name = coalesce(EXCLUDED.name, {t}.name)",
+                (groups,),
+            )
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._pg.close()
+
+
+def open_identity(settings: Any, report: Any = None) -> IdentityMap:
+    """The workspace's identity map, in the ledger's database (an in-memory one without it),
+    through ledger_db as the ledger: a lock waited for `ledger_lock_timeout` at most, every
+    failure one line (LedgerError, exit 1; opening it: ledger_db.open_failure)."""
+    wait = settings.ledger_lock_timeout
+    try:
+        store: _IdentityStore
+        if not settings.change_detection:
+            store = SqliteStore(":memory:", wait)
+        elif settings.ledger_url:
+            store = PostgresStore(settings.ledger_url, lock_timeout=wait)
+        else:
+            store = SqliteStore(settings.ledger_path, wait)
+    except Exception as exc:  # noqa: BLE001 - as the ledger: one line
+        failure: TargetError = ledger_db.open_failure(exc, settings)
+        if report is not None:
+            with contextlib.suppress(TargetError):  # its own failure is not the one to tell
+                report.close("failed", str(failure))
+        raise failure from None
+    return IdentityMap(ledger_db.GuardedLedger(store, settings), dry_run=settings.dry_run)
