@@ -12,7 +12,9 @@ from target_customerio.errors import ContractError
 from target_customerio.identity import IdentityMap, StreamIdentity, with_after
 from target_customerio.mapping_processes import CHUNK, ProcessMapping
 from target_customerio.mirror import RunMembers
+from target_customerio.operations.identifiers import identifier_value
 from target_customerio.operations.operation import Rejected
+from target_customerio.reading import decode_record
 from target_customerio.report import RunReport
 from target_customerio.routes import Route, check_columns
 from target_customerio.run_events import RunEvents
@@ -90,6 +92,10 @@ class CustomerIOSink(SdkSink):
             StreamIdentity(identity, route.kind == "person") if identity is not None else None
         )
         self._refused = needs.refused
+        # a person route's identifier: whom a record the identity check rejects was about
+        self._identifier = (
+            getattr(route.options, "identifier", None) if route.kind == "person" else None
+        )
         self._campaigns = needs.campaigns
         # the route's own max_campaign_entries (an event route's), else the setting's
         self._campaign_limit: int | None = getattr(route.options, "max_campaign_entries", None)
@@ -255,6 +261,8 @@ class CustomerIOSink(SdkSink):
         for index, reason, field, message in outcome.rejects:
             self._reject(items[index], Rejected(reason, field, message))
             rejected.add(index)
+        if rejected:
+            self._refuse_people(items, rejected)
         shards = len(self._packers)
         merges: dict[int, dict[int, bytes]] = {}
         for index, (body, shard_key) in outcome.merges.items():
@@ -265,6 +273,20 @@ class CustomerIOSink(SdkSink):
             shard: with_after(segment.without_items(rejected), merges.get(shard, {}))
             for shard, segment in segments.items()
         }, rejected
+
+    def _refuse_people(self, items: list[Item], rejected: set[int]) -> None:
+        """People whose identify the identity check rejected, like those Customer.io refused:
+        what depends on them (a membership) is not sent in this run."""
+        if self._identifier is None or self._refused is None:
+            return
+        field, kind = self._identifier.field, self._identifier.type
+        for index in rejected:
+            item = items[index]
+            record = decode_record(item, self.stream_name)[0] if isinstance(item, bytes) else item
+            try:
+                self._refused.add((kind, identifier_value(record, field, kind)))
+            except Rejected:  # no usable identifier: nobody to hold back
+                continue
 
     def _reject(self, record: Item, rej: Rejected) -> None:
         if rej.reason in CONTRACT_REASONS and self._fail_on_violation:

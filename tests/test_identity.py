@@ -93,6 +93,32 @@ def test_two_members_sharing_an_email_the_second_is_rejected_naming_the_first(sa
     assert tally(again, P)["rejected_by_reason"] == {"identifier_conflict": 1}
 
 
+def test_a_membership_of_a_person_rejected_for_a_conflict_is_not_sent(sandbox, tmp_path):
+    """The identity check rejects like Customer.io refuses: the membership of the person whose
+    identify was held back is not sent (it would add a profile nobody identified)."""
+    segment = sandbox.add_segment("vip", kind="manual")
+    seg = "public-vip"
+    routes = {
+        P: PERSON,
+        seg: {"kind": "segment", "identifier": {"field": "member_id", "type": "id"}},
+    }
+    routes[seg]["segment_id"] = "seg"
+    config = target_config(sandbox.url, tmp_path, routes, ledger_path=str(tmp_path / "l.sqlite"))
+    msgs = [
+        P_SCHEMA,
+        record(P, {"member_id": "1001", "email": "a@x.com"}),
+        record(P, {"member_id": "1009", "email": "a@x.com"}),
+        schema(seg, {"member_id": {"type": "string"}, "seg": {"type": "integer"}}),
+        record(seg, {"member_id": "1001", "seg": segment}),
+        record(seg, {"member_id": "1009", "seg": segment}),
+    ]
+    run = run_target(config, msgs, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert {m["id"] for m in sandbox.segment_members(segment)} == {"1001"}
+    [held] = [r for r in run.rejects if r["stream"] == seg]
+    assert held["reason"] == "person_refused" and held["record"]["member_id"] == "1009"
+
+
 def test_with_send_the_conflict_is_sent_and_counted_and_customerio_refuses_it(sandbox, tmp_path):
     msgs = messages(people=[("1001", "a@x.com"), ("1009", "a@x.com")])
     run = sync(sandbox, tmp_path, msgs, person={"on_identity_conflict": "send"})
