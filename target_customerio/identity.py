@@ -331,27 +331,8 @@ class IdentityMap:
             or any(claim[1] for claim in claims)
         ):
             return False
-        rows = self._rows
         for _, _, named, _, kinds, name, identifier in claims:
-            first = named[0]
-            row = [
-                first,
-                first,
-                None,
-                None,
-                None,
-                f"{name}\x1e{identifier}" if identifier else name,
-            ]
-            owner[first] = first
-            for i in range(1, len(named)):
-                key = named[i]
-                if key:
-                    kind = kinds[i]
-                    owner[(first ^ _SLOT[kind]) or 1] = key
-                    row[_COLUMN[kind]] = key
-                    owner[key] = first
-                    rows[key] = [key, first]  # a claim's row: the columns after are NULL
-            rows[first] = row
+            self._claim_new(named, kinds, name, identifier)
         return True
 
     def _set(self, key: int, owner: int) -> None:
@@ -406,11 +387,17 @@ class IdentityMap:
         keys): claimed at once unless one of its attributes is held (or was released in this
         run) by somebody, which takes the general path."""
         _, _, keys, _, kinds, name, identifier = claim
-        owner, rows, released = self._owner, self._rows, self._released
+        owner, released = self._owner, self._released
         for i in range(1, len(keys)):
             key = keys[i]
             if key and (owner.get(key) or released.get(key)):
                 return False
+        self._claim_new(keys, kinds, name, identifier)
+        return True
+
+    def _claim_new(self, keys: tuple, kinds: tuple, name: str, identifier: str) -> None:
+        """A new person claims its identifier and its attributes' (none held by anybody)."""
+        owner, rows = self._owner, self._rows
         first = keys[0]
         row = [first, first, None, None, None, f"{name}\x1e{identifier}" if identifier else name]
         owner[first] = first
@@ -423,7 +410,6 @@ class IdentityMap:
                 owner[key] = first
                 rows[key] = [key, first]  # a claim's row: the columns after are NULL
         rows[first] = row
-        return True
 
     def _keyed(
         self,
