@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import stat
 import sys
 import threading
 import typing as t
@@ -82,6 +83,11 @@ class ProcessMapping:
         self._waiting: deque[tuple[_Worker, list[Item], OnMapped]] = deque()
         self._turn = 0
         self._opened = 0
+
+    @property
+    def size(self) -> int:
+        """How many worker processes map."""
+        return len(self._workers)
 
     def open(self, spec: StreamSpec) -> int:
         key = self._opened
@@ -157,9 +163,37 @@ _FAILURES: dict[str, type[Exception]] = {
 def make_mapping(settings: Settings) -> InlineMapping | ProcessMapping:
     """Worker processes (`mapping_workers`) where `fork` exists, else mapping in the reader's
     thread."""
-    if settings.mapping_workers > 0 and "fork" in multiprocessing.get_all_start_methods():
-        return ProcessMapping(settings, settings.mapping_workers)
+    workers = workers_for(settings)
+    if workers > 0 and "fork" in multiprocessing.get_all_start_methods():
+        return ProcessMapping(settings, workers)
     return InlineMapping(settings)
+
+
+def workers_for(settings: Settings, stdin_fd: int = 0) -> int:
+    """`mapping_workers` as set, else chosen for the machine and what feeds the target.
+
+    Read from a file, the target has the machine to itself: a process a CPU, at most 4. Read
+    from a pipe (`tap | target`, and every `meltano run`), a tap runs beside it and needs a CPU,
+    and the target's reading thread needs one: the processes get what is left, so on a two-CPU
+    runner the target maps in its reading thread and never crowds the tap (the pipe bench's
+    figures and why: docs/performance.md).
+    """
+    if settings.mapping_workers is not None:
+        return settings.mapping_workers
+    cpus = usable_cpus()
+    try:
+        from_file = stat.S_ISREG(os.fstat(stdin_fd).st_mode)
+    except OSError:
+        from_file = False
+    return min(4, cpus if from_file else max(0, cpus - 2))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's cpuset, taskset), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
 
 
 def _serve(

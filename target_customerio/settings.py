@@ -83,7 +83,7 @@ class Settings:
     request_timeout: float
     max_retries: int
     delivery_workers: int
-    mapping_workers: int
+    mapping_workers: int | None  # None: chosen at start-up (mapping_processes.workers_for)
     checkpoint_interval_seconds: float
     change_detection: bool
     ledger_path: str
@@ -164,7 +164,7 @@ def load_settings(config: dict[str, Any], base_dir: Path) -> Settings:
         delivery_workers=int(config.get("delivery_workers", 4)),
         mapping_workers=int(config["mapping_workers"])
         if config.get("mapping_workers") is not None
-        else min(4, os.cpu_count() or 1),
+        else None,
         checkpoint_interval_seconds=_positive(config, "checkpoint_interval_seconds", 60),
         change_detection=change_detection,
         ledger_path=config.get("ledger_path") or ".customerio-ledger.sqlite",

@@ -156,7 +156,7 @@ class TargetCustomerIO(SdkTarget):
             if compiled()
             else "interpreted (plain Python, as expected from a source install; the compiled "
             "wheel maps about a fifth faster: docs/performance.md)",
-            f"{self.settings.mapping_workers} worker process(es)"
+            f"{self.mapping.size} worker process(es)"
             if isinstance(self.mapping, ProcessMapping)
             else "in the reading thread",
         )
