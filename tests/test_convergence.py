@@ -23,7 +23,7 @@ it was lost: those people are left out of the VIP check until they are in the vi
 the segment check until then too, unless the App API read the segment back (which takes a night
 whose rows name the segment), which is what docs/ledger.md says a lost ledger costs.
 
-CI runs a few short examples; TARGET_CUSTOMERIO_LONG_PROPERTIES=1 runs many longer ones.
+CI runs a few short examples; LONG_PROPERTIES=1 runs many longer ones.
 """
 
 from __future__ import annotations
