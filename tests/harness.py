@@ -124,6 +124,32 @@ def start_target(
     )
 
 
+def feed(proc: subprocess.Popen, messages: Iterable[dict], *, close: bool = True) -> None:
+    """Write messages to a started target's stdin, then close it (the tap ended) or leave it
+    open (the tap is still reading). A target that stopped reading is not the test's error."""
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write("".join(json.dumps(m) + "\n" for m in messages).encode())
+        if close:
+            proc.stdin.close()
+        else:
+            proc.stdin.flush()
+    except BrokenPipeError:
+        pass
+
+
+def stop_target(
+    proc: subprocess.Popen, signum: int, config: dict[str, Any], *, timeout: float = 120
+) -> Run:
+    """Send `signum` to a started target, wait for its end and collect what it left (`config`
+    names its report and reject files; `{}` reads neither)."""
+    proc.send_signal(signum)
+    if proc.stdin is not None and proc.stdin.closed:
+        proc.stdin = None  # fed and closed: communicate() would flush it
+    stdout, stderr = proc.communicate(timeout=timeout)
+    return collect(proc.returncode, stdout.decode(), stderr.decode(errors="replace"), config)
+
+
 def writes(sandbox: Any) -> list[dict[str, Any]]:
     """The requests that changed the workspace: all but the start-up credential check (a GET)."""
     return [request for request in sandbox.requests() if request["method"] != "GET"]
