@@ -6,6 +6,11 @@ type, the password of any URL or DSN among the settings, and any query value who
 secret. Text that leaves the process goes through `redact`; on top of the known values, URL
 userinfo and secret-looking `name=value` pairs are masked by their shape, so a secret the
 target was never told about (a password inside a mistyped proxy URL) is masked as well.
+
+The user's own data is masked by the known values only (`redact_values`): a rejected record
+reaches the reject file as it came (`mailto:a:b@c`, `password=...` in a note), unless it holds
+a secret of the configuration. The shapes are for what the target writes about its settings
+and its errors, where a DSN or a proxy URL can appear.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 MASK = "****"
 # Settings whose value is a secret, and names that look like one (a typo of a secret setting,
@@ -54,19 +59,23 @@ class Redactor:
     """The secrets known so far, and the masking of text that may hold them. Thread-safe."""
 
     def __init__(self) -> None:
-        self._secrets: set[str] = set()
+        self._secrets: set[str] = set()  # each value in every form it can be printed in
+        self._values: set[str] = set()  # each value as given (and stripped)
         self._pattern: re.Pattern[str] | None = None
+        self._value_pattern: re.Pattern[str] | None = None
         self._lock = threading.Lock()
 
     def learn(self, value: Any, minimum: int = _MIN_SENSITIVE) -> None:
         """Remember a secret value: a string, or every string and number inside any value, in
         each form it can be printed in (as is, and escaped inside a JSON string)."""
-        found = {form for text in _strings(value) if len(text) >= minimum for form in _forms(text)}
-        if found - self._secrets:
+        values = {text for text in _strings(value) if len(text) >= minimum}
+        found = {form for text in values for form in _forms(text)}
+        if found - self._secrets or values - self._values:
             with self._lock:
                 self._secrets |= found
-                ordered = sorted(self._secrets, key=len, reverse=True)  # longest first
-                self._pattern = re.compile("|".join(map(re.escape, ordered)))
+                self._values |= values
+                self._pattern = _alternation(self._secrets)
+                self._value_pattern = _alternation(self._values)
 
     def learn_config(self, config: Any) -> None:
         """Every secret a configuration holds (see the module docstring), and the HTTP Basic
@@ -94,8 +103,8 @@ class Redactor:
             password = parts.password
         except ValueError:
             password = None
-        if password:
-            self.learn(password)
+        if password:  # as written in the URL, and as the server knows it (`%40` is `@`)
+            self.learn({password, unquote(password)})
         for key, value in _query_pairs(text):
             if _SECRET_NAME.search(key):
                 self.learn(value, _MIN_SECRET)
@@ -114,40 +123,59 @@ class Redactor:
             text = _PAIR.sub(lambda m: f"{m['name']}{m['sep']}{MASK}", text)
         return text
 
+    def redact_values(self, text: str) -> str:
+        """The text with the known secrets masked, and nothing else: for the user's own data (a
+        rejected record), which must stay as it came unless it holds a secret."""
+        pattern = self._value_pattern
+        return text if pattern is None else pattern.sub(MASK, text)
+
     def redact_bytes(self, data: bytes) -> bytes:
         """`redact` for encoded text: untouched when clean."""
         text = data.decode("utf-8", "surrogateescape")
         masked = self.redact(text)
         return data if masked == text else masked.encode("utf-8", "surrogateescape")
 
-    def redact_json(self, data: bytes, indent: int | None = None) -> bytes:
+    def redact_json(
+        self, data: bytes, indent: int | None = None, *, user_data: str | None = None
+    ) -> bytes:
         """`redact` for a JSON document or line (reject, report and dry-run files), keeping it
         JSON: when something is masked, the document is masked value by value (a string in
-        part, a number or literal that is a secret as a whole, as the string "****")."""
+        part, a number or literal that is a secret as a whole, as the string "****"). The
+        top-level member `user_data` (a reject's `record`) is masked by `redact_values`."""
         if self.redact_bytes(data) == data:
             return data  # the usual case: nothing to mask
         try:
             value = json.loads(data.decode("utf-8", "surrogateescape"))
         except ValueError:
             return self.redact_bytes(data)
-        masked = self._masked(value)
+        if user_data is not None and isinstance(value, dict):
+            masked = {self.redact(k): self._masked(v, k == user_data) for k, v in value.items()}
+        else:
+            masked = self._masked(value)
         try:
             out = json.dumps(masked, ensure_ascii=False, indent=indent).encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate: escaped, so the line stays UTF-8 JSON
             out = json.dumps(masked, ensure_ascii=True, indent=indent).encode()
         return out + (b"\n" if data.endswith(b"\n") else b"")
 
-    def _masked(self, value: Any) -> Any:
+    def _masked(self, value: Any, user_data: bool = False) -> Any:
+        text: Callable[[str], str] = self.redact_values if user_data else self.redact
         if isinstance(value, str):
-            return self.redact(value)
+            return text(value)
         if isinstance(value, dict):
-            return {self.redact(k): self._masked(v) for k, v in value.items()}
+            return {text(k): self._masked(v, user_data) for k, v in value.items()}
         if isinstance(value, list):
-            return [self._masked(v) for v in value]
-        pattern = self._pattern
+            return [self._masked(v, user_data) for v in value]
+        pattern = self._value_pattern if user_data else self._pattern
         if pattern is not None and pattern.fullmatch(json.dumps(value)):
             return MASK
         return value
+
+
+def _alternation(texts: set[str]) -> re.Pattern[str]:
+    """One pattern matching any of `texts`, the longest first (a secret that contains another
+    is masked whole)."""
+    return re.compile("|".join(map(re.escape, sorted(texts, key=len, reverse=True))))
 
 
 def _strings(value: Any) -> Iterable[str]:

@@ -153,7 +153,8 @@ class RunReport:
             )
         except orjson.JSONEncodeError:  # lone surrogates, huge ints: keep the record, escaped
             line = _escaped_line(entry)
-        line = REDACTOR.redact_json(line)
+        # the record is the user's own data: only a secret of the configuration is masked in it
+        line = REDACTOR.redact_json(line, user_data="record")
         with self._lock:
             tally = self._streams.setdefault(stream, StreamTally())
             tally.rejected[reason] += 1

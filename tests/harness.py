@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 TARGET = str(Path(sys.executable).with_name("target-customerio"))
-# Longer property runs (`TARGET_CUSTOMERIO_LONG_PROPERTIES=1`): read here, and taken out of the
-# environment, as the target would take a TARGET_CUSTOMERIO_ variable for a misspelt setting.
-LONG_PROPERTIES = bool(os.environ.pop("TARGET_CUSTOMERIO_LONG_PROPERTIES", None))
+# Longer property runs: `LONG_PROPERTIES=1`. Its old name, TARGET_CUSTOMERIO_LONG_PROPERTIES, is
+# still read for one release (so no CI that sets it silently runs short ones), and taken out of the
+# environment: the target takes a TARGET_CUSTOMERIO_ variable for a misspelt setting.
+_OLD_LONG_PROPERTIES = os.environ.pop("TARGET_CUSTOMERIO_LONG_PROPERTIES", None)
+LONG_PROPERTIES = bool(os.environ.get("LONG_PROPERTIES") or _OLD_LONG_PROPERTIES)
 SITE_ID, API_KEY = "test-site", "sk_test_5ecret_never_logged"
 
 
@@ -120,6 +122,32 @@ def start_target(
         stderr=stderr,
         cwd=tmp,
     )
+
+
+def feed(proc: subprocess.Popen, messages: Iterable[dict], *, close: bool = True) -> None:
+    """Write messages to a started target's stdin, then close it (the tap ended) or leave it
+    open (the tap is still reading). A target that stopped reading is not the test's error."""
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write("".join(json.dumps(m) + "\n" for m in messages).encode())
+        if close:
+            proc.stdin.close()
+        else:
+            proc.stdin.flush()
+    except BrokenPipeError:
+        pass
+
+
+def stop_target(
+    proc: subprocess.Popen, signum: int, config: dict[str, Any], *, timeout: float = 120
+) -> Run:
+    """Send `signum` to a started target, wait for its end and collect what it left (`config`
+    names its report and reject files; `{}` reads neither)."""
+    proc.send_signal(signum)
+    if proc.stdin is not None and proc.stdin.closed:
+        proc.stdin = None  # fed and closed: communicate() would flush it
+    stdout, stderr = proc.communicate(timeout=timeout)
+    return collect(proc.returncode, stdout.decode(), stderr.decode(errors="replace"), config)
 
 
 def writes(sandbox: Any) -> list[dict[str, Any]]:

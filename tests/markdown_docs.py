@@ -1,4 +1,5 @@
-"""Reading the project's markdown (README.md, docs/*.md) the way tests/test_docs.py checks it.
+"""Reading the project's markdown (README.md, docs/*.md) the way tests/test_docs.py checks it,
+and running its shell blocks (tests/test_docs.py, tests/test_readme_install.py).
 
 A fenced block in a shell language holds commands. The comment on the line before it (blank
 lines between are allowed) says who runs them:
@@ -15,6 +16,7 @@ for a markdown file, a heading whose GitHub anchor is the fragment.
 from __future__ import annotations
 
 import re
+import subprocess
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +72,26 @@ def blocks(path: Path) -> list[Block]:
         found.append(Block(path, index + 1, language, body, _marker_before(lines, index)))
         index = end + 1
     return found
+
+
+def run_shell(
+    script: str, *, cwd: Path, env: dict[str, str], timeout: float, what: str
+) -> subprocess.CompletedProcess:
+    """Run a block's commands as a reader would paste them (bash, stopping at the first failing
+    command or pipe) and assert it exits 0; `what` names the block in the failure, which shows
+    the commands and the last lines of their output."""
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+    assert proc.returncode == 0, f"{what} exited {proc.returncode}:\n{script}\n{tail}"
+    return proc
 
 
 def _marker_before(lines: list[str], index: int) -> str | None:

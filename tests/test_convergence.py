@@ -23,13 +23,12 @@ it was lost: those people are left out of the VIP check until they are in the vi
 the segment check until then too, unless the App API read the segment back (which takes a night
 whose rows name the segment), which is what docs/ledger.md says a lost ledger costs.
 
-CI runs a few short examples; TARGET_CUSTOMERIO_LONG_PROPERTIES=1 runs many longer ones.
+CI runs a few short examples; LONG_PROPERTIES=1 runs many longer ones.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import signal
 import time
@@ -44,12 +43,13 @@ from target_customerio.sandbox import Sandbox
 from tests.harness import (
     API_KEY,
     SITE_ID,
-    collect,
+    feed,
     record,
     run_target,
     schema,
     start_target,
     state,
+    stop_target,
     target_config,
 )
 from tests.harness import (
@@ -346,20 +346,9 @@ class Nights(RuleBasedStateMachine):
 
     def _killed_night(self, after: float):
         proc = start_target(self.config, self.tmp)
-        assert proc.stdin is not None
-        try:
-            proc.stdin.write("".join(_line(m) for m in self._messages()).encode())
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
+        feed(proc, self._messages())
         time.sleep(after)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=120)
-        assert proc.stdout is not None and proc.stderr is not None
-        stdout, stderr = proc.stdout.read(), proc.stderr.read()
-        proc.stdout.close()
-        proc.stderr.close()
-        return collect(proc.returncode, stdout.decode(), stderr.decode(errors="replace"), {})
+        return stop_target(proc, signal.SIGKILL, {})
 
     def _settle(self, run) -> None:
         """A night's end: a documented exit (or the kill), never a traceback; the invariant
@@ -409,10 +398,6 @@ class Nights(RuleBasedStateMachine):
         assert got == want, "events are not the orders, exactly once each"
         members = {m["id"] for m in sandbox.segment_members(self.segment)} - self.bad
         assert members - self.unknown_members == self.members & good, "segment members"
-
-
-def _line(message: dict) -> str:
-    return json.dumps(message) + "\n"
 
 
 Nights.TestCase.settings = settings(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tests.markdown_docs import (
     github_anchor,
     indented_code,
     links,
+    run_shell,
 )
 
 COMMAND_TIMEOUT_S = 60
@@ -73,17 +73,7 @@ def test_shell_block_runs(block: Block):
     """Each unmarked (or `run here`) block runs from the checkout, with the test's venv first on
     the PATH (as after `make setup`), and exits 0."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", block.text],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT_S,
-        check=False,
-    )
-    tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
-    assert proc.returncode == 0, f"{block.where} exited {proc.returncode}:\n{block.text}\n{tail}"
+    run_shell(block.text, cwd=REPO, env=env, timeout=COMMAND_TIMEOUT_S, what=block.where)
 
 
 def test_some_blocks_run_here():

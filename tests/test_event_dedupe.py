@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from collections import Counter
 
 import pytest
@@ -17,7 +16,7 @@ from hypothesis import strategies as st
 
 from target_customerio.errors import TargetError
 from target_customerio.run_events import REJECTED, REPEAT, SENT, UNCHANGED, RunEvents
-from tests.harness import record, run_target, schema, state, target_config
+from tests.harness import LONG_PROPERTIES, record, run_target, schema, state, target_config
 
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 RECENT = (NOW - dt.timedelta(hours=1)).isoformat()
@@ -162,7 +161,7 @@ def _possible(chunks):
     return fixed
 
 
-@settings(max_examples=500 if os.environ.get("TARGET_CUSTOMERIO_LONG_PROPERTIES") else 150)
+@settings(max_examples=500 if LONG_PROPERTIES else 150)
 @given(_CHUNKS)
 def test_the_run_wide_decision_is_first_row_built_claims(chunks):
     chunks = _possible(chunks)

@@ -6,7 +6,7 @@ as in `mapping_workers: 0` and in each mapping process), and its reject can be w
 
 Every kind is covered, and every column its route reads: the columns are taken from the
 route's own `columns_named()` (plus the delete markers and an attribute), not listed here.
-`TARGET_CUSTOMERIO_LONG_PROPERTIES=1` runs many more examples.
+`LONG_PROPERTIES=1` runs many more examples.
 """
 
 from __future__ import annotations
@@ -28,11 +28,9 @@ from target_customerio.mapping_processes import ProcessMapping
 from target_customerio.report import RunReport
 from target_customerio.settings import load_settings
 from target_customerio.stream_mapping import InlineMapping, Mapped, StreamSpec
-from tests.harness import record, run_target, schema, target_config
+from tests.harness import LONG_PROPERTIES, record, run_target, schema, target_config
 
-EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "0")) or (
-    1000 if os.environ.get("TARGET_CUSTOMERIO_LONG_PROPERTIES") else 100
-)
+EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "0")) or (1000 if LONG_PROPERTIES else 100)
 STREAM = "public-things"
 ID = {"field": "who", "type": "id"}
 # One route of each kind (and the event kind's two ways of naming events); the columns each

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from tests.harness import record, run_target, schema, state, target_config
+from tests.orders import ORDER_ROUTE, ORDER_SCHEMA, ORDERS, order
 from tests.pg_fixtures import postgres  # noqa: F401  (module-scoped embedded Postgres)
 
 BATCH = "/api/v2/batch"
@@ -108,35 +109,11 @@ def test_a_postgres_ledger_serves_ephemeral_runners(postgres, sandbox, tmp_path)
 
 
 def test_event_ids_delivered_are_not_sent_again(sandbox, tmp_path):
-    routes = {
-        "public-orders": {
-            "kind": "event",
-            "identifier": {"field": "customer_id", "type": "id"},
-            "event_name": "order_placed",
-            "event_id": ["order_id"],
-            "timestamp": "placed_at",
-        }
-    }
-    rows = [
-        schema(
-            "public-orders",
-            {
-                "order_id": {"type": "integer"},
-                "customer_id": {"type": "string"},
-                "placed_at": {"type": "string", "format": "date-time"},
-            },
-        ),
-        *(
-            record(
-                "public-orders", {"order_id": i, "customer_id": "C1", "placed_at": NOW.isoformat()}
-            )
-            for i in range(8)
-        ),
-    ]
-    config = target_config(sandbox.url, tmp_path, routes)
-    assert run_target(config, rows, tmp_path).report["streams"]["public-orders"]["sent"] == 8
+    rows = [ORDER_SCHEMA, *(order(i, "C1", NOW.isoformat()) for i in range(8))]
+    config = target_config(sandbox.url, tmp_path, {ORDERS: ORDER_ROUTE})
+    assert run_target(config, rows, tmp_path).report["streams"][ORDERS]["sent"] == 8
     again = run_target(config, rows, tmp_path)
-    assert again.report["streams"]["public-orders"]["skipped_by_reason"] == {"unchanged": 8}
+    assert again.report["streams"][ORDERS]["skipped_by_reason"] == {"unchanged": 8}
     assert batch_ops(sandbox) == 8
 
 

@@ -11,15 +11,17 @@ import time
 import pytest
 
 from tests.harness import (
-    collect,
+    feed,
     record,
     run_target,
     schema,
     start_target,
     state,
+    stop_target,
     target_config,
     writes,
 )
+from tests.orders import ORDER_ROUTE, ORDERS
 from tests.pg_fixtures import postgres  # noqa: F401  (module-scoped embedded Postgres)
 
 P = "public-vip_customers"
@@ -214,18 +216,13 @@ def test_a_run_stopped_by_sigterm_exits_nobody(sandbox, tmp_path):
     assert run_target(cfg, vips(ids(20)), tmp_path).returncode == 0
     sent = batch_ops(sandbox)
     proc = start_target(cfg, tmp_path)
-    assert proc.stdin is not None
-    for message in vips(ids(5), run=2)[:-1]:  # five people in, then the tap is still reading
-        proc.stdin.write((json.dumps(message) + "\n").encode())
-    proc.stdin.flush()
+    feed(proc, vips(ids(5), run=2)[:-1], close=False)  # five people in, the tap still reading
     deadline = time.monotonic() + 30
     while not [r for r in sandbox.requests() if r["method"] == "GET"][1:]:  # its start-up check
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.05)
     time.sleep(1.0)  # it reads the five records and waits for more
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=60)
-    run = collect(proc.returncode, stdout.decode(), stderr.decode(), cfg)
+    run = stop_target(proc, signal.SIGTERM, cfg, timeout=60)
     assert run.returncode == 143, run.stderr
     assert batch_ops(sandbox) == sent  # no exit went out (and the five were unchanged)
     assert all(sandbox.person(id=i)["attributes"]["vip_tier"] == "gold" for i in ids(20))
@@ -351,15 +348,8 @@ def test_guard_and_drift_in_one_run_end_with_8_naming_both(sandbox, tmp_path):
 
 
 def test_mirror_on_an_event_route_is_a_configuration_error(sandbox, tmp_path):
-    route = {
-        "kind": "event",
-        "identifier": {"field": "customer_id", "type": "id"},
-        "event_name": "order_placed",
-        "event_id": ["order_id"],
-        "timestamp": "placed_at",
-        "mirror": True,
-    }
-    run = run_target(config(sandbox, tmp_path, {"public-orders": route}), [], tmp_path)
+    route = {**ORDER_ROUTE, "mirror": True}
+    run = run_target(config(sandbox, tmp_path, {ORDERS: route}), [], tmp_path)
     assert run.returncode == 2
     assert "streams.public-orders.mirror: does not apply to a event route" in run.stderr
 

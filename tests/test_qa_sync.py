@@ -5,7 +5,6 @@ allows, each chosen person sent with every record of theirs, and nothing held wi
 from __future__ import annotations
 
 import logging
-import os
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,8 +12,9 @@ from hypothesis import strategies as st
 from target_customerio.qa_sync import QaSync
 from target_customerio.report import RunReport
 from target_customerio.routes import Routes
+from tests.harness import LONG_PROPERTIES
 
-EXAMPLES = 1000 if os.environ.get("TARGET_CUSTOMERIO_LONG_PROPERTIES") else 100
+EXAMPLES = 1000 if LONG_PROPERTIES else 100
 PEOPLE, ORDERS = "public-customers", "public-orders"
 ROUTES = Routes(
     {

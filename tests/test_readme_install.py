@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import writes
-from tests.markdown_docs import REPO, blocks
+from tests.markdown_docs import REPO, blocks, run_shell
 from tests.pg_fixtures import postgres as postgres  # noqa: PLC0414  (fixture; `as` avoids F811)
 
 MARKER = "run by tests/test_readme_install.py"
@@ -40,18 +40,7 @@ def readme_steps() -> list[str]:
 
 
 def run_step(script: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=STEP_TIMEOUT_S,
-        check=False,
-    )
-    output = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
-    assert proc.returncode == 0, f"README step failed ({proc.returncode}):\n{script}\n{output}"
-    return proc
+    return run_shell(script, cwd=cwd, env=env, timeout=STEP_TIMEOUT_S, what="README step")
 
 
 def newcomer_env(postgres, sandbox, home: Path) -> dict[str, str]:

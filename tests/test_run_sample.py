@@ -6,7 +6,6 @@ no wall-clock thresholds) and report lines."""
 from __future__ import annotations
 
 import logging
-import os
 
 import orjson
 import pytest
@@ -18,8 +17,9 @@ from target_customerio.operations.operation import Operation
 from target_customerio.run_sample import RunSample, Sent
 from target_customerio.verification import LOGGED, Verifier, report_lines
 from target_customerio.wire import Batch, Segment
+from tests.harness import LONG_PROPERTIES
 
-EXAMPLES = 1000 if os.environ.get("TARGET_CUSTOMERIO_LONG_PROPERTIES") else 100
+EXAMPLES = 1000 if LONG_PROPERTIES else 100
 STREAMS = ("public-customers", "public-orders", "public-refunds")
 
 # (stream, person, action, attribute value)

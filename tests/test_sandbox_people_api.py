@@ -4,8 +4,6 @@ another person, failed_event), and writes applied late or never."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import requests
 from hypothesis import given, settings
@@ -14,9 +12,10 @@ from hypothesis import strategies as st
 from target_customerio.sandbox import Sandbox
 from target_customerio.sandbox.app_people import as_stored
 from target_customerio.verification import stored_equal
+from tests.harness import LONG_PROPERTIES
 
 APP_KEY = "app-key-0123456789"
-EXAMPLES = 2000 if os.environ.get("TARGET_CUSTOMERIO_LONG_PROPERTIES") else 200
+EXAMPLES = 2000 if LONG_PROPERTIES else 200
 
 
 @pytest.fixture

@@ -10,19 +10,12 @@ import pytest
 import requests
 
 from tests.harness import record, run_target, schema, state, target_config
+from tests.orders import ORDER_ROUTE, ORDER_SCHEMA, ORDERS, order
 
 APP_KEY = "app-key-0123456789"
 PEOPLE = "public-customers"
-ORDERS = "public-orders"
 PERSON_ROUTE = {"kind": "person", "identifier": {"field": "id", "type": "id"}}
-EVENT_ROUTE = {
-    "kind": "event",
-    "identifier": {"field": "customer_id", "type": "id"},
-    "event_name": "order_placed",
-    "event_id": ["order_id"],
-    "timestamp": "placed_at",
-}
-ROUTES = {PEOPLE: PERSON_ROUTE, ORDERS: EVENT_ROUTE}
+ROUTES = {PEOPLE: PERSON_ROUTE, ORDERS: ORDER_ROUTE}
 
 
 @pytest.fixture
@@ -79,27 +72,8 @@ def customers(count: int) -> list[dict]:
 
 
 def orders(count: int) -> list[dict]:
-    return [
-        schema(
-            ORDERS,
-            {
-                "order_id": {"type": "integer"},
-                "customer_id": {"type": "string"},
-                "placed_at": {"type": "string", "format": "date-time"},
-            },
-        ),
-        *[
-            record(
-                ORDERS,
-                {
-                    "order_id": i,
-                    "customer_id": f"C{i % 5}",
-                    "placed_at": f"2026-11-0{1 + i % 5}T10:00:00+00:00",
-                },
-            )
-            for i in range(count)
-        ],
-    ]
+    placed = [f"2026-11-0{1 + i % 5}T10:00:00+00:00" for i in range(count)]
+    return [ORDER_SCHEMA, *(order(i, f"C{i % 5}", placed[i]) for i in range(count))]
 
 
 def stream(people: int = 8, events: int = 6) -> list[dict]:
@@ -232,7 +206,7 @@ def test_verify_sample_needs_the_app_api_key(workspace, tmp_path):
 
 
 STATUSES = ("new", "repeat", "refunded", "churn_risk")
-QA_ROUTES = {PEOPLE: PERSON_ROUTE, ORDERS: EVENT_ROUTE}
+QA_ROUTES = {PEOPLE: PERSON_ROUTE, ORDERS: ORDER_ROUTE}
 
 
 def lifecycle(count: int) -> list[dict]:
@@ -240,14 +214,8 @@ def lifecycle(count: int) -> list[dict]:
     return [
         schema(PEOPLE, {"id": {"type": "string"}, "status": {"type": "string"}}),
         *[record(PEOPLE, {"id": f"C{i}", "status": STATUSES[i % 4]}) for i in range(count)],
-        *orders(count)[:1],
-        *[
-            record(
-                ORDERS,
-                {"order_id": i, "customer_id": f"C{i}", "placed_at": "2026-11-01T10:00:00+00:00"},
-            )
-            for i in range(count)
-        ],
+        ORDER_SCHEMA,
+        *(order(i, f"C{i}", "2026-11-01T10:00:00+00:00") for i in range(count)),
     ]
 
 

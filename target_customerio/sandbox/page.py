@@ -133,6 +133,19 @@ def _table(table_id: str, label: str, headings: list[str], rows: list[str], empt
     )
 
 
+def _facts(facts: list[tuple[str, str]]) -> str:
+    """A page's summary: one `name | value` row each (values are HTML already)."""
+    rows = "".join(f"<tr><th>{escape(name)}</th><td>{value}</td></tr>" for name, value in facts)
+    return f"<table><tbody>{rows}</tbody></table>"
+
+
+def _first_of(total: int) -> str:
+    """The note under a table that shows only its first MAX_PEOPLE rows."""
+    if total <= MAX_PEOPLE:
+        return ""
+    return f"<p class=muted>Showing the first {MAX_PEOPLE} of {total}.</p>"
+
+
 def _flag(text: str, kind: str = "", title: str = "") -> str:
     title_attr = f" title='{escape(title)}'" if title else ""
     return f"<span class='flag {kind}'{title_attr}>{escape(text)}</span>"
@@ -233,11 +246,7 @@ def render_index(sandbox: Sandbox) -> str:
         for p in people[:MAX_PEOPLE]
     ]
     flagged = sum(1 for p in people if flags(p))
-    more = (
-        f"<p class=muted>Showing the first {MAX_PEOPLE} of {len(people)}.</p>"
-        if len(people) > MAX_PEOPLE
-        else ""
-    )
+    more = _first_of(len(people))
     stats = (
         "<p class=stats>"
         f"<span><b>{len(people)}</b> people</span>"
@@ -319,13 +328,17 @@ def render_campaign(sandbox: Sandbox, campaign_id: int) -> str | None:
     if campaign is None:
         return None
     entries = sandbox.campaign_entries(campaign_id)
-    summary = (
-        "<table><tbody>"
-        f"<tr><th>id</th><td>{campaign['id']}</td></tr>"
-        f"<tr><th>state</th><td>{escape(campaign['state'])}</td></tr>"
-        f"<tr><th>trigger</th><td>{_trigger(campaign)} <span class=muted>(events more than 72 "
-        "hours old start nobody; one entry per event id)</span></td></tr>"
-        f"<tr><th>entries</th><td>{len(entries)}</td></tr></tbody></table>"
+    summary = _facts(
+        [
+            ("id", str(campaign["id"])),
+            ("state", escape(campaign["state"])),
+            (
+                "trigger",
+                f"{_trigger(campaign)} <span class=muted>(events more than 72 hours old start "
+                "nobody; one entry per event id)</span>",
+            ),
+            ("entries", str(len(entries))),
+        ]
     )
     rows = [
         f"<tr><td>{_person_link(e['cio_id'])}</td><td>{_or_dash(e['person_id'])}</td>"
@@ -340,11 +353,7 @@ def render_campaign(sandbox: Sandbox, campaign_id: int) -> str | None:
         rows,
         "Nobody entered.",
     )
-    more = (
-        f"<p class=muted>Showing the first {MAX_PEOPLE} of {len(entries)}.</p>"
-        if len(entries) > MAX_PEOPLE
-        else ""
-    )
+    more = _first_of(len(entries))
     body = f"<h2>{escape(campaign['name'])}</h2>{summary}<h3>Entries</h3>{table}{more}"
     return _layout(f"{campaign['name']} · Customer.io sandbox", body)
 
@@ -396,15 +405,15 @@ def render_person(sandbox: Sandbox, cio_id: str) -> str | None:
     by_id = {s["id"]: s for s in sandbox.segment_store.all()}
     member_of = [by_id[i] for i in sandbox.segment_store.of_person(person["cio_id"])]
     updated = _utc(person["updated"]) if person["updated"] else "—"
-    identifiers = (
-        "<table><tbody>"
-        f"<tr><th>cio_id</th><td><code>{escape(person['cio_id'])}</code></td></tr>"
-        f"<tr><th>id</th><td>{_or_dash(person['id'])}</td></tr>"
-        f"<tr><th>email</th><td>{_or_dash(person['email'])}</td></tr>"
-        f"<tr><th>updated</th><td>{updated}</td></tr>"
-        f"<tr><th>flags</th><td>{''.join(flags) or '—'}</td></tr>"
-        f"<tr><th>segments</th><td>{', '.join(_segment_link(s) for s in member_of) or '—'}"
-        "</td></tr></tbody></table>"
+    identifiers = _facts(
+        [
+            ("cio_id", f"<code>{escape(person['cio_id'])}</code>"),
+            ("id", _or_dash(person["id"])),
+            ("email", _or_dash(person["email"])),
+            ("updated", updated),
+            ("flags", "".join(flags) or "—"),
+            ("segments", ", ".join(_segment_link(s) for s in member_of) or "—"),
+        ]
     )
     title = person["email"] or person["id"] or person["cio_id"]
     body = (
@@ -421,15 +430,14 @@ def render_segment(sandbox: Sandbox, segment_id: int) -> str | None:
     if segment is None:
         return None
     members = sandbox.segment_members(segment_id)
-    condition = segment["condition"]
-    summary = (
-        "<table><tbody>"
-        f"<tr><th>id</th><td>{segment['id']}</td></tr>"
-        f"<tr><th>type</th><td>{escape(segment['kind'])}</td></tr>"
-        f"<tr><th>condition</th><td>{_condition(condition)}</td></tr>"
-        f"<tr><th>live count</th><td>{segment['count']}</td></tr>"
-        f"<tr><th>expected</th><td>{_or_dash(segment['expected'])} {reconcile_flag(segment)}"
-        "</td></tr></tbody></table>"
+    summary = _facts(
+        [
+            ("id", str(segment["id"])),
+            ("type", escape(segment["kind"])),
+            ("condition", _condition(segment["condition"])),
+            ("live count", str(segment["count"])),
+            ("expected", f"{_or_dash(segment['expected'])} {reconcile_flag(segment)}"),
+        ]
     )
     rows = [
         f"<tr><td>{_person_link(p['cio_id'])}</td><td>{_or_dash(p['id'])}</td>"
@@ -439,11 +447,7 @@ def render_segment(sandbox: Sandbox, segment_id: int) -> str | None:
     table = _table(
         "members", "members", ["cio_id", "id", "email", "attributes"], rows, "No members."
     )
-    more = (
-        f"<p class=muted>Showing the first {MAX_PEOPLE} of {len(members)}.</p>"
-        if len(members) > MAX_PEOPLE
-        else ""
-    )
+    more = _first_of(len(members))
     body = f"<h2>{escape(segment['name'])}</h2>{summary}<h3>Members</h3>{table}{more}"
     return _layout(f"{segment['name']} · Customer.io sandbox", body)
 

@@ -6,7 +6,6 @@ must not give an event already sent a new id (Customer.io would fire it again)."
 from __future__ import annotations
 
 import datetime as dt
-import os
 from decimal import Decimal
 
 import pytest
@@ -14,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from target_customerio.operations.event_ids import event_ulid, key_bytes
+from tests.harness import LONG_PROPERTIES
 
 PINNED = [
     ("order_placed", [1001], "6M0PYDFDB7AKAVTAJV530SD3VF"),
@@ -26,7 +26,7 @@ PINNED = [
     ("order_placed", [{"a": 1}], "2BEJDKRCE5N31SP48AXAYW6QJB"),
     ("order_placed", [7], "59653G5ZMVSAGJ94RY6Y01ZSN7"),
 ]
-EXAMPLES = 2000 if os.environ.get("TARGET_CUSTOMERIO_LONG_PROPERTIES") else 200
+EXAMPLES = 2000 if LONG_PROPERTIES else 200
 
 
 @pytest.mark.parametrize(("name", "key", "ulid"), PINNED)
