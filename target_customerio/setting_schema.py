@@ -224,8 +224,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "minimum": 0,
             "maximum": 16,
             "description": "Processes that decode, map and validate records; 0 maps in the "
-            "reading thread. Unset: read from a pipe (a tap beside it), the usable CPUs less 2 (0 on "
-            "two CPUs); read from a file, the usable CPUs; at most 4.",
+            "reading thread. Unset: read from a pipe (a tap beside it), the usable CPUs less 2 "
+            "(0 on two CPUs); read from a file, the usable CPUs; at most 4.",
         },
     },
 }
