@@ -43,19 +43,17 @@ def run(path: str, rows: list[dict]) -> tuple[float, float, int]:
     made = []
     start = time.process_time()
     for at in range(0, len(rows), CHUNK):
-        made.append(
-            [
-                claims.of(i, row, ("id", row["customer_id"]))
-                for i, row in enumerate(rows[at : at + CHUNK])
-            ]
-        )
+        claims.begin()
+        for i, row in enumerate(rows[at : at + CHUNK]):
+            claims.add(i, row, ("id", row["customer_id"]))
+        made.append(claims.done())
     making = time.process_time() - start
     stream = identity.StreamIdentity(identity.IdentityOptions(), True)
     gc.collect()
     start = time.process_time()
     imap = identity.IdentityMap(identity.SqliteStore(path))
     for chunk in made:
-        imap.account(stream, chunk)  # type: ignore[arg-type]
+        imap.account(stream, chunk)
     imap.close()
     checking = time.process_time() - start
     return making, checking, _peak(path, stream, made)
