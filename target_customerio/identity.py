@@ -112,6 +112,7 @@ Claim = tuple[int, int, tuple[int, ...], tuple[str, ...], tuple[str, ...], str, 
 # In a chunk's key columns: the record does not have that column (no claim; 0 is a claim that
 # clears). claim_key never returns it.
 ABSENT = -(2**63)
+_MISSING: Any = object()  # a column the record has not (`Claims.pick`)
 
 
 @dataclass
@@ -211,6 +212,14 @@ class Claims:
         else:
             self._fields = (self._field, *(column for column, _ in self._attributes))
             self._kinds = (self._type, *(name for _, name in self._attributes))
+        # the record's columns `add` reads (`pick`): attributes, then the key; relationships
+        self._picks: tuple[str, ...] = (
+            self._fields
+            if self._kind == "object"
+            else (*(column for column, _ in self._attributes), *self._key)
+            if self._kind == "person"
+            else ()
+        )
         self._chunk: ChunkClaims | None = None
 
     def begin(self) -> None:
@@ -231,29 +240,40 @@ class Claims:
         chunk, self._chunk = self._chunk, None
         return chunk if chunk is not None and len(chunk.index) else None
 
-    def add(self, index: int, record: dict[str, Any], identifier: tuple[str, str]) -> str | None:
-        """The record's claims, added to the chunk's columns; a keyed person's name (its
-        operations travel on the delivery shard of its key), else None."""
+    def pick(self, record: dict[str, Any]) -> tuple[Any, ...] | None:
+        """What the record's claims need from it (its identity columns' values, `_MISSING`
+        where it has not the column), kept in place of the record until the chunk's unchanged
+        records are known: the records themselves are freed as soon as they are built. None:
+        the record claims nothing (a delete or suppress: what it held stays held)."""
+        if self._kind == "person" and self._deleted(record):
+            return None
+        columns = self._picks
+        return tuple([record.get(column, _MISSING) for column in columns]) if columns else ()
+
+    def add(
+        self, index: int, picked: tuple[Any, ...] | None, identifier: tuple[str, str]
+    ) -> str | None:
+        """The record's claims (`pick`'s values), added to the chunk's columns; a keyed
+        person's name (its operations travel on the delivery shard of its key), else None."""
         chunk = self._chunk
         assert chunk is not None  # begun
+        if picked is None:
+            return None
         kind, value = identifier
         seed = self._seed
         columns = chunk.keys
         if self._kind == "person":
-            if self._deleted(record):
-                return None  # a delete or suppress claims nothing (what it held stays held)
             chunk.index.append(index)
             columns[0].append(claim_key(kind, value, seed))
             j = 1
-            for column, name in self._attributes:
-                columns[j].append(
-                    self._attribute(name, record[column]) if column in record else ABSENT
-                )
+            for _, name in self._attributes:
+                raw = picked[j - 1]
+                columns[j].append(ABSENT if raw is _MISSING else self._attribute(name, raw))
                 j += 1
             names = chunk.names
             assert names is not None
             if self._key:
-                parts = [record.get(column) for column in self._key]
+                parts = [None if raw is _MISSING else raw for raw in picked[j - 1 :]]
                 text = orjson.dumps(parts, default=str)
                 person = hash64(b"key\x1f" + self._stream.encode() + b"\x1f" + text, seed) or 1
                 shown_key = ", ".join(str(part) for part in parts)
@@ -270,7 +290,7 @@ class Claims:
                 return None
             chunk.index.append(index)
             for j, rel in enumerate(self._relationships):
-                raw = record.get(rel.field)
+                raw = None if picked[j] is _MISSING else picked[j]
                 sent = self._as_sent(raw if type(raw) is str else str(raw), rel.type)
                 columns[j].append(claim_key(rel.type, sent, seed))
             return None

@@ -161,8 +161,9 @@ class StreamMapping:
         # positions in `mapped` of events that may start a campaign: (name, person, time)
         campaign: dict[int, tuple[str, tuple[str, str], int]] = {}
         campaign_events = self._campaign_events
-        # each mapped record and its identifier: claimed once known not to be unchanged
-        made: list[tuple[dict, tuple[str, str]]] = []
+        # what each mapped record's claims need (not the record: freed once built) and its
+        # identifier: claimed once known not to be unchanged
+        made: list[tuple[t.Any, tuple[str, str]]] = []
         claims = self._claims
         refused: list[tuple[str, str]] = []  # people whose identify is rejected here
         builder = self._builder  # a native method call (compiled), not a bound-method object
@@ -207,7 +208,7 @@ class StreamMapping:
                     when = built.timestamp if built.timestamp is not None else 0
                     campaign[len(mapped)] = (name, built.identifier, when)
             if claims is not None:
-                made.append((record, built.identifier))
+                made.append((claims.pick(record), built.identifier))
             seen = ops[0].seen
             place = -1
             if seen is not None:  # an event: its later rows are not built again here

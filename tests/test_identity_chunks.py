@@ -125,7 +125,7 @@ def claims_of(rows: list[dict[str, Any]], stream: str, claims: identity.Claims) 
         field = ROUTES[stream]["identifier"]["field"]
         kind = ROUTES[stream]["identifier"]["type"]
         value = str(row[field]).strip().lower() if kind == "email" else str(row[field])
-        claims.add(index, row, (kind, value))
+        claims.add(index, claims.pick(row), (kind, value))
     return claims.done()
 
 
