@@ -470,12 +470,14 @@ class IdentityMap:
 
     def _claim_chunk(self, chunk: ChunkClaims) -> None:
         """New people claim their identifiers and attributes (none held by anybody): the cache
-        updated and the rows made from the columns (zip, not a loop a record), a person's own
-        row `[key, key, id, email, cio_id, name]`, an attribute's `[key, person]`."""
+        updated and the rows made from the columns (zip, not a loop a record): a person's own
+        row `[key, key, id, email, cio_id, name, 1]`, whose 1 makes the store write the rows of
+        the values it holds, `[value, key]` (see `_SQLITE_UPSERT`)."""
         owner, first = self._owner, chunk.keys[0]
         owner.update(zip(first, first, strict=True))
         held: dict[int, list[Any]] = {}  # _COLUMN -> the values the people hold (None: none)
-        rows: list[Any] = []
+        pairs_made: list[list[tuple[int, int]]] = []
+        overridden: list[tuple[int, int]] = []
         for kind, column in zip(chunk.kinds[1:], chunk.keys[1:], strict=True):
             pairs = [
                 (key, person)
@@ -490,32 +492,32 @@ class IdentityMap:
             values = [key if key != 0 and key != ABSENT else None for key in column]
             earlier = held.get(_COLUMN[kind])
             if earlier is not None:  # two columns set one identifier: the later one wins
+                # (the earlier value stays claimed: its row is written, the row holds the later)
+                overridden.extend(
+                    (old, person)
+                    for new, old, person in zip(values, earlier, first, strict=True)
+                    if new is not None and old is not None
+                )
                 values = [
                     new if new is not None else old
                     for new, old in zip(values, earlier, strict=True)
                 ]
             held[_COLUMN[kind]] = values
-            rows += pairs
-        nones = [None] * len(first)
-        names = chunk.names if chunk.names is not None else [""] * len(first)
-        people = list(
-            zip(
-                first,
-                first,
-                held.get(2, nones),
-                held.get(3, nones),
-                held.get(4, nones),
-                names,
-                strict=True,
-            )
-        )
+            pairs_made.append(pairs)
+        n = len(first)
+        nones = [None] * n
+        names = chunk.names if chunk.names is not None else [""] * n
+        columns = (first, first, held.get(2, nones), held.get(3, nones), held.get(4, nones), names)
         if self._dry_run:  # nothing is handed to the store: the rows are the run's record
-            for row in people:
+            for row in zip(*columns, strict=True):
                 self._rows[row[0]] = list(row)
-            for key, person in rows:
-                self._rows[key] = [key, person]
-        else:  # handed at once, before any later change to these keys (`_rows`)
-            self._store.record(people + rows)
+            for pairs in pairs_made:
+                for key, person in pairs:
+                    self._rows[key] = [key, person]
+        else:  # handed at once, before any later change to these keys (`_rows`); a new
+            # person's row claims the values it holds (`_SQLITE_UPSERT`): no row a claim
+            rows: list[Any] = list(zip(*columns, [1] * n, strict=True))
+            self._store.record(rows + overridden if overridden else rows)
 
     def _set(self, key: int, owner: int) -> None:
         self._owner[key] = owner
@@ -792,21 +794,51 @@ def _slot(person: int, kind: str) -> int:
 
 # One table beside the ledger's: a row a claim (key -> owner) and a person's own row (which values
 # it holds, its name), written as the ledger writes (ledger._HeldWrites): one statement a batch,
-# the rows as one JSON text in key order; a NULL column is left as it was.
+# the rows as one JSON text in key order; a NULL column is left as it was. A new person's row
+# (`IdentityMap._claim_chunk`) has a seventh element, 1: its held values are claimed by it too,
+# their rows made by the statement (`_NEW`), not encoded one a claim.
 _TABLE = "identity_map"
 _SQLITE_TABLE = (
     f"CREATE TABLE IF NOT EXISTS {_TABLE} (key INTEGER PRIMARY KEY, owner INTEGER, "
     "id INTEGER, email INTEGER, cio_id INTEGER, name TEXT)"
 )
+# SQLite 3.40 parses a row's JSON again for each `->>`: each row's fields are read once (the
+# materialized `rows`), and the claims of new people derived from them.
 _SQLITE_UPSERT = (
+    "WITH rows AS MATERIALIZED (SELECT r.value ->> 0 AS key, r.value ->> 1 AS owner, "
+    "r.value ->> 2 AS id, r.value ->> 3 AS email, r.value ->> 4 AS cio_id, r.value ->> 5 AS name, "
+    "r.value ->> 6 AS new, g.key AS gk, r.key AS rk "
+    "FROM json_each(?) AS g, json_each(g.value, '$[1]') AS r) "
     f"INSERT INTO {_TABLE} (key, owner, id, email, cio_id, name) "
-    "SELECT r.value ->> 0, r.value ->> 1, r.value ->> 2, r.value ->> 3, r.value ->> 4, "
-    "r.value ->> 5 FROM json_each(?) AS g, json_each(g.value, '$[1]') AS r "
-    "ORDER BY r.value ->> 0, g.key, r.key "  # a key handed over twice: the later one last
+    "SELECT key, owner, id, email, cio_id, name FROM ("
+    "SELECT key, owner, id, email, cio_id, name, gk, rk, 0 AS n FROM rows "
+    "UNION ALL SELECT id, key, NULL, NULL, NULL, NULL, gk, rk, 1 FROM rows "
+    "WHERE new AND id IS NOT NULL "
+    "UNION ALL SELECT email, key, NULL, NULL, NULL, NULL, gk, rk, 2 FROM rows "
+    "WHERE new AND email IS NOT NULL "
+    "UNION ALL SELECT cio_id, key, NULL, NULL, NULL, NULL, gk, rk, 3 FROM rows "
+    "WHERE new AND cio_id IS NOT NULL) "
+    "ORDER BY key, gk, rk, n "  # a key handed over twice: the later one last
     "ON CONFLICT(key) DO UPDATE SET owner = coalesce(excluded.owner, owner), "
     "id = coalesce(excluded.id, id), email = coalesce(excluded.email, email), "
     "cio_id = coalesce(excluded.cio_id, cio_id), name = coalesce(excluded.name, name)"
 )
+
+
+def _claims_made(groups: str) -> str:
+    """The groups with each new person's row (seventh element) followed by the rows of the
+    values it holds, `[value, person]`: one row a claim, as every other store writes them."""
+    out = []
+    for mark, rows in orjson.loads(groups):
+        expanded: list[Any] = []
+        for row in rows:
+            if len(row) > 6:
+                expanded.append(row[:6])
+                expanded += ([value, row[0]] for value in row[2:5] if value is not None)
+            else:
+                expanded.append(row)
+        out.append([mark, expanded])
+    return orjson.dumps(out).decode()
 
 
 class _IdentityStore:
@@ -925,6 +957,7 @@ class PostgresStore(_IdentityStore):
                 f"FILTER (WHERE {column} IS NOT NULL))[1]"
             )
 
+        groups = _claims_made(groups)
         with self._pg.cursor() as cur:
             cur.execute(
                 f"INSERT INTO {t} (key, owner, id, email, cio_id, name) "

@@ -191,3 +191,33 @@ def test_claims_travel_as_columns_and_read_back_one_a_record():
     assert second[2] == (identity.claim_key("id", "2", SEED),)  # no email column: no claim
     assert third[2][1] == 0  # a null email clears it
     assert [claim[0] for claim in made.without({1}).records()] == [0, 2]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 9),
+            st.integers(0, 9),
+            st.sampled_from([None, 11, 12]),
+            st.sampled_from([None, 13, 14]),
+            st.booleans(),
+        ),
+        max_size=8,
+    )
+)
+@settings(max_examples=40 if not LONG else 200, deadline=None)
+def test_a_new_persons_row_writes_the_claims_postgres_gets_one_a_row(rows):
+    """The SQLite statement derives a new person's claims (its row's seventh element); the
+    Postgres store is handed them as rows (`_claims_made`): the same table either way."""
+    made = [
+        [k, o, i, e, None, f"p{k}", 1] if new else [k, o, i, e, None, None]
+        for k, o, i, e, new in rows
+    ]
+    groups = identity.orjson.dumps([[0, made]]).decode()
+    with tempfile.TemporaryDirectory() as tmp:
+        derived, given_rows = Path(tmp) / "a.sqlite", Path(tmp) / "b.sqlite"
+        for path, text in ((derived, groups), (given_rows, identity._claims_made(groups))):
+            store = identity.SqliteStore(str(path))
+            store._write(text, 0)
+            store.close()
+        assert table(derived) == table(given_rows)
