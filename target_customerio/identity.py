@@ -2,9 +2,10 @@
 person, so that two people never become one profile (issue 23).
 
 Mapping (stream_mapping.py, in the mapping processes) turns each record it sends into a claim
-(`Claims.of`): 64-bit hashes of the identifiers it names, and for a person record who it is.
-The sink hands each chunk's claims to the run-wide `IdentityMap` in record order
-(`CustomerIOSink._account`), which decides, record after record:
+(`Claims.add`): 64-bit hashes of the identifiers it names, and for a person record who it is,
+sent back a chunk at a time as columns (`ChunkClaims`). The sink hands each chunk's claims to
+the run-wide `IdentityMap` (`CustomerIOSink._account`), which decides as if record after record
+(a chunk of new people, or of records that use people, at once):
 
 - a person record whose email (identifier or attribute), id or cio_id belongs to another person
   is an identity conflict: rejected `identifier_conflict` (`on_identity_conflict: reject`, the
