@@ -2,9 +2,10 @@
 person, so that two people never become one profile (issue 23).
 
 Mapping (stream_mapping.py, in the mapping processes) turns each record it sends into a claim
-(`Claims.of`): 64-bit hashes of the identifiers it names, and for a person record who it is.
-The sink hands each chunk's claims to the run-wide `IdentityMap` in record order
-(`CustomerIOSink._account`), which decides, record after record:
+(`Claims.add`): 64-bit hashes of the identifiers it names, and for a person record who it is,
+sent back a chunk at a time as columns (`ChunkClaims`). The sink hands each chunk's claims to
+the run-wide `IdentityMap` (`CustomerIOSink._account`), which decides as if record after record
+(a chunk of new people, or of records that use people, at once):
 
 - a person record whose email (identifier or attribute), id or cio_id belongs to another person
   is an identity conflict: rejected `identifier_conflict` (`on_identity_conflict: reject`, the
@@ -32,7 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable
+from array import array
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,13 +93,15 @@ def workspace_seed(base_url: str, site_id: str) -> int:
 
 
 def claim_key(kind: str, value: str, seed: int) -> int:
-    """An identifier as the map knows it (value as sent: identifiers.as_sent)."""
-    return hash64(f"{kind}\x1f{value}".encode(), seed)
+    """An identifier as the map knows it (value as sent: identifiers.as_sent); never 0 nor
+    ABSENT, which a chunk's columns use (a 64-bit hash is one of them once in 2**63)."""
+    key = hash64(f"{kind}\x1f{value}".encode(), seed)
+    return key if key != 0 and key != ABSENT else 1
 
 
-# ---- mapping's side: a record's claim -----------------------------------------------------------
+# ---- mapping's side: a chunk's claims ----------------------------------------------------------
 
-# A claim, as it travels from mapping to the sink:
+# A claim as the sink's record-at-a-time path reads it (`ChunkClaims.records`):
 # (index in the chunk, person, keys, fields, kinds, name, identifier)
 # person: a keyed person's hash, else 0 (a person named by its identifier, keys[0], or a record
 # that only uses people: an event, a membership, object relationships); keys[i] is 0 where
@@ -106,9 +110,67 @@ def claim_key(kind: str, value: str, seed: int) -> int:
 # identifier (`kind\x1fvalue`, keyed routes) only for person records.
 Claim = tuple[int, int, tuple[int, ...], tuple[str, ...], tuple[str, ...], str, str]
 
+# In a chunk's key columns: the record does not have that column (no claim; 0 is a claim that
+# clears). claim_key never returns it.
+ABSENT = -(2**63)
+_MISSING: Any = object()  # a column the record has not (`Claims.pick`)
+
+
+@dataclass
+class ChunkClaims:
+    """One chunk's claims as columns, one entry a record sent, in record order: made in the
+    mapping process and pickled back as a few arrays (not a tuple a record), so that the sink
+    checks a chunk of new people with set operations (`IdentityMap._new_people`)."""
+
+    fields: tuple[str, ...]  # column j's source field
+    kinds: tuple[str, ...]  # column j's identifier (id, email, cio_id)
+    index: array  # 'q': the record's index in the chunk
+    keys: list[array]  # one 'q' column a field: column 0 the identifier; 0 clears; ABSENT
+    person: array | None = None  # 'q': keyed people's hashes (None: the route is not keyed)
+    names: list[str] | None = None  # person records': who they are (reject messages)
+    identifiers: list[str] | None = None  # keyed person records': `kind\x1fvalue`
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def without(self, drop: set[int]) -> ChunkClaims:
+        """The claims of the records not in `drop` (indexes in the chunk)."""
+        keep = [at for at, index in enumerate(self.index) if index not in drop]
+        if len(keep) == len(self.index):
+            return self
+
+        return ChunkClaims(
+            self.fields,
+            self.kinds,
+            array("q", [self.index[at] for at in keep]),
+            [array("q", [col[at] for at in keep]) for col in self.keys],
+            None if self.person is None else array("q", [self.person[at] for at in keep]),
+            None if self.names is None else [self.names[at] for at in keep],
+            None if self.identifiers is None else [self.identifiers[at] for at in keep],
+        )
+
+    def records(self) -> Iterator[Claim]:
+        """The claims one a record, as the record-at-a-time check reads them (ABSENT columns
+        left out)."""
+        fields, kinds, columns = self.fields, self.kinds, self.keys
+        person, names, identifiers = self.person, self.names, self.identifiers
+        width = range(len(columns))
+        for at, index in enumerate(self.index):
+            present = [j for j in width if columns[j][at] != ABSENT]
+            yield (
+                index,
+                person[at] if person is not None else 0,
+                tuple(columns[j][at] for j in present),
+                tuple(fields[j] for j in present),
+                tuple(kinds[j] for j in present),
+                names[at] if names is not None else "",
+                identifiers[at] if identifiers is not None else "",
+            )
+
 
 class Claims:
-    """A stream's claims, made in the mapping process."""
+    """A stream's claims, made in the mapping process: `begin` a chunk, `add` each record sent,
+    `done` hands the chunk's columns over."""
 
     def __init__(
         self,
@@ -124,7 +186,6 @@ class Claims:
         self._as_sent = as_sent
         self._marks_delete, self._is_delete = delete.marks_delete, delete.is_delete
         self._seed, self._stream = seed, stream
-        self._shapes: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._kind = route.kind
         options = route.options
         identifier = getattr(options, "identifier", None)
@@ -146,44 +207,97 @@ class Claims:
             for column in columns
             if (name := route.attribute_name(column)) in _ID_ATTRIBUTES and name != self._type
         ]
+        if self._kind == "object":
+            self._fields = tuple(rel.field for rel in self._relationships)
+            self._kinds = tuple(rel.type for rel in self._relationships)
+        else:
+            self._fields = (self._field, *(column for column, _ in self._attributes))
+            self._kinds = (self._type, *(name for _, name in self._attributes))
+        # the record's columns `add` reads (`pick`): attributes, then the key; relationships
+        self._picks: tuple[str, ...] = (
+            self._fields
+            if self._kind == "object"
+            else (*(column for column, _ in self._attributes), *self._key)
+            if self._kind == "person"
+            else ()
+        )
+        self._chunk: ChunkClaims | None = None
 
-    def of(self, index: int, record: dict[str, Any], identifier: tuple[str, str]) -> Claim | None:
+    def begin(self) -> None:
+        """A new chunk."""
+        person = self._kind == "person"
+        self._chunk = ChunkClaims(
+            self._fields,
+            self._kinds,
+            array("q"),
+            [array("q") for _ in self._fields],
+            array("q") if self._key else None,
+            [] if person else None,
+            [] if self._key else None,
+        )
+
+    def done(self) -> ChunkClaims | None:
+        """The chunk's claims (None: no record claimed anything)."""
+        chunk, self._chunk = self._chunk, None
+        return chunk if chunk is not None and len(chunk.index) else None
+
+    def pick(self, record: dict[str, Any]) -> tuple[Any, ...] | None:
+        """What the record's claims need from it (its identity columns' values, `_MISSING`
+        where it has not the column), kept in place of the record until the chunk's unchanged
+        records are known: the records themselves are freed as soon as they are built. None:
+        the record claims nothing (a delete or suppress: what it held stays held)."""
+        if self._kind == "person" and self._deleted(record):
+            return None
+        columns = self._picks
+        return tuple([record.get(column, _MISSING) for column in columns]) if columns else ()
+
+    def add(
+        self, index: int, picked: tuple[Any, ...] | None, identifier: tuple[str, str]
+    ) -> str | None:
+        """The record's claims (`pick`'s values), added to the chunk's columns; a keyed
+        person's name (its operations travel on the delivery shard of its key), else None."""
+        chunk = self._chunk
+        assert chunk is not None  # begun
+        if picked is None:
+            return None
         kind, value = identifier
         seed = self._seed
+        columns = chunk.keys
         if self._kind == "person":
-            if self._deleted(record):
-                return None  # a delete or suppress claims nothing (what it held stays held)
-            keys = [claim_key(kind, value, seed)]
-            fields, kinds = [self._field], [kind]
-            for column, name in self._attributes:
-                if column in record:
-                    keys.append(self._attribute(name, record[column]))
-                    fields.append(column)
-                    kinds.append(name)
-            # one tuple object a shape: a chunk's claims are pickled back from the mapping
-            # process, and pickle writes an object it has seen once as a reference
-            shape = self._shapes.setdefault((*fields, *kinds), (tuple(fields), tuple(kinds)))
+            chunk.index.append(index)
+            columns[0].append(claim_key(kind, value, seed))
+            j = 1
+            for _, name in self._attributes:
+                raw = picked[j - 1]
+                columns[j].append(ABSENT if raw is _MISSING else self._attribute(name, raw))
+                j += 1
+            names = chunk.names
+            assert names is not None
             if self._key:
-                parts = [record.get(column) for column in self._key]
+                parts = [None if raw is _MISSING else raw for raw in picked[j - 1 :]]
                 text = orjson.dumps(parts, default=str)
                 person = hash64(b"key\x1f" + self._stream.encode() + b"\x1f" + text, seed) or 1
                 shown_key = ", ".join(str(part) for part in parts)
                 name = f"{', '.join(self._key)} {shown_key} of {self._stream}"
-                return (
-                    index, person, tuple(keys), shape[0], shape[1], name, f"{kind}\x1f{value}",
-                )  # fmt: skip
-            return (index, 0, tuple(keys), shape[0], shape[1], f"{kind} {value}", "")
+                assert chunk.person is not None and chunk.identifiers is not None
+                chunk.person.append(person)
+                chunk.identifiers.append(f"{kind}\x1f{value}")
+                names.append(name)
+                return name
+            names.append(f"{kind} {value}")
+            return None
         if self._kind == "object":
-            keys, fields, kinds = [], [], []
-            for rel in self._relationships:
-                raw = record.get(rel.field)
+            if not self._relationships:
+                return None
+            chunk.index.append(index)
+            for j, rel in enumerate(self._relationships):
+                raw = None if picked[j] is _MISSING else picked[j]
                 sent = self._as_sent(raw if type(raw) is str else str(raw), rel.type)
-                keys.append(claim_key(rel.type, sent, seed))
-                fields.append(rel.field)
-                kinds.append(rel.type)
-            return (index, 0, tuple(keys), tuple(fields), tuple(kinds), "", "") if keys else None
+                columns[j].append(claim_key(rel.type, sent, seed))
+            return None
         if self._kind in ("event", "segment"):
-            return (index, 0, (claim_key(kind, value, seed),), (self._field,), (kind,), "", "")
+            chunk.index.append(index)
+            columns[0].append(claim_key(kind, value, seed))
         return None
 
     def _deleted(self, record: dict[str, Any]) -> bool:
@@ -256,47 +370,60 @@ class IdentityMap:
         for other in self._person_sinks:
             other.send_partial_chunk()
 
-    def account(self, stream: StreamIdentity, claims: list[Claim]) -> Outcome:
+    def account(self, stream: StreamIdentity, chunk: ChunkClaims) -> Outcome:
+        """Decide one chunk's claims, in record order: a chunk of new people at once (the usual
+        first sync), any other person record by record, the records that use people at once."""
         with self._lock:
-            self._load(claims, stream.person)
+            self._load(chunk, stream.person)
             out = Outcome([], {})
-            if stream.person and self._new_people(claims):
-                claims = []  # the usual first sync: all claimed at once
-            for claim in claims:
-                if stream.person:
+            if not stream.person:
+                self._uses(stream.options, chunk, out)
+            elif not self._new_people(chunk):
+                for claim in chunk.records():
                     self._person(stream.options, claim, out)
-                else:
-                    self._use(stream.options, claim, out)
             if len(self._owner) > CACHE_CLAIMS or len(self._rows) >= _WRITE_BATCH:
                 self._write(forget=len(self._owner) > CACHE_CLAIMS)
             return out
 
-    def _load(self, claims: list[Claim], people: bool) -> None:
+    def _load(self, chunk: ChunkClaims, people: bool) -> None:
         """The chunk's keys the cache misses, read from the database in one query a 500:
         identifiers and keyed people first, then the attribute slots of the people named."""
         if self._store_empty:
             return
         owner = self._owner
-        wanted = {key for claim in claims for key in claim[2] if key}
-        wanted.update(claim[1] for claim in claims if claim[1])
-        wanted.difference_update(owner)
+        keys: set[int] = set()
+        for column in chunk.keys:
+            keys.update(column)
+        if chunk.person is not None:
+            keys.update(chunk.person)
+        # the chunk's side is iterated, never the cache's (it holds up to CACHE_CLAIMS)
+        wanted = [key for key in keys if key not in owner and key != 0 and key != ABSENT]
         if wanted:
             owner.update(self._store.identity_owners(wanted))
-        if not people:
-            return
-        persons = {
-            person
-            for claim in claims
-            if len(claim[4]) > 1
-            and (person := claim[1] or owner.get(claim[2][0]) or claim[2][0])
-            and any(_slot(person, kind) not in owner for kind in claim[4][1:])
-        }
-        if persons:  # which values they hold: their own rows
-            held = self._store.identity_holds(persons)
-            for person in persons:
-                values = held.get(person) or (0, 0, 0)
-                for kind, value in zip(("id", "email", "cio_id"), values, strict=True):
-                    owner.setdefault(_slot(person, kind), value or 0)
+        if people and len(chunk.keys) > 1:
+            persons = self._unheld(chunk)
+            if persons:  # which values they hold: their own rows
+                held = self._store.identity_holds(persons)
+                for person in persons:
+                    values = held.get(person) or (0, 0, 0)
+                    for kind, value in zip(("id", "email", "cio_id"), values, strict=True):
+                        owner.setdefault(_slot(person, kind), value or 0)
+
+    def _unheld(self, chunk: ChunkClaims) -> set[int]:
+        """The people of the chunk's records naming an attribute whose held value (their
+        slot) the cache misses."""
+        owner, first, keyed = self._owner, chunk.keys[0], chunk.person
+        attributes = list(zip(chunk.kinds[1:], chunk.keys[1:], strict=True))
+        persons: set[int] = set()
+        for at in range(len(first)):
+            kinds = [kind for kind, column in attributes if column[at] != ABSENT]
+            if not kinds:
+                continue
+            key = first[at]
+            person = (keyed[at] if keyed is not None else 0) or owner.get(key) or key
+            if any(_slot(person, kind) not in owner for kind in kinds):
+                persons.add(person)
+        return persons
 
     def _get(self, key: int) -> int:
         return self._owner.get(key, 0)
@@ -317,23 +444,81 @@ class IdentityMap:
             row.extend([None] * (6 - len(row)))
         return row
 
-    def _new_people(self, claims: list[Claim]) -> bool:
+    def _new_people(self, chunk: ChunkClaims) -> bool:
         """The usual first sync, in bulk: a chunk of people none keyed, named by identifiers
         the map has never seen (none twice in the chunk, none released in this run): each
-        claims its own at once, with no check a record (`_new`'s, for the whole chunk)."""
-        owner, released = self._owner, self._released
-        keys = [key for claim in claims for key in claim[2] if key]
-        unique = set(keys)
+        claims its own at once, with set operations over the chunk's columns and no check a
+        record (what `_new` decides for one record, for the whole chunk)."""
+        if chunk.person is not None:
+            return False
+        owner, released, columns = self._owner, self._released, chunk.keys
+        unique: set[int] = set()
+        claimed = 0
+        for column in columns:
+            unique.update(column)
+            claimed += len(column) - column.count(0) - column.count(ABSENT)
+        unique.discard(0)
+        unique.discard(ABSENT)
         if (
-            len(unique) != len(keys)
+            len(unique) != claimed
             or not owner.keys().isdisjoint(unique)  # a view: iterates the smaller side
+            or not self._rows.keys().isdisjoint(unique)
             or (released and not released.keys().isdisjoint(unique))
-            or any(claim[1] for claim in claims)
         ):
             return False
-        for _, _, named, _, kinds, name, identifier in claims:
-            self._claim_new(named, kinds, name, identifier)
+        self._claim_chunk(chunk)
         return True
+
+    def _claim_chunk(self, chunk: ChunkClaims) -> None:
+        """New people claim their identifiers and attributes (none held by anybody): the cache
+        updated and the rows made from the columns (zip, not a loop a record): a person's own
+        row `[key, key, id, email, cio_id, name, 1]`, whose 1 makes the store write the rows of
+        the values it holds, `[value, key]` (see `_SQLITE_UPSERT`)."""
+        owner, first = self._owner, chunk.keys[0]
+        owner.update(zip(first, first, strict=True))
+        held: dict[int, list[Any]] = {}  # _COLUMN -> the values the people hold (None: none)
+        pairs_made: list[list[tuple[int, int]]] = []
+        overridden: list[tuple[int, int]] = []
+        for kind, column in zip(chunk.kinds[1:], chunk.keys[1:], strict=True):
+            pairs = [
+                (key, person)
+                for key, person in zip(column, first, strict=True)
+                if key != 0 and key != ABSENT
+            ]
+            if not pairs:
+                continue
+            bits = _SLOT[kind]
+            owner.update(pairs)
+            owner.update(((person ^ bits) or 1, key) for key, person in pairs)
+            values = [key if key != 0 and key != ABSENT else None for key in column]
+            earlier = held.get(_COLUMN[kind])
+            if earlier is not None:  # two columns set one identifier: the later one wins
+                # (the earlier value stays claimed: its row is written, the row holds the later)
+                overridden.extend(
+                    (old, person)
+                    for new, old, person in zip(values, earlier, first, strict=True)
+                    if new is not None and old is not None
+                )
+                values = [
+                    new if new is not None else old
+                    for new, old in zip(values, earlier, strict=True)
+                ]
+            held[_COLUMN[kind]] = values
+            pairs_made.append(pairs)
+        n = len(first)
+        nones = [None] * n
+        names = chunk.names if chunk.names is not None else [""] * n
+        columns = (first, first, held.get(2, nones), held.get(3, nones), held.get(4, nones), names)
+        if self._dry_run:  # nothing is handed to the store: the rows are the run's record
+            for row in zip(*columns, strict=True):
+                self._rows[row[0]] = list(row)
+            for pairs in pairs_made:
+                for key, person in pairs:
+                    self._rows[key] = [key, person]
+        else:  # handed at once, before any later change to these keys (`_rows`); a new
+            # person's row claims the values it holds (`_SQLITE_UPSERT`): no row a claim
+            rows: list[Any] = list(zip(*columns, [1] * n, strict=True))
+            self._store.record(rows + overridden if overridden else rows)
 
     def _set(self, key: int, owner: int) -> None:
         self._owner[key] = owner
@@ -476,23 +661,34 @@ class IdentityMap:
                 self._free(previous, person)
             self._set_slot(person, kind, 0)
 
-    def _use(self, options: IdentityOptions, claim: Claim, out: Outcome) -> None:
-        index, _, keys, fields, _, _, _ = claim
-        for key, field in zip(keys, fields, strict=True):
-            if not self._get(key):
-                out.unknown += 1
-                if options.unknown_person == "reject":
-                    out.rejects.append(
-                        (
-                            index,
-                            "unknown_person",
-                            field,
-                            f"{field} names a person this target never identified in this "
-                            "workspace (unknown_person: reject; an event for nobody would create "
-                            "an empty profile)",
-                        )
-                    )
-                return
+    def _uses(self, options: IdentityOptions, chunk: ChunkClaims, out: Outcome) -> None:
+        """Records that use people (events, memberships, relationships): each whose first
+        person nobody holds is counted, and rejected with `unknown_person: reject`."""
+        owner, columns, fields = self._owner, chunk.keys, chunk.fields
+        if len(columns) == 1:
+            unknown = [(at, 0) for at, key in enumerate(columns[0]) if not owner.get(key)]
+        else:
+            unknown = []
+            for at in range(len(chunk.index)):
+                for j, column in enumerate(columns):
+                    if not owner.get(column[at]):
+                        unknown.append((at, j))
+                        break
+        out.unknown += len(unknown)
+        if options.unknown_person != "reject":
+            return
+        for at, j in unknown:
+            field = fields[j]
+            out.rejects.append(
+                (
+                    chunk.index[at],
+                    "unknown_person",
+                    field,
+                    f"{field} names a person this target never identified in this "
+                    "workspace (unknown_person: reject; an event for nobody would create "
+                    "an empty profile)",
+                )
+            )
 
     def _message(self, field: str, other: int, released: bool) -> str:
         if released:
@@ -599,21 +795,51 @@ def _slot(person: int, kind: str) -> int:
 
 # One table beside the ledger's: a row a claim (key -> owner) and a person's own row (which values
 # it holds, its name), written as the ledger writes (ledger._HeldWrites): one statement a batch,
-# the rows as one JSON text in key order; a NULL column is left as it was.
+# the rows as one JSON text in key order; a NULL column is left as it was. A new person's row
+# (`IdentityMap._claim_chunk`) has a seventh element, 1: its held values are claimed by it too,
+# their rows made by the statement (`_NEW`), not encoded one a claim.
 _TABLE = "identity_map"
 _SQLITE_TABLE = (
     f"CREATE TABLE IF NOT EXISTS {_TABLE} (key INTEGER PRIMARY KEY, owner INTEGER, "
     "id INTEGER, email INTEGER, cio_id INTEGER, name TEXT)"
 )
+# SQLite 3.40 parses a row's JSON again for each `->>`: each row's fields are read once (the
+# materialized `rows`), and the claims of new people derived from them.
 _SQLITE_UPSERT = (
+    "WITH rows AS MATERIALIZED (SELECT r.value ->> 0 AS key, r.value ->> 1 AS owner, "
+    "r.value ->> 2 AS id, r.value ->> 3 AS email, r.value ->> 4 AS cio_id, r.value ->> 5 AS name, "
+    "r.value ->> 6 AS new, g.key AS gk, r.key AS rk "
+    "FROM json_each(?) AS g, json_each(g.value, '$[1]') AS r) "
     f"INSERT INTO {_TABLE} (key, owner, id, email, cio_id, name) "
-    "SELECT r.value ->> 0, r.value ->> 1, r.value ->> 2, r.value ->> 3, r.value ->> 4, "
-    "r.value ->> 5 FROM json_each(?) AS g, json_each(g.value, '$[1]') AS r "
-    "ORDER BY r.value ->> 0, g.key, r.key "  # a key handed over twice: the later one last
+    "SELECT key, owner, id, email, cio_id, name FROM ("
+    "SELECT key, owner, id, email, cio_id, name, gk, rk, 0 AS n FROM rows "
+    "UNION ALL SELECT id, key, NULL, NULL, NULL, NULL, gk, rk, 1 FROM rows "
+    "WHERE new AND id IS NOT NULL "
+    "UNION ALL SELECT email, key, NULL, NULL, NULL, NULL, gk, rk, 2 FROM rows "
+    "WHERE new AND email IS NOT NULL "
+    "UNION ALL SELECT cio_id, key, NULL, NULL, NULL, NULL, gk, rk, 3 FROM rows "
+    "WHERE new AND cio_id IS NOT NULL) "
+    "ORDER BY key, gk, rk, n "  # a key handed over twice: the later one last
     "ON CONFLICT(key) DO UPDATE SET owner = coalesce(excluded.owner, owner), "
     "id = coalesce(excluded.id, id), email = coalesce(excluded.email, email), "
     "cio_id = coalesce(excluded.cio_id, cio_id), name = coalesce(excluded.name, name)"
 )
+
+
+def _claims_made(groups: str) -> str:
+    """The groups with each new person's row (seventh element) followed by the rows of the
+    values it holds, `[value, person]`: one row a claim, as every other store writes them."""
+    out = []
+    for mark, rows in orjson.loads(groups):
+        expanded: list[Any] = []
+        for row in rows:
+            if len(row) > 6:
+                expanded.append(row[:6])
+                expanded += ([value, row[0]] for value in row[2:5] if value is not None)
+            else:
+                expanded.append(row)
+        out.append([mark, expanded])
+    return orjson.dumps(out).decode()
 
 
 class _IdentityStore:
@@ -732,6 +958,7 @@ class PostgresStore(_IdentityStore):
                 f"FILTER (WHERE {column} IS NOT NULL))[1]"
             )
 
+        groups = _claims_made(groups)
         with self._pg.cursor() as cur:
             cur.execute(
                 f"INSERT INTO {t} (key, owner, id, email, cio_id, name) "

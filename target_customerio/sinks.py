@@ -9,7 +9,7 @@ from functools import cached_property, partial
 
 from target_customerio.campaigns import Campaigns
 from target_customerio.errors import ContractError
-from target_customerio.identity import IdentityMap, StreamIdentity, with_after
+from target_customerio.identity import ChunkClaims, IdentityMap, StreamIdentity, with_after
 from target_customerio.mapping_processes import CHUNK, ProcessMapping
 from target_customerio.mirror import RunMembers
 from target_customerio.operations.identifiers import identifier_value
@@ -247,14 +247,14 @@ class CustomerIOSink(SdkSink):
         return self._campaigns.count_events(self.stream_name, self._campaign_limit, events)
 
     def _check_identity(
-        self, items: list[Item], claims: list, segments: dict, duplicates: set[int]
+        self, items: list[Item], claims: ChunkClaims, segments: dict, duplicates: set[int]
     ) -> tuple[dict, set[int]]:
         """The run-wide identity check, in record order (identity.py): rejected records leave
         their segments, a keyed person's merge follows its identify on the same shard; the
         rows of an event this run already has (`duplicates`) are not sent, so claim nothing."""
         assert self._identity is not None and self._identity_stream is not None
         if duplicates:
-            claims = [claim for claim in claims if claim[0] not in duplicates]
+            claims = claims.without(duplicates)
         outcome = self._identity.account(self._identity_stream, claims)
         self._report.identity(self.stream_name, outcome.conflicts, outcome.unknown, outcome.changes)
         rejected: set[int] = set()

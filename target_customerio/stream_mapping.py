@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from singer_sdk.exceptions import MissingKeyPropertiesError
 
-from target_customerio.identity import Claim, Claims, workspace_seed
+from target_customerio.identity import ChunkClaims, Claims, workspace_seed
 from target_customerio.ledger import Ledger, NoLedger, open_ledger
 from target_customerio.operations import KINDS
 from target_customerio.operations.operation import Builder, Context, Rejected, Skipped
@@ -82,8 +82,8 @@ class Mapped:
     # record sent, (key, fingerprint, what the ledger keeps about the member: Kind.member).
     members: array | None = None
     sent_members: list[tuple[int, int, str]] | None = None
-    # The identity claims of the records sent, in order (identity.py); None: the kind makes none
-    identity: list[Claim] | None = None
+    # The identity claims of the records sent, as columns (identity.py); None: none made
+    identity: ChunkClaims | None = None
     # (identifier type, value) of the people whose identify a record rejected here would
     # have sent: what depends on them (a membership) is not sent in this run.
     refused: list[tuple[str, str]] | None = None
@@ -161,8 +161,9 @@ class StreamMapping:
         # positions in `mapped` of events that may start a campaign: (name, person, time)
         campaign: dict[int, tuple[str, tuple[str, str], int]] = {}
         campaign_events = self._campaign_events
-        # each mapped record and its identifier: claimed once known not to be unchanged
-        made: list[tuple[dict, tuple[str, str]]] = []
+        # what each mapped record's claims need (not the record: freed once built) and its
+        # identifier: claimed once known not to be unchanged
+        made: list[tuple[t.Any, tuple[str, str]]] = []
         claims = self._claims
         refused: list[tuple[str, str]] = []  # people whose identify is rejected here
         builder = self._builder  # a native method call (compiled), not a bound-method object
@@ -207,7 +208,7 @@ class StreamMapping:
                     when = built.timestamp if built.timestamp is not None else 0
                     campaign[len(mapped)] = (name, built.identifier, when)
             if claims is not None:
-                made.append((record, built.identifier))
+                made.append((claims.pick(record), built.identifier))
             seen = ops[0].seen
             place = -1
             if seen is not None:  # an event: its later rows are not built again here
@@ -224,7 +225,8 @@ class StreamMapping:
         unchanged = self._unchanged(mapped)
         shards = self._shards
         parts = [SegmentBuilder() for _ in range(shards)]
-        identity: list[Claim] | None = [] if claims is not None else None
+        if claims is not None:
+            claims.begin()
         sent_campaign: list[tuple[int, str, tuple[str, str], int]] = []
         for at, (index, place, sends) in enumerate(mapped):
             if at in unchanged:
@@ -234,12 +236,9 @@ class StreamMapping:
                     fates[place] = UNCHANGED
                 continue
             person = None  # a keyed person's operations travel by its key (identity.py)
-            if identity is not None and claims is not None:
+            if claims is not None:
                 source, identifier = made[at]
-                claim = claims.of(index, source, identifier)
-                if claim is not None:
-                    identity.append(claim)
-                    person = claim[5] if claim[1] else None
+                person = claims.add(index, source, identifier)
             if campaign and at in campaign:
                 sent_campaign.append((index, *campaign[at]))
             for body, shard_key, ledger in sends:
@@ -249,7 +248,7 @@ class StreamMapping:
         out = Mapped(segments, rejects, dict(skipped), event_items, event_keys, bytes(fates), names)
         if sent_campaign:
             out.campaign_events = sent_campaign
-        out.identity = identity
+        out.identity = claims.done() if claims is not None else None
         out.refused = refused or None
         if self._member is not None:
             out.members, out.sent_members = self._members(mapped, unchanged, rejected_members)
