@@ -46,6 +46,23 @@ class SentKeys:
             bits[low >> 3] |= 1 << (low & 7)
             bits[high >> 3] |= 1 << (high & 7)
 
+    def add_all(self, sends: list[tuple[bytes, str, tuple[int, int] | None]]) -> None:
+        """The keys of a record's operations (body, shard key, ledger entry)."""
+        bits = self._bits
+        for _, _, entry in sends:
+            if entry is not None:
+                word = entry[0] & _WORD
+                low, high = word & _MASK, (word >> 32) & _MASK
+                bits[low >> 3] |= 1 << (low & 7)
+                bits[high >> 3] |= 1 << (high & 7)
+
+    def any_of(self, sends: list[tuple[bytes, str, tuple[int, int] | None]]) -> bool:
+        """Whether a key of a record's operations may have been sent in this run."""
+        for _, _, entry in sends:  # noqa: SIM110 - compiled, a loop is faster than a generator
+            if entry is not None and self.maybe(entry[0]):
+                return True
+        return False
+
     def maybe(self, key: int) -> bool:
         """Whether the key may have been sent in this run (never False for one that was)."""
         bits = self._bits

@@ -323,12 +323,11 @@ class StreamMapping:
         self._turns.wait(seq)  # every earlier chunk's sent keys are in
         try:
             for at, (_, _, sends) in enumerate(mapped):  # in record order
-                tracked = [ledger[0] for _, _, ledger in sends if ledger is not None]
                 if at in unchanged:
-                    if not any(sent.maybe(key) for key in tracked):
+                    if not sent.any_of(sends):
                         continue
                     unchanged.discard(at)  # sent earlier in this run: sent again
-                sent.add(tracked)
+                sent.add_all(sends)
         finally:
             self._turns.done(seq)
         return unchanged
