@@ -357,6 +357,29 @@ def test_postgres_ledger_in_doubt_is_never_unchanged(postgres):  # noqa: F811
     check()
 
 
+def check_gone(ledger: Ledger) -> None:
+    """Who is gone: kept by `record_gone`, forgotten by `forget_gone` (a person route's
+    identify), `any_gone` says whether anyone is."""
+    assert not ledger.any_gone()
+    ledger.record_gone([1, 2, 3])
+    assert ledger.any_gone() and set(ledger.gone([1, 2, 4])) == {1, 2}
+    ledger.forget_gone([2, 4])
+    assert set(ledger.gone([1, 2, 3, 4])) == {1, 3}
+    ledger.forget_gone([1, 3])
+    assert not ledger.any_gone()
+
+
+def test_sqlite_and_postgres_ledgers_keep_and_forget_who_is_gone(tmp_path, postgres):  # noqa: F811
+    for ledger in (
+        SqliteLedger(str(tmp_path / "ledger.sqlite")),
+        PostgresLedger(postgres.dsn, table=f"gone_{uuid.uuid4().hex[:12]}"),
+    ):
+        try:
+            check_gone(ledger)
+        finally:
+            ledger.close()
+
+
 def test_a_merge_whose_primary_was_refused_is_sent_again(sandbox, tmp_path):
     """The merge's identify of its primary is refused (207 naming it), the merge itself is
     not: the merge depends on its primary, so it is not recorded and goes out again."""
