@@ -168,8 +168,9 @@ class Delivery:
         if self.error is not None:
             return  # the run has failed: nothing more is sent, and no STATE will be
         if mark is None:
+            back: list[int] = []
             if self.gone is not None:
-                batch, skipped = self.gone.check(batch)
+                batch, skipped, back = self.gone.check(batch)
                 if skipped:
                     self._report.skip(batch.stream, SKIP_REASON, skipped)
                 if not len(batch):
@@ -177,6 +178,8 @@ class Delivery:
             # Written ahead: until Customer.io's acceptance is recorded, these keys are in
             # doubt, whatever becomes of the request (a lost answer, a kill).
             mark = self._ledger.in_doubt(batch.ledger_keys())
+            if back and self.gone is not None:
+                self.gone.revive(back)
             self._going(batch)
         body = batch.body()
         try:

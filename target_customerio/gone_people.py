@@ -29,7 +29,7 @@ from collections.abc import Callable, Collection
 
 import orjson
 
-from target_customerio.ledger import Ledger, person_key
+from target_customerio.ledger import Ledger, hash64, scope_seed
 from target_customerio.wire import Batch, Segment, SegmentBuilder
 
 SKIP_REASON = "deleted_person"
@@ -41,7 +41,8 @@ class GonePeople:
     """The delivery-time check against the ledger's `gone` table (see the module's docstring)."""
 
     def __init__(self, ledger: Ledger, workspace: str, revives: Callable[[str], bool]) -> None:
-        self._ledger, self._workspace = ledger, workspace
+        self._ledger = ledger
+        self._seed = scope_seed(workspace)  # ledger.person_key's, computed once
         self._revives = revives  # stream -> whether its identifies bring a person back
         self._streams: dict[str, bool] = {}
         self._lock = threading.Lock()
@@ -56,25 +57,23 @@ class GonePeople:
         """The (identifier type, value) pairs of `people` that are gone."""
         if not self._possible or not people:
             return set()
-        keys = {person_key(self._workspace, kind, value): (kind, value) for kind, value in people}
+        keys = {_key(kind, value, self._seed): (kind, value) for kind, value in people}
         return {keys[key] for key in self._ledger.gone(list(keys))}
 
-    def check(self, batch: Batch) -> tuple[Batch, int]:
-        """The batch without what would re-create a gone person, and how many records that
-        leaves out (skipped as `deleted_person`). The usual batch is returned as it is."""
+    def check(self, batch: Batch) -> tuple[Batch, int, list[int]]:
+        """The batch without what would re-create a gone person, how many records that leaves
+        out (skipped as `deleted_person`), and whom it brings back (for `revive`). The usual
+        batch is returned as it is."""
         if batch.exits:
-            return batch, 0  # a mirror's exits check the table themselves (mirror.py)
+            return batch, 0, []  # a mirror's exits check the table themselves (mirror.py)
         if not self._possible and not any(_DELETES.search(s.data) for s in batch.segments):
-            return batch, 0
-        workspace = self._workspace
-        ops = [
-            [_about(orjson.loads(segment.body(i)), workspace) for i in range(segment.size)]
-            for segment in batch.segments
-        ]
+            return batch, 0, []
+        seed = self._seed
+        ops = [_segment_about(segment, seed) for segment in batch.segments]
         people = {key for segment in ops for _, keys, _ in segment for key in keys}
         gone = set(self._ledger.gone(list(people))) if people else set()
         if not gone and not any(effect == "gone" for s in ops for effect, _, _ in s):
-            return batch, 0
+            return batch, 0, []
         revives = self._stream_revives(batch.stream)
         back: list[int] = []
         segments, skipped = [], 0
@@ -89,7 +88,7 @@ class GonePeople:
                     gone.difference_update(keys)
                 elif effect == "object":
                     if gone.intersection(keys):
-                        strip[i] = _without_relations(data, gone, workspace)
+                        strip[i] = _without_relations(data, gone, seed)
                 elif gone.intersection(keys):
                     drop.add(segment.item_of[i])
             if drop or strip:
@@ -97,9 +96,14 @@ class GonePeople:
                 skipped += count
             if segment.size:
                 segments.append(segment)
+        return Batch(batch.stream, segments, batch.exits), skipped, back
+
+    def revive(self, back: list[int]) -> None:
+        """Whom a checked request brings back (`check`) is no longer gone: written after its
+        keys are marked in doubt and before it goes out (a kill in between leaves the identify
+        in doubt, so it is sent again)."""
         if back:
-            self._ledger.forget_gone(back)  # written ahead of the identify that revives them
-        return Batch(batch.stream, segments, batch.exits), skipped
+            self._ledger.forget_gone(back)
 
     def _stream_revives(self, stream: str) -> bool:
         with self._lock:
@@ -108,14 +112,46 @@ class GonePeople:
             return self._streams[stream]
 
 
-def _person(identifiers: object, workspace: str) -> list[int]:
+def _key(kind: str, value: str, seed: int) -> int:
+    """`ledger.person_key`, its workspace's seed given."""
+    return hash64(f"{kind}:{value}".encode(), seed)
+
+
+def _person(identifiers: object, seed: int) -> list[int]:
     """The person key of an operation's identifiers (`{type: value}`), if it names one."""
     if not isinstance(identifiers, dict):
         return []
-    return [person_key(workspace, kind, str(value)) for kind, value in identifiers.items()]
+    return [_key(kind, str(value), seed) for kind, value in identifiers.items()]
 
 
-def _about(data: dict, workspace: str) -> tuple[str, list[int], dict]:
+# The head of a person operation as the kinds encode it (orjson, keys in this order): its
+# action and whom it names, read without parsing the operation (objects, and anything else,
+# are parsed).
+_PERSON_HEAD = re.compile(
+    rb'\{"type":"person","action":"([a-z_]+)","(?:identifiers|primary)":\{"([a-z_]+)":"([^"\\]*)"\}'
+)
+
+
+def _segment_about(segment: Segment, seed: int) -> list[tuple[str, list[int], dict]]:
+    """`_about` of each operation of the segment."""
+    data, ends, about = segment.data, segment.ends, []
+    start = 0
+    for i in range(segment.size):
+        head = _PERSON_HEAD.match(data, start)
+        if head is not None:
+            key = hash64(head[2] + b":" + head[3], seed)  # person_key, from the bytes
+            about.append((_EFFECTS.get(head[1], "uses"), [key], _NO_DATA))
+        else:
+            about.append(_about(orjson.loads(data[start : ends[i]]), seed))
+        start = ends[i] + 1
+    return about
+
+
+_EFFECTS = {b"delete": "gone", b"suppress": "gone", b"identify": "identify"}
+_NO_DATA: dict = {}  # a person operation's own data is never needed
+
+
+def _about(data: dict, seed: int) -> tuple[str, list[int], dict]:
     """What an operation does to whom: (effect, person keys, the operation). Effects: `gone`
     (a delete or suppression), `identify`, `object` (its relations' people), `uses` (an event,
     a merge into its primary: they create the person they name)."""
@@ -124,23 +160,23 @@ def _about(data: dict, workspace: str) -> tuple[str, list[int], dict]:
             key
             for relation in data.get("cio_relationships") or []
             if isinstance(relation, dict)
-            for key in _person(relation.get("identifiers"), workspace)
+            for key in _person(relation.get("identifiers"), seed)
         ]
         return "object", keys, data
     action = data.get("action")
     who = data.get("primary") if action == "merge" else data.get("identifiers")
     effect = "gone" if action in _GONE_ACTIONS else "identify" if action == "identify" else "uses"
-    return effect, _person(who, workspace), data
+    return effect, _person(who, seed), data
 
 
-def _without_relations(data: dict, gone: set[int], workspace: str) -> bytes:
+def _without_relations(data: dict, gone: set[int], seed: int) -> bytes:
     """An object's operation without its relationships to gone people."""
     kept = [
         relation
         for relation in data.get("cio_relationships") or []
         if not (
             isinstance(relation, dict)
-            and gone.intersection(_person(relation.get("identifiers"), workspace))
+            and gone.intersection(_person(relation.get("identifiers"), seed))
         )
     ]
     return orjson.dumps({**data, "cio_relationships": kept})
