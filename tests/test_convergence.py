@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -171,8 +171,8 @@ class Nights(RuleBasedStateMachine):
         super().__init__()
         self.sandbox = Sandbox(site_id=SITE_ID, api_key=API_KEY, app_api_key=APP_KEY).start()
         self.segment = self.sandbox.add_segment("convergence", kind="manual")
-        self.tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"convergence-{os.getpid()}-{id(self)}"
-        self.tmp.mkdir(parents=True)
+        # a directory of its own (an example's id(self) may be a collected one's)
+        self.tmp = Path(tempfile.mkdtemp(prefix="convergence-"))
         self.people: dict[str, dict] = {}  # id -> attributes, as the database holds them
         self.bad: set[str] = set()  # rows holding a value the target rejects
         self.vip: dict[str, str] = {}  # id -> tier: the VIP view
