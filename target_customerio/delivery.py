@@ -178,9 +178,9 @@ class Delivery:
             # Written ahead: until Customer.io's acceptance is recorded, these keys are in
             # doubt, whatever becomes of the request (a lost answer, a kill).
             mark = self._ledger.in_doubt(batch.ledger_keys())
+            self._going(batch)
             if back and self.gone is not None:
                 self.gone.revive(back)
-            self._going(batch)
         body = batch.body()
         try:
             answer, tries = self._client.post_batch(body)

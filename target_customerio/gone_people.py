@@ -75,7 +75,7 @@ class GonePeople:
         if not gone and not any(effect == "gone" for s in ops for effect, _, _ in s):
             return batch, 0, []
         revives = self._stream_revives(batch.stream)
-        back: list[int] = []
+        back: set[int] = set()  # gone before, or deleted in this request, then identified
         segments, skipped = [], 0
         for segment, about in zip(batch.segments, ops, strict=True):
             drop: set[int] = set()  # records (items) not sent
@@ -83,8 +83,9 @@ class GonePeople:
             for i, (effect, keys, data) in enumerate(about):
                 if effect == "gone":
                     gone.update(keys)
+                    back.difference_update(keys)  # the last word in the request counts
                 elif effect == "identify" and revives:
-                    back += [key for key in keys if key in gone]
+                    back.update(key for key in keys if key in gone)
                     gone.difference_update(keys)
                 elif effect == "object":
                     if gone.intersection(keys):
@@ -96,12 +97,13 @@ class GonePeople:
                 skipped += count
             if segment.size:
                 segments.append(segment)
-        return Batch(batch.stream, segments, batch.exits), skipped, back
+        return Batch(batch.stream, segments, batch.exits), skipped, sorted(back)
 
     def revive(self, back: list[int]) -> None:
         """Whom a checked request brings back (`check`) is no longer gone: written after its
-        keys are marked in doubt and before it goes out (a kill in between leaves the identify
-        in doubt, so it is sent again)."""
+        keys are marked in doubt and after the request's own deletes are kept (a delete and the
+        same person's identify after it, in one request, leave them not gone), before it goes
+        out (a kill in between leaves the identify in doubt, so it is sent again)."""
         if back:
             self._ledger.forget_gone(back)
 

@@ -249,6 +249,21 @@ def test_nothing_sent_recreates_a_person_this_target_deleted_until_the_database_
     assert sandbox.objects()[0]["relationships"] == [{"identifiers": {"id": "B"}}]
 
 
+def test_a_person_deleted_and_restored_in_one_request_is_not_gone(sandbox, tmp_path):
+    """The delete and the identify after it travel in one request: the last word counts, so
+    B's order that night and the next night's are sent."""
+    routes = {C: PEOPLE | {"on_delete": "delete"}, E: ORDERS}
+    config = target_config(sandbox.url, tmp_path, routes)
+    assert run_target(config, people({"B": "pro"}), tmp_path).returncode == 0
+    deleted = record(C, {"id": "B", "plan": "pro", "_sdc_deleted_at": "2026-11-22T13:48:04Z"})
+    restored = [*people({}), deleted, record(C, {"id": "B", "plan": "pro"})]
+    for n, night in ((1, restored), (2, people({"B": "pro"}))):
+        run = run_target(config, [*night, *orders([(f"O{n}", "B")]), state({"n": n})], tmp_path)
+        assert run.returncode == 0, run.stderr
+    assert sandbox.person(id="B")["attributes"] == {"plan": "pro"}
+    assert sorted(e["attributes"]["order_id"] for e in sandbox.events()) == ["O1", "O2"]
+
+
 def test_with_the_app_api_an_exit_is_not_sent_for_someone_deleted_elsewhere(sandbox, tmp_path):
     config = target_config(
         sandbox.url, tmp_path, {V: VIP}, app_api_key=APP_KEY, app_api_url=sandbox.url
