@@ -12,6 +12,7 @@ import queue
 import re
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import orjson
 
 from target_customerio.api_client import Answer
 from target_customerio.errors import DeliveryError, TargetError, Terminated
+from target_customerio.gone_people import SKIP_REASON, GonePeople
 from target_customerio.ledger import Ledger, person_key
 from target_customerio.redaction import REDACTOR, shown
 from target_customerio.report import RunReport, open_output
@@ -52,9 +54,11 @@ class Delivery:
         workers: int = 4,
         depth: int = 2,
         workspace: str = "",
+        gone: GonePeople | None = None,
     ) -> None:
         self._client, self._report, self._ledger = client, report, ledger
         self._workspace = workspace  # what person_key names people in (who was deleted)
+        self.gone = gone  # nothing is sent that would re-create whom this target deleted
         # (identifier type, value) of people whose identify Customer.io refused in this run:
         # what depends on them (a membership) is not sent.
         self.refused_people: set[tuple[str, str]] = set()
@@ -164,10 +168,19 @@ class Delivery:
         if self.error is not None:
             return  # the run has failed: nothing more is sent, and no STATE will be
         if mark is None:
+            back: list[int] = []
+            if self.gone is not None:
+                batch, skipped, back = self.gone.check(batch)
+                if skipped:
+                    self._report.skip(batch.stream, SKIP_REASON, skipped)
+                if not len(batch):
+                    return
             # Written ahead: until Customer.io's acceptance is recorded, these keys are in
             # doubt, whatever becomes of the request (a lost answer, a kill).
             mark = self._ledger.in_doubt(batch.ledger_keys())
             self._going(batch)
+            if back and self.gone is not None:
+                self.gone.revive(back)
         body = batch.body()
         try:
             answer, tries = self._client.post_batch(body)
@@ -277,6 +290,8 @@ class Delivery:
             if data.get("type") == "person" and data.get("action") in _GONE_ACTIONS:
                 for kind, value in (data.get("identifiers") or {}).items():
                     gone.append(person_key(self._workspace, kind, str(value)))
+        if gone and self.gone is not None:
+            self.gone.deleting()
         self._ledger.record_gone(gone)
 
     def _dependents(
@@ -357,6 +372,7 @@ class DryRun:
         self._report = report
         self.error: TargetError | None = None
         self.refused_people: set[tuple[str, str]] = set()  # nothing is refused in a dry run
+        self.gone: GonePeople | None = None  # nor deleted
 
     def submit(self, shard: int, batch: Batch) -> None:
         for op in batch.ops:
@@ -417,13 +433,21 @@ def make_delivery(
         max_retries=settings.max_retries,
         logger=logger,
     )
+    space = workspace(settings)
     return Delivery(
         client,
         report,
         ledger,
         workers=settings.delivery_workers,
-        workspace=workspace(settings),
+        workspace=space,
+        gone=GonePeople(ledger, space, partial(_person_route, settings)),
     )
+
+
+def _person_route(settings: Settings, stream: str) -> bool:
+    """Whether the stream's identifies are the database's word that a person exists."""
+    route = settings.routes.match(stream)
+    return route is not None and route.kind == "person"
 
 
 def workspace(settings: Settings) -> str:

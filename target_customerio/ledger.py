@@ -102,6 +102,8 @@ class Ledger(Protocol):
     def gone(self, keys: Collection[int]) -> dict[int, int]: ...
     def kept_at(self, keys: Collection[int]) -> dict[int, int]: ...
     def record_gone(self, keys: Collection[int]) -> None: ...
+    def forget_gone(self, keys: Collection[int]) -> None: ...
+    def any_gone(self) -> bool: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
     def runs(self, scope: str) -> list[dict[str, int]]: ...
@@ -157,6 +159,12 @@ class NoLedger:
 
     def record_gone(self, keys: Collection[int]) -> None:
         return None
+
+    def forget_gone(self, keys: Collection[int]) -> None:
+        return None
+
+    def any_gone(self) -> bool:
+        return False
 
     def flush(self) -> None:
         return None
@@ -238,7 +246,21 @@ class _HeldWrites:
         except Exception as exc:  # noqa: BLE001 - nothing may go out that the ledger cannot keep
             raise cannot_write(exc) from None
 
+    def forget_gone(self, keys: Collection[int]) -> None:
+        """People a person route identifies again (the database holds them again): no longer
+        gone, written before the identify goes out."""
+        if not keys:
+            return
+        try:
+            with self._writing:
+                self._back(sorted(set(keys)))
+        except Exception as exc:  # noqa: BLE001 - nothing may go out that the ledger cannot keep
+            raise cannot_write(exc) from None
+
     def _gone(self, keys: list[int], at: int) -> None:
+        raise NotImplementedError
+
+    def _back(self, keys: list[int]) -> None:
         raise NotImplementedError
 
     def record(self, entries: Iterable[tuple[int, int]], mark: int = 0) -> None:
@@ -386,6 +408,13 @@ class SqliteLedger(_HeldWrites):
             "INSERT INTO gone (key, at) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET at = ?",
             ((key, at, at) for key in keys),
         )
+
+    def _back(self, keys: list[int]) -> None:
+        self._db.executemany("DELETE FROM gone WHERE key = ?", ((key,) for key in keys))
+
+    def any_gone(self) -> bool:
+        """Whether this target ever deleted or suppressed anyone it still counts as gone."""
+        return self._db.execute("SELECT 1 FROM gone LIMIT 1").fetchone() is not None
 
     def _lookup(self, sql: str, keys: Collection[int]) -> dict[int, Any]:
         """`sql` (ending `IN (`) for the keys, 500 at a time."""
@@ -594,6 +623,13 @@ class PostgresLedger(_HeldWrites):
                 "ON CONFLICT (key) DO UPDATE SET at = EXCLUDED.at",
                 (at, keys),
             )
+
+    def _back(self, keys: list[int]) -> None:
+        with self._pg.cursor() as cur:
+            cur.execute(f"DELETE FROM {self._table}_gone WHERE key = ANY(%s)", (keys,))
+
+    def any_gone(self) -> bool:
+        return bool(self._select(f"SELECT 1 FROM {self._table}_gone LIMIT 1", ()))
 
     def _mark(self, keys: str, mark: int) -> None:
         with self._pg.cursor() as cur:

@@ -35,6 +35,7 @@ READS = frozenset(
         "mirror_members",
         "runs",
         "gone",
+        "any_gone",
         "kept_at",
         "identity_empty",
         "identity_owners",

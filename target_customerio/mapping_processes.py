@@ -30,6 +30,7 @@ from singer_sdk.exceptions import MissingKeyPropertiesError
 
 from target_customerio.errors import ConfigError, InputError, TargetError
 from target_customerio.ledger_db import LedgerError
+from target_customerio.run_sent import SentKeys, Turns
 from target_customerio.settings import Settings
 from target_customerio.stream_mapping import InlineMapping, Item, OnMapped, StreamSpec
 
@@ -42,14 +43,16 @@ PIPE_BYTES = 1 << 20
 class _Worker:
     """One forked worker process and the two one-way pipes to and from it."""
 
-    def __init__(self, context: t.Any, settings: Settings, index: int) -> None:
+    def __init__(
+        self, context: t.Any, settings: Settings, index: int, shared: tuple[SentKeys, Turns]
+    ) -> None:
         inbox, self.to_worker = context.Pipe(duplex=False)
         self.from_worker, outbox = context.Pipe(duplex=False)
         _widen(self.to_worker)
         _widen(outbox)
         self.process = context.Process(
             target=_serve,
-            args=(inbox, outbox, (self.to_worker, self.from_worker), settings),
+            args=(inbox, outbox, (self.to_worker, self.from_worker), settings, shared),
             name=f"target-customerio-mapping-{index}",
             daemon=True,
         )
@@ -77,12 +80,16 @@ class ProcessMapping:
 
     def __init__(self, settings: Settings, workers: int) -> None:
         context = multiprocessing.get_context("fork")
-        self._workers = [_Worker(context, settings, index) for index in range(workers)]
+        # the keys this run sent and the order chunks settle in, shared by every process
+        # (run_sent.py): made before the fork
+        shared = (SentKeys(), Turns(context))
+        self._workers = [_Worker(context, settings, index, shared) for index in range(workers)]
         # before multiprocessing's own exit hook, which would wait for them
         atexit.register(self.close)
         self._waiting: deque[tuple[_Worker, list[Item], OnMapped]] = deque()
         self._turn = 0
         self._opened = 0
+        self._seq = 0  # chunks sent, of every stream: the order they settle in
 
     @property
     def size(self) -> int:
@@ -101,7 +108,8 @@ class ProcessMapping:
         self._turn = (self._turn + 1) % len(self._workers)
         while worker.in_flight >= IN_FLIGHT:
             self._answer_one()
-        self._send(worker, ("map", key, items))
+        self._send(worker, ("map", key, items, self._seq))
+        self._seq += 1
         worker.in_flight += 1
         self._waiting.append((worker, items, on_mapped))
         while self._waiting and self._waiting[0][0].from_worker.poll():
@@ -197,7 +205,11 @@ def usable_cpus() -> int:
 
 
 def _serve(
-    inbox_conn: t.Any, outbox: t.Any, targets_ends: tuple[t.Any, ...], settings: Settings
+    inbox_conn: t.Any,
+    outbox: t.Any,
+    targets_ends: tuple[t.Any, ...],
+    settings: Settings,
+    shared: tuple[SentKeys, Turns],
 ) -> None:
     """A worker: open streams and map chunks until the target closes the pipe."""
     for end in targets_ends:
@@ -213,8 +225,8 @@ def _serve(
     # while this process sends the last one's answers, and with neither side reading, both
     # would block on a full pipe. (The target has at most IN_FLIGHT chunks out here.)
     inbox: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
-    threading.Thread(target=_receive, args=(inbox_conn, inbox), daemon=True).start()
-    local = InlineMapping(settings)
+    local = InlineMapping(settings, *shared)
+    threading.Thread(target=_receive, args=(inbox_conn, inbox, local.turns), daemon=True).start()
     keys: dict[int, int] = {}
     while (message := inbox.get()) is not None:
         reply: tuple | None = None
@@ -222,7 +234,7 @@ def _serve(
             if message[0] == "open":
                 keys[message[1]] = local.open(message[2])
             else:
-                reply = ("mapped", local.map(keys[message[1]], message[2]))
+                reply = ("mapped", local.map(keys[message[1]], message[2], message[3]))
         except tuple(_FAILURES.values()) as exc:
             reply = (
                 "failed",
@@ -239,9 +251,10 @@ def _serve(
     local.close()
 
 
-def _receive(conn: t.Any, inbox: queue.SimpleQueue) -> None:
+def _receive(conn: t.Any, inbox: queue.SimpleQueue, turns: Turns) -> None:
     try:
         while True:
             inbox.put(conn.recv())
     except (EOFError, OSError):
+        turns.stopping.set()  # a chunk waiting for its turn waits no more
         inbox.put(None)  # the target closed the pipe: the end

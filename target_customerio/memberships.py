@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 
+from target_customerio.gone_people import SKIP_REASON, GonePeople
 from target_customerio.ledger import EXIT_FINGERPRINT, Ledger
 from target_customerio.report import RunReport
 from target_customerio.track_api import TrackClient
@@ -134,17 +135,26 @@ class Memberships:
         requests: SegmentRequests,
         ledger: Ledger | None,
         refused: Container[tuple[str, str]] = (),
+        gone: GonePeople | None = None,
     ) -> None:
         """Add every membership received so far (call once the identifies received before
         them are accepted). Accepted adds go in the ledger (`ledger`; None: a dry run). A
         membership of a person whose identify Customer.io refused in this run (`refused`:
         (identifier type, value)) is not sent: Customer.io ignores an add for nobody, so it
-        is rejected, and added once the person is."""
+        is rejected, and added once the person is. Nor is one of a person this target deleted
+        or suppressed (`gone`, gone_people.py): the add would re-create them; it is skipped as
+        `deleted_person`, and not recorded."""
         with self._lock:
             taken, self._pending = self._pending, {}
         for stream, pending in taken.items():
             by_request: dict[tuple[int, str], list[Pending]] = {}
+            absent = set()
+            if gone is not None:
+                absent = gone.among({(e.id_type, e.value) for e in pending.values()})
             for entry in pending.values():
+                if (entry.id_type, entry.value) in absent:
+                    self._report.skip(stream, SKIP_REASON)
+                    continue
                 if (entry.id_type, entry.value) in refused:
                     self._report.reject(
                         stream,

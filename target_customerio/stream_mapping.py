@@ -20,6 +20,7 @@ from target_customerio.operations import KINDS
 from target_customerio.operations.operation import Builder, Context, Rejected, Skipped
 from target_customerio.reading import decode_record
 from target_customerio.run_events import REJECTED, REPEAT, SENT, UNCHANGED
+from target_customerio.run_sent import SentKeys, Turns
 from target_customerio.settings import Settings
 from target_customerio.wire import Segment, SegmentBuilder
 
@@ -27,10 +28,6 @@ from target_customerio.wire import Segment, SegmentBuilder
 # rows of one order come together); what became of every event record is decided run-wide, in
 # the target (run_events.py).
 RECENT_EVENTS = 20_000
-# Change detection remembers the keys it sent last (here, the last 20,000): a record whose
-# operation matches the ledger is still sent when this run already sent something else for
-# its key, which the ledger does not know yet.
-RECENT_SENT = 20_000
 
 Item = bytes | dict  # a RECORD line, whole (the direct path), or a record the SDK decoded
 # an operation to send: body, shard key, ledger entry
@@ -115,12 +112,16 @@ class StreamMapping:
         spec: StreamSpec,
         event_names: list[tuple[str, str]],
         ledger: Ledger,
+        sent: SentKeys | None = None,
+        turns: Turns | None = None,
     ) -> None:
         route = settings.routes.match(spec.stream)
         assert route is not None  # the target only maps routed streams
         # dedupe keys of the last events built here (not built again: run_events.py)
         self._recent: OrderedDict[int, None] = OrderedDict()
-        self._recent_sent: OrderedDict[int, int] = OrderedDict()  # key -> fingerprint sent
+        # the keys this run sent (run_sent.py), and the order chunks settle in
+        self._sent = sent if sent is not None else SentKeys()
+        self._turns = turns if turns is not None else Turns()
         context = Context(
             spec.started_at,
             spec.ledger_scope,
@@ -149,7 +150,8 @@ class StreamMapping:
         )
         self._campaign_events = spec.campaign_events
 
-    def map_chunk(self, items: list[Item]) -> Mapped:
+    def map_chunk(self, items: list[Item], seq: int = -1) -> Mapped:
+        """The chunk's answer; `seq`: its place in the order chunks were read (run_sent.py)."""
         rejects: list[tuple[int, str, str | None, str, str | None]] = []
         skipped: Counter[str] = Counter()
         rejected_members: list[int] = []
@@ -222,7 +224,7 @@ class StreamMapping:
             # Only what is sent is kept, not the record: freed now, its memory is reused while
             # still in cache.
             mapped.append((index, place, [(op.body, op.shard_key, op.ledger) for op in ops]))
-        unchanged = self._unchanged(mapped)
+        unchanged = self._unchanged(mapped, seq)
         shards = self._shards
         parts = [SegmentBuilder() for _ in range(shards)]
         if claims is not None:
@@ -297,36 +299,36 @@ class StreamMapping:
                     break
         return keys, sent
 
-    def _unchanged(self, mapped: list[tuple[int, int, list[_Send]]]) -> set[int]:
+    def _unchanged(self, mapped: list[tuple[int, int, list[_Send]]], seq: int) -> set[int]:
         """Change detection: the records (positions in `mapped`) whose every tracked operation
-        is exactly what was last delivered (one ledger query for the whole chunk). A mirror
-        route's record is unchanged only if its last complete run kept it too."""
+        is exactly what Customer.io last confirmed (one ledger query for the whole chunk) and
+        about keys no earlier record of this run was sent for (run_sent.py: the ledger does not
+        know yet what this run sends). A mirror route's record is unchanged only if its last
+        complete run kept it too."""
         if self._ledger is None:
             return set()
         keys = [ledger[0] for _, _, sends in mapped for _, _, ledger in sends if ledger is not None]
         lookup = self._ledger.fingerprints if self._member is None else self._ledger.mirrored
         delivered = lookup(keys) if keys else None
-        if not delivered:
-            return set()
-        recent = self._recent_sent
         unchanged = set()
-        for at, (_, _, sends) in enumerate(mapped):
-            tracked = [ledger for _, _, ledger in sends if ledger is not None]
-            if not tracked:
-                continue
-            if all(delivered.get(key) == fp and recent.get(key, fp) == fp for key, fp in tracked):
-                unchanged.add(at)
-                continue
-            # Sent while the ledger holds another fingerprint: a later record about the key that
-            # matches the ledger is not unchanged (a row changed and changed back, or deleted
-            # and inserted again, in one run). Keys the ledger does not hold need no memory: a
-            # later record finds what this one sends once it is accepted, or its doubt.
-            for key, fp in tracked:
-                if key in delivered:
-                    recent[key] = fp
-                    recent.move_to_end(key)
-            while len(recent) > RECENT_SENT:
-                recent.popitem(last=False)
+        if delivered:
+            for at, (_, _, sends) in enumerate(mapped):
+                tracked = [ledger for _, _, ledger in sends if ledger is not None]
+                if tracked and all(delivered.get(key) == fp for key, fp in tracked):
+                    unchanged.add(at)
+        if not keys:
+            return unchanged
+        sent = self._sent
+        self._turns.wait(seq)  # every earlier chunk's sent keys are in
+        try:
+            for at, (_, _, sends) in enumerate(mapped):  # in record order
+                if at in unchanged:
+                    if not sent.any_of(sends):
+                        continue
+                    unchanged.discard(at)  # sent earlier in this run: sent again
+                sent.add_all(sends)
+        finally:
+            self._turns.done(seq)
         return unchanged
 
 
@@ -337,8 +339,14 @@ class InlineMapping:
     """Maps in the calling thread: a mapping process's own work, and the target's where there
     is no mapping process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, sent: SentKeys | None = None, turns: Turns | None = None
+    ) -> None:
         self._settings = settings
+        # the keys this run sent, and the order chunks settle in: shared by the mapping
+        # processes (mapping_processes.py), else this process's own
+        self._sent = sent if sent is not None else SentKeys()
+        self.turns = turns if turns is not None else Turns()
         self._streams: dict[int, StreamMapping] = {}
         self._event_names: list[tuple[str, str]] = []
         self._ledger: Ledger | None = (
@@ -349,14 +357,19 @@ class InlineMapping:
         if self._ledger is None:
             self._ledger = open_ledger(self._settings)
         key = len(self._streams)
-        self._streams[key] = StreamMapping(self._settings, spec, self._event_names, self._ledger)
+        self._streams[key] = StreamMapping(
+            self._settings, spec, self._event_names, self._ledger, self._sent, self.turns
+        )
         return key
 
     def submit(self, key: int, items: list[Item], on_mapped: OnMapped) -> None:
         on_mapped(items, self.map(key, items))
 
-    def map(self, key: int, items: list[Item]) -> Mapped:
-        return self._streams[key].map_chunk(items)
+    def map(self, key: int, items: list[Item], seq: int = -1) -> Mapped:
+        try:
+            return self._streams[key].map_chunk(items, seq)
+        finally:
+            self.turns.finish(seq)  # a chunk that failed still lets the next ones settle
 
     def drain(self) -> None:
         return None

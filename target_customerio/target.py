@@ -402,6 +402,7 @@ class TargetCustomerIO(SdkTarget):
                 segment_requests(self.delivery),
                 None if self.settings.dry_run else self.ledger,
                 self.delivery.refused_people,
+                self.delivery.gone,
             )
             self.ledger.flush()
         for sink in sinks:
