@@ -210,9 +210,11 @@ class Claims:
         if self._kind == "object":
             self._fields = tuple(rel.field for rel in self._relationships)
             self._kinds = tuple(rel.type for rel in self._relationships)
-        else:
+        elif self._kind == "person":
             self._fields = (self._field, *(column for column, _ in self._attributes))
             self._kinds = (self._type, *(name for _, name in self._attributes))
+        else:  # an event or a membership uses its person: an `email` in its data claims nothing
+            self._fields, self._kinds = (self._field,), (self._type,)
         # the record's columns `add` reads (`pick`): attributes, then the key; relationships
         self._picks: tuple[str, ...] = (
             self._fields

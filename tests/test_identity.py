@@ -162,6 +162,40 @@ def test_orphan_events_are_counted_and_with_reject_create_no_ghost(sandbox, tmp_
     assert sandbox.people() == [] and sandbox.ghosts() == set()
 
 
+def test_an_email_in_event_data_claims_nothing_and_the_person_is_still_checked(sandbox, tmp_path):
+    """An event row may carry the buyer's email (a checkout view does): it is event data, not
+    a claim; the run once ended on it (an index error) when an event's claims counted it."""
+    schema_with_email = schema(
+        E,
+        {
+            "member_id": {"type": "string"},
+            "order_id": {"type": "integer"},
+            "at": {"type": "integer"},
+            "email": {"type": ["string", "null"]},
+        },
+    )
+    rows = [("1001", 1, "a@x.com"), ("9999", 2, "b@x.com"), ("1001", 3, None)]
+    msgs = [
+        P_SCHEMA,
+        record(P, {"member_id": "1001", "email": "a@x.com"}),
+        schema_with_email,
+        *(record(E, {"member_id": i, "order_id": o, "at": AT, "email": m}) for i, o, m in rows),
+    ]
+    for workers in (0, 2):
+        sandbox.reset()
+        (tmp_path / str(workers)).mkdir()
+        config = target_config(
+            sandbox.url,
+            tmp_path / str(workers),
+            streams(),
+            ledger_path=str(tmp_path / str(workers) / "ledger.sqlite"),
+            mapping_workers=workers,
+        )
+        run = run_target(config, msgs, tmp_path / str(workers))
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert tally(run, E)["sent"] == 3 and tally(run, E)["unknown_people"] == 1
+
+
 def test_a_keyed_member_who_changes_email_is_merged_into_the_new_profile(sandbox, tmp_path):
     sync(sandbox, tmp_path, messages(members=[(1, "old@x.com")]))
     run = sync(sandbox, tmp_path, messages(members=[(1, "new@x.com")]))

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from target_customerio.ledger import Ledger, PostgresLedger, SqliteLedger
 from tests.harness import LONG_PROPERTIES as LONG
 from tests.harness import record, run_target, schema, state, target_config
+from tests.orders import ORDER_ROUTE
 from tests.pg_fixtures import postgres  # noqa: F401  (module-scoped embedded Postgres)
 
 BATCH = "/api/v2/batch"
@@ -165,13 +166,7 @@ def test_an_unset_exit_never_recreates_a_person_this_target_deleted(sandbox, tmp
 
 
 E, M, CART = "public-orders", "public-registrations", "public-carts"
-ORDERS = {
-    "kind": "event",
-    "identifier": {"field": "customer_id", "type": "id"},
-    "event_name": "order_placed",
-    "event_id": ["order_id"],
-    "timestamp": "placed_at",
-}
+ORDERS = ORDER_ROUTE
 MERGES = {
     "kind": "merge",
     "primary": {"field": "customer_id", "type": "id"},
