@@ -20,7 +20,7 @@ import orjson
 
 from target_customerio.api_client import Answer
 from target_customerio.errors import DeliveryError, TargetError, Terminated
-from target_customerio.gone_people import SKIP_REASON, GonePeople
+from target_customerio.gone_people import GONE_ACTIONS, GONE_MARK, SKIP_REASON, GonePeople
 from target_customerio.ledger import Ledger, person_key
 from target_customerio.redaction import REDACTOR, shown
 from target_customerio.report import RunReport, open_output
@@ -282,12 +282,12 @@ class Delivery:
         """People this request deletes or suppresses, kept by the ledger before it goes out
         (written ahead, as a doubt is: a kill after Customer.io applied it must not lose them),
         so that no exit this target sends later re-creates them."""
-        if not any(_GONE_MARK.search(segment.data) for segment in batch.segments):
+        if not any(GONE_MARK.search(segment.data) for segment in batch.segments):
             return  # the usual case: one scan in C
         gone = []
         for op in batch.ops:
             data = orjson.loads(op.body)
-            if data.get("type") == "person" and data.get("action") in _GONE_ACTIONS:
+            if data.get("type") == "person" and data.get("action") in GONE_ACTIONS:
                 for kind, value in (data.get("identifiers") or {}).items():
                     gone.append(person_key(self._workspace, kind, str(value)))
         if gone and self.gone is not None:
@@ -344,8 +344,6 @@ class Delivery:
             self._report.reject(batch.stream, "rejected_by_customerio", field, message, record)
 
 
-_GONE_ACTIONS = ("delete", "suppress")
-_GONE_MARK = re.compile(rb'"action":"(?:delete|suppress)"')
 _RELATED = re.compile(rb'"cio_relationships":\[\{')
 
 

@@ -29,12 +29,12 @@ from collections.abc import Callable, Collection
 
 import orjson
 
-from target_customerio.ledger import Ledger, hash64, scope_seed
+from target_customerio.ledger import Ledger, scope_seed, seeded_person_key
 from target_customerio.wire import Batch, Segment, SegmentBuilder
 
 SKIP_REASON = "deleted_person"
-_GONE_ACTIONS = ("delete", "suppress")
-_DELETES = re.compile(rb'"action":"(?:delete|suppress)"')  # one scan in C a segment
+GONE_ACTIONS = ("delete", "suppress")  # what makes a person gone
+GONE_MARK = re.compile(rb'"action":"(?:delete|suppress)"')  # one scan in C a segment
 
 
 class GonePeople:
@@ -66,7 +66,7 @@ class GonePeople:
         batch is returned as it is."""
         if batch.exits:
             return batch, 0, []  # a mirror's exits check the table themselves (mirror.py)
-        if not self._possible and not any(_DELETES.search(s.data) for s in batch.segments):
+        if not self._possible and not any(GONE_MARK.search(s.data) for s in batch.segments):
             return batch, 0, []
         seed = self._seed
         ops = [_segment_about(segment, seed) for segment in batch.segments]
@@ -115,8 +115,7 @@ class GonePeople:
 
 
 def _key(kind: str, value: str, seed: int) -> int:
-    """`ledger.person_key`, its workspace's seed given."""
-    return hash64(f"{kind}:{value}".encode(), seed)
+    return seeded_person_key(kind.encode(), value.encode(), seed)
 
 
 def _person(identifiers: object, seed: int) -> list[int]:
@@ -141,7 +140,7 @@ def _segment_about(segment: Segment, seed: int) -> list[tuple[str, list[int], di
     for i in range(segment.size):
         head = _PERSON_HEAD.match(data, start)
         if head is not None:
-            key = hash64(head[2] + b":" + head[3], seed)  # person_key, from the bytes
+            key = seeded_person_key(head[2], head[3], seed)
             about.append((_EFFECTS.get(head[1], "uses"), [key], _NO_DATA))
         else:
             about.append(_about(orjson.loads(data[start : ends[i]]), seed))
@@ -167,7 +166,7 @@ def _about(data: dict, seed: int) -> tuple[str, list[int], dict]:
         return "object", keys, data
     action = data.get("action")
     who = data.get("primary") if action == "merge" else data.get("identifiers")
-    effect = "gone" if action in _GONE_ACTIONS else "identify" if action == "identify" else "uses"
+    effect = "gone" if action in GONE_ACTIONS else "identify" if action == "identify" else "uses"
     return effect, _person(who, seed), data
 
 

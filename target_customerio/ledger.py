@@ -75,7 +75,13 @@ def scope_id(scope: str) -> int:
 
 def person_key(workspace: str, kind: str, value: str) -> int:
     """A person's key in a workspace, whatever the stream (who this target deleted)."""
-    return hash64(f"{kind}:{value}".encode(), scope_seed(workspace))
+    return seeded_person_key(kind.encode(), value.encode(), scope_seed(workspace))
+
+
+def seeded_person_key(kind: bytes, value: bytes, seed: int) -> int:
+    """`person_key` with the workspace's seed computed once (gone_people.py reads the
+    identifier's bytes straight from an encoded operation)."""
+    return hash64(kind + b":" + value, seed)
 
 
 # The fingerprint the `delivered` table holds for a member whose exit (or membership removal)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import mmap
 import threading
 import typing as t
-from collections.abc import Iterable
 
 BITS = 1 << 27  # 16 MiB: two bits a key
 _MASK = BITS - 1
@@ -37,14 +36,6 @@ class SentKeys:
     def __init__(self) -> None:
         # anonymous and shared: its pages are zero until touched, and a fork shares them
         self._bits = mmap.mmap(-1, BITS // 8)
-
-    def add(self, keys: Iterable[int]) -> None:
-        bits = self._bits
-        for key in keys:
-            word = key & _WORD
-            low, high = word & _MASK, (word >> 32) & _MASK
-            bits[low >> 3] |= 1 << (low & 7)
-            bits[high >> 3] |= 1 << (high & 7)
 
     def add_all(self, sends: list[tuple[bytes, str, tuple[int, int] | None]]) -> None:
         """The keys of a record's operations (body, shard key, ledger entry)."""
